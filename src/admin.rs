@@ -1,0 +1,135 @@
+//! The admin HTTP API (loopback by default): health, readiness, metrics and debug views. It
+//! reads handles (cache, stream table, metrics, source states); it never drives anything.
+//!
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 once every source has delivered once and a snapshot exists, else 503;
+//!   the body says each source's state.
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /debug/snapshot[?group=NAME]`: versions and resources (Envoy JSON) per group.
+//! - `GET /debug/clients`: each connected stream (node, group, per type the last sent and last
+//!   ACKed version, the last NACK and its error), and the recent NACKs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+use crate::sources::SourceHandle;
+use crate::xds::cache::Cache;
+use crate::xds::resources::ResourceType;
+use crate::xds::status::ClientTable;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub cache: Cache,
+    pub clients: Arc<ClientTable>,
+    pub metrics: Arc<Metrics>,
+    pub sources: Vec<SourceHandle>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/snapshot", get(snapshot))
+        .route("/debug/clients", get(clients))
+        .with_state(state)
+}
+
+impl AdminState {
+    pub fn ready(&self) -> bool {
+        self.cache.current().is_some() && self.sources.iter().all(|s| s.rx.borrow().data.is_some())
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let sources: BTreeMap<String, Value> = s
+        .sources
+        .iter()
+        .map(|h| {
+            let st = h.rx.borrow();
+            let mut v = serde_json::to_value(&st.health).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("delivered".into(), Value::Bool(st.data.is_some()));
+            }
+            (h.name.clone(), v)
+        })
+        .collect();
+    let ready = s.ready();
+    let body = json!({
+        "ready": ready,
+        "snapshot": s.cache.current().map(|c| c.generation),
+        "sources": sources,
+    });
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    group: Option<String>,
+}
+
+async fn snapshot(State(s): State<AdminState>, Query(q): Query<SnapshotQuery>) -> Response {
+    let Some(snap) = s.cache.current() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "no snapshot yet"}))).into_response();
+    };
+    let mut groups = serde_json::Map::new();
+    for (name, g) in &snap.groups {
+        if q.group.as_ref().is_some_and(|want| want != name) {
+            continue;
+        }
+        let mut types = serde_json::Map::new();
+        for ty in ResourceType::ALL {
+            let ts = g.get(ty);
+            let resources: Vec<Value> = ts
+                .resources
+                .values()
+                .map(|r| {
+                    crate::envoy_json::to_json(ty.type_url(), &r.body)
+                        .unwrap_or_else(|e| json!({"name": &*r.name, "error": e}))
+                })
+                .collect();
+            types.insert(
+                ty.short().into(),
+                json!({ "version": ts.version, "resources": resources }),
+            );
+        }
+        groups.insert(name.clone(), json!({ "version": g.version(), "types": types }));
+    }
+    if let Some(want) = &q.group {
+        if groups.is_empty() {
+            return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no group {want:?}")}))).into_response();
+        }
+    }
+    Json(json!({
+        "generation": snap.generation,
+        "default_group": snap.default_group,
+        "groups": groups,
+    }))
+    .into_response()
+}
+
+async fn clients(State(s): State<AdminState>) -> Response {
+    Json(json!({
+        "clients": s.clients.snapshot(),
+        "recent_nacks": s.clients.recent_nacks(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,425 @@
+//! Configuration: typed structs read from YAML, validated before anything starts.
+//!
+//! Parsing and validation work on a string (`Config::from_yaml`), with no files or environment,
+//! so every error message is a unit test. Every key is documented in `docs/configuration.md`.
+
+mod duration;
+mod validate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::{parse_duration, Dur, Timeout};
+pub use validate::{is_host, parse_host_port, parse_static};
+
+/// The configuration `serve` runs when no `--config` is given: `config/voltha-xds.yaml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/voltha-xds.yaml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub debounce: DebounceConfig,
+    /// The node group of an Envoy whose `node.cluster` names no group.
+    pub default_group: String,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_xds_listen")]
+    pub xds_listen: String,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// The most resource names one stream may subscribe to, per type.
+    #[serde(default = "default_max_names")]
+    pub max_names_per_type: usize,
+}
+
+fn default_xds_listen() -> String {
+    "0.0.0.0:18000".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:18080".into()
+}
+fn default_max_names() -> usize {
+    100_000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            xds_listen: default_xds_listen(),
+            admin_listen: default_admin_listen(),
+            max_names_per_type: default_max_names(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebounceConfig {
+    /// A snapshot is built once the inputs have been quiet this long...
+    #[serde(default = "default_quiet")]
+    pub quiet: Dur,
+    /// ...or once this long has passed since the first unprocessed change.
+    #[serde(default = "default_max_delay")]
+    pub max_delay: Dur,
+}
+
+fn default_quiet() -> Dur {
+    Dur(Duration::from_millis(50))
+}
+fn default_max_delay() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+impl Default for DebounceConfig {
+    fn default() -> Self {
+        DebounceConfig {
+            quiet: default_quiet(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+/// An input. Each source has a unique name that clusters refer to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A file, re-read when it changes (for development, and tests).
+    File {
+        name: String,
+        path: PathBuf,
+        #[serde(default)]
+        format: FileFormat,
+        #[serde(default = "default_poll")]
+        poll_interval: Dur,
+    },
+}
+
+fn default_poll() -> Dur {
+    Dur(Duration::from_millis(250))
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::File { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// The JSON object VOLTHA's leader core writes to `service/voltha/data/core/assignment`.
+    #[default]
+    VolthaAssignment,
+    /// `{"set": ["host:port", ...], ...}`: named endpoint sets.
+    Endpoints,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http1,
+    #[default]
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    /// Consistent hashing on `hash_header`.
+    RingHash,
+    /// Consistent hashing on `hash_header`.
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsLookup {
+    /// Every address a name resolves to is an endpoint (Envoy `STRICT_DNS`).
+    #[default]
+    Strict,
+    /// One address at a time (Envoy `LOGICAL_DNS`), for large DNS-balanced services.
+    Logical,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// The request header hashed by `ring_hash` and `maglev`.
+    #[serde(default)]
+    pub hash_header: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    pub endpoints: EndpointsConfig,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+/// Where a cluster's endpoints come from: exactly one of `source`, `static` or `dns`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsConfig {
+    /// Fed by this source (served over EDS; over DNS when a host is a name).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// With an `endpoints` file source: the set to take.
+    #[serde(default)]
+    pub set: Option<String>,
+    /// The port for hosts that carry none (the assignment's hosts never do).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Fixed `ip:port` endpoints (served over EDS).
+    #[serde(default, rename = "static")]
+    pub static_endpoints: Option<Vec<String>>,
+    /// `host:port` names that Envoy resolves.
+    #[serde(default)]
+    pub dns: Option<Vec<String>>,
+    #[serde(default)]
+    pub dns_lookup: DnsLookup,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `ip:port` to bind, e.g. `0.0.0.0:50555`.
+    pub address: String,
+    #[serde(default)]
+    pub codec: Codec,
+    #[serde(default)]
+    pub stat_prefix: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub grpc_json_transcoder: Option<TranscoderConfig>,
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+    #[serde(default = "default_domains")]
+    pub domains: Vec<String>,
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_domains() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Downstream TLS. The files are read by Envoy, so the paths are Envoy's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscoderConfig {
+    /// Fully qualified gRPC services to transcode, e.g. `voltha.HealthService`.
+    pub services: Vec<String>,
+    /// A `FileDescriptorSet` file read by voltha-xds and sent inline to Envoy. Default: the
+    /// VOLTHA northbound subset built into voltha-xds (`proto-vendor/`).
+    #[serde(default)]
+    pub descriptor_file: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub convert_grpc_status: bool,
+    #[serde(default)]
+    pub auto_mapping: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default = "default_log_path")]
+    pub path: String,
+    /// An Envoy format string; Envoy's default format when absent.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+fn default_log_path() -> String {
+    "/dev/stdout".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix match (one of `prefix` and `path`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Exact path match.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatchConfig>,
+    pub cluster: String,
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    /// `none`, or a duration; Envoy's default (15s) when absent.
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchConfig {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Envoys whose `node.cluster` equals this name get this group's resources.
+    pub name: String,
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Clusters served besides those the listeners' routes name.
+    #[serde(default)]
+    pub clusters: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Parses and validates a YAML configuration.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let errors = validate::validate(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::from_yaml(EMBEDDED_DEFAULT)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The clusters a group serves: those its listeners route to, then its extra ones; sorted.
+    pub fn group_clusters(&self, group: &GroupConfig) -> Vec<String> {
+        let mut out: Vec<String> = group
+            .listeners
+            .iter()
+            .filter_map(|l| self.listener(l))
+            .flat_map(|l| l.routes.iter().map(|r| r.cluster.clone()))
+            .chain(group.clusters.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A short human summary (for `validate`).
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for g in &self.groups {
+            let default = if g.name == self.default_group { " (default)" } else { "" };
+            s.push_str(&format!("group {}{default}\n", g.name));
+            for l in g.listeners.iter().filter_map(|l| self.listener(l)) {
+                s.push_str(&format!(
+                    "  listener {} on {} ({:?}, {} routes{})\n",
+                    l.name,
+                    l.address,
+                    l.codec,
+                    l.routes.len(),
+                    if l.tls.is_some() { ", TLS" } else { "" }
+                ));
+            }
+            for c in self.group_clusters(g) {
+                if let Some(c) = self.cluster(&c) {
+                    let from = match (&c.endpoints.source, &c.endpoints.static_endpoints, &c.endpoints.dns) {
+                        (Some(src), _, _) => format!("source {src}"),
+                        (_, Some(st), _) => format!("{} static endpoints", st.len()),
+                        (_, _, Some(d)) => format!("DNS {}", d.join(", ")),
+                        _ => String::new(),
+                    };
+                    s.push_str(&format!("  cluster {} ({:?}, {:?}, {from})\n", c.name, c.protocol, c.lb_policy));
+                }
+            }
+        }
+        for src in &self.sources {
+            match src {
+                SourceConfig::File { name, path, format, .. } => {
+                    s.push_str(&format!("source {name}: file {} ({format:?})\n", path.display()))
+                }
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests;

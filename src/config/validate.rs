@@ -1,0 +1,281 @@
+//! Validation: every problem in a configuration, each as one clear sentence.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use super::{ClusterConfig, Config, LbPolicy, SourceConfig, Timeout};
+
+pub(super) fn validate(c: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    let e = &mut errors;
+
+    for (what, addr) in [("server.xds_listen", &c.server.xds_listen), ("server.admin_listen", &c.server.admin_listen)] {
+        if addr.parse::<SocketAddr>().is_err() {
+            e.push(format!("{what}: bad address {addr:?} (expected ip:port, e.g. 0.0.0.0:18000)"));
+        }
+    }
+    if c.server.max_names_per_type == 0 {
+        e.push("server.max_names_per_type must be at least 1".into());
+    }
+    if c.debounce.quiet.0 > c.debounce.max_delay.0 {
+        e.push(format!(
+            "debounce.quiet ({:?}) must not exceed debounce.max_delay ({:?})",
+            c.debounce.quiet.0, c.debounce.max_delay.0
+        ));
+    }
+
+    let sources = unique(e, "source", c.sources.iter().map(|s| s.name()));
+    for s in &c.sources {
+        match s {
+            SourceConfig::File { name, path, poll_interval, .. } => {
+                if path.as_os_str().is_empty() {
+                    e.push(format!("source {name:?}: path is empty"));
+                }
+                if poll_interval.0.is_zero() {
+                    e.push(format!("source {name:?}: poll_interval must be above zero"));
+                }
+            }
+        }
+    }
+
+    let clusters = unique(e, "cluster", c.clusters.iter().map(|x| x.name.as_str()));
+    for cl in &c.clusters {
+        cluster(e, cl, &sources);
+    }
+
+    let listeners = unique(e, "listener", c.listeners.iter().map(|x| x.name.as_str()));
+    for l in &c.listeners {
+        let at = format!("listener {:?}", l.name);
+        if l.address.parse::<SocketAddr>().is_err() {
+            e.push(format!("{at}: bad address {:?} (expected ip:port, e.g. 0.0.0.0:50555)", l.address));
+        }
+        if l.routes.is_empty() {
+            e.push(format!("{at}: has no routes"));
+        }
+        if l.domains.is_empty() {
+            e.push(format!("{at}: domains is empty (use [\"*\"] for any)"));
+        }
+        if let Some(tls) = &l.tls {
+            if tls.cert_file.is_empty() || tls.key_file.is_empty() {
+                e.push(format!("{at}: tls needs cert_file and key_file"));
+            }
+        }
+        if let Some(t) = &l.grpc_json_transcoder {
+            transcoder(e, &at, t);
+        }
+        if let Some(a) = &l.access_log {
+            if a.path.is_empty() {
+                e.push(format!("{at}: access_log.path is empty"));
+            }
+        }
+        for (i, r) in l.routes.iter().enumerate() {
+            let at = format!("{at} route {}", i + 1);
+            match (&r.prefix, &r.path) {
+                (Some(_), Some(_)) => e.push(format!("{at}: give prefix or path, not both")),
+                (None, None) => e.push(format!("{at}: needs a prefix or a path")),
+                (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+                    e.push(format!("{at}: {p:?} must start with '/'"))
+                }
+                _ => {}
+            }
+            if !clusters.contains(r.cluster.as_str()) {
+                e.push(format!("{at}: unknown cluster {:?}", r.cluster));
+            }
+            if r.prefix_rewrite.is_some() && r.prefix.is_none() {
+                e.push(format!("{at}: prefix_rewrite needs a prefix match"));
+            }
+            if let Some(Timeout::After(d)) = r.timeout {
+                if d.is_zero() {
+                    e.push(format!("{at}: timeout 0 is ambiguous; write `none` for no timeout"));
+                }
+            }
+            for h in &r.headers {
+                if h.name.is_empty() {
+                    e.push(format!("{at}: a header match has no name"));
+                }
+                if h.exact.is_some() == h.prefix.is_some() {
+                    e.push(format!("{at}: header {:?} needs exactly one of exact or prefix", h.name));
+                }
+            }
+        }
+    }
+
+    let groups = unique(e, "group", c.groups.iter().map(|g| g.name.as_str()));
+    if c.groups.is_empty() {
+        e.push("groups: at least one group is needed".into());
+    }
+    if !groups.contains(c.default_group.as_str()) {
+        e.push(format!("default_group: unknown group {:?}", c.default_group));
+    }
+    for g in &c.groups {
+        let at = format!("group {:?}", g.name);
+        let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+        for l in &g.listeners {
+            if !listeners.contains(l.as_str()) {
+                e.push(format!("{at}: unknown listener {l:?}"));
+                continue;
+            }
+            if let Some(addr) = c.listener(l).and_then(|x| x.address.parse::<SocketAddr>().ok()) {
+                if let Some(other) = ports.insert(addr.port(), l) {
+                    e.push(format!("{at}: listeners {other:?} and {l:?} both use port {}", addr.port()));
+                }
+            }
+        }
+        for cl in &g.clusters {
+            if !clusters.contains(cl.as_str()) {
+                e.push(format!("{at}: unknown cluster {cl:?}"));
+            }
+        }
+        if g.listeners.is_empty() && g.clusters.is_empty() {
+            e.push(format!("{at}: has neither listeners nor clusters"));
+        }
+    }
+    errors
+}
+
+fn unique<'a>(e: &mut Vec<String>, what: &str, names: impl Iterator<Item = &'a str>) -> BTreeSet<&'a str> {
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if n.is_empty() {
+            e.push(format!("a {what} has an empty name"));
+        } else if !seen.insert(n) {
+            e.push(format!("duplicate {what} name {n:?}"));
+        }
+    }
+    seen
+}
+
+fn cluster(e: &mut Vec<String>, cl: &ClusterConfig, sources: &BTreeSet<&str>) {
+    let at = format!("cluster {:?}", cl.name);
+    if cl.connect_timeout.0.is_zero() {
+        e.push(format!("{at}: connect_timeout must be above zero"));
+    }
+    match (cl.lb_policy, &cl.hash_header) {
+        (LbPolicy::RingHash | LbPolicy::Maglev, None) => {
+            e.push(format!("{at}: lb_policy {:?} needs hash_header", cl.lb_policy))
+        }
+        (LbPolicy::RingHash | LbPolicy::Maglev, Some(h)) if h.is_empty() => {
+            e.push(format!("{at}: hash_header is empty"))
+        }
+        (LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random, Some(_)) => {
+            e.push(format!("{at}: hash_header only applies to ring_hash and maglev"))
+        }
+        _ => {}
+    }
+    let ep = &cl.endpoints;
+    let kinds = [ep.source.is_some(), ep.static_endpoints.is_some(), ep.dns.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if kinds != 1 {
+        e.push(format!("{at}: endpoints needs exactly one of source, static or dns"));
+        return;
+    }
+    if let Some(src) = &ep.source {
+        if !sources.contains(src.as_str()) {
+            e.push(format!("{at}: unknown source {src:?}"));
+        }
+    } else if ep.set.is_some() {
+        e.push(format!("{at}: endpoints.set only applies to a source"));
+    }
+    if let Some(list) = &ep.static_endpoints {
+        if list.is_empty() {
+            e.push(format!("{at}: static endpoints list is empty"));
+        }
+        for s in list {
+            if let Err(m) = parse_static(s, ep.port) {
+                e.push(format!("{at}: {m}"));
+            }
+        }
+    }
+    if let Some(list) = &ep.dns {
+        if list.is_empty() {
+            e.push(format!("{at}: dns list is empty"));
+        }
+        for s in list {
+            if let Err(m) = parse_host_port(s, ep.port) {
+                e.push(format!("{at}: {m}"));
+            }
+        }
+    }
+}
+
+fn transcoder(e: &mut Vec<String>, at: &str, t: &super::TranscoderConfig) {
+    if t.services.is_empty() {
+        e.push(format!("{at}: grpc_json_transcoder.services is empty"));
+        return;
+    }
+    let bytes = match &t.descriptor_file {
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => b,
+            Err(err) => {
+                e.push(format!("{at}: cannot read descriptor_file {}: {err}", p.display()));
+                return;
+            }
+        },
+        None => crate::proto::VOLTHA_DESCRIPTOR.to_vec(),
+    };
+    match prost_reflect::DescriptorPool::decode(bytes.as_slice()) {
+        Ok(pool) => {
+            for s in &t.services {
+                if pool.get_service_by_name(s).is_none() {
+                    e.push(format!("{at}: the transcoder descriptor set has no service {s:?}"));
+                }
+            }
+        }
+        Err(err) => e.push(format!("{at}: descriptor set is not a valid FileDescriptorSet: {err}")),
+    }
+}
+
+/// `ip:port`, or a bare `ip` when a default port is given.
+pub fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let (Ok(ip), Some(port)) = (s.trim_matches(['[', ']']).parse::<IpAddr>(), default_port) {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    Err(format!("bad static endpoint {s:?} (expected ip:port)"))
+}
+
+/// `host:port` (or a bare host with a default port) where host is a DNS name or an IP.
+pub fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip().to_string(), a.port()));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("bad port in {s:?}"))?;
+            (h, port)
+        }
+        _ => match default_port {
+            Some(p) => (s, p),
+            None => return Err(format!("{s:?} needs a port (host:port)")),
+        },
+    };
+    if port == 0 {
+        return Err(format!("port 0 in {s:?}"));
+    }
+    if !is_host(host) {
+        return Err(format!("bad host {host:?} in {s:?} (expected a DNS name or an IP)"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// An IP literal or an RFC 1123 host name.
+pub fn is_host(h: &str) -> bool {
+    if h.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}

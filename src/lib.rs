@@ -1,0 +1,168 @@
+//! voltha-xds: an Envoy xDS control plane for VOLTHA.
+//!
+//! Module map (who may import whom, see `docs/architecture.md` in the design notes):
+//! - [`model`]: the protocol-free model and the data-flow picture; imports nothing of ours.
+//! - [`config`]: typed, validated configuration; a leaf.
+//! - [`sources`]: inputs (file; Consul, etcd and Kubernetes later); use `model` and `config`.
+//! - [`translate`]: the pure function model + config → Envoy resources.
+//! - [`xds`]: snapshot cache, per-stream protocol state machines, gRPC services; serves opaque
+//!   typed resources and imports neither `model`, `sources` nor `translate`.
+//! - [`admin`]: the admin HTTP API; reads handles only.
+//! - [`reconcile`]: debounce, translate, publish.
+//! - This file wires them together ([`start`]); `main.rs` parses the command line.
+
+pub mod admin;
+pub mod bootstrap;
+pub mod config;
+pub mod envoy_json;
+pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod reconcile;
+pub mod sources;
+pub mod translate;
+pub mod xds;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::xds::cache::Cache;
+use crate::xds::server::XdsServer;
+use crate::xds::status::ClientTable;
+use crate::xds::stream::Limits;
+
+/// A running server.
+pub struct Running {
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub cache: Cache,
+    pub clients: Arc<ClientTable>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, ends every stream and waits (at most `deadline`) for the tasks to end.
+    pub async fn stop(self, deadline: Duration) {
+        self.shutdown.cancel();
+        let all = futures::future::join_all(self.tasks);
+        let _ = tokio::time::timeout(deadline, all).await;
+    }
+}
+
+/// Binds both ports and starts sources, reconciler, xDS and admin servers.
+pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let cache = Cache::new();
+    let clients = Arc::new(ClientTable::default());
+
+    let xds_listener = TcpListener::bind(xds_listen)
+        .await
+        .with_context(|| format!("cannot listen for xDS on {xds_listen}"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen for admin on {admin_listen}"))?;
+    let xds_addr = xds_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let sources = sources::spawn_all(&config, metrics.clone(), shutdown.clone());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(reconcile::run(
+        config.clone(),
+        sources.clone(),
+        cache.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
+
+    let server = XdsServer {
+        cache: cache.clone(),
+        clients: clients.clone(),
+        metrics: metrics.clone(),
+        limits: Limits {
+            max_names: config.server.max_names_per_type,
+        },
+        shutdown: shutdown.clone(),
+    };
+    let builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    let router = server.into_router(builder);
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(xds_listener);
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, sd.cancelled_owned()).await {
+            tracing::error!(error = %e, "xDS server failed");
+        }
+    }));
+
+    let admin = admin::router(admin::AdminState {
+        cache: cache.clone(),
+        clients: clients.clone(),
+        metrics: metrics.clone(),
+        sources,
+    });
+    let sd = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(sd.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    }));
+
+    tracing::info!(%xds_addr, %admin_addr, groups = config.groups.len(), "voltha-xds serving");
+    Ok(Running {
+        xds_addr,
+        admin_addr,
+        cache,
+        clients,
+        metrics,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn serve(config: Config, xds_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+    let running = start(config, xds_listen, admin_listen).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

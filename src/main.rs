@@ -1,0 +1,163 @@
+//! The `voltha-xds` command line: parses arguments and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use voltha_xds::config::Config;
+use voltha_xds::xds::resources::ResourceType;
+
+#[derive(Parser)]
+#[command(name = "voltha-xds", version, about = "Envoy xDS control plane for VOLTHA")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the xDS server (the embedded VOLTHA profile unless --config is given).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// xDS gRPC address [default: server.xds_listen, 0.0.0.0:18000].
+        #[arg(long)]
+        xds_listen: Option<SocketAddr>,
+        /// Admin HTTP address [default: server.admin_listen, 127.0.0.1:18080].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Check a configuration; print a summary or every error.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print every resource that would be served, as Envoy JSON.
+    Render {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Render the group an Envoy with this node.cluster gets [default: every group].
+        #[arg(long)]
+        node_cluster: Option<String>,
+    },
+    /// Print an Envoy bootstrap (YAML) that takes its configuration from this server.
+    Bootstrap {
+        #[arg(long)]
+        node_id: String,
+        #[arg(long)]
+        node_cluster: String,
+        /// The xDS server, host:port.
+        #[arg(long)]
+        xds: String,
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// The address Envoy's admin listener binds.
+        #[arg(long, default_value = "127.0.0.1")]
+        admin_address: String,
+        /// Use Delta xDS instead of State of the World.
+        #[arg(long)]
+        delta: bool,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn load(config: &Option<PathBuf>) -> Result<Config, String> {
+    match config {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Config::embedded_default().map_err(|e| format!("embedded default: {e}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voltha-xds: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config, xds_listen, admin_listen } => {
+            init_logs(cli.log_format);
+            let config = load(&config)?;
+            let xds = match xds_listen {
+                Some(a) => a,
+                None => config.server.xds_listen.parse().map_err(|e| format!("server.xds_listen: {e}"))?,
+            };
+            let admin = match admin_listen {
+                Some(a) => a,
+                None => config.server.admin_listen.parse().map_err(|e| format!("server.admin_listen: {e}"))?,
+            };
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(voltha_xds::serve(config, xds, admin)).map_err(|e| format!("{e:#}"))
+        }
+        Command::Validate { config } => {
+            let c = Config::load(&config).map_err(|e| e.to_string())?;
+            print!("{} is valid\n{}", config.display(), c.summary());
+            Ok(())
+        }
+        Command::Render { config, node_cluster } => {
+            let config = load(&config)?;
+            let model = voltha_xds::sources::read_once(&config)?;
+            let groups = voltha_xds::translate::translate(&model, &config).map_err(|e| e.to_string())?;
+            let pick = node_cluster.map(|nc| {
+                if config.groups.iter().any(|g| g.name == nc) { nc } else { config.default_group.clone() }
+            });
+            let mut out = serde_json::Map::new();
+            for (name, g) in groups {
+                if pick.as_ref().is_some_and(|p| *p != name) {
+                    continue;
+                }
+                let input = g.encode();
+                let mut types = serde_json::Map::new();
+                for ty in ResourceType::ALL {
+                    let list: Result<Vec<Value>, String> = input.resources[ty.index()]
+                        .iter()
+                        .map(|r| voltha_xds::envoy_json::to_json(ty.type_url(), &r.body))
+                        .collect();
+                    types.insert(ty.short().into(), Value::Array(list?));
+                }
+                out.insert(name, Value::Object(types));
+            }
+            let doc = json!({ "groups": out });
+            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Bootstrap { node_id, node_cluster, xds, admin_port, admin_address, delta } => {
+            let y = voltha_xds::bootstrap::bootstrap(&voltha_xds::bootstrap::BootstrapOptions {
+                node_id,
+                node_cluster,
+                xds,
+                admin_port,
+                admin_address,
+                delta,
+            })?;
+            print!("{y}");
+            Ok(())
+        }
+    }
+}

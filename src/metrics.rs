@@ -1,0 +1,199 @@
+//! Prometheus metrics (served at the admin `/metrics`). Every name and help text is listed in
+//! `docs/configuration.md` under "Metrics".
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::xds::resources::ResourceType;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeApiLabel {
+    pub r#type: &'static str,
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceKindLabel {
+    pub source: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    streams: Family<ApiLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    responses: Family<TypeApiLabel, Counter<u64, AtomicU64>>,
+    acks: Family<TypeLabel, Counter>,
+    nacks: Family<TypeLabel, Counter>,
+    stale: Family<TypeLabel, Counter>,
+    time_to_ack: Family<TypeLabel, Histogram>,
+    unknown_types: Counter,
+    bad_requests: Counter,
+    snapshots: Counter,
+    snapshot_rejections: Family<ReasonLabel, Counter>,
+    snapshot_build_seconds: Histogram,
+    source_errors: Family<SourceKindLabel, Counter>,
+    source_updates: Family<SourceLabel, Counter>,
+    debounce_coalesced: Counter,
+}
+
+/// Decrements the stream gauge when the stream ends.
+pub struct StreamGauge(Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("voltha_xds");
+        let m = Metrics {
+            streams: Family::default(),
+            responses: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            stale: Family::default(),
+            time_to_ack: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            unknown_types: Counter::default(),
+            bad_requests: Counter::default(),
+            snapshots: Counter::default(),
+            snapshot_rejections: Family::default(),
+            snapshot_build_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            source_errors: Family::default(),
+            source_updates: Family::default(),
+            debounce_coalesced: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("streams", "Connected xDS streams, by API (sotw, delta)", m.streams.clone());
+        registry.register("responses", "xDS responses sent, by type and API", m.responses.clone());
+        registry.register("acks", "Responses Envoy accepted, by type", m.acks.clone());
+        registry.register("nacks", "Responses Envoy rejected (NACK), by type", m.nacks.clone());
+        registry.register("stale_requests", "Requests ignored because their nonce was not the latest, by type", m.stale.clone());
+        registry.register("time_to_ack_seconds", "Time from sending a response to its ACK, by type", m.time_to_ack.clone());
+        registry.register("unknown_type_requests", "Requests for a type URL this server does not serve", m.unknown_types.clone());
+        registry.register("bad_requests", "Streams ended because of a malformed request", m.bad_requests.clone());
+        registry.register("snapshots_published", "Snapshots published (content changed)", m.snapshots.clone());
+        registry.register("snapshot_rejections", "Snapshots refused before publication, by reason", m.snapshot_rejections.clone());
+        registry.register("snapshot_build_seconds", "Time to translate, check and encode a snapshot", m.snapshot_build_seconds.clone());
+        registry.register("source_errors", "Errors reading an input, by source and kind", m.source_errors.clone());
+        registry.register("source_updates", "Valid input states delivered, by source", m.source_updates.clone());
+        registry.register("debounce_coalesced", "Input changes merged into a later snapshot by the debounce", m.debounce_coalesced.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn stream_opened(&self, api: &'static str) -> StreamGauge {
+        let g = self.streams.get_or_create(&ApiLabel { api }).clone();
+        g.inc();
+        StreamGauge(g)
+    }
+
+    pub fn response_sent(&self, ty: ResourceType, api: &'static str) {
+        self.responses
+            .get_or_create(&TypeApiLabel { r#type: ty.short(), api })
+            .inc();
+    }
+
+    pub fn acked(&self, ty: ResourceType, after: Duration) {
+        let l = TypeLabel { r#type: ty.short() };
+        self.acks.get_or_create(&l).inc();
+        self.time_to_ack.get_or_create(&l).observe(after.as_secs_f64());
+    }
+
+    pub fn nacked(&self, ty: ResourceType) {
+        self.nacks.get_or_create(&TypeLabel { r#type: ty.short() }).inc();
+    }
+
+    pub fn stale_request(&self, ty: ResourceType) {
+        self.stale.get_or_create(&TypeLabel { r#type: ty.short() }).inc();
+    }
+
+    pub fn unknown_type(&self) {
+        self.unknown_types.inc();
+    }
+
+    pub fn bad_request(&self) {
+        self.bad_requests.inc();
+    }
+
+    pub fn snapshot_published(&self, build: Duration) {
+        self.snapshots.inc();
+        self.snapshot_build_seconds.observe(build.as_secs_f64());
+    }
+
+    pub fn snapshot_rejected(&self, reason: &'static str) {
+        self.snapshot_rejections.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn source_error(&self, source: &str, kind: &'static str) {
+        self.source_errors
+            .get_or_create(&SourceKindLabel { source: source.to_string(), kind })
+            .inc();
+    }
+
+    pub fn source_update(&self, source: &str) {
+        self.source_updates
+            .get_or_create(&SourceLabel { source: source.to_string() })
+            .inc();
+    }
+
+    pub fn coalesced(&self, n: u64) {
+        self.debounce_coalesced.inc_by(n);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+
+    /// Counter value for tests and the admin page.
+    pub fn source_error_count(&self, source: &str, kind: &'static str) -> u64 {
+        self.source_errors
+            .get_or_create(&SourceKindLabel { source: source.to_string(), kind })
+            .get()
+    }
+
+    pub fn rejection_count(&self, reason: &'static str) -> u64 {
+        self.snapshot_rejections.get_or_create(&ReasonLabel { reason }).get()
+    }
+}

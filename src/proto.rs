@@ -1,0 +1,28 @@
+//! The VOLTHA northbound subset compiled from `proto-vendor/` (see `build.rs`): its descriptor
+//! set, which the gRPC-JSON transcoder config carries inline, and its tonic client and server,
+//! which the fake core and the tests use.
+
+/// `FileDescriptorSet` of `proto-vendor/` (VOLTHA subset with its imports).
+pub const VOLTHA_DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/voltha_descriptor.bin"));
+
+#[allow(clippy::all, missing_docs)]
+pub mod voltha {
+    tonic::include_proto!("voltha");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod common {
+    tonic::include_proto!("common");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod schema {
+    tonic::include_proto!("schema");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}

@@ -1,0 +1,129 @@
+//! The reconciler: one task that waits for any source to change, debounces (a quiet period and
+//! a maximum delay), merges the sources into a [`Model`], translates, checks and publishes a new
+//! snapshot when the content changed. A translation that fails is logged and counted, and the
+//! last good snapshot keeps being served.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::select_all;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::sources::SourceHandle;
+use crate::translate::translate;
+use crate::xds::cache::Cache;
+
+/// Builds the model from every source; `None` while some source has not delivered yet.
+pub fn model_of(sources: &[SourceHandle]) -> Option<Model> {
+    let mut m = Model::default();
+    for s in sources {
+        let data = s.rx.borrow().data.clone()?;
+        m.sources.insert(s.name.clone(), data);
+    }
+    Some(m)
+}
+
+/// Translates and publishes once. Returns whether a new snapshot was published.
+pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics, observed_at: Instant) -> bool {
+    let started = Instant::now();
+    let groups = match translate(model, config) {
+        Ok(g) => g,
+        Err(e) => {
+            metrics.snapshot_rejected(e.reason());
+            error!(error = %e, "snapshot refused; the last good snapshot keeps being served");
+            return false;
+        }
+    };
+    let inputs: BTreeMap<_, _> = groups.iter().map(|(k, v)| (k.clone(), v.encode())).collect();
+    match cache.publish(inputs, &config.default_group, observed_at) {
+        Ok(Some(s)) => {
+            metrics.snapshot_published(started.elapsed());
+            let versions: Vec<String> = s.groups.values().map(|g| format!("{}={}", g.name, g.version())).collect();
+            info!(generation = s.generation, groups = %versions.join(" "), build_ms = started.elapsed().as_millis() as u64, "snapshot published");
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            metrics.snapshot_rejected("cache");
+            error!(error = %e, "snapshot refused; the last good snapshot keeps being served");
+            false
+        }
+    }
+}
+
+/// Waits until any receiver reports a change; `false` when all senders are gone.
+async fn any_changed(rxs: &mut [watch::Receiver<crate::sources::SourceState>]) -> bool {
+    if rxs.is_empty() {
+        return std::future::pending().await;
+    }
+    let futs: Vec<_> = rxs.iter_mut().map(|r| Box::pin(r.changed())).collect();
+    let (res, _, _) = select_all(futs).await;
+    res.is_ok()
+}
+
+/// Runs until `shutdown`: debounce, rebuild, publish.
+pub async fn run(
+    config: Arc<Config>,
+    sources: Vec<SourceHandle>,
+    cache: Cache,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let quiet = config.debounce.quiet.0;
+    let max_delay = config.debounce.max_delay.0;
+    let mut rxs: Vec<_> = sources.iter().map(|s| s.rx.clone()).collect();
+    for r in &mut rxs {
+        r.mark_changed();
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ok = any_changed(&mut rxs) => if !ok { return },
+        }
+        let first = Instant::now();
+        let coalesced = debounce(&mut rxs, quiet, max_delay, &shutdown).await;
+        metrics.coalesced(coalesced);
+        if shutdown.is_cancelled() {
+            return;
+        }
+        for r in &mut rxs {
+            r.borrow_and_update();
+        }
+        if let Some(model) = model_of(&sources) {
+            rebuild(&config, &model, &cache, &metrics, first);
+        }
+    }
+}
+
+/// After a first change: waits until no change for `quiet`, or `max_delay` after the first.
+/// Returns how many further changes were merged.
+pub async fn debounce(
+    rxs: &mut [watch::Receiver<crate::sources::SourceState>],
+    quiet: Duration,
+    max_delay: Duration,
+    shutdown: &CancellationToken,
+) -> u64 {
+    let deadline = tokio::time::Instant::now() + max_delay;
+    let mut merged = 0;
+    loop {
+        for r in rxs.iter_mut() {
+            r.borrow_and_update();
+        }
+        let until = std::cmp::min(tokio::time::Instant::now() + quiet, deadline);
+        tokio::select! {
+            _ = shutdown.cancelled() => return merged,
+            _ = tokio::time::sleep_until(until) => return merged,
+            ok = any_changed(rxs) => {
+                if !ok { return merged; }
+                merged += 1;
+                if tokio::time::Instant::now() >= deadline { return merged; }
+            }
+        }
+    }
+}

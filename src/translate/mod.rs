@@ -1,0 +1,130 @@
+//! `translate(&Model, &Config)`: the pure function from what the inputs say to the Envoy
+//! resources of every node group. No I/O (except reading a configured transcoder descriptor
+//! file), no clocks. This is where VOLTHA's knowledge lives; golden tests pin its output.
+//!
+//! Per group: one listener per configured listener, one route configuration per listener
+//! (`<listener>-routes`, served over RDS), the clusters its routes name plus its extra ones, and
+//! a load assignment per EDS cluster (possibly empty: a cluster with no endpoints still gets
+//! its assignment, so Envoy does not wait for one).
+
+pub mod cluster;
+pub mod consistency;
+pub mod listener;
+pub mod route;
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::{Any, Duration};
+use prost::{Message, Name};
+
+use crate::config::Config;
+use crate::model::Model;
+use crate::xds::cache::GroupInput;
+use crate::xds::resources::{Resource, ResourceType};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TranslateError {
+    #[error("source {0:?} has not delivered yet")]
+    MissingSource(String),
+    #[error("cluster {cluster:?}: host {host:?} has no port and the cluster sets none")]
+    NoPort { cluster: String, host: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("group {group:?} is inconsistent: {}", problems.join("; "))]
+    Inconsistent { group: String, problems: Vec<String> },
+}
+
+impl TranslateError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TranslateError::MissingSource(_) => "source_not_ready",
+            TranslateError::NoPort { .. } => "no_port",
+            TranslateError::Config(_) => "config",
+            TranslateError::Inconsistent { .. } => "inconsistent",
+        }
+    }
+}
+
+/// The typed resources of one node group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupResources {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+}
+
+impl GroupResources {
+    /// Encodes every resource once, for the cache.
+    pub fn encode(&self) -> GroupInput {
+        let mut g = GroupInput::default();
+        g.resources[ResourceType::Cluster.index()] = self
+            .clusters
+            .iter()
+            .map(|c| Resource::new(ResourceType::Cluster, &c.name, c.encode_to_vec()))
+            .collect();
+        g.resources[ResourceType::Endpoint.index()] = self
+            .endpoints
+            .iter()
+            .map(|c| Resource::new(ResourceType::Endpoint, &c.cluster_name, c.encode_to_vec()))
+            .collect();
+        g.resources[ResourceType::Listener.index()] = self
+            .listeners
+            .iter()
+            .map(|l| Resource::new(ResourceType::Listener, &l.name, l.encode_to_vec()))
+            .collect();
+        g.resources[ResourceType::Route.index()] = self
+            .routes
+            .iter()
+            .map(|r| Resource::new(ResourceType::Route, &r.name, r.encode_to_vec()))
+            .collect();
+        g
+    }
+}
+
+/// Translates the model into every group's resources and checks each group's consistency.
+pub fn translate(model: &Model, config: &Config) -> Result<BTreeMap<String, GroupResources>, TranslateError> {
+    let mut out = BTreeMap::new();
+    for g in &config.groups {
+        let mut res = GroupResources::default();
+        for name in config.group_clusters(g) {
+            let c = config
+                .cluster(&name)
+                .ok_or_else(|| TranslateError::Config(format!("unknown cluster {name:?}")))?;
+            let (cluster, cla) = cluster::cluster(c, model)?;
+            res.clusters.push(cluster);
+            res.endpoints.extend(cla);
+        }
+        for name in &g.listeners {
+            let l = config
+                .listener(name)
+                .ok_or_else(|| TranslateError::Config(format!("unknown listener {name:?}")))?;
+            res.listeners.push(listener::listener(l)?);
+            res.routes.push(route::route_configuration(l, config));
+        }
+        consistency::check(&g.name, &res)?;
+        out.insert(g.name.clone(), res);
+    }
+    Ok(out)
+}
+
+pub(crate) fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+pub(crate) fn duration(d: std::time::Duration) -> Duration {
+    Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,355 @@
+//! The versioned snapshot cache.
+//!
+//! A [`Snapshot`] holds, for each node group, one immutable [`TypeSnapshot`] per resource type.
+//! Everything is behind `Arc`: streams hold pointers, never copies. A new snapshot reuses the
+//! previous one's `Arc<Resource>` for every resource whose content did not change and the
+//! previous `Arc<TypeSnapshot>` for every type whose version did not change, so a stream can tell
+//! "nothing changed for me" by pointer comparison and memory holds one copy of each resource.
+//!
+//! Versions are content hashes: the same input gives the same versions on every replica and
+//! after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::resources::{content_hash, version_string, Resource, ResourceType};
+
+/// All resources of one type for one node group.
+#[derive(Debug)]
+pub struct TypeSnapshot {
+    pub ty: ResourceType,
+    pub version: String,
+    pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
+    /// The version this one was built on, and what changed since: computed once here so that a
+    /// stream that held the previous version looks only at the changed names.
+    pub delta_from: Option<TypeDelta>,
+}
+
+/// The names that differ between two consecutive versions of one type.
+#[derive(Debug)]
+pub struct TypeDelta {
+    pub previous_version: String,
+    /// Added or modified.
+    pub changed: Vec<Arc<str>>,
+    pub removed: Vec<Arc<str>>,
+}
+
+impl TypeDelta {
+    fn between(prev: &TypeSnapshot, next: &BTreeMap<Arc<str>, Arc<Resource>>) -> Self {
+        let changed = next
+            .iter()
+            .filter(|(n, r)| prev.resources.get(*n).is_none_or(|o| !Arc::ptr_eq(o, r)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let removed = prev
+            .resources
+            .keys()
+            .filter(|n| !next.contains_key(*n))
+            .cloned()
+            .collect();
+        TypeDelta {
+            previous_version: prev.version.clone(),
+            changed,
+            removed,
+        }
+    }
+}
+
+impl TypeSnapshot {
+    fn build(
+        ty: ResourceType,
+        resources: Vec<Resource>,
+        previous: Option<&Arc<TypeSnapshot>>,
+    ) -> Result<Arc<Self>, CacheError> {
+        let mut map: BTreeMap<Arc<str>, Arc<Resource>> = BTreeMap::new();
+        for r in resources {
+            if map.contains_key(&r.name) {
+                return Err(CacheError::DuplicateName {
+                    ty,
+                    name: r.name.to_string(),
+                });
+            }
+            // Share the previous generation's copy when the content is the same.
+            let shared = previous
+                .and_then(|p| p.resources.get(&r.name))
+                .filter(|old| old.version == r.version)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(r));
+            map.insert(shared.name.clone(), shared);
+        }
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(map.len());
+        for (name, r) in &map {
+            let mut p = name.as_bytes().to_vec();
+            p.push(0);
+            p.extend_from_slice(&r.version.to_be_bytes());
+            parts.push(p);
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let version = version_string(content_hash(&refs));
+        if let Some(p) = previous {
+            if p.version == version {
+                return Ok(p.clone());
+            }
+        }
+        let delta_from = previous.map(|p| TypeDelta::between(p, &map));
+        Ok(Arc::new(TypeSnapshot {
+            ty,
+            version,
+            resources: map,
+            delta_from,
+        }))
+    }
+
+    pub fn empty(ty: ResourceType) -> Arc<Self> {
+        Self::build(ty, Vec::new(), None).unwrap_or_else(|_| {
+            Arc::new(TypeSnapshot {
+                ty,
+                version: String::new(),
+                resources: BTreeMap::new(),
+                delta_from: None,
+            })
+        })
+    }
+
+    /// The key `Arc` for a name this snapshot holds, so subscriptions share the string.
+    pub fn intern(&self, name: &str) -> Arc<str> {
+        self.resources
+            .get_key_value(name)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| Arc::from(name))
+    }
+}
+
+/// The resources of one node group.
+#[derive(Debug)]
+pub struct GroupSnapshot {
+    pub name: String,
+    pub types: [Arc<TypeSnapshot>; 4],
+}
+
+impl GroupSnapshot {
+    pub fn get(&self, ty: ResourceType) -> &Arc<TypeSnapshot> {
+        &self.types[ty.index()]
+    }
+
+    /// One version string for the whole group (for logs and the admin API).
+    pub fn version(&self) -> String {
+        let parts: Vec<&[u8]> = self.types.iter().map(|t| t.version.as_bytes()).collect();
+        version_string(content_hash(&parts))
+    }
+}
+
+/// The resources of every node group, as published by the reconciler.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub groups: BTreeMap<String, Arc<GroupSnapshot>>,
+    pub default_group: String,
+    /// Increases by one with every publication of this process (not part of any version).
+    pub generation: u64,
+    /// When the input change that led to this snapshot was first observed.
+    pub observed_at: std::time::Instant,
+}
+
+impl Snapshot {
+    /// The group an Envoy with this `node.cluster` gets: the group of that name, else the default.
+    pub fn group_for(&self, node_cluster: &str) -> Option<&Arc<GroupSnapshot>> {
+        self.groups
+            .get(node_cluster)
+            .or_else(|| self.groups.get(&self.default_group))
+    }
+}
+
+/// Resources of one group, by type, before encoding into a snapshot.
+#[derive(Debug, Default)]
+pub struct GroupInput {
+    pub resources: [Vec<Resource>; 4],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("two {} resources are named {name:?}", ty.short())]
+    DuplicateName { ty: ResourceType, name: String },
+    #[error("the default group {0:?} has no resources")]
+    NoDefaultGroup(String),
+}
+
+/// Holds the current snapshot and tells every stream when it changes.
+#[derive(Clone)]
+pub struct Cache {
+    tx: Arc<watch::Sender<Option<Arc<Snapshot>>>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cache {
+    pub fn new() -> Self {
+        let (tx, _rx) = watch::channel(None);
+        Cache { tx: Arc::new(tx) }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.tx.borrow().clone()
+    }
+
+    /// Builds a snapshot from per-group resources and publishes it if any group's content
+    /// changed. Returns the published snapshot, or `None` when nothing changed.
+    pub fn publish(
+        &self,
+        groups: BTreeMap<String, GroupInput>,
+        default_group: &str,
+        observed_at: std::time::Instant,
+    ) -> Result<Option<Arc<Snapshot>>, CacheError> {
+        if !groups.contains_key(default_group) {
+            return Err(CacheError::NoDefaultGroup(default_group.to_string()));
+        }
+        let previous = self.current();
+        let mut built = BTreeMap::new();
+        for (name, input) in groups {
+            let prev_group = previous.as_ref().and_then(|p| p.groups.get(&name));
+            let [c, e, l, r] = input.resources;
+            let mut types = Vec::with_capacity(4);
+            for (ty, res) in ResourceType::ALL.into_iter().zip([c, e, l, r]) {
+                types.push(TypeSnapshot::build(
+                    ty,
+                    res,
+                    prev_group.map(|g| g.get(ty)),
+                )?);
+            }
+            let types: [Arc<TypeSnapshot>; 4] = match types.try_into() {
+                Ok(t) => t,
+                Err(_) => unreachable!("four resource types"),
+            };
+            let group = match prev_group {
+                Some(pg) if pg.types.iter().zip(&types).all(|(a, b)| Arc::ptr_eq(a, b)) => {
+                    pg.clone()
+                }
+                _ => Arc::new(GroupSnapshot {
+                    name: name.clone(),
+                    types,
+                }),
+            };
+            built.insert(name, group);
+        }
+        if let Some(p) = &previous {
+            let same = p.default_group == default_group
+                && p.groups.len() == built.len()
+                && p.groups
+                    .iter()
+                    .zip(&built)
+                    .all(|((an, a), (bn, b))| an == bn && Arc::ptr_eq(a, b));
+            if same {
+                return Ok(None);
+            }
+        }
+        let snap = Arc::new(Snapshot {
+            groups: built,
+            default_group: default_group.to_string(),
+            generation: previous.as_ref().map_or(1, |p| p.generation + 1),
+            observed_at,
+        });
+        self.tx.send_replace(Some(snap.clone()));
+        Ok(Some(snap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(clusters: &[(&str, u8)]) -> BTreeMap<String, GroupInput> {
+        let mut g = GroupInput::default();
+        for (n, b) in clusters {
+            g.resources[0].push(Resource::new(ResourceType::Cluster, n, vec![*b]));
+        }
+        BTreeMap::from([("default".to_string(), g)])
+    }
+
+    #[test]
+    fn same_content_is_not_republished_and_versions_are_reproducible() {
+        let cache = Cache::new();
+        let now = std::time::Instant::now();
+        let s1 = cache
+            .publish(input(&[("a", 1), ("b", 2)]), "default", now)
+            .expect("ok")
+            .expect("published");
+        assert!(cache
+            .publish(input(&[("b", 2), ("a", 1)]), "default", now)
+            .expect("ok")
+            .is_none());
+        // A second cache (another replica, or a restart) hands out the same versions.
+        let other = Cache::new();
+        let s2 = other
+            .publish(input(&[("a", 1), ("b", 2)]), "default", now)
+            .expect("ok")
+            .expect("published");
+        let v = |s: &Snapshot| s.groups["default"].get(ResourceType::Cluster).version.clone();
+        assert_eq!(v(&s1), v(&s2));
+    }
+
+    #[test]
+    fn unchanged_resources_and_types_are_shared_between_generations() {
+        let cache = Cache::new();
+        let now = std::time::Instant::now();
+        let s1 = cache
+            .publish(input(&[("a", 1), ("b", 2)]), "default", now)
+            .expect("ok")
+            .expect("published");
+        let s2 = cache
+            .publish(input(&[("a", 1), ("b", 3)]), "default", now)
+            .expect("ok")
+            .expect("published");
+        let c1 = s1.groups["default"].get(ResourceType::Cluster);
+        let c2 = s2.groups["default"].get(ResourceType::Cluster);
+        assert_ne!(c1.version, c2.version);
+        assert!(Arc::ptr_eq(&c1.resources["a"], &c2.resources["a"]));
+        assert!(!Arc::ptr_eq(&c1.resources["b"], &c2.resources["b"]));
+        let d = c2.delta_from.as_ref().expect("delta");
+        assert_eq!(d.previous_version, c1.version);
+        assert_eq!(d.changed.iter().map(|n| &**n).collect::<Vec<_>>(), vec!["b"]);
+        assert!(d.removed.is_empty());
+        // Types that did not change keep their Arc.
+        assert!(Arc::ptr_eq(
+            s1.groups["default"].get(ResourceType::Listener),
+            s2.groups["default"].get(ResourceType::Listener)
+        ));
+        assert_eq!(s2.generation, 2);
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_default_group_are_refused() {
+        let cache = Cache::new();
+        let now = std::time::Instant::now();
+        assert!(matches!(
+            cache.publish(input(&[("a", 1), ("a", 2)]), "default", now),
+            Err(CacheError::DuplicateName { .. })
+        ));
+        assert!(matches!(
+            cache.publish(input(&[("a", 1)]), "other", now),
+            Err(CacheError::NoDefaultGroup(_))
+        ));
+        assert!(cache.current().is_none());
+    }
+
+    #[test]
+    fn unknown_node_cluster_gets_the_default_group() {
+        let cache = Cache::new();
+        let mut groups = input(&[("a", 1)]);
+        groups.insert("front-proxy".into(), GroupInput::default());
+        let s = cache
+            .publish(groups, "default", std::time::Instant::now())
+            .expect("ok")
+            .expect("published");
+        assert_eq!(s.group_for("front-proxy").map(|g| g.name.as_str()), Some("front-proxy"));
+        assert_eq!(s.group_for("anything").map(|g| g.name.as_str()), Some("default"));
+    }
+}

@@ -1,0 +1,292 @@
+//! The gRPC services: ADS (SotW and Delta) and the per-type CDS, EDS, LDS and RDS services,
+//! all on one port.
+//!
+//! Each stream runs in its own task: it selects over "request arrived", "snapshot changed" and
+//! "shutdown", feeds its state machine, and sends what the machine says. No lock is shared
+//! on the send path; the snapshot is read through a `watch` channel and shared by `Arc`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::cache::Cache;
+use super::resources::ResourceType;
+use super::services::*;
+use super::status::ClientTable;
+use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
+use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
+use crate::metrics::Metrics;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Responses buffered per stream before the stream task waits for the client to read.
+const SEND_BUFFER: usize = 4;
+
+/// Everything a stream needs; cheap to clone.
+#[derive(Clone)]
+pub struct XdsServer {
+    pub cache: Cache,
+    pub clients: Arc<ClientTable>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub shutdown: CancellationToken,
+}
+
+impl From<StreamError> for Status {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::TooManyNames { .. } => Status::resource_exhausted(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+impl XdsServer {
+    /// Adds every xDS service to a tonic router.
+    pub fn into_router(self, builder: tonic::transport::Server) -> tonic::transport::server::Router {
+        let mut builder = builder;
+        builder
+            .add_service(aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(self.clone()))
+            .add_service(cluster_discovery_service_server::ClusterDiscoveryServiceServer::new(self.clone()))
+            .add_service(endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new(self.clone()))
+            .add_service(listener_discovery_service_server::ListenerDiscoveryServiceServer::new(self.clone()))
+            .add_service(route_discovery_service_server::RouteDiscoveryServiceServer::new(self))
+    }
+
+    fn observe(&self, events: Vec<StreamEvent>, api: &'static str) {
+        for e in events {
+            match e {
+                StreamEvent::Sent { ty, version, resources, removed } => {
+                    self.metrics.response_sent(ty, api);
+                    debug!(target: "voltha_xds::push", r#type = ty.short(), api, %version, resources, removed, "response sent");
+                }
+                StreamEvent::Acked { ty, version, after } => {
+                    self.metrics.acked(ty, after);
+                    debug!(r#type = ty.short(), %version, ms = after.as_millis() as u64, "ack");
+                }
+                StreamEvent::Nacked(n) => {
+                    let ty = ResourceType::ALL.into_iter().find(|t| t.short() == n.ty);
+                    if let Some(ty) = ty {
+                        self.metrics.nacked(ty);
+                    }
+                    warn!(node = %n.node_id, cluster = %n.node_cluster, r#type = n.ty, version = %n.version, error = %n.error, "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
+                    self.clients.record_nack(*n);
+                }
+                StreamEvent::Stale { ty } => {
+                    self.metrics.stale_request(ty);
+                    debug!(r#type = ty.short(), "stale nonce, request ignored");
+                }
+                StreamEvent::UnknownType { type_url } => {
+                    self.metrics.unknown_type();
+                    info!(%type_url, "request for a type this server does not serve; answered empty");
+                }
+            }
+        }
+    }
+
+    fn sotw(&self, scope: Scope, mut inbound: Streaming<DiscoveryRequest>) -> BoxStream<DiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let reg = this.clients.register("sotw", scope.name());
+            let _gauge = this.metrics.stream_opened("sotw");
+            let mut snaps = this.cache.subscribe();
+            let mut sm = SotwStream::new(scope, this.limits, reg.status.clone());
+            sm.on_snapshot(snaps.borrow_and_update().clone());
+            loop {
+                tokio::select! {
+                    _ = this.shutdown.cancelled() => break,
+                    _ = tx.closed() => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => {
+                            if let Err(e) = sm.on_request(req) {
+                                this.metrics.bad_request();
+                                warn!(stream = reg.id, error = %e, "ending stream on a bad request");
+                                let _ = tx.send(Err(e.into())).await;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            debug!(stream = reg.id, %status, "stream ended by the client");
+                            break;
+                        }
+                    },
+                    changed = snaps.changed() => {
+                        if changed.is_err() { break; }
+                        sm.on_snapshot(snaps.borrow_and_update().clone());
+                    }
+                }
+                let out = sm.poll();
+                this.observe(sm.take_events(), "sotw");
+                for r in out {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    fn delta(&self, scope: Scope, mut inbound: Streaming<DeltaDiscoveryRequest>) -> BoxStream<DeltaDiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(SEND_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let reg = this.clients.register("delta", scope.name());
+            let _gauge = this.metrics.stream_opened("delta");
+            let mut snaps = this.cache.subscribe();
+            let mut sm = DeltaStream::new(scope, this.limits, reg.status.clone());
+            sm.on_snapshot(snaps.borrow_and_update().clone());
+            loop {
+                tokio::select! {
+                    _ = this.shutdown.cancelled() => break,
+                    _ = tx.closed() => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => {
+                            if let Err(e) = sm.on_request(req) {
+                                this.metrics.bad_request();
+                                warn!(stream = reg.id, error = %e, "ending stream on a bad request");
+                                let _ = tx.send(Err(e.into())).await;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            debug!(stream = reg.id, %status, "stream ended by the client");
+                            break;
+                        }
+                    },
+                    changed = snaps.changed() => {
+                        if changed.is_err() { break; }
+                        sm.on_snapshot(snaps.borrow_and_update().clone());
+                    }
+                }
+                let out = sm.poll();
+                this.observe(sm.take_events(), "delta");
+                for r in out {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    /// A unary fetch: the current resources of one type for the request's subscription.
+    fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<DiscoveryResponse, Status> {
+        let table = Arc::new(ClientTable::default());
+        let reg = table.register("sotw", "fetch");
+        let mut sm = SotwStream::new(Scope::Single(ty), self.limits, reg.status.clone());
+        sm.on_snapshot(self.cache.current());
+        let mut req = req;
+        // A fetch always answers with the current content.
+        req.version_info.clear();
+        req.response_nonce.clear();
+        sm.on_request(req)?;
+        match sm.poll().pop() {
+            Some(r) => Ok(r),
+            None => Err(Status::unavailable("no snapshot has been built yet")),
+        }
+    }
+}
+
+macro_rules! per_type_service {
+    ($module:ident, $trait:ident, $ty:expr, $stream:ident, $stream_ty:ident, $delta:ident, $delta_ty:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $module::$trait for XdsServer {
+            type $stream_ty = BoxStream<DiscoveryResponse>;
+            type $delta_ty = BoxStream<DeltaDiscoveryResponse>;
+
+            async fn $stream(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<Self::$stream_ty>, Status> {
+                Ok(Response::new(self.sotw(Scope::Single($ty), request.into_inner())))
+            }
+
+            async fn $delta(
+                &self,
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<Self::$delta_ty>, Status> {
+                Ok(Response::new(self.delta(Scope::Single($ty), request.into_inner())))
+            }
+
+            async fn $fetch(
+                &self,
+                request: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                self.fetch($ty, request.into_inner()).map(Response::new)
+            }
+        }
+    };
+}
+
+per_type_service!(
+    cluster_discovery_service_server,
+    ClusterDiscoveryService,
+    ResourceType::Cluster,
+    stream_clusters,
+    StreamClustersStream,
+    delta_clusters,
+    DeltaClustersStream,
+    fetch_clusters
+);
+per_type_service!(
+    endpoint_discovery_service_server,
+    EndpointDiscoveryService,
+    ResourceType::Endpoint,
+    stream_endpoints,
+    StreamEndpointsStream,
+    delta_endpoints,
+    DeltaEndpointsStream,
+    fetch_endpoints
+);
+per_type_service!(
+    listener_discovery_service_server,
+    ListenerDiscoveryService,
+    ResourceType::Listener,
+    stream_listeners,
+    StreamListenersStream,
+    delta_listeners,
+    DeltaListenersStream,
+    fetch_listeners
+);
+per_type_service!(
+    route_discovery_service_server,
+    RouteDiscoveryService,
+    ResourceType::Route,
+    stream_routes,
+    StreamRoutesStream,
+    delta_routes,
+    DeltaRoutesStream,
+    fetch_routes
+);
+
+#[tonic::async_trait]
+impl aggregated_discovery_service_server::AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.sotw(Scope::Ads, request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.delta(Scope::Ads, request.into_inner())))
+    }
+}

@@ -1,0 +1,290 @@
+//! Per-stream protocol logic, as plain state machines with no I/O.
+//!
+//! The server feeds a stream's machine three kinds of input: a request arrived, the snapshot
+//! changed, and asks it for the responses it wants to send now (`poll`). Everything the xDS
+//! protocol says about nonces, versions, ACK/NACK, subscriptions and ordering lives here, so
+//! each corner case is an ordinary unit test (see `tests.rs`).
+//!
+//! Rules common to both variants:
+//! - `node` must be on the first request of a stream; later copies are ignored. The node's
+//!   `cluster` picks the node group (or the default group).
+//! - Nonces are per type. At most one response per type is unacknowledged at a time: a newer
+//!   snapshot waits for the ACK or NACK of the previous response and then goes out as one
+//!   response (natural coalescing, bounded memory per stream).
+//! - A NACKed version is never sent again to that stream; the next response for that type
+//!   goes out when the content changes (or the subscription does).
+//! - Within one poll, responses go out in the order CDS, EDS, LDS, RDS.
+
+mod delta;
+mod sotw;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use parking_lot::Mutex;
+
+pub use delta::DeltaStream;
+pub use sotw::SotwStream;
+
+use super::cache::{GroupSnapshot, Snapshot};
+use super::resources::ResourceType;
+use super::status::{ClientStatus, Nack};
+
+/// Which service a stream came in on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Aggregated (ADS): every type on one stream.
+    Ads,
+    /// A per-type service (CDS, EDS, LDS or RDS).
+    Single(ResourceType),
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Ads => "ads",
+            Scope::Single(t) => t.short(),
+        }
+    }
+}
+
+/// Per-stream limits.
+#[derive(Copy, Clone, Debug)]
+pub struct Limits {
+    /// The most resource names one stream may subscribe to, per type.
+    pub max_names: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_names: 100_000 }
+    }
+}
+
+/// A request the stream cannot go on from: the stream ends with this error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StreamError {
+    #[error("the first request on a stream must carry `node`")]
+    MissingNode,
+    #[error("the request has no type_url (ADS needs one on every request)")]
+    MissingTypeUrl,
+    #[error("this service serves {expected}, not {got}")]
+    WrongType { expected: &'static str, got: String },
+    #[error("{ty} subscription of {count} names exceeds the limit of {limit}")]
+    TooManyNames {
+        ty: &'static str,
+        count: usize,
+        limit: usize,
+    },
+}
+
+/// What happened on a stream, for metrics and logs (the server drains these after each input).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Sent {
+        ty: ResourceType,
+        version: String,
+        resources: usize,
+        removed: usize,
+    },
+    Acked {
+        ty: ResourceType,
+        version: String,
+        after: std::time::Duration,
+    },
+    Nacked(Box<Nack>),
+    /// A request whose nonce is not the latest one sent for its type (ignored).
+    Stale { ty: ResourceType },
+    /// A request for a type this server does not serve (answered with an empty response once).
+    UnknownType { type_url: String },
+}
+
+/// A response sent and not yet acknowledged.
+#[derive(Debug, Clone)]
+struct Pending {
+    nonce: String,
+    version: String,
+    sent_at: Instant,
+}
+
+/// The resolution of a request's type URL.
+enum TypeCheck {
+    Known(ResourceType),
+    Unknown(String),
+}
+
+/// State common to SotW and Delta streams.
+struct Core {
+    scope: Scope,
+    limits: Limits,
+    node: Option<(String, String)>,
+    snapshot: Option<Arc<Snapshot>>,
+    group: Option<Arc<GroupSnapshot>>,
+    nonce: u64,
+    status: Arc<Mutex<ClientStatus>>,
+    events: Vec<StreamEvent>,
+}
+
+impl Core {
+    fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
+        Core {
+            scope,
+            limits,
+            node: None,
+            snapshot: None,
+            group: None,
+            nonce: 0,
+            status,
+            events: Vec::new(),
+        }
+    }
+
+    /// Takes `node` from the first request; later requests may omit it.
+    fn accept_node(&mut self, node: Option<&Node>) -> Result<(), StreamError> {
+        if self.node.is_some() {
+            return Ok(());
+        }
+        let node = node.ok_or(StreamError::MissingNode)?;
+        self.node = Some((node.id.clone(), node.cluster.clone()));
+        {
+            let mut st = self.status.lock();
+            st.node_id = node.id.clone();
+            st.node_cluster = node.cluster.clone();
+        }
+        self.regroup();
+        Ok(())
+    }
+
+    fn check_type(&self, type_url: &str) -> Result<TypeCheck, StreamError> {
+        match self.scope {
+            Scope::Ads => {
+                if type_url.is_empty() {
+                    return Err(StreamError::MissingTypeUrl);
+                }
+                Ok(match ResourceType::from_type_url(type_url) {
+                    Some(t) => TypeCheck::Known(t),
+                    None => TypeCheck::Unknown(type_url.to_string()),
+                })
+            }
+            Scope::Single(t) => {
+                if type_url.is_empty() || type_url == t.type_url() {
+                    Ok(TypeCheck::Known(t))
+                } else {
+                    Err(StreamError::WrongType {
+                        expected: t.type_url(),
+                        got: type_url.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn check_names(&self, ty: ResourceType, count: usize) -> Result<(), StreamError> {
+        if count > self.limits.max_names {
+            return Err(StreamError::TooManyNames {
+                ty: ty.short(),
+                count,
+                limit: self.limits.max_names,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
+        self.snapshot = snapshot;
+        self.regroup();
+    }
+
+    fn regroup(&mut self) {
+        let (Some(snap), Some((_, cluster))) = (&self.snapshot, &self.node) else {
+            return;
+        };
+        let group = snap.group_for(cluster).cloned();
+        if let Some(g) = &group {
+            let mut st = self.status.lock();
+            if st.group.as_deref() != Some(g.name.as_str()) {
+                st.group = Some(g.name.clone());
+            }
+        }
+        self.group = group;
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    fn record_sent(&mut self, ty: ResourceType, version: &str, nonce: &str, resources: usize, removed: usize) {
+        {
+            let mut st = self.status.lock();
+            let t = st.ty(ty);
+            t.last_sent_version = Some(version.to_string());
+            t.last_sent_nonce = Some(nonce.to_string());
+            t.last_sent_at = Some(SystemTime::now());
+            t.responses += 1;
+        }
+        self.events.push(StreamEvent::Sent {
+            ty,
+            version: version.to_string(),
+            resources,
+            removed,
+        });
+    }
+
+    /// Records the client's answer to `pending`: an ACK, or a NACK when `error` is set.
+    fn record_answer(&mut self, ty: ResourceType, pending: &Pending, error: Option<String>) {
+        let mut st = self.status.lock();
+        let node_id = st.node_id.clone();
+        let node_cluster = st.node_cluster.clone();
+        let t = st.ty(ty);
+        match error {
+            None => {
+                t.last_acked_version = Some(pending.version.clone());
+                t.last_ack_at = Some(SystemTime::now());
+                t.acks += 1;
+                drop(st);
+                self.events.push(StreamEvent::Acked {
+                    ty,
+                    version: pending.version.clone(),
+                    after: pending.sent_at.elapsed(),
+                });
+            }
+            Some(error) => {
+                let nack = Nack {
+                    node_id,
+                    node_cluster,
+                    ty: ty.short(),
+                    version: pending.version.clone(),
+                    nonce: pending.nonce.clone(),
+                    error,
+                    at: SystemTime::now(),
+                };
+                t.last_nack = Some(nack.clone());
+                t.nacks += 1;
+                drop(st);
+                self.events.push(StreamEvent::Nacked(Box::new(nack)));
+            }
+        }
+    }
+
+    fn record_subscription(&self, ty: ResourceType, wildcard: bool, names: usize) {
+        let mut st = self.status.lock();
+        let t = st.ty(ty);
+        t.subscribed = true;
+        t.wildcard = wildcard;
+        t.names = names;
+    }
+}
+
+fn error_text(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option<String> {
+    detail.as_ref().map(|s| {
+        if s.message.is_empty() {
+            format!("(code {}, no message)", s.code)
+        } else {
+            s.message.clone()
+        }
+    })
+}

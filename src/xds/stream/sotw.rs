@@ -1,0 +1,272 @@
+//! State of the World streams.
+//!
+//! - CDS and LDS are wildcard types: a first request with no names (or with `*`) subscribes to
+//!   everything, and every response carries the full set.
+//! - EDS and RDS are named: a response carries only the subscribed resources that changed,
+//!   plus those newly subscribed (a name dropped and asked for again is sent again). A
+//!   subscribed name the snapshot does not hold is answered with an empty placeholder.
+//! - A request whose nonce is not the last one sent for its type is stale and ignored; a SotW
+//!   request repeats the whole subscription, so the next ACK carries whatever it wanted.
+//! - A first request carrying `version_info` equal to the current version (a reconnecting Envoy)
+//!   gets no response: it already has that content.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use parking_lot::Mutex;
+
+use super::{error_text, Core, Limits, Pending, Scope, StreamError, StreamEvent, TypeCheck};
+use crate::xds::cache::{Snapshot, TypeSnapshot};
+use crate::xds::resources::{Resource, ResourceType};
+use crate::xds::status::ClientStatus;
+use crate::xds::wire::DiscoveryResponse;
+
+#[derive(Default)]
+struct TypeState {
+    /// Subscribed to everything (CDS/LDS).
+    wildcard: bool,
+    /// The first request had no names: an empty list keeps meaning "everything".
+    legacy_wildcard: bool,
+    names: BTreeSet<Arc<str>>,
+    /// Names subscribed since the last response; sent even if unchanged.
+    added: Vec<Arc<str>>,
+    /// The snapshot of this type the client holds (last sent, or claimed on reconnect).
+    sent: Option<Arc<TypeSnapshot>>,
+    /// The version the first request said the client holds.
+    claimed: Option<String>,
+    /// The client needs a response even if nothing changed.
+    force: bool,
+    pending: Option<Pending>,
+    /// The nonce of the last response sent for this type: a request naming another is stale.
+    last_nonce: Option<String>,
+}
+
+pub struct SotwStream {
+    core: Core,
+    types: [Option<TypeState>; 4],
+    /// Answers to requests for types this server does not serve.
+    unknown: Vec<DiscoveryResponse>,
+}
+
+impl SotwStream {
+    pub fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
+        SotwStream {
+            core: Core::new(scope, limits, status),
+            types: Default::default(),
+            unknown: Vec::new(),
+        }
+    }
+
+    pub fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
+        self.core.set_snapshot(snapshot);
+    }
+
+    pub fn take_events(&mut self) -> Vec<StreamEvent> {
+        std::mem::take(&mut self.core.events)
+    }
+
+    pub fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamError> {
+        self.core.accept_node(req.node.as_ref())?;
+        let ty = match self.core.check_type(&req.type_url)? {
+            TypeCheck::Known(t) => t,
+            TypeCheck::Unknown(url) => {
+                // Answer the first request once; its ACK (which carries our nonce) is not
+                // answered again, so there is no loop.
+                if req.response_nonce.is_empty() {
+                    let nonce = self.core.next_nonce();
+                    self.unknown.push(DiscoveryResponse {
+                        type_url: url.clone(),
+                        nonce,
+                        ..Default::default()
+                    });
+                }
+                self.core.events.push(StreamEvent::UnknownType { type_url: url });
+                return Ok(());
+            }
+        };
+        self.core.check_names(ty, req.resource_names.len())?;
+        let current = self.core.group.as_ref().map(|g| g.get(ty).clone());
+        let intern = |n: &str| match &current {
+            Some(ts) => ts.intern(n),
+            None => Arc::from(n),
+        };
+        let star = req.resource_names.iter().any(|n| n == "*");
+        let names: BTreeSet<Arc<str>> = req
+            .resource_names
+            .iter()
+            .filter(|n| n.as_str() != "*")
+            .map(|n| intern(n))
+            .collect();
+
+        let slot = &mut self.types[ty.index()];
+        match slot {
+            None => {
+                let legacy = ty.is_wildcard_type() && req.resource_names.is_empty();
+                let mut st = TypeState {
+                    wildcard: star || legacy,
+                    legacy_wildcard: legacy,
+                    names,
+                    ..Default::default()
+                };
+                if req.version_info.is_empty() {
+                    st.force = true;
+                } else {
+                    st.claimed = Some(req.version_info.clone());
+                }
+                *slot = Some(st);
+            }
+            Some(st) => {
+                if req.response_nonce.is_empty() {
+                    // The client starts this type over: answer it afresh.
+                    st.force = true;
+                } else if st.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+                    self.core.events.push(StreamEvent::Stale { ty });
+                    return Ok(());
+                }
+                // An answer to the response in flight is an ACK or a NACK; a later request with
+                // the same nonce only changes the subscription.
+                if let Some(p) = st.pending.take_if(|p| p.nonce == req.response_nonce) {
+                    self.core.record_answer(ty, &p, error_text(&req.error_detail));
+                }
+                let wildcard = star || (st.legacy_wildcard && req.resource_names.is_empty());
+                if wildcard && !st.wildcard {
+                    st.force = true;
+                }
+                st.wildcard = wildcard;
+                if names != st.names {
+                    st.added.extend(names.difference(&st.names).cloned());
+                    if ty.is_wildcard_type() {
+                        st.force = true;
+                    }
+                    st.names = names;
+                }
+            }
+        }
+        if let Some(st) = &self.types[ty.index()] {
+            self.core.record_subscription(ty, st.wildcard, st.names.len());
+        }
+        Ok(())
+    }
+
+    /// The responses to send now, in push order.
+    pub fn poll(&mut self) -> Vec<DiscoveryResponse> {
+        let mut out = std::mem::take(&mut self.unknown);
+        let Some(group) = self.core.group.clone() else {
+            return out;
+        };
+        for ty in ResourceType::ALL {
+            let Some(st) = self.types[ty.index()].as_mut() else {
+                continue;
+            };
+            if st.pending.is_some() {
+                continue;
+            }
+            let ts = group.get(ty);
+            if st.sent.is_none() && !st.force {
+                if st.claimed.as_deref() == Some(ts.version.as_str()) {
+                    st.sent = Some(ts.clone());
+                    st.claimed = None;
+                    continue;
+                }
+                st.force = true;
+            }
+            let resources = select(ty, st, ts);
+            let Some(resources) = resources else {
+                st.sent = Some(ts.clone());
+                continue;
+            };
+            let nonce = self.core.next_nonce();
+            let count = resources.len();
+            st.pending = Some(Pending {
+                nonce: nonce.clone(),
+                version: ts.version.clone(),
+                sent_at: Instant::now(),
+            });
+            st.last_nonce = Some(nonce.clone());
+            st.sent = Some(ts.clone());
+            st.force = false;
+            st.claimed = None;
+            st.added.clear();
+            self.core.record_sent(ty, &ts.version, &nonce, count, 0);
+            out.push(DiscoveryResponse {
+                version_info: ts.version.clone(),
+                resources,
+                type_url: ty.type_url().to_string(),
+                nonce,
+                ..Default::default()
+            });
+        }
+        out
+    }
+}
+
+/// The resources of a response for this type now, or `None` when no response is due.
+fn select(ty: ResourceType, st: &TypeState, ts: &Arc<TypeSnapshot>) -> Option<Vec<Bytes>> {
+    let changed_since_sent = match &st.sent {
+        Some(s) => !Arc::ptr_eq(s, ts) && s.version != ts.version,
+        None => true,
+    };
+    if ty.is_wildcard_type() {
+        if !(st.force || changed_since_sent) {
+            return None;
+        }
+        let out = if st.wildcard {
+            ts.resources.values().map(|r| r.any.clone()).collect()
+        } else {
+            st.names
+                .iter()
+                .filter_map(|n| ts.resources.get(n))
+                .map(|r| r.any.clone())
+                .collect()
+        };
+        return Some(out);
+    }
+    let any_of = |name: &Arc<str>| -> Bytes {
+        match ts.resources.get(name) {
+            Some(r) => r.any.clone(),
+            None => placeholder(ty, name),
+        }
+    };
+    if st.force {
+        return Some(st.names.iter().map(any_of).collect());
+    }
+    let mut names: BTreeSet<&Arc<str>> = st.added.iter().filter(|n| st.names.contains(*n)).collect();
+    if changed_since_sent {
+        match (&st.sent, &ts.delta_from) {
+            (Some(sent), Some(d)) if d.previous_version == sent.version => {
+                for n in d.changed.iter().chain(&d.removed) {
+                    if let Some(n) = st.names.get(n) {
+                        names.insert(n);
+                    }
+                }
+            }
+            (sent, _) => {
+                for n in &st.names {
+                    let old = sent.as_ref().and_then(|s| s.resources.get(n));
+                    let new = ts.resources.get(n);
+                    let same = match (old, new) {
+                        (Some(a), Some(b)) => a.version == b.version,
+                        (None, None) => sent.is_some(),
+                        _ => false,
+                    };
+                    if !same {
+                        names.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    Some(names.into_iter().map(any_of).collect())
+}
+
+fn placeholder(ty: ResourceType, name: &str) -> Bytes {
+    Resource::placeholder(ty, name)
+        .map(|r| r.any)
+        .unwrap_or_default()
+}
