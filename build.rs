@@ -11,19 +11,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto-vendor");
 
-    let fds = protox::Compiler::new(["proto-vendor"])?
+    let mut compiler = protox::Compiler::new(["proto-vendor"])?;
+    compiler
         .include_imports(true)
         .include_source_info(false)
         .open_files([
             "voltha/voltha.proto",
             "voltha/health.proto",
             "schema/schema.proto",
-        ])?
-        .file_descriptor_set();
+        ])?;
+    // The encoded set keeps custom options (the google.api.http rules the transcoder needs);
+    // the prost_types form, used for code generation only, drops them.
     std::fs::write(
         out_dir.join("voltha_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
