@@ -1,0 +1,150 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+default_group: g
+clusters:
+  - name: c
+    endpoints: { static: ["10.0.0.1:80"] }
+listeners:
+  - name: l
+    address: 0.0.0.0:8080
+    routes: [{ prefix: /, cluster: c }]
+groups:
+  - name: g
+    listeners: [l]
+"#;
+
+fn errors_of(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml) {
+        Err(ConfigError::Invalid(e)) => e,
+        Err(other) => vec![other.to_string()],
+        Ok(_) => vec![],
+    }
+}
+
+#[test]
+fn embedded_default_is_valid_and_has_both_groups() {
+    let c = Config::embedded_default().expect("embedded default must validate");
+    assert_eq!(c.default_group, "voltha");
+    assert!(c.groups.iter().any(|g| g.name == "front-proxy"));
+    let voltha = c.groups.iter().find(|g| g.name == "voltha").expect("group");
+    assert_eq!(c.group_clusters(voltha), vec!["voltha-grpc", "voltha-grpc-RR"]);
+    assert_eq!(c.server.xds_listen, "0.0.0.0:18000");
+    assert_eq!(c.server.admin_listen, "127.0.0.1:18080");
+    assert_eq!(c.debounce.quiet.0, Duration::from_millis(50));
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_yaml(MINIMAL).expect("valid");
+    let cl = c.cluster("c").expect("cluster");
+    assert_eq!(cl.protocol, Protocol::Http2);
+    assert_eq!(cl.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(cl.connect_timeout.0, Duration::from_secs(1));
+    assert_eq!(c.listener("l").expect("l").domains, vec!["*"]);
+    assert_eq!(c.server.max_names_per_type, 100_000);
+}
+
+#[test]
+fn unknown_cluster_in_a_route_is_named() {
+    let e = errors_of(&MINIMAL.replace("cluster: c }", "cluster: nope }"));
+    assert_eq!(e, vec!["listener \"l\" route 1: unknown cluster \"nope\""]);
+}
+
+#[test]
+fn duplicate_names_are_reported() {
+    let yaml = MINIMAL.replace(
+        "clusters:\n",
+        "clusters:\n  - name: c\n    endpoints: { static: [\"10.0.0.2:80\"] }\n",
+    );
+    assert_eq!(errors_of(&yaml), vec!["duplicate cluster name \"c\""]);
+}
+
+#[test]
+fn bad_addresses_are_reported() {
+    let e = errors_of(&MINIMAL.replace("0.0.0.0:8080", "localhost").replace("10.0.0.1:80", "10.0.0.1"));
+    assert!(e.iter().any(|m| m.contains("listener \"l\": bad address \"localhost\"")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("bad static endpoint \"10.0.0.1\"")), "{e:?}");
+}
+
+#[test]
+fn bad_durations_fail_to_parse_with_the_key_and_position() {
+    let yaml = MINIMAL.replace("endpoints: { static", "connect_timeout: 5x\n    endpoints: { static");
+    let e = Config::from_yaml(&yaml).expect_err("bad duration");
+    let msg = e.to_string();
+    assert!(msg.contains("unknown unit \"x\""), "{msg}");
+    assert!(msg.contains("line"), "{msg}");
+    let e = Config::from_yaml(&MINIMAL.replace("cluster: c }", "cluster: c, timeout: 15 }")).expect_err("unitless");
+    assert!(e.to_string().contains("give a unit"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let e = Config::from_yaml(&MINIMAL.replace("default_group: g", "default_group: g\nlisteners_typo: []")).expect_err("typo");
+    assert!(e.to_string().contains("unknown field `listeners_typo`"), "{e}");
+}
+
+#[test]
+fn every_structural_rule_has_a_message() {
+    let yaml = r#"
+default_group: missing
+server: { xds_listen: "nope", max_names_per_type: 0 }
+debounce: { quiet: 2s, max_delay: 1s }
+sources:
+  - { name: s, type: file, path: "", poll_interval: 0s }
+clusters:
+  - name: rh
+    lb_policy: ring_hash
+    endpoints: { source: nosuch }
+  - name: both
+    hash_header: x
+    endpoints: { static: ["10.0.0.1:1"], dns: ["a:1"] }
+  - name: dns
+    endpoints: { dns: ["bad host:80", "nohost"] }
+listeners:
+  - name: l
+    address: 0.0.0.0:80
+    tls: { cert_file: "", key_file: k }
+    grpc_json_transcoder: { services: [no.Such] }
+    routes:
+      - { cluster: rh }
+      - { prefix: a, path: /b, cluster: rh }
+      - { path: /x, prefix_rewrite: /, cluster: rh, timeout: 0s }
+      - { prefix: /, cluster: rh, headers: [{ name: h }] }
+  - name: l2
+    address: 0.0.0.0:80
+    routes: [{ prefix: /, cluster: rh }]
+groups:
+  - { name: g, listeners: [l, l2, nol], clusters: [noc] }
+  - { name: empty }
+"#;
+    let e = errors_of(yaml);
+    let want = [
+        "server.xds_listen: bad address \"nope\"",
+        "server.max_names_per_type must be at least 1",
+        "debounce.quiet (2s) must not exceed debounce.max_delay (1s)",
+        "source \"s\": path is empty",
+        "source \"s\": poll_interval must be above zero",
+        "cluster \"rh\": lb_policy RingHash needs hash_header",
+        "cluster \"rh\": unknown source \"nosuch\"",
+        "cluster \"both\": hash_header only applies to ring_hash and maglev",
+        "cluster \"both\": endpoints needs exactly one of source, static or dns",
+        "cluster \"dns\": bad host \"bad host\"",
+        "cluster \"dns\": \"nohost\" needs a port",
+        "listener \"l\": tls needs cert_file and key_file",
+        "the transcoder descriptor set has no service \"no.Such\"",
+        "listener \"l\" route 1: needs a prefix or a path",
+        "listener \"l\" route 2: give prefix or path, not both",
+        "listener \"l\" route 3: prefix_rewrite needs a prefix match",
+        "listener \"l\" route 3: timeout 0 is ambiguous",
+        "listener \"l\" route 4: header \"h\" needs exactly one of exact or prefix",
+        "default_group: unknown group \"missing\"",
+        "group \"g\": listeners \"l\" and \"l2\" both use port 80",
+        "group \"g\": unknown listener \"nol\"",
+        "group \"g\": unknown cluster \"noc\"",
+        "group \"empty\": has neither listeners nor clusters",
+    ];
+    for w in want {
+        assert!(e.iter().any(|m| m.contains(w)), "missing error {w:?} in {e:#?}");
+    }
+}

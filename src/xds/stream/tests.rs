@@ -1,0 +1,562 @@
+//! The protocol's corner cases, one test each, on the state machines alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, Resource as PbResource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use parking_lot::Mutex;
+use prost::Message;
+
+use super::*;
+use crate::xds::cache::{Cache, GroupInput, Snapshot};
+use crate::xds::resources::{Resource, ResourceType};
+use crate::xds::status::ClientStatus;
+use crate::xds::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
+
+const CDS: ResourceType = ResourceType::Cluster;
+const EDS: ResourceType = ResourceType::Endpoint;
+const LDS: ResourceType = ResourceType::Listener;
+const RDS: ResourceType = ResourceType::Route;
+
+/// A snapshot builder: (type, name, content byte) triples for the default group.
+struct World {
+    cache: Cache,
+}
+
+impl World {
+    fn new() -> Self {
+        World { cache: Cache::new() }
+    }
+
+    fn publish(&self, items: &[(ResourceType, &str, u8)]) -> Arc<Snapshot> {
+        self.publish_groups(&[("default", items)])
+    }
+
+    fn publish_groups(&self, groups: &[(&str, &[(ResourceType, &str, u8)])]) -> Arc<Snapshot> {
+        let mut map = BTreeMap::new();
+        for (g, items) in groups {
+            let mut input = GroupInput::default();
+            for (ty, name, b) in items.iter() {
+                input.resources[ty.index()].push(Resource::new(*ty, name, vec![*b]));
+            }
+            map.insert(g.to_string(), input);
+        }
+        self.cache
+            .publish(map, "default", std::time::Instant::now())
+            .expect("publish")
+            .unwrap_or_else(|| self.cache.current().expect("current"))
+    }
+}
+
+fn status() -> Arc<Mutex<ClientStatus>> {
+    Arc::new(Mutex::new(ClientStatus::new(1, "test", "ads")))
+}
+
+fn node(cluster: &str) -> Option<Node> {
+    Some(Node {
+        id: "envoy-1".into(),
+        cluster: cluster.into(),
+        ..Default::default()
+    })
+}
+
+fn sotw_req(ty: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: node("default"),
+        type_url: ty.type_url().into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn nack(mut r: DiscoveryRequest, msg: &str) -> DiscoveryRequest {
+    r.error_detail = Some(RpcStatus {
+        code: 3,
+        message: msg.into(),
+        details: vec![],
+    });
+    r
+}
+
+/// Names of the resources in a SotW response, found by looking their bodies up in the snapshot
+/// (so a test's resources need distinct bodies).
+fn names_in(resp: &DiscoveryResponse, snap: &Snapshot) -> Vec<String> {
+    let g = &snap.groups["default"];
+    let ty = ResourceType::from_type_url(&resp.type_url).expect("known type");
+    resp.resources
+        .iter()
+        .map(|b| {
+            let any = Any::decode(b.clone()).expect("any");
+            assert_eq!(any.type_url, ty.type_url());
+            g.get(ty)
+                .resources
+                .values()
+                .find(|r| r.body.as_ref() == any.value.as_slice())
+                .map(|r| r.name.to_string())
+                .or_else(|| {
+                    ClusterLoadAssignment::decode(any.value.as_slice())
+                        .ok()
+                        .map(|c| format!("placeholder:{}", c.cluster_name))
+                })
+                .unwrap_or_else(|| "?".into())
+        })
+        .collect()
+}
+
+fn sotw(world: &World) -> SotwStream {
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), status());
+    s.on_snapshot(world.cache.current());
+    s
+}
+
+fn one(mut v: Vec<DiscoveryResponse>) -> DiscoveryResponse {
+    assert_eq!(v.len(), 1, "expected exactly one response, got {v:?}");
+    v.remove(0)
+}
+
+#[test]
+fn sotw_first_wildcard_request_gets_every_cluster() {
+    let w = World::new();
+    let snap = w.publish(&[(CDS, "a", 1), (CDS, "b", 2)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    let r = one(s.poll());
+    assert_eq!(r.type_url, CDS.type_url());
+    assert_eq!(r.version_info, snap.groups["default"].get(CDS).version);
+    assert_eq!(names_in(&r, &snap), vec!["a", "b"]);
+    assert!(!r.nonce.is_empty());
+    // Explicit "*" is a wildcard too.
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &["*"], "", "")).expect("ok");
+    assert_eq!(names_in(&one(s.poll()), &snap), vec!["a", "b"]);
+}
+
+#[test]
+fn sotw_ack_is_recorded_and_nothing_is_resent() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let st = status();
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
+    s.on_snapshot(w.cache.current());
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    let r = one(s.poll());
+    s.on_request(sotw_req(CDS, &[], &r.version_info, &r.nonce)).expect("ok");
+    assert!(s.poll().is_empty());
+    let events = s.take_events();
+    assert!(events.iter().any(|e| matches!(e, StreamEvent::Acked { ty, version, .. } if *ty == CDS && *version == r.version_info)));
+    assert_eq!(st.lock().types["cds"].last_acked_version.as_deref(), Some(r.version_info.as_str()));
+}
+
+#[test]
+fn nack_is_not_resent_until_content_changes() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let st = status();
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
+    s.on_snapshot(w.cache.current());
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    let r1 = one(s.poll());
+    s.on_request(nack(sotw_req(CDS, &[], "", &r1.nonce), "bad cluster")).expect("ok");
+    assert!(s.poll().is_empty(), "a NACKed version must not be re-sent");
+    // Envoy's next requests carry the last accepted version (none): still nothing.
+    s.on_snapshot(w.cache.current());
+    assert!(s.poll().is_empty());
+    let events = s.take_events();
+    assert!(events.iter().any(|e| matches!(e, StreamEvent::Nacked(n) if n.error == "bad cluster" && n.version == r1.version_info)));
+    {
+        let g = st.lock();
+        let n = g.types["cds"].last_nack.as_ref().expect("nack recorded");
+        assert_eq!(n.error, "bad cluster");
+        assert_eq!(n.node_id, "envoy-1");
+    }
+    // New content goes out.
+    let snap = w.publish(&[(CDS, "a", 2)]);
+    s.on_snapshot(Some(snap.clone()));
+    let r2 = one(s.poll());
+    assert_ne!(r2.version_info, r1.version_info);
+    assert_eq!(names_in(&r2, &snap), vec!["a"]);
+}
+
+#[test]
+fn stale_nonce_is_ignored() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    let r1 = one(s.poll());
+    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce)).expect("ok");
+    w.publish(&[(CDS, "a", 2)]);
+    s.on_snapshot(w.cache.current());
+    let r2 = one(s.poll());
+    // A request naming the old nonce (or garbage) neither ACKs r2 nor triggers anything.
+    s.on_request(sotw_req(CDS, &["x"], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(CDS, &["x"], "", "garbage-nonce")).expect("ok");
+    assert!(s.poll().is_empty());
+    let events = s.take_events();
+    assert_eq!(events.iter().filter(|e| matches!(e, StreamEvent::Stale { .. })).count(), 2);
+    assert!(!events.iter().any(|e| matches!(e, StreamEvent::Acked { version, .. } if *version == r2.version_info)));
+    // The real ACK still works.
+    s.on_request(sotw_req(CDS, &[], &r2.version_info, &r2.nonce)).expect("ok");
+    assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Acked { .. })));
+}
+
+#[test]
+fn nonces_are_per_type() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1), (LDS, "l", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    s.on_request(sotw_req(LDS, &[], "", "")).expect("ok");
+    let out = s.poll();
+    assert_eq!(out.len(), 2);
+    let (c, l) = (&out[0], &out[1]);
+    // An LDS request carrying the CDS nonce is stale for LDS.
+    s.on_request(sotw_req(LDS, &[], &l.version_info, &c.nonce)).expect("ok");
+    assert!(matches!(s.take_events().last(), Some(StreamEvent::Stale { ty }) if *ty == LDS));
+    s.on_request(sotw_req(LDS, &[], &l.version_info, &l.nonce)).expect("ok");
+    assert!(matches!(s.take_events().last(), Some(StreamEvent::Acked { ty, .. }) if *ty == LDS));
+}
+
+#[test]
+fn eds_sends_only_changed_resources() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
+    let r1 = one(s.poll());
+    assert_eq!(r1.resources.len(), 3);
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce)).expect("ok");
+    let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1)]);
+    s.on_snapshot(Some(snap.clone()));
+    let r2 = one(s.poll());
+    assert_eq!(names_in(&r2, &snap), vec!["b"]);
+    // A change to a resource the stream does not subscribe to sends nothing.
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce)).expect("ok");
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1), (EDS, "d", 1)]);
+    s.on_snapshot(w.cache.current());
+    assert!(s.poll().is_empty());
+}
+
+#[test]
+fn resubscribe_after_unsubscribe_is_answered_at_the_same_version() {
+    let w = World::new();
+    let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(EDS, &["a", "b"], "", "")).expect("ok");
+    let r1 = one(s.poll());
+    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce)).expect("ok");
+    // Drop b (same nonce: an ACK was already given, this only changes the subscription).
+    s.on_request(sotw_req(EDS, &["a"], &r1.version_info, &r1.nonce)).expect("ok");
+    assert!(s.poll().is_empty());
+    // Ask for b again: the version did not change, but b must be sent.
+    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce)).expect("ok");
+    let r2 = one(s.poll());
+    assert_eq!(names_in(&r2, &snap), vec!["b"]);
+    assert_eq!(r2.version_info, r1.version_info);
+}
+
+#[test]
+fn unknown_eds_and_rds_names_get_empty_placeholders() {
+    let w = World::new();
+    let snap = w.publish(&[(EDS, "a", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(EDS, &["a", "missing"], "", "")).expect("ok");
+    let r = one(s.poll());
+    assert_eq!(names_in(&r, &snap), vec!["a", "placeholder:missing"]);
+    s.on_request(sotw_req(RDS, &["no-such-routes"], "", "")).expect("ok");
+    let r = one(s.poll());
+    assert_eq!(r.resources.len(), 1);
+}
+
+#[test]
+fn reconnect_with_the_current_version_gets_no_spurious_update() {
+    let w = World::new();
+    let snap = w.publish(&[(CDS, "a", 1)]);
+    let v = snap.groups["default"].get(CDS).version.clone();
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], &v, "")).expect("ok");
+    assert!(s.poll().is_empty());
+    // With an older version it is answered.
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "0000000000000000", "")).expect("ok");
+    assert_eq!(one(s.poll()).version_info, v);
+}
+
+#[test]
+fn ads_pushes_cds_before_eds_and_lds_before_rds() {
+    let w = World::new();
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), status());
+    // Requests arrive in the "wrong" order before any snapshot exists.
+    s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
+    s.on_request(sotw_req(LDS, &[], "", "")).expect("ok");
+    s.on_request(sotw_req(EDS, &["c"], "", "")).expect("ok");
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    assert!(s.poll().is_empty(), "nothing before a snapshot exists");
+    w.publish(&[(CDS, "c", 1), (EDS, "c", 1), (LDS, "l", 1), (RDS, "r", 1)]);
+    s.on_snapshot(w.cache.current());
+    let order: Vec<String> = s.poll().into_iter().map(|r| r.type_url).collect();
+    let want: Vec<String> = [CDS, EDS, LDS, RDS].iter().map(|t| t.type_url().to_string()).collect();
+    assert_eq!(order, want);
+}
+
+#[test]
+fn one_response_in_flight_per_type_and_newer_content_waits_for_the_ack() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    let r1 = one(s.poll());
+    w.publish(&[(CDS, "a", 2)]);
+    s.on_snapshot(w.cache.current());
+    let snap3 = w.publish(&[(CDS, "a", 3)]);
+    s.on_snapshot(w.cache.current());
+    assert!(s.poll().is_empty(), "wait for the ACK of r1");
+    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce)).expect("ok");
+    let r2 = one(s.poll());
+    assert_eq!(r2.version_info, snap3.groups["default"].get(CDS).version, "coalesced to the newest");
+}
+
+#[test]
+fn node_is_required_first_and_optional_after() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = sotw(&w);
+    let mut r = sotw_req(CDS, &[], "", "");
+    r.node = None;
+    assert_eq!(s.on_request(r.clone()), Err(StreamError::MissingNode));
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    let resp = one(s.poll());
+    let mut ack = sotw_req(CDS, &[], &resp.version_info, &resp.nonce);
+    ack.node = None;
+    s.on_request(ack).expect("later requests may omit node");
+}
+
+#[test]
+fn node_cluster_selects_the_group_and_unknown_gets_the_default() {
+    let w = World::new();
+    w.publish_groups(&[("default", &[(CDS, "nbi", 1)]), ("front-proxy", &[(CDS, "portainer", 1)])]);
+    let snap = w.cache.current().expect("snap");
+    for (cluster, want) in [("front-proxy", "portainer"), ("default", "nbi"), ("whatever", "nbi")] {
+        let mut s = sotw(&w);
+        let mut r = sotw_req(CDS, &[], "", "");
+        r.node = node(cluster);
+        s.on_request(r).expect("ok");
+        let resp = one(s.poll());
+        let group = snap.group_for(cluster).expect("group");
+        let any = Any::decode(resp.resources[0].clone()).expect("any");
+        let name = group.get(CDS).resources.values().find(|x| x.body.as_ref() == any.value.as_slice()).map(|x| x.name.to_string());
+        assert_eq!(name.as_deref(), Some(want), "node.cluster {cluster}");
+    }
+}
+
+#[test]
+fn unknown_type_is_answered_once_and_its_ack_is_not_answered() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = sotw(&w);
+    let url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    let mut r = sotw_req(CDS, &[], "", "");
+    r.type_url = url.into();
+    s.on_request(r.clone()).expect("ok");
+    let resp = one(s.poll());
+    assert_eq!(resp.type_url, url);
+    assert!(resp.resources.is_empty());
+    r.response_nonce = resp.nonce;
+    s.on_request(r).expect("ok");
+    assert!(s.poll().is_empty(), "no loop on the ACK");
+    // An ADS request without a type is an error.
+    let mut r = sotw_req(CDS, &[], "", "");
+    r.type_url.clear();
+    assert_eq!(s.on_request(r), Err(StreamError::MissingTypeUrl));
+}
+
+#[test]
+fn per_type_service_fills_in_its_type_and_refuses_others() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = SotwStream::new(Scope::Single(CDS), Limits::default(), status());
+    s.on_snapshot(w.cache.current());
+    let mut r = sotw_req(CDS, &[], "", "");
+    r.type_url.clear();
+    s.on_request(r).expect("empty type_url means the service's type");
+    assert_eq!(one(s.poll()).type_url, CDS.type_url());
+    let r = sotw_req(EDS, &[], "", "");
+    assert!(matches!(s.on_request(r), Err(StreamError::WrongType { .. })));
+}
+
+#[test]
+fn too_many_names_is_an_error_not_a_memory_blowup() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1)]);
+    let mut s = SotwStream::new(Scope::Ads, Limits { max_names: 10 }, status());
+    s.on_snapshot(w.cache.current());
+    let names: Vec<String> = (0..11).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    assert!(matches!(s.on_request(sotw_req(EDS, &refs, "", "")), Err(StreamError::TooManyNames { count: 11, .. })));
+}
+
+// ---------------------------------------------------------------- Delta
+
+fn delta_req(ty: ResourceType, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: node("default"),
+        type_url: ty.type_url().into(),
+        resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn delta(world: &World) -> DeltaStream {
+    let mut s = DeltaStream::new(Scope::Ads, Limits::default(), status());
+    s.on_snapshot(world.cache.current());
+    s
+}
+
+fn one_d(mut v: Vec<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    assert_eq!(v.len(), 1, "expected exactly one response, got {v:?}");
+    v.remove(0)
+}
+
+/// (name, version) of each resource in a delta response.
+fn delta_names(r: &DeltaDiscoveryResponse) -> Vec<(String, String)> {
+    r.resources
+        .iter()
+        .map(|b| {
+            let res = PbResource::decode(b.clone()).expect("resource");
+            (res.name, res.version)
+        })
+        .collect()
+}
+
+fn just_names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    delta_names(r).into_iter().map(|(n, _)| n).collect()
+}
+
+#[test]
+fn delta_wildcard_sends_everything_then_only_changes_and_removals() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1), (CDS, "b", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(CDS, &[], &[], "")).expect("legacy wildcard");
+    let r1 = one_d(s.poll());
+    assert_eq!(just_names(&r1), vec!["a", "b"]);
+    s.on_request(delta_req(CDS, &[], &[], &r1.nonce)).expect("ack");
+    w.publish(&[(CDS, "a", 2), (CDS, "c", 1)]);
+    s.on_snapshot(w.cache.current());
+    let r2 = one_d(s.poll());
+    assert_eq!(just_names(&r2), vec!["a", "c"]);
+    assert_eq!(r2.removed_resources, vec!["b"]);
+}
+
+#[test]
+fn delta_initial_resource_versions_are_not_resent() {
+    let w = World::new();
+    let snap = w.publish(&[(CDS, "a", 1), (CDS, "b", 1)]);
+    let va = snap.groups["default"].get(CDS).resources["a"].version_string();
+    let mut s = delta(&w);
+    let mut r = delta_req(CDS, &["*"], &[], "");
+    r.initial_resource_versions = [("a".to_string(), va), ("gone".to_string(), "0123456789abcdef".to_string())].into();
+    s.on_request(r).expect("ok");
+    let resp = one_d(s.poll());
+    assert_eq!(just_names(&resp), vec!["b"], "a is held at the current version");
+    assert_eq!(resp.removed_resources, vec!["gone"]);
+}
+
+#[test]
+fn delta_first_request_is_answered_even_when_empty() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
+    let r = one_d(s.poll());
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    assert_eq!(r.type_url, CDS.type_url());
+}
+
+#[test]
+fn delta_subscribe_and_unsubscribe_apply_whatever_the_nonce() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(EDS, &["a", "b"], &[], "")).expect("ok");
+    let r1 = one_d(s.poll());
+    assert_eq!(just_names(&r1), vec!["a", "b"]);
+    // Before the ACK, subscribe c and drop b in one request with a stale nonce.
+    s.on_request(delta_req(EDS, &["c"], &["b"], "stale")).expect("ok");
+    assert!(s.poll().is_empty(), "r1 is still in flight");
+    s.on_request(delta_req(EDS, &[], &[], &r1.nonce)).expect("ack");
+    let r2 = one_d(s.poll());
+    assert_eq!(just_names(&r2), vec!["c"]);
+    s.on_request(delta_req(EDS, &[], &[], &r2.nonce)).expect("ack");
+    // Asking for b again resends it although it did not change.
+    s.on_request(delta_req(EDS, &["b"], &[], "")).expect("ok");
+    assert_eq!(just_names(&one_d(s.poll())), vec!["b"]);
+}
+
+#[test]
+fn delta_nack_is_not_resent_until_content_changes() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
+    let r1 = one_d(s.poll());
+    let mut n = delta_req(CDS, &[], &[], &r1.nonce);
+    n.error_detail = Some(RpcStatus { code: 3, message: "no".into(), details: vec![] });
+    s.on_request(n).expect("ok");
+    assert!(s.poll().is_empty());
+    assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Nacked(_))));
+    w.publish(&[(CDS, "a", 2)]);
+    s.on_snapshot(w.cache.current());
+    assert_eq!(just_names(&one_d(s.poll())), vec!["a"]);
+}
+
+#[test]
+fn delta_unknown_named_eds_gets_placeholder_and_wildcard_can_be_left() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1), (CDS, "b", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(EDS, &["nope"], &[], "")).expect("ok");
+    let r = one_d(s.poll());
+    assert_eq!(just_names(&r), vec!["nope"]);
+    s.on_request(delta_req(EDS, &[], &[], &r.nonce)).expect("ack");
+    // Wildcard CDS plus an explicit name; leaving the wildcard keeps only that name.
+    s.on_request(delta_req(CDS, &["*", "a"], &[], "")).expect("ok");
+    let r = one_d(s.poll());
+    assert_eq!(just_names(&r), vec!["a", "b"]);
+    s.on_request(delta_req(CDS, &[], &["*"], &r.nonce)).expect("ok");
+    assert!(s.poll().is_empty());
+    w.publish(&[(CDS, "a", 1), (CDS, "b", 2)]);
+    s.on_snapshot(w.cache.current());
+    assert!(s.poll().is_empty(), "b is no longer subscribed");
+    w.publish(&[(CDS, "a", 3), (CDS, "b", 2)]);
+    s.on_snapshot(w.cache.current());
+    assert_eq!(just_names(&one_d(s.poll())), vec!["a"]);
+}
+
+#[test]
+fn delta_incremental_path_matches_full_comparison_across_skipped_versions() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(EDS, &["a", "b", "c"], &[], "")).expect("ok");
+    let r = one_d(s.poll());
+    // Two snapshots while r is in flight: the stream skips a version.
+    w.publish(&[(EDS, "a", 2), (EDS, "b", 1), (EDS, "c", 1)]);
+    s.on_snapshot(w.cache.current());
+    w.publish(&[(EDS, "a", 2), (EDS, "b", 2), (EDS, "c", 1)]);
+    s.on_snapshot(w.cache.current());
+    s.on_request(delta_req(EDS, &[], &[], &r.nonce)).expect("ack");
+    let r2 = one_d(s.poll());
+    assert_eq!(just_names(&r2), vec!["a", "b"]);
+}
