@@ -13,13 +13,14 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::cache::Cache;
 use super::resources::ResourceType;
 use super::services::*;
-use super::status::ClientTable;
+use super::cache::Snapshot;
+use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 use crate::metrics::Metrics;
@@ -91,59 +92,32 @@ impl XdsServer {
         }
     }
 
-    fn sotw(&self, scope: Scope, mut inbound: Streaming<DiscoveryRequest>) -> BoxStream<DiscoveryResponse> {
-        let (tx, rx) = mpsc::channel(SEND_BUFFER);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let reg = this.clients.register("sotw", scope.name());
-            let _gauge = this.metrics.stream_opened("sotw");
-            let mut snaps = this.cache.subscribe();
-            let mut sm = SotwStream::new(scope, this.limits, reg.status.clone());
-            sm.on_snapshot(snaps.borrow_and_update().clone());
-            loop {
-                tokio::select! {
-                    _ = this.shutdown.cancelled() => break,
-                    _ = tx.closed() => break,
-                    msg = inbound.message() => match msg {
-                        Ok(Some(req)) => {
-                            if let Err(e) = sm.on_request(req) {
-                                this.metrics.bad_request();
-                                warn!(stream = reg.id, error = %e, "ending stream on a bad request");
-                                let _ = tx.send(Err(e.into())).await;
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            debug!(stream = reg.id, %status, "stream ended by the client");
-                            break;
-                        }
-                    },
-                    changed = snaps.changed() => {
-                        if changed.is_err() { break; }
-                        sm.on_snapshot(snaps.borrow_and_update().clone());
-                    }
-                }
-                let out = sm.poll();
-                this.observe(sm.take_events(), "sotw");
-                for r in out {
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Box::pin(ReceiverStream::new(rx))
+    fn sotw(&self, scope: Scope, inbound: Streaming<DiscoveryRequest>) -> BoxStream<DiscoveryResponse> {
+        let reg = self.clients.register("sotw", scope.name());
+        let sm = SotwStream::new(scope, self.limits, reg.status.clone());
+        self.spawn_stream(reg, sm, inbound)
     }
 
-    fn delta(&self, scope: Scope, mut inbound: Streaming<DeltaDiscoveryRequest>) -> BoxStream<DeltaDiscoveryResponse> {
+    fn delta(&self, scope: Scope, inbound: Streaming<DeltaDiscoveryRequest>) -> BoxStream<DeltaDiscoveryResponse> {
+        let reg = self.clients.register("delta", scope.name());
+        let sm = DeltaStream::new(scope, self.limits, reg.status.clone());
+        self.spawn_stream(reg, sm, inbound)
+    }
+
+    /// Runs one stream in its own task: request arrived / snapshot changed / shutdown, then send
+    /// whatever the state machine wants sent.
+    fn spawn_stream<M: Machine>(
+        &self,
+        reg: Registration,
+        mut sm: M,
+        mut inbound: Streaming<M::Request>,
+    ) -> BoxStream<M::Response> {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
-            let reg = this.clients.register("delta", scope.name());
-            let _gauge = this.metrics.stream_opened("delta");
+            let _reg = reg;
+            let _gauge = this.metrics.stream_opened(M::API);
             let mut snaps = this.cache.subscribe();
-            let mut sm = DeltaStream::new(scope, this.limits, reg.status.clone());
             sm.on_snapshot(snaps.borrow_and_update().clone());
             loop {
                 tokio::select! {
@@ -153,14 +127,21 @@ impl XdsServer {
                         Ok(Some(req)) => {
                             if let Err(e) = sm.on_request(req) {
                                 this.metrics.bad_request();
-                                warn!(stream = reg.id, error = %e, "ending stream on a bad request");
+                                warn!(stream = _reg.id, error = %e, "ending stream on a bad request");
                                 let _ = tx.send(Err(e.into())).await;
                                 break;
                             }
                         }
                         Ok(None) => break,
+                        Err(status) if matches!(status.code(), Code::Cancelled | Code::Unknown | Code::Unavailable) => {
+                            debug!(stream = _reg.id, %status, "stream ended by the client");
+                            break;
+                        }
                         Err(status) => {
-                            debug!(stream = reg.id, %status, "stream ended by the client");
+                            // A request we could not decode (too large, malformed protobuf).
+                            this.metrics.bad_request();
+                            warn!(stream = _reg.id, %status, "ending stream on an undecodable request");
+                            let _ = tx.send(Err(status)).await;
                             break;
                         }
                     },
@@ -170,7 +151,7 @@ impl XdsServer {
                     }
                 }
                 let out = sm.poll();
-                this.observe(sm.take_events(), "delta");
+                this.observe(sm.take_events(), M::API);
                 for r in out {
                     if tx.send(Ok(r)).await.is_err() {
                         return;
@@ -198,6 +179,42 @@ impl XdsServer {
         }
     }
 }
+
+/// What the stream loop needs of a state machine (SotW or Delta).
+trait Machine: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    const API: &'static str;
+    fn on_request(&mut self, req: Self::Request) -> Result<(), StreamError>;
+    fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>);
+    fn poll(&mut self) -> Vec<Self::Response>;
+    fn take_events(&mut self) -> Vec<StreamEvent>;
+}
+
+macro_rules! machine {
+    ($sm:ty, $req:ty, $resp:ty, $api:expr) => {
+        impl Machine for $sm {
+            type Request = $req;
+            type Response = $resp;
+            const API: &'static str = $api;
+            fn on_request(&mut self, req: $req) -> Result<(), StreamError> {
+                <$sm>::on_request(self, req)
+            }
+            fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
+                <$sm>::on_snapshot(self, snapshot)
+            }
+            fn poll(&mut self) -> Vec<$resp> {
+                <$sm>::poll(self)
+            }
+            fn take_events(&mut self) -> Vec<StreamEvent> {
+                <$sm>::take_events(self)
+            }
+        }
+    };
+}
+
+machine!(SotwStream, DiscoveryRequest, DiscoveryResponse, "sotw");
+machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse, "delta");
 
 macro_rules! per_type_service {
     ($module:ident, $trait:ident, $ty:expr, $stream:ident, $stream_ty:ident, $delta:ident, $delta_ty:ident, $fetch:ident) => {
