@@ -78,6 +78,12 @@ pub async fn run(
     let quiet = config.debounce.quiet.0;
     let max_delay = config.debounce.max_delay.0;
     let mut rxs: Vec<_> = sources.iter().map(|s| s.rx.clone()).collect();
+    if rxs.is_empty() {
+        // A configuration without live inputs: one snapshot, served until shutdown.
+        rebuild(&config, &Model::default(), &cache, &metrics, Instant::now());
+        shutdown.cancelled().await;
+        return;
+    }
     for r in &mut rxs {
         r.mark_changed();
     }

@@ -468,3 +468,37 @@ async fn admin_health_and_snapshot_views() {
     let (code, _) = get_json(&s.admin("/debug/snapshot?group=nope")).await;
     assert_eq!(code, 404);
 }
+
+#[tokio::test]
+async fn a_config_without_sources_serves_its_static_resources() {
+    let yaml = r#"
+clusters:
+  - { name: portainer, protocol: http1, endpoints: { dns: ["portainer:9000"] } }
+  - { name: core, endpoints: { static: ["127.0.0.1:50556"] } }
+listeners:
+  - { name: front, address: 127.0.0.1:3000, routes: [{ prefix: /docker, prefix_rewrite: /, cluster: portainer }, { prefix: /, cluster: core }] }
+groups:
+  - { name: only, listeners: [front] }
+default_group: only
+sources: []
+"#;
+    let server = start_server(yaml).await;
+    let ready = format!("http://{}/readyz", server.admin_addr);
+    wait_for(WAIT, "readiness without sources", || {
+        let url = ready.clone();
+        async move { (get_json(&url).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut s = Sotw::open(ch).await;
+    s.send(req(CDS, &[], None)).await;
+    let cds = s.next().await;
+    assert_eq!(cds.resources.len(), 2);
+    s.send(req(EDS, &["core"], None)).await;
+    let eds = s.next().await;
+    assert_eq!(hosts(&cla(&eds)[0]), vec!["127.0.0.1"]);
+}
