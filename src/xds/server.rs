@@ -5,27 +5,22 @@
 //! "shutdown", feeds its state machine, and sends what the machine says. No lock is shared
 //! on the send path; the snapshot is read through a `watch` channel and shared by `Arc`.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use futures::Stream;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Code, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::cache::Cache;
 use super::resources::ResourceType;
-use super::services::*;
+use super::grpc::{self, frame, GrpcService, Outbound, WireMessage};
 use super::cache::Snapshot;
 use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 use crate::metrics::Metrics;
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Responses buffered per stream before the stream task waits for the client to read.
 const SEND_BUFFER: usize = 4;
@@ -54,11 +49,11 @@ impl XdsServer {
     pub fn into_router(self, builder: tonic::transport::Server) -> tonic::transport::server::Router {
         let mut builder = builder;
         builder
-            .add_service(aggregated_discovery_service_server::AggregatedDiscoveryServiceServer::new(self.clone()))
-            .add_service(cluster_discovery_service_server::ClusterDiscoveryServiceServer::new(self.clone()))
-            .add_service(endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new(self.clone()))
-            .add_service(listener_discovery_service_server::ListenerDiscoveryServiceServer::new(self.clone()))
-            .add_service(route_discovery_service_server::RouteDiscoveryServiceServer::new(self))
+            .add_service(GrpcService::<grpc::Ads>::new(self.clone()))
+            .add_service(GrpcService::<grpc::Cds>::new(self.clone()))
+            .add_service(GrpcService::<grpc::Eds>::new(self.clone()))
+            .add_service(GrpcService::<grpc::Lds>::new(self.clone()))
+            .add_service(GrpcService::<grpc::Rds>::new(self))
     }
 
     fn observe(&self, events: Vec<StreamEvent>, api: &'static str) {
@@ -92,13 +87,13 @@ impl XdsServer {
         }
     }
 
-    fn sotw(&self, scope: Scope, inbound: Streaming<DiscoveryRequest>) -> BoxStream<DiscoveryResponse> {
+    pub(super) fn sotw(&self, scope: Scope, inbound: Streaming<DiscoveryRequest>) -> mpsc::Receiver<Outbound> {
         let reg = self.clients.register("sotw", scope.name());
         let sm = SotwStream::new(scope, self.limits, reg.status.clone());
         self.spawn_stream(reg, sm, inbound)
     }
 
-    fn delta(&self, scope: Scope, inbound: Streaming<DeltaDiscoveryRequest>) -> BoxStream<DeltaDiscoveryResponse> {
+    pub(super) fn delta(&self, scope: Scope, inbound: Streaming<DeltaDiscoveryRequest>) -> mpsc::Receiver<Outbound> {
         let reg = self.clients.register("delta", scope.name());
         let sm = DeltaStream::new(scope, self.limits, reg.status.clone());
         self.spawn_stream(reg, sm, inbound)
@@ -111,7 +106,7 @@ impl XdsServer {
         reg: Registration,
         mut sm: M,
         mut inbound: Streaming<M::Request>,
-    ) -> BoxStream<M::Response> {
+    ) -> mpsc::Receiver<Outbound> {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
@@ -153,17 +148,19 @@ impl XdsServer {
                 let out = sm.poll();
                 this.observe(sm.take_events(), M::API);
                 for r in out {
-                    if tx.send(Ok(r)).await.is_err() {
+                    let framed = frame(r).ok_or_else(|| Status::resource_exhausted("response larger than gRPC can frame"));
+                    let failed = framed.is_err();
+                    if tx.send(framed).await.is_err() || failed {
                         return;
                     }
                 }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        rx
     }
 
     /// A unary fetch: the current resources of one type for the request's subscription.
-    fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<DiscoveryResponse, Status> {
+    pub(super) fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<DiscoveryResponse, Status> {
         let table = Arc::new(ClientTable::default());
         let reg = table.register("sotw", "fetch");
         let mut sm = SotwStream::new(Scope::Single(ty), self.limits, reg.status.clone());
@@ -183,7 +180,7 @@ impl XdsServer {
 /// What the stream loop needs of a state machine (SotW or Delta).
 trait Machine: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
-    type Response: Send + 'static;
+    type Response: WireMessage;
     const API: &'static str;
     fn on_request(&mut self, req: Self::Request) -> Result<(), StreamError>;
     fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>);
@@ -215,95 +212,3 @@ macro_rules! machine {
 
 machine!(SotwStream, DiscoveryRequest, DiscoveryResponse, "sotw");
 machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse, "delta");
-
-macro_rules! per_type_service {
-    ($module:ident, $trait:ident, $ty:expr, $stream:ident, $stream_ty:ident, $delta:ident, $delta_ty:ident, $fetch:ident) => {
-        #[tonic::async_trait]
-        impl $module::$trait for XdsServer {
-            type $stream_ty = BoxStream<DiscoveryResponse>;
-            type $delta_ty = BoxStream<DeltaDiscoveryResponse>;
-
-            async fn $stream(
-                &self,
-                request: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<Self::$stream_ty>, Status> {
-                Ok(Response::new(self.sotw(Scope::Single($ty), request.into_inner())))
-            }
-
-            async fn $delta(
-                &self,
-                request: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<Self::$delta_ty>, Status> {
-                Ok(Response::new(self.delta(Scope::Single($ty), request.into_inner())))
-            }
-
-            async fn $fetch(
-                &self,
-                request: Request<DiscoveryRequest>,
-            ) -> Result<Response<DiscoveryResponse>, Status> {
-                self.fetch($ty, request.into_inner()).map(Response::new)
-            }
-        }
-    };
-}
-
-per_type_service!(
-    cluster_discovery_service_server,
-    ClusterDiscoveryService,
-    ResourceType::Cluster,
-    stream_clusters,
-    StreamClustersStream,
-    delta_clusters,
-    DeltaClustersStream,
-    fetch_clusters
-);
-per_type_service!(
-    endpoint_discovery_service_server,
-    EndpointDiscoveryService,
-    ResourceType::Endpoint,
-    stream_endpoints,
-    StreamEndpointsStream,
-    delta_endpoints,
-    DeltaEndpointsStream,
-    fetch_endpoints
-);
-per_type_service!(
-    listener_discovery_service_server,
-    ListenerDiscoveryService,
-    ResourceType::Listener,
-    stream_listeners,
-    StreamListenersStream,
-    delta_listeners,
-    DeltaListenersStream,
-    fetch_listeners
-);
-per_type_service!(
-    route_discovery_service_server,
-    RouteDiscoveryService,
-    ResourceType::Route,
-    stream_routes,
-    StreamRoutesStream,
-    delta_routes,
-    DeltaRoutesStream,
-    fetch_routes
-);
-
-#[tonic::async_trait]
-impl aggregated_discovery_service_server::AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.sotw(Scope::Ads, request.into_inner())))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.delta(Scope::Ads, request.into_inner())))
-    }
-}

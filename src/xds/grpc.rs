@@ -1,0 +1,356 @@
+//! The gRPC layer of the xDS services, written against HTTP/2 directly so that responses go out
+//! without copying shared resource bytes.
+//!
+//! A response is framed as: the 5-byte gRPC message prefix and the message's small fields in one
+//! buffer, then each resource as a `repeated bytes` field (tag 2 in both `DiscoveryResponse`
+//! and `DeltaDiscoveryResponse`). A large resource is handed to HTTP/2 as the snapshot's own
+//! reference-counted bytes (no copy); small ones are copied into the response buffer so a
+//! response is a few DATA frames, not one per resource. Nothing outlives the write: an idle
+//! stream holds no response buffer (tonic's codec would keep one as large as the largest
+//! response ever sent on that stream).
+//!
+//! Requests are decoded with tonic's own `Streaming` and the prost codec. Routing is by path,
+//! as tonic's generated services do; every service is a [`GrpcService`] with its own
+//! [`NamedService::NAME`] so the tonic router can hold them side by side.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use http_body::Frame;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::body::Body;
+use tonic::codec::{Codec, Streaming};
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+use tonic_prost::ProstCodec;
+
+use super::resources::ResourceType;
+use super::server::XdsServer;
+use super::stream::Scope;
+use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
+
+/// Largest request accepted (tonic's default): a larger one ends the stream with
+/// `OUT_OF_RANGE`.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Resources at most this large are copied into the response buffer; larger ones are sent
+/// as their shared bytes.
+const INLINE_MAX: usize = 1024;
+
+/// A response message, ready to frame: its resources are field 2.
+pub trait WireMessage: Message + Send + 'static {
+    fn take_resources(&mut self) -> Vec<Bytes>;
+}
+
+impl WireMessage for DiscoveryResponse {
+    fn take_resources(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.resources)
+    }
+}
+
+impl WireMessage for DeltaDiscoveryResponse {
+    fn take_resources(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.resources)
+    }
+}
+
+/// Frames one message as gRPC DATA chunks. Returns `None` when the message exceeds the 4 GiB
+/// a gRPC length prefix can express.
+pub fn frame<M: WireMessage>(mut msg: M) -> Option<Vec<Bytes>> {
+    let resources = msg.take_resources();
+    // Every field but the resources, through prost; the resources follow (field order is free).
+    let head_len = msg.encoded_len();
+    let field_len = |r: &Bytes| 1 + prost::encoding::encoded_len_varint(r.len() as u64) + r.len();
+    let total: usize = head_len + resources.iter().map(field_len).sum::<usize>();
+    let total_u32 = u32::try_from(total).ok()?;
+    let inline: usize = resources
+        .iter()
+        .map(|r| if r.len() <= INLINE_MAX { field_len(r) } else { 6 })
+        .sum();
+    let mut buf = BytesMut::with_capacity(5 + head_len + inline);
+    buf.put_u8(0); // not compressed
+    buf.put_u32(total_u32);
+    // Cannot fail: BytesMut grows as needed.
+    let _ = msg.encode(&mut buf);
+    let mut out = Vec::new();
+    for r in resources {
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut buf);
+        prost::encoding::encode_varint(r.len() as u64, &mut buf);
+        if r.len() <= INLINE_MAX {
+            buf.put_slice(&r);
+        } else {
+            out.push(buf.split().freeze());
+            out.push(r);
+        }
+    }
+    if !buf.is_empty() {
+        out.push(buf.freeze());
+    }
+    Some(out)
+}
+
+/// What a stream task sends to the response body.
+pub type Outbound = Result<Vec<Bytes>, Status>;
+
+/// The response body: DATA chunks from the stream task, then trailers with the final status.
+pub struct ResponseBody {
+    rx: mpsc::Receiver<Outbound>,
+    pending: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl ResponseBody {
+    pub fn new(rx: mpsc::Receiver<Outbound>) -> Self {
+        ResponseBody {
+            rx,
+            pending: VecDeque::new(),
+            done: false,
+        }
+    }
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    if status.add_header(&mut h).is_err() {
+        h.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    }
+    h
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(b) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunks))) => this.pending.extend(chunks),
+                Poll::Ready(Some(Err(status))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(&Status::new(Code::Ok, ""))))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.pending.is_empty()
+    }
+}
+
+fn grpc_response(rx: mpsc::Receiver<Outbound>) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(ResponseBody::new(rx)));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    r
+}
+
+fn decode<T: Message + Default + Send + 'static>(body: Body) -> Streaming<T> {
+    let mut codec = ProstCodec::<T, T>::default();
+    Streaming::new_request(codec.decoder(), body, None, Some(MAX_REQUEST_BYTES))
+}
+
+/// One xDS gRPC service: its name and how its methods map onto streams.
+pub trait ServiceDef: Send + Sync + 'static {
+    const NAME: &'static str;
+    const SCOPE: Scope;
+    const STREAM: &'static str;
+    const DELTA: &'static str;
+    /// The unary fetch method and its type (per-type services only).
+    const FETCH: Option<(&'static str, ResourceType)>;
+}
+
+macro_rules! service_def {
+    ($t:ident, $name:expr, $scope:expr, $stream:expr, $delta:expr, $fetch:expr) => {
+        pub struct $t;
+        impl ServiceDef for $t {
+            const NAME: &'static str = $name;
+            const SCOPE: Scope = $scope;
+            const STREAM: &'static str = $stream;
+            const DELTA: &'static str = $delta;
+            const FETCH: Option<(&'static str, ResourceType)> = $fetch;
+        }
+    };
+}
+
+service_def!(
+    Ads,
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    Scope::Ads,
+    "StreamAggregatedResources",
+    "DeltaAggregatedResources",
+    None
+);
+service_def!(
+    Cds,
+    "envoy.service.cluster.v3.ClusterDiscoveryService",
+    Scope::Single(ResourceType::Cluster),
+    "StreamClusters",
+    "DeltaClusters",
+    Some(("FetchClusters", ResourceType::Cluster))
+);
+service_def!(
+    Eds,
+    "envoy.service.endpoint.v3.EndpointDiscoveryService",
+    Scope::Single(ResourceType::Endpoint),
+    "StreamEndpoints",
+    "DeltaEndpoints",
+    Some(("FetchEndpoints", ResourceType::Endpoint))
+);
+service_def!(
+    Lds,
+    "envoy.service.listener.v3.ListenerDiscoveryService",
+    Scope::Single(ResourceType::Listener),
+    "StreamListeners",
+    "DeltaListeners",
+    Some(("FetchListeners", ResourceType::Listener))
+);
+service_def!(
+    Rds,
+    "envoy.service.route.v3.RouteDiscoveryService",
+    Scope::Single(ResourceType::Route),
+    "StreamRoutes",
+    "DeltaRoutes",
+    Some(("FetchRoutes", ResourceType::Route))
+);
+
+/// A tower service serving one xDS gRPC service.
+pub struct GrpcService<D> {
+    server: XdsServer,
+    _def: PhantomData<fn() -> D>,
+}
+
+impl<D> GrpcService<D> {
+    pub fn new(server: XdsServer) -> Self {
+        GrpcService {
+            server,
+            _def: PhantomData,
+        }
+    }
+}
+
+impl<D> Clone for GrpcService<D> {
+    fn clone(&self) -> Self {
+        GrpcService::new(self.server.clone())
+    }
+}
+
+impl<D: ServiceDef> NamedService for GrpcService<D> {
+    const NAME: &'static str = D::NAME;
+}
+
+impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let server = self.server.clone();
+        Box::pin(async move {
+            let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+            let body = req.into_body();
+            if method == D::STREAM {
+                return Ok(grpc_response(server.sotw(D::SCOPE, decode::<DiscoveryRequest>(body))));
+            }
+            if method == D::DELTA {
+                return Ok(grpc_response(server.delta(D::SCOPE, decode::<DeltaDiscoveryRequest>(body))));
+            }
+            if let Some((fetch, ty)) = D::FETCH {
+                if method == fetch {
+                    let (tx, rx) = mpsc::channel(1);
+                    let out = match decode::<DiscoveryRequest>(body).message().await {
+                        Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
+                            frame(resp).ok_or_else(|| Status::resource_exhausted("response too large"))
+                        }),
+                        Ok(None) => Err(Status::invalid_argument("a fetch needs one request message")),
+                        Err(s) => Err(s),
+                    };
+                    let _ = tx.try_send(out);
+                    return Ok(grpc_response(rx));
+                }
+            }
+            Ok(Status::unimplemented(format!("{}/{method} is not served", D::NAME)).into_http())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3 as pb;
+    use envoy_types::pb::google::protobuf::Any;
+
+    fn join(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_framed_response_decodes_as_the_stock_message_and_shares_large_resources() {
+        let small = Any {
+            type_url: "t".into(),
+            value: vec![7; 10],
+        };
+        let large = Any {
+            type_url: "t".into(),
+            value: vec![9; 5000],
+        };
+        let large_bytes = Bytes::from(large.encode_to_vec());
+        let msg = DiscoveryResponse {
+            version_info: "v".into(),
+            resources: vec![Bytes::from(small.encode_to_vec()), large_bytes.clone(), Bytes::from(small.encode_to_vec())],
+            type_url: "t".into(),
+            nonce: "3".into(),
+            ..Default::default()
+        };
+        let chunks = frame(msg).expect("framed");
+        // The large resource goes out as the very bytes the snapshot holds.
+        assert!(chunks.iter().any(|c| c.as_ptr() == large_bytes.as_ptr() && c.len() == large_bytes.len()));
+        assert_eq!(chunks.len(), 3, "head+small, large, small");
+        let wire = join(&chunks);
+        assert_eq!(wire[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
+        assert_eq!(len, wire.len() - 5);
+        let got = pb::DiscoveryResponse::decode(&wire[5..]).expect("decodes");
+        assert_eq!(got.version_info, "v");
+        assert_eq!(got.nonce, "3");
+        assert_eq!(got.resources, vec![small.clone(), large, small]);
+    }
+
+    #[test]
+    fn a_framed_delta_response_keeps_removals() {
+        let msg = DeltaDiscoveryResponse {
+            system_version_info: "s".into(),
+            type_url: "t".into(),
+            nonce: "1".into(),
+            removed_resources: vec!["gone".into()],
+            ..Default::default()
+        };
+        let wire = join(&frame(msg).expect("framed"));
+        let got = pb::DeltaDiscoveryResponse::decode(&wire[5..]).expect("decodes");
+        assert_eq!(got.removed_resources, vec!["gone".to_string()]);
+        assert!(got.resources.is_empty());
+    }
+}
