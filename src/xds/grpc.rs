@@ -1,19 +1,19 @@
 //! The gRPC layer of the xDS services, written against HTTP/2 directly so that responses go out
 //! without copying shared resource bytes.
 //!
-//! A response is framed as: the 5-byte gRPC message prefix and the message's small fields in one
-//! buffer, then each resource as a `repeated bytes` field (tag 2 in both `DiscoveryResponse`
-//! and `DeltaDiscoveryResponse`). A large resource is handed to HTTP/2 as the snapshot's own
-//! reference-counted bytes (no copy); small ones are copied into the response buffer so a
-//! response is a few DATA frames, not one per resource. Nothing outlives the write: an idle
-//! stream holds no response buffer (tonic's codec would keep one as large as the largest
-//! response ever sent on that stream).
+//! A response is framed as: the 5-byte gRPC message prefix and the message's small fields, then
+//! each resource as a `repeated bytes` field (tag 2 in both `DiscoveryResponse` and
+//! `DeltaDiscoveryResponse`). A large resource is handed to HTTP/2 as the snapshot's own
+//! reference-counted bytes (no copy); small ones are gathered into DATA chunks of 16 KiB, so a
+//! response is a few DATA frames, not one per resource. Chunks are made only when HTTP/2 polls
+//! the body, that is when flow control lets it send: a stream holds at most one chunk of copied
+//! bytes while it sends, and none when idle (tonic's codec keeps a buffer as large as the
+//! largest response ever sent on the stream).
 //!
 //! Requests are decoded with tonic's own `Streaming` and the prost codec. Routing is by path,
 //! as tonic's generated services do; every service is a [`GrpcService`] with its own
 //! [`NamedService::NAME`] so the tonic router can hold them side by side.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -40,9 +40,13 @@ use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 /// `OUT_OF_RANGE`.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// Resources at most this large are copied into the response buffer; larger ones are sent
-/// as their shared bytes.
+/// Resources at most this large are copied into a DATA chunk; larger ones are sent as their
+/// shared bytes.
 const INLINE_MAX: usize = 1024;
+
+/// Small resources are gathered into DATA chunks of about this size, made only when HTTP/2 asks
+/// for more (flow control), so a stream never holds more than one chunk of copied bytes.
+const CHUNK: usize = 16 * 1024;
 
 /// A response message, ready to frame: its resources are field 2.
 pub trait WireMessage: Message + Send + 'static {
@@ -61,48 +65,77 @@ impl WireMessage for DeltaDiscoveryResponse {
     }
 }
 
-/// Frames one message as gRPC DATA chunks. Returns `None` when the message exceeds the 4 GiB
-/// a gRPC length prefix can express.
-pub fn frame<M: WireMessage>(mut msg: M) -> Option<Vec<Bytes>> {
-    let resources = msg.take_resources();
-    // Every field but the resources, through prost; the resources follow (field order is free).
-    let head_len = msg.encoded_len();
-    let field_len = |r: &Bytes| 1 + prost::encoding::encoded_len_varint(r.len() as u64) + r.len();
-    let total: usize = head_len + resources.iter().map(field_len).sum::<usize>();
-    let total_u32 = u32::try_from(total).ok()?;
-    let inline: usize = resources
-        .iter()
-        .map(|r| if r.len() <= INLINE_MAX { field_len(r) } else { 6 })
-        .sum();
-    let mut buf = BytesMut::with_capacity(5 + head_len + inline);
-    buf.put_u8(0); // not compressed
-    buf.put_u32(total_u32);
-    // Cannot fail: BytesMut grows as needed.
-    let _ = msg.encode(&mut buf);
-    let mut out = Vec::new();
-    for r in resources {
-        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut buf);
-        prost::encoding::encode_varint(r.len() as u64, &mut buf);
-        if r.len() <= INLINE_MAX {
-            buf.put_slice(&r);
-        } else {
-            out.push(buf.split().freeze());
-            out.push(r);
+/// One gRPC message on its way out: the prefix and small fields, then the resources (shared
+/// bytes, each sent as a `repeated bytes` field 2; field order is free in protobuf).
+pub struct Framed {
+    head: Option<Bytes>,
+    resources: std::vec::IntoIter<Bytes>,
+    /// A large resource whose field prefix has gone out in the previous chunk.
+    next_large: Option<Bytes>,
+}
+
+impl Framed {
+    /// Returns `None` when the message exceeds the 4 GiB a gRPC length prefix can express.
+    pub fn new<M: WireMessage>(mut msg: M) -> Option<Framed> {
+        let resources = msg.take_resources();
+        let field_len = |r: &Bytes| 1 + prost::encoding::encoded_len_varint(r.len() as u64) + r.len();
+        let head_len = msg.encoded_len();
+        let total = head_len + resources.iter().map(field_len).sum::<usize>();
+        let total = u32::try_from(total).ok()?;
+        let mut head = BytesMut::with_capacity(5 + head_len);
+        head.put_u8(0); // not compressed
+        head.put_u32(total);
+        // Cannot fail: BytesMut grows as needed.
+        let _ = msg.encode(&mut head);
+        Some(Framed {
+            head: Some(head.freeze()),
+            resources: resources.into_iter(),
+            next_large: None,
+        })
+    }
+
+    /// The next DATA chunk, or `None` when the message is complete.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(large) = self.next_large.take() {
+            return Some(large);
         }
+        let head = self.head.take();
+        let mut buf = BytesMut::new();
+        if self.resources.len() == 0 {
+            return head;
+        }
+        buf.reserve(CHUNK);
+        if let Some(h) = head {
+            buf.put_slice(&h);
+        }
+        while buf.len() < CHUNK {
+            let Some(r) = self.resources.next() else { break };
+            prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut buf);
+            prost::encoding::encode_varint(r.len() as u64, &mut buf);
+            if r.len() <= INLINE_MAX {
+                buf.put_slice(&r);
+            } else {
+                self.next_large = Some(r);
+                break;
+            }
+        }
+        Some(buf.freeze())
     }
-    if !buf.is_empty() {
-        out.push(buf.freeze());
-    }
-    Some(out)
+}
+
+#[cfg(test)]
+fn frame<M: WireMessage>(msg: M) -> Option<Vec<Bytes>> {
+    let mut f = Framed::new(msg)?;
+    Some(std::iter::from_fn(|| f.next_chunk()).collect())
 }
 
 /// What a stream task sends to the response body.
-pub type Outbound = Result<Vec<Bytes>, Status>;
+pub type Outbound = Result<Framed, Status>;
 
 /// The response body: DATA chunks from the stream task, then trailers with the final status.
 pub struct ResponseBody {
     rx: mpsc::Receiver<Outbound>,
-    pending: VecDeque<Bytes>,
+    current: Option<Framed>,
     done: bool,
 }
 
@@ -110,7 +143,7 @@ impl ResponseBody {
     pub fn new(rx: mpsc::Receiver<Outbound>) -> Self {
         ResponseBody {
             rx,
-            pending: VecDeque::new(),
+            current: None,
             done: false,
         }
     }
@@ -131,14 +164,15 @@ impl http_body::Body for ResponseBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         loop {
-            if let Some(b) = this.pending.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(b))));
+            if let Some(chunk) = this.current.as_mut().and_then(Framed::next_chunk) {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
+            this.current = None;
             if this.done {
                 return Poll::Ready(None);
             }
             match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(chunks))) => this.pending.extend(chunks),
+                Poll::Ready(Some(Ok(framed))) => this.current = Some(framed),
                 Poll::Ready(Some(Err(status))) => {
                     this.done = true;
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
@@ -153,7 +187,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.pending.is_empty()
+        self.done && self.current.is_none()
     }
 }
 
@@ -283,7 +317,7 @@ impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
                     let (tx, rx) = mpsc::channel(1);
                     let out = match decode::<DiscoveryRequest>(body).message().await {
                         Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
-                            frame(resp).ok_or_else(|| Status::resource_exhausted("response too large"))
+                            Framed::new(resp).ok_or_else(|| Status::resource_exhausted("response too large"))
                         }),
                         Ok(None) => Err(Status::invalid_argument("a fetch needs one request message")),
                         Err(s) => Err(s),
@@ -328,7 +362,7 @@ mod tests {
         let chunks = frame(msg).expect("framed");
         // The large resource goes out as the very bytes the snapshot holds.
         assert!(chunks.iter().any(|c| c.as_ptr() == large_bytes.as_ptr() && c.len() == large_bytes.len()));
-        assert_eq!(chunks.len(), 3, "head+small, large, small");
+        assert_eq!(chunks.len(), 3, "head+small+prefix, large, small");
         let wire = join(&chunks);
         assert_eq!(wire[0], 0, "uncompressed");
         let len = u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize;
@@ -352,5 +386,31 @@ mod tests {
         let got = pb::DeltaDiscoveryResponse::decode(&wire[5..]).expect("decodes");
         assert_eq!(got.removed_resources, vec!["gone".to_string()]);
         assert!(got.resources.is_empty());
+    }
+
+    #[test]
+    fn many_small_resources_go_out_in_bounded_chunks() {
+        let items: Vec<Bytes> = (0..2000u32)
+            .map(|i| {
+                Bytes::from(
+                    Any {
+                        type_url: "t".into(),
+                        value: i.to_le_bytes().repeat(50),
+                    }
+                    .encode_to_vec(),
+                )
+            })
+            .collect();
+        let msg = DiscoveryResponse {
+            resources: items.clone(),
+            ..Default::default()
+        };
+        let chunks = frame(msg).expect("framed");
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.len() < CHUNK + INLINE_MAX + 16));
+        let wire = join(&chunks);
+        let got = pb::DiscoveryResponse::decode(&wire[5..]).expect("decodes");
+        assert_eq!(got.resources.len(), 2000);
+        assert_eq!(Bytes::from(got.resources[1999].encode_to_vec()), items[1999]);
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::cache::Cache;
 use super::resources::ResourceType;
-use super::grpc::{self, frame, GrpcService, Outbound, WireMessage};
+use super::grpc::{self, Framed, GrpcService, Outbound, WireMessage};
 use super::cache::Snapshot;
 use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
@@ -148,7 +148,7 @@ impl XdsServer {
                 let out = sm.poll();
                 this.observe(sm.take_events(), M::API);
                 for r in out {
-                    let framed = frame(r).ok_or_else(|| Status::resource_exhausted("response larger than gRPC can frame"));
+                    let framed = Framed::new(r).ok_or_else(|| Status::resource_exhausted("response larger than gRPC can frame"));
                     let failed = framed.is_err();
                     if tx.send(framed).await.is_err() || failed {
                         return;
