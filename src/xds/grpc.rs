@@ -10,7 +10,8 @@
 //! bytes while it sends, and none when idle (tonic's codec keeps a buffer as large as the
 //! largest response ever sent on the stream).
 //!
-//! Requests are decoded with tonic's own `Streaming` and the prost codec. Routing is by path,
+//! Requests are decoded by [`Requests`], which releases a large buffer once a large request
+//! has been decoded. Routing is by path,
 //! as tonic's generated services do; every service is a [`GrpcService`] with its own
 //! [`NamedService::NAME`] so the tonic router can hold them side by side.
 
@@ -20,16 +21,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
+use http_body_util::BodyExt;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
-use tonic_prost::ProstCodec;
 
 use super::resources::ResourceType;
 use super::server::XdsServer;
@@ -198,9 +198,81 @@ fn grpc_response(rx: mpsc::Receiver<Outbound>) -> http::Response<Body> {
     r
 }
 
-fn decode<T: Message + Default + Send + 'static>(body: Body) -> Streaming<T> {
-    let mut codec = ProstCodec::<T, T>::default();
-    Streaming::new_request(codec.decoder(), body, None, Some(MAX_REQUEST_BYTES))
+/// A buffer kept between requests at most this large; a larger one (after a big request) is
+/// released once it has been consumed.
+const KEEP_BUFFER: usize = 4 * 1024;
+
+/// The request side of a stream: gRPC messages decoded from the HTTP/2 body. Unlike tonic's
+/// decoder, it does not keep a buffer as large as the largest request between requests (an
+/// Envoy re-sends its whole EDS subscription with every ACK).
+pub struct Requests<T> {
+    body: Body,
+    buf: BytesMut,
+    ended: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Message + Default> Requests<T> {
+    pub fn new(body: Body) -> Self {
+        Requests {
+            body,
+            buf: BytesMut::new(),
+            ended: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// The next request; `Ok(None)` when the client closed its side.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        loop {
+            if let Some(msg) = self.take()? {
+                return Ok(Some(msg));
+            }
+            if self.ended {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Status::internal("the request stream ended inside a message"))
+                };
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(Status::cancelled(format!("request stream: {e}"))),
+                None => self.ended = true,
+            }
+        }
+    }
+
+    /// Decodes one whole message from the buffer, if there is one.
+    fn take(&mut self) -> Result<Option<T>, Status> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let compressed = self.buf[0];
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if compressed != 0 {
+            return Err(Status::unimplemented("compressed requests are not supported"));
+        }
+        if len > MAX_REQUEST_BYTES {
+            return Err(Status::out_of_range(format!(
+                "request of {len} bytes is larger than the limit of {MAX_REQUEST_BYTES}"
+            )));
+        }
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
+            return Ok(None);
+        }
+        let msg = T::decode(&self.buf[5..5 + len]).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")));
+        let _ = self.buf.split_to(5 + len);
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+            self.buf = BytesMut::new();
+        }
+        msg.map(Some)
+    }
 }
 
 /// One xDS gRPC service: its name and how its methods map onto streams.
@@ -307,15 +379,15 @@ impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
             let body = req.into_body();
             if method == D::STREAM {
-                return Ok(grpc_response(server.sotw(D::SCOPE, decode::<DiscoveryRequest>(body))));
+                return Ok(grpc_response(server.sotw(D::SCOPE, Requests::new(body))));
             }
             if method == D::DELTA {
-                return Ok(grpc_response(server.delta(D::SCOPE, decode::<DeltaDiscoveryRequest>(body))));
+                return Ok(grpc_response(server.delta(D::SCOPE, Requests::new(body))));
             }
             if let Some((fetch, ty)) = D::FETCH {
                 if method == fetch {
                     let (tx, rx) = mpsc::channel(1);
-                    let out = match decode::<DiscoveryRequest>(body).message().await {
+                    let out = match Requests::<DiscoveryRequest>::new(body).message().await {
                         Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
                             Framed::new(resp).ok_or_else(|| Status::resource_exhausted("response too large"))
                         }),
@@ -412,5 +484,56 @@ mod tests {
         let got = pb::DiscoveryResponse::decode(&wire[5..]).expect("decodes");
         assert_eq!(got.resources.len(), 2000);
         assert_eq!(Bytes::from(got.resources[1999].encode_to_vec()), items[1999]);
+    }
+
+    fn body_of(chunks: Vec<Vec<u8>>) -> Body {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c))));
+        Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames)))
+    }
+
+    fn grpc(msg: &DiscoveryRequest, compressed: u8) -> Vec<u8> {
+        let m = msg.encode_to_vec();
+        let mut out = vec![compressed];
+        out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        out.extend_from_slice(&m);
+        out
+    }
+
+    #[tokio::test]
+    async fn requests_split_across_frames_decode_and_a_large_buffer_is_released() {
+        let big = DiscoveryRequest {
+            resource_names: (0..2000).map(|i| format!("cluster-{i}")).collect(),
+            ..Default::default()
+        };
+        let small = DiscoveryRequest {
+            type_url: "t".into(),
+            ..Default::default()
+        };
+        let mut wire = grpc(&big, 0);
+        wire.extend(grpc(&small, 0));
+        // Cut into uneven frames, one boundary inside the length prefix.
+        let chunks: Vec<Vec<u8>> = wire.chunks(997).map(|c| c.to_vec()).collect();
+        let mut r = Requests::<DiscoveryRequest>::new(body_of(chunks));
+        assert_eq!(r.message().await.expect("ok"), Some(big));
+        assert_eq!(r.message().await.expect("ok"), Some(small));
+        assert!(r.buf.capacity() <= KEEP_BUFFER, "buffer kept: {}", r.buf.capacity());
+        assert_eq!(r.message().await.expect("ok"), None);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_clear_statuses() {
+        let m = DiscoveryRequest::default();
+        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![grpc(&m, 1)]));
+        assert_eq!(r.message().await.expect_err("compressed").code(), Code::Unimplemented);
+        let mut huge = vec![0u8];
+        huge.extend_from_slice(&((MAX_REQUEST_BYTES + 1) as u32).to_be_bytes());
+        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![huge]));
+        assert_eq!(r.message().await.expect_err("too large").code(), Code::OutOfRange);
+        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]]));
+        assert_eq!(r.message().await.expect_err("garbage").code(), Code::InvalidArgument);
+        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 9, 1]]));
+        assert_eq!(r.message().await.expect_err("truncated").code(), Code::Internal);
     }
 }

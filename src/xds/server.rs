@@ -10,12 +10,12 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::cache::Cache;
 use super::resources::ResourceType;
-use super::grpc::{self, Framed, GrpcService, Outbound, WireMessage};
+use super::grpc::{self, Framed, GrpcService, Outbound, Requests, WireMessage};
 use super::cache::Snapshot;
 use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
@@ -87,13 +87,13 @@ impl XdsServer {
         }
     }
 
-    pub(super) fn sotw(&self, scope: Scope, inbound: Streaming<DiscoveryRequest>) -> mpsc::Receiver<Outbound> {
+    pub(super) fn sotw(&self, scope: Scope, inbound: Requests<DiscoveryRequest>) -> mpsc::Receiver<Outbound> {
         let reg = self.clients.register("sotw", scope.name());
         let sm = SotwStream::new(scope, self.limits, reg.status.clone());
         self.spawn_stream(reg, sm, inbound)
     }
 
-    pub(super) fn delta(&self, scope: Scope, inbound: Streaming<DeltaDiscoveryRequest>) -> mpsc::Receiver<Outbound> {
+    pub(super) fn delta(&self, scope: Scope, inbound: Requests<DeltaDiscoveryRequest>) -> mpsc::Receiver<Outbound> {
         let reg = self.clients.register("delta", scope.name());
         let sm = DeltaStream::new(scope, self.limits, reg.status.clone());
         self.spawn_stream(reg, sm, inbound)
@@ -105,7 +105,7 @@ impl XdsServer {
         &self,
         reg: Registration,
         mut sm: M,
-        mut inbound: Streaming<M::Request>,
+        mut inbound: Requests<M::Request>,
     ) -> mpsc::Receiver<Outbound> {
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
         let this = self.clone();
