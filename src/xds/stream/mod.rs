@@ -288,3 +288,65 @@ fn error_text(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option<S
         }
     })
 }
+
+/// A subscription's names. Streams that subscribe to the same names (every Envoy of a fleet
+/// asks for the same EDS clusters) share one set.
+pub type NameSet = Arc<std::collections::BTreeSet<Arc<str>>>;
+
+/// The shared name sets, by a hash of their content. Entries are weak: a set lives as long as
+/// some stream holds it.
+static NAME_SETS: std::sync::LazyLock<Mutex<NameSets>> = std::sync::LazyLock::new(Default::default);
+
+#[derive(Default)]
+struct NameSets {
+    by_hash: std::collections::HashMap<u64, Vec<std::sync::Weak<std::collections::BTreeSet<Arc<str>>>>>,
+    inserts: usize,
+}
+
+/// The shared copy of `set` (the one another stream already holds, or `set` itself).
+pub fn share_names(set: std::collections::BTreeSet<Arc<str>>) -> NameSet {
+    use std::hash::{Hash, Hasher};
+    if set.is_empty() {
+        return Arc::new(set);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for n in &set {
+        n.hash(&mut h);
+    }
+    let key = h.finish();
+    let mut sets = NAME_SETS.lock();
+    let bucket = sets.by_hash.entry(key).or_default();
+    bucket.retain(|w| w.strong_count() > 0);
+    if let Some(shared) = bucket.iter().filter_map(|w| w.upgrade()).find(|s| **s == set) {
+        return shared;
+    }
+    let shared = Arc::new(set);
+    bucket.push(Arc::downgrade(&shared));
+    sets.inserts += 1;
+    if sets.inserts % 1024 == 0 {
+        sets.by_hash.retain(|_, b| {
+            b.retain(|w| w.strong_count() > 0);
+            !b.is_empty()
+        });
+    }
+    shared
+}
+
+/// Whether `names` (a request's list, `*` aside) is exactly `set`, decided without building
+/// anything when the list is sorted and unique (as Envoy sends it), so an ACK that repeats the
+/// subscription costs no allocation. `None`: the list is unsorted, compare the built set.
+pub fn same_names(set: &std::collections::BTreeSet<Arc<str>>, names: &[String]) -> Option<bool> {
+    let mut count = 0;
+    let mut prev: Option<&str> = None;
+    for n in names.iter().filter(|n| n.as_str() != "*") {
+        if prev.is_some_and(|p| p >= n.as_str()) {
+            return None;
+        }
+        if !set.contains(n.as_str()) {
+            return Some(false);
+        }
+        prev = Some(n);
+        count += 1;
+    }
+    Some(count == set.len())
+}

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use parking_lot::Mutex;
 
-use super::{error_text, Core, Limits, Pending, Scope, StreamError, StreamEvent, TypeCheck};
+use super::{error_text, same_names, share_names, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent, TypeCheck};
 use crate::xds::cache::{Snapshot, TypeSnapshot};
 use crate::xds::resources::{Resource, ResourceType};
 use crate::xds::status::ClientStatus;
@@ -30,7 +30,7 @@ struct TypeState {
     wildcard: bool,
     /// The first request had no names: an empty list keeps meaning "everything".
     legacy_wildcard: bool,
-    names: BTreeSet<Arc<str>>,
+    names: NameSet,
     /// Names subscribed since the last response; sent even if unchanged.
     added: Vec<Arc<str>>,
     /// The snapshot of this type the client holds (last sent, or claimed on reconnect).
@@ -94,12 +94,22 @@ impl SotwStream {
             None => Arc::from(n),
         };
         let star = req.resource_names.iter().any(|n| n == "*");
-        let names: BTreeSet<Arc<str>> = req
-            .resource_names
-            .iter()
-            .filter(|n| n.as_str() != "*")
-            .map(|n| intern(n))
-            .collect();
+        let held = self.types[ty.index()].as_ref().map(|st| st.names.clone());
+        let names: NameSet = match held {
+            Some(h) if same_names(&h, &req.resource_names) == Some(true) => h,
+            held => {
+                let built: BTreeSet<Arc<str>> = req
+                    .resource_names
+                    .iter()
+                    .filter(|n| n.as_str() != "*")
+                    .map(|n| intern(n))
+                    .collect();
+                match held {
+                    Some(h) if *h == built => h,
+                    _ => share_names(built),
+                }
+            }
+        };
 
         let slot = &mut self.types[ty.index()];
         match slot {
@@ -136,7 +146,7 @@ impl SotwStream {
                     st.force = true;
                 }
                 st.wildcard = wildcard;
-                if names != st.names {
+                if !Arc::ptr_eq(&names, &st.names) {
                     st.added.extend(names.difference(&st.names).cloned());
                     if ty.is_wildcard_type() {
                         st.force = true;
@@ -244,7 +254,7 @@ fn select(ty: ResourceType, st: &TypeState, ts: &Arc<TypeSnapshot>) -> Option<Ve
                 }
             }
             (sent, _) => {
-                for n in &st.names {
+                for n in st.names.iter() {
                     let old = sent.as_ref().and_then(|s| s.resources.get(n));
                     let new = ts.resources.get(n);
                     let same = match (old, new) {

@@ -560,3 +560,29 @@ fn delta_incremental_path_matches_full_comparison_across_skipped_versions() {
     let r2 = one_d(s.poll());
     assert_eq!(just_names(&r2), vec!["a", "b"]);
 }
+
+#[test]
+fn equal_subscriptions_share_one_name_set() {
+    let set = |names: &[&str]| names.iter().map(|n| Arc::<str>::from(*n)).collect::<std::collections::BTreeSet<_>>();
+    let a = super::share_names(set(&["x-shared-1", "x-shared-2"]));
+    let b = super::share_names(set(&["x-shared-2", "x-shared-1"]));
+    let c = super::share_names(set(&["x-shared-1"]));
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(!Arc::ptr_eq(&a, &c));
+    drop((a, b));
+    // Once no stream holds it, a new equal set is a fresh one (weak entries).
+    let d = super::share_names(set(&["x-shared-1", "x-shared-2"]));
+    assert_eq!(Arc::strong_count(&d), 1);
+}
+
+#[test]
+fn same_names_is_exact_for_sorted_lists_and_defers_otherwise() {
+    let s: std::collections::BTreeSet<Arc<str>> = ["a", "b"].iter().map(|n| Arc::<str>::from(*n)).collect();
+    let l = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(super::same_names(&s, &l(&["a", "b"])), Some(true));
+    assert_eq!(super::same_names(&s, &l(&["a"])), Some(false));
+    assert_eq!(super::same_names(&s, &l(&["a", "c"])), Some(false));
+    assert_eq!(super::same_names(&s, &l(&["a", "a"])), None, "duplicates are not sorted-unique");
+    assert_eq!(super::same_names(&s, &l(&["b", "a"])), None);
+    assert_eq!(super::same_names(&s, &l(&["*", "a", "b"])), Some(true));
+}
