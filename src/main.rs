@@ -9,6 +9,11 @@ use serde_json::{json, Value};
 use voltha_xds::config::Config;
 use voltha_xds::xds::resources::ResourceType;
 
+/// mimalloc returns freed memory to the system promptly; with glibc's allocator the transient
+/// buffers of a push to thousands of streams stay resident long after they are freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "voltha-xds", version, about = "Envoy xDS control plane for VOLTHA")]
 struct Cli {
