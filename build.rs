@@ -13,14 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto-vendor");
 
     let mut compiler = protox::Compiler::new(["proto-vendor"])?;
-    compiler
-        .include_imports(true)
-        .include_source_info(false)
-        .open_files([
-            "voltha/voltha.proto",
-            "voltha/health.proto",
-            "schema/schema.proto",
-        ])?;
+    compiler.include_imports(true).include_source_info(false).open_files([
+        "voltha/voltha.proto",
+        "voltha/health.proto",
+        "schema/schema.proto",
+    ])?;
     // The encoded set keeps custom options (the google.api.http rules the transcoder needs);
     // the prost_types form, used for code generation only, drops them.
     std::fs::write(

@@ -225,7 +225,12 @@ impl Shared {
 /// The address change `generation` puts in place: 11.x.y.z never occurs inside the initial
 /// 10.x.y.z addresses, so finding it in a response's bytes proves the new content arrived.
 fn changed_ip(generation: u32) -> String {
-    format!("11.{}.{}.{}", (generation >> 16) & 255, (generation >> 8) & 255, generation & 255)
+    format!(
+        "11.{}.{}.{}",
+        (generation >> 16) & 255,
+        (generation >> 8) & 255,
+        generation & 255
+    )
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -292,7 +297,11 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
     grpc.ready().await.context("connection not ready")?;
     let codec = ProstCodec::<DiscoveryRequest, SotwResponse>::default();
     let mut inbound = grpc
-        .streaming(tonic::Request::new(ReceiverStream::new(rx)), PathAndQuery::from_static(SOTW_PATH), codec)
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(SOTW_PATH),
+            codec,
+        )
         .await
         .context("opening the SotW ADS stream")?
         .into_inner();
@@ -305,12 +314,15 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
         let at = Instant::now();
         match r.type_url.as_str() {
             CDS => {
-                send(&tx, DiscoveryRequest {
-                    version_info: r.version_info.clone(),
-                    response_nonce: r.nonce.clone(),
-                    type_url: CDS.into(),
-                    ..Default::default()
-                })
+                send(
+                    &tx,
+                    DiscoveryRequest {
+                        version_info: r.version_info.clone(),
+                        response_nonce: r.nonce.clone(),
+                        type_url: CDS.into(),
+                        ..Default::default()
+                    },
+                )
                 .await?;
                 if names.is_some() {
                     ctx.emit(Event::Redundant { kind: "cds" });
@@ -323,11 +335,14 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                     list.push(ClusterName::decode(any.value).context("decoding a Cluster")?.name);
                 }
                 let list = ctx.shared.intern_names(list);
-                send(&tx, DiscoveryRequest {
-                    type_url: EDS.into(),
-                    resource_names: list.to_vec(),
-                    ..Default::default()
-                })
+                send(
+                    &tx,
+                    DiscoveryRequest {
+                        type_url: EDS.into(),
+                        resource_names: list.to_vec(),
+                        ..Default::default()
+                    },
+                )
                 .await?;
                 names = Some(list);
             }
@@ -335,13 +350,16 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                 let Some(list) = &names else {
                     bail!("an EDS response before any EDS request");
                 };
-                send(&tx, DiscoveryRequest {
-                    version_info: r.version_info.clone(),
-                    response_nonce: r.nonce.clone(),
-                    type_url: EDS.into(),
-                    resource_names: list.to_vec(),
-                    ..Default::default()
-                })
+                send(
+                    &tx,
+                    DiscoveryRequest {
+                        version_info: r.version_info.clone(),
+                        response_nonce: r.nonce.clone(),
+                        type_url: EDS.into(),
+                        resource_names: list.to_vec(),
+                        ..Default::default()
+                    },
+                )
                 .await?;
                 match &eds_version {
                     None => {
@@ -349,10 +367,16 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                         eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
                         if received >= list.len() {
                             eds_version = Some(r.version_info);
-                            ctx.emit(Event::Synced { at, cds_bytes, eds_bytes });
+                            ctx.emit(Event::Synced {
+                                at,
+                                cds_bytes,
+                                eds_bytes,
+                            });
                         }
                     }
-                    Some(v) if *v == r.version_info => ctx.emit(Event::Redundant { kind: "eds-same-version" }),
+                    Some(v) if *v == r.version_info => ctx.emit(Event::Redundant {
+                        kind: "eds-same-version",
+                    }),
                     Some(_) => {
                         ctx.update(at, &r.resources);
                         eds_version = Some(r.version_info);
@@ -379,7 +403,11 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
     grpc.ready().await.context("connection not ready")?;
     let codec = ProstCodec::<DeltaDiscoveryRequest, DeltaResponse>::default();
     let mut inbound = grpc
-        .streaming(tonic::Request::new(ReceiverStream::new(rx)), PathAndQuery::from_static(DELTA_PATH), codec)
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(DELTA_PATH),
+            codec,
+        )
         .await
         .context("opening the Delta ADS stream")?
         .into_inner();
@@ -390,11 +418,14 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
     let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
     while let Some(r) = inbound.message().await.context("Delta ADS stream")? {
         let at = Instant::now();
-        send(&tx, DeltaDiscoveryRequest {
-            type_url: r.type_url.clone(),
-            response_nonce: r.nonce.clone(),
-            ..Default::default()
-        })
+        send(
+            &tx,
+            DeltaDiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            },
+        )
         .await?;
         match r.type_url.as_str() {
             CDS => {
@@ -405,14 +436,21 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
                 cds_bytes = r.resources.iter().map(Bytes::len).sum();
                 let mut list = Vec::with_capacity(r.resources.len());
                 for res in &r.resources {
-                    list.push(ResourceName::decode(res.clone()).context("decoding a delta Resource")?.name);
+                    list.push(
+                        ResourceName::decode(res.clone())
+                            .context("decoding a delta Resource")?
+                            .name,
+                    );
                 }
                 let list = ctx.shared.intern_names(list);
-                send(&tx, DeltaDiscoveryRequest {
-                    type_url: EDS.into(),
-                    resource_names_subscribe: list.to_vec(),
-                    ..Default::default()
-                })
+                send(
+                    &tx,
+                    DeltaDiscoveryRequest {
+                        type_url: EDS.into(),
+                        resource_names_subscribe: list.to_vec(),
+                        ..Default::default()
+                    },
+                )
                 .await?;
                 names = Some(list);
             }
@@ -427,7 +465,11 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
                     eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
                     if received >= list.len() {
                         synced = true;
-                        ctx.emit(Event::Synced { at, cds_bytes, eds_bytes });
+                        ctx.emit(Event::Synced {
+                            at,
+                            cds_bytes,
+                            eds_bytes,
+                        });
                     }
                 }
                 if !r.removed_resources.is_empty() {
@@ -469,7 +511,11 @@ struct Tally {
 impl Tally {
     fn apply(&mut self, e: Event) {
         match e {
-            Event::Synced { at, cds_bytes, eds_bytes } => {
+            Event::Synced {
+                at,
+                cds_bytes,
+                eds_bytes,
+            } => {
                 self.synced += 1;
                 self.payload = self.payload.max((cds_bytes, eds_bytes));
                 self.last_synced = Some(self.last_synced.map_or(at, |l| l.max(at)));
@@ -608,7 +654,10 @@ fn cpu_seconds(pid: u32, ticks_per_s: f64) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("malformed {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed {path}"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| -> Result<f64> {
         f.get(n - 3)
@@ -643,7 +692,9 @@ fn default_server_bin() -> PathBuf {
     {
         return p;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| "target".into());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "target".into());
     target.join("release").join("voltha-xds")
 }
 
@@ -702,7 +753,9 @@ fn config_yaml(args: &Args, endpoints_file: &Path, xds: &str, admin: &str) -> Re
     );
     for i in 0..args.clusters {
         let c = cluster_name(i);
-        y.push_str(&format!("  - {{ name: {c}, protocol: http2, endpoints: {{ source: bench, set: {c} }} }}\n"));
+        y.push_str(&format!(
+            "  - {{ name: {c}, protocol: http2, endpoints: {{ source: bench, set: {c} }} }}\n"
+        ));
     }
     y.push_str("groups:\n  - name: bench\n    clusters:\n");
     for i in 0..args.clusters {
@@ -818,7 +871,10 @@ async fn run(args: Args) -> Result<()> {
     if args.clusters > 65536 || args.endpoints == 0 || args.endpoints > 254 {
         bail!("--clusters must be at most 65536 and --endpoints between 1 and 254");
     }
-    let dir = tempfile::Builder::new().prefix("voltha-loadgen-").tempdir().context("creating a temporary directory")?;
+    let dir = tempfile::Builder::new()
+        .prefix("voltha-loadgen-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let result = bench(&args, dir.path()).await;
     // On failure the directory (with the server's log) is kept for a look.
     if args.keep || result.is_err() {
@@ -847,13 +903,19 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     };
     let xds_addr = format!("127.0.0.1:{xds_port}");
     let admin_addr = format!("127.0.0.1:{admin_port}");
-    std::fs::write(&config_file, config_yaml(args, &endpoints_file, &xds_addr, &admin_addr)?)
-        .context("writing the configuration")?;
+    std::fs::write(
+        &config_file,
+        config_yaml(args, &endpoints_file, &xds_addr, &admin_addr)?,
+    )
+    .context("writing the configuration")?;
 
     // 2. The server.
     let bin = args.server_bin.clone().unwrap_or_else(default_server_bin);
     if !bin.is_file() {
-        bail!("server binary {} not found (build it: cargo build --release --bin voltha-xds, or pass --server-bin)", bin.display());
+        bail!(
+            "server binary {} not found (build it: cargo build --release --bin voltha-xds, or pass --server-bin)",
+            bin.display()
+        );
     }
     let log = File::create(&log_file).context("creating the server log")?;
     let child = Command::new(&bin)
@@ -866,7 +928,10 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let mut server = ServerProc { child, log: log_file.clone() };
+    let mut server = ServerProc {
+        child,
+        log: log_file.clone(),
+    };
     let pid = server.pid();
     println!(
         "loadgen: {} streams ({}), {} clusters x {} endpoints, {} per connection; server {} pid {pid}; dir {}",
@@ -887,7 +952,11 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
             break;
         }
         if Instant::now() > ready_deadline {
-            bail!("timeout after {}s waiting for /readyz on {admin_addr}; log tail:\n{}", args.ready_timeout, tail(&log_file, 20));
+            bail!(
+                "timeout after {}s waiting for /readyz on {admin_addr}; log tail:\n{}",
+                args.ready_timeout,
+                tail(&log_file, 20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1014,7 +1083,11 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
                 format!(
                     "; published +{ms:.1} ms (build {} ms{}), push to all +{:.1} ms",
                     build.map_or("?".into(), |b| b.to_string()),
-                    if published.len() > 1 { format!(", {} snapshots", published.len()) } else { String::new() },
+                    if published.len() > 1 {
+                        format!(", {} snapshots", published.len())
+                    } else {
+                        String::new()
+                    },
                     s.max - ms
                 )
             }
@@ -1026,7 +1099,10 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
             s.p99,
             s.max,
             if tally.missing_content > missing_total {
-                format!(", {} pushes without the new address", tally.missing_content - missing_total)
+                format!(
+                    ", {} pushes without the new address",
+                    tally.missing_content - missing_total
+                )
             } else {
                 String::new()
             },

@@ -69,13 +69,20 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         "snapshot": s.cache.current().map(|c| c.generation),
         "sources": sources,
     });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -88,7 +95,11 @@ struct SnapshotQuery {
 
 async fn snapshot(State(s): State<AdminState>, Query(q): Query<SnapshotQuery>) -> Response {
     let Some(snap) = s.cache.current() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "no snapshot yet"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "no snapshot yet"})),
+        )
+            .into_response();
     };
     let mut groups = serde_json::Map::new();
     for (name, g) in &snap.groups {
@@ -115,7 +126,11 @@ async fn snapshot(State(s): State<AdminState>, Query(q): Query<SnapshotQuery>) -
     }
     if let Some(want) = &q.group {
         if groups.is_empty() {
-            return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no group {want:?}")}))).into_response();
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": format!("no group {want:?}")})),
+            )
+                .into_response();
         }
     }
     Json(json!({

@@ -91,7 +91,8 @@ mod tests {
 
     #[test]
     fn dns_names_use_strict_dns_and_bad_addresses_are_refused() {
-        let y: Value = serde_yaml::from_str(&bootstrap(&opts("voltha-xds.voltha.svc:18000", false)).expect("ok")).expect("yaml");
+        let y: Value =
+            serde_yaml::from_str(&bootstrap(&opts("voltha-xds.voltha.svc:18000", false)).expect("ok")).expect("yaml");
         assert_eq!(y["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
         assert_eq!(y["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
         assert!(bootstrap(&opts("no-port", false)).is_err());

@@ -103,7 +103,10 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = TcpListenerStream::new(xds_listener);
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming, sd.cancelled_owned()).await {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, sd.cancelled_owned())
+            .await
+        {
             tracing::error!(error = %e, "xDS server failed");
         }
     }));

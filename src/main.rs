@@ -79,7 +79,9 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -106,19 +108,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { config, xds_listen, admin_listen } => {
+        Command::Serve {
+            config,
+            xds_listen,
+            admin_listen,
+        } => {
             init_logs(cli.log_format);
             let config = load(&config)?;
             let xds = match xds_listen {
                 Some(a) => a,
-                None => config.server.xds_listen.parse().map_err(|e| format!("server.xds_listen: {e}"))?,
+                None => config
+                    .server
+                    .xds_listen
+                    .parse()
+                    .map_err(|e| format!("server.xds_listen: {e}"))?,
             };
             let admin = match admin_listen {
                 Some(a) => a,
-                None => config.server.admin_listen.parse().map_err(|e| format!("server.admin_listen: {e}"))?,
+                None => config
+                    .server
+                    .admin_listen
+                    .parse()
+                    .map_err(|e| format!("server.admin_listen: {e}"))?,
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(voltha_xds::serve(config, xds, admin)).map_err(|e| format!("{e:#}"))
+            rt.block_on(voltha_xds::serve(config, xds, admin))
+                .map_err(|e| format!("{e:#}"))
         }
         Command::Validate { config } => {
             let c = Config::load(&config).map_err(|e| e.to_string())?;
@@ -130,7 +145,11 @@ fn run(cli: Cli) -> Result<(), String> {
             let model = voltha_xds::sources::read_once(&config)?;
             let groups = voltha_xds::translate::translate(&model, &config).map_err(|e| e.to_string())?;
             let pick = node_cluster.map(|nc| {
-                if config.groups.iter().any(|g| g.name == nc) { nc } else { config.default_group.clone() }
+                if config.groups.iter().any(|g| g.name == nc) {
+                    nc
+                } else {
+                    config.default_group.clone()
+                }
             });
             let mut out = serde_json::Map::new();
             for (name, g) in groups {
@@ -152,7 +171,14 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
             Ok(())
         }
-        Command::Bootstrap { node_id, node_cluster, xds, admin_port, admin_address, delta } => {
+        Command::Bootstrap {
+            node_id,
+            node_cluster,
+            xds,
+            admin_port,
+            admin_address,
+            delta,
+        } => {
             let y = voltha_xds::bootstrap::bootstrap(&voltha_xds::bootstrap::BootstrapOptions {
                 node_id,
                 node_cluster,

@@ -88,9 +88,7 @@ impl Metrics {
             acks: Family::default(),
             nacks: Family::default(),
             stale: Family::default(),
-            time_to_ack: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 16))
-            }),
+            time_to_ack: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
             unknown_types: Counter::default(),
             bad_requests: Counter::default(),
             snapshots: Counter::default(),
@@ -101,20 +99,64 @@ impl Metrics {
             debounce_coalesced: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("streams", "Connected xDS streams, by API (sotw, delta)", m.streams.clone());
+        registry.register(
+            "streams",
+            "Connected xDS streams, by API (sotw, delta)",
+            m.streams.clone(),
+        );
         registry.register("responses", "xDS responses sent, by type and API", m.responses.clone());
         registry.register("acks", "Responses Envoy accepted, by type", m.acks.clone());
         registry.register("nacks", "Responses Envoy rejected (NACK), by type", m.nacks.clone());
-        registry.register("stale_requests", "Requests ignored because their nonce was not the latest, by type", m.stale.clone());
-        registry.register("time_to_ack_seconds", "Time from sending a response to its ACK, by type", m.time_to_ack.clone());
-        registry.register("unknown_type_requests", "Requests for a type URL this server does not serve", m.unknown_types.clone());
-        registry.register("bad_requests", "Streams ended because of a malformed request", m.bad_requests.clone());
-        registry.register("snapshots_published", "Snapshots published (content changed)", m.snapshots.clone());
-        registry.register("snapshot_rejections", "Snapshots refused before publication, by reason", m.snapshot_rejections.clone());
-        registry.register("snapshot_build_seconds", "Time to translate, check and encode a snapshot", m.snapshot_build_seconds.clone());
-        registry.register("source_errors", "Errors reading an input, by source and kind", m.source_errors.clone());
-        registry.register("source_updates", "Valid input states delivered, by source", m.source_updates.clone());
-        registry.register("debounce_coalesced", "Input changes merged into a later snapshot by the debounce", m.debounce_coalesced.clone());
+        registry.register(
+            "stale_requests",
+            "Requests ignored because their nonce was not the latest, by type",
+            m.stale.clone(),
+        );
+        registry.register(
+            "time_to_ack_seconds",
+            "Time from sending a response to its ACK, by type",
+            m.time_to_ack.clone(),
+        );
+        registry.register(
+            "unknown_type_requests",
+            "Requests for a type URL this server does not serve",
+            m.unknown_types.clone(),
+        );
+        registry.register(
+            "bad_requests",
+            "Streams ended because of a malformed request",
+            m.bad_requests.clone(),
+        );
+        registry.register(
+            "snapshots_published",
+            "Snapshots published (content changed)",
+            m.snapshots.clone(),
+        );
+        registry.register(
+            "snapshot_rejections",
+            "Snapshots refused before publication, by reason",
+            m.snapshot_rejections.clone(),
+        );
+        registry.register(
+            "snapshot_build_seconds",
+            "Time to translate, check and encode a snapshot",
+            m.snapshot_build_seconds.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Errors reading an input, by source and kind",
+            m.source_errors.clone(),
+        );
+        registry.register(
+            "source_updates",
+            "Valid input states delivered, by source",
+            m.source_updates.clone(),
+        );
+        registry.register(
+            "debounce_coalesced",
+            "Input changes merged into a later snapshot by the debounce",
+            m.debounce_coalesced.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -126,7 +168,10 @@ impl Metrics {
 
     pub fn response_sent(&self, ty: ResourceType, api: &'static str) {
         self.responses
-            .get_or_create(&TypeApiLabel { r#type: ty.short(), api })
+            .get_or_create(&TypeApiLabel {
+                r#type: ty.short(),
+                api,
+            })
             .inc();
     }
 
@@ -163,13 +208,18 @@ impl Metrics {
 
     pub fn source_error(&self, source: &str, kind: &'static str) {
         self.source_errors
-            .get_or_create(&SourceKindLabel { source: source.to_string(), kind })
+            .get_or_create(&SourceKindLabel {
+                source: source.to_string(),
+                kind,
+            })
             .inc();
     }
 
     pub fn source_update(&self, source: &str) {
         self.source_updates
-            .get_or_create(&SourceLabel { source: source.to_string() })
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
             .inc();
     }
 
@@ -189,7 +239,10 @@ impl Metrics {
     /// Counter value for tests and the admin page.
     pub fn source_error_count(&self, source: &str, kind: &'static str) -> u64 {
         self.source_errors
-            .get_or_create(&SourceKindLabel { source: source.to_string(), kind })
+            .get_or_create(&SourceKindLabel {
+                source: source.to_string(),
+                kind,
+            })
             .get()
     }
 

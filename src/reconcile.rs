@@ -44,7 +44,11 @@ pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics,
     match cache.publish(inputs, &config.default_group, observed_at) {
         Ok(Some(s)) => {
             metrics.snapshot_published(started.elapsed());
-            let versions: Vec<String> = s.groups.values().map(|g| format!("{}={}", g.name, g.version())).collect();
+            let versions: Vec<String> = s
+                .groups
+                .values()
+                .map(|g| format!("{}={}", g.name, g.version()))
+                .collect();
             info!(generation = s.generation, groups = %versions.join(" "), build_ms = started.elapsed().as_millis() as u64, "snapshot published");
             true
         }

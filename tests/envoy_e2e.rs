@@ -23,7 +23,11 @@ struct E2e {
     rest: u16,
 }
 
-const CORES: [(&str, &str); 3] = [("vcore-0", "127.0.0.1"), ("vcore-1", "127.0.0.2"), ("vcore-2", "127.0.0.3")];
+const CORES: [(&str, &str); 3] = [
+    ("vcore-0", "127.0.0.1"),
+    ("vcore-1", "127.0.0.2"),
+    ("vcore-2", "127.0.0.3"),
+];
 
 fn assignment(hosts: &[&str]) -> String {
     let mut slots: Vec<String> = hosts
@@ -48,7 +52,10 @@ fn config_yaml(dir: &std::path::Path, grpc: u16, rest: u16, core_port: u16, extr
     if !extra_listener.is_empty() {
         y = y
             .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
-            .replace("listeners: [voltha-grpc, voltha-rest]", "listeners: [voltha-grpc, voltha-rest, extra]");
+            .replace(
+                "listeners: [voltha-grpc, voltha-rest]",
+                "listeners: [voltha-grpc, voltha-rest, extra]",
+            );
     }
     y
 }
@@ -78,7 +85,15 @@ impl E2e {
         })
         .expect("bootstrap");
         let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
-        E2e { dir, assignment: assignment_path, server, _cores: cores, envoy, grpc, rest }
+        E2e {
+            dir,
+            assignment: assignment_path,
+            server,
+            _cores: cores,
+            envoy,
+            grpc,
+            rest,
+        }
     }
 
     fn write_assignment(&self, hosts: &[&str]) {
@@ -108,7 +123,12 @@ impl E2e {
             }
         })
         .await;
-        core.unwrap_or_else(|_| panic!("no call reached {want:?}; envoy log:\n{}", std::fs::read_to_string(envoy_log).unwrap_or_default()))
+        core.unwrap_or_else(|_| {
+            panic!(
+                "no call reached {want:?}; envoy log:\n{}",
+                std::fs::read_to_string(envoy_log).unwrap_or_default()
+            )
+        })
     }
 
     fn admin(&self, path: &str) -> String {
@@ -134,7 +154,11 @@ async fn assignment_change_reaches_new_cores(delta: bool) {
     let held = e.channel().await;
     assert_eq!(e.wait_serving(&held, &["vcore-0"]).await, "vcore-0");
     let pid = e.envoy.pid();
-    let cx_before = e.envoy.stat("http.ingress_http2.downstream_cx_total").await.expect("cx stat");
+    let cx_before = e
+        .envoy
+        .stat("http.ingress_http2.downstream_cx_total")
+        .await
+        .expect("cx stat");
 
     let t0 = Instant::now();
     e.write_assignment(&["127.0.0.2", "127.0.0.3"]);
@@ -154,12 +178,22 @@ async fn assignment_change_reaches_new_cores(delta: bool) {
     let exited = e.envoy.proc.child.try_wait().ok().flatten();
     assert!(exited.is_none(), "envoy exited: {exited:?}");
     assert_eq!(e.envoy.stat("server.hot_restart_epoch").await, Some(0));
-    assert_eq!(e.envoy.stat("http.ingress_http2.downstream_cx_total").await, Some(cx_before));
+    assert_eq!(
+        e.envoy.stat("http.ingress_http2.downstream_cx_total").await,
+        Some(cx_before)
+    );
 
     // REST through the gRPC-JSON transcoder (descriptor set inline in the listener config).
-    let r = reqwest::get(format!("http://127.0.0.1:{}/api/v1/devices", e.rest)).await.expect("rest");
+    let r = reqwest::get(format!("http://127.0.0.1:{}/api/v1/devices", e.rest))
+        .await
+        .expect("rest");
     assert_eq!(r.status().as_u16(), 200);
-    let core = r.headers().get("x-voltha-core").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let core = r
+        .headers()
+        .get("x-voltha-core")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     assert!(core == "vcore-1" || core == "vcore-2", "{core}");
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["items"][0]["vendor"], core.as_str());
@@ -215,7 +249,10 @@ async fn rejected_listener_is_recorded_and_not_resent(delta: bool) {
     })
     .await;
     let err = nack["error"].as_str().unwrap_or_default();
-    assert!(err.contains("nonexistent"), "NACK error should name the bad file: {err}");
+    assert!(
+        err.contains("nonexistent"),
+        "NACK error should name the bad file: {err}"
+    );
     assert_eq!(nack["node_id"], if delta { "e2e-delta" } else { "e2e-sotw" });
     let (_, v) = get_json(&url).await;
     assert_eq!(v["recent_nacks"][0]["type"], "lds");
@@ -229,9 +266,15 @@ async fn rejected_listener_is_recorded_and_not_resent(delta: bool) {
     e.wait_serving(&ch, &["vcore-1"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, v) = get_json(&url).await;
-    assert_eq!(lds_sent(&v), before, "LDS was re-sent after a NACK without a content change");
+    assert_eq!(
+        lds_sent(&v),
+        before,
+        "LDS was re-sent after a NACK without a content change"
+    );
     assert_eq!(e.envoy.stat("listener_manager.lds.update_rejected").await, Some(1));
-    assert!(get_text(&e.admin("/metrics")).await.contains("voltha_xds_nacks_total{type=\"lds\"} 1"));
+    assert!(get_text(&e.admin("/metrics"))
+        .await
+        .contains("voltha_xds_nacks_total{type=\"lds\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

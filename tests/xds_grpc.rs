@@ -55,7 +55,11 @@ groups:
             assignment.display()
         );
         let server = start_server(&yaml).await;
-        let s = Setup { _dir: dir, assignment, server };
+        let s = Setup {
+            _dir: dir,
+            assignment,
+            server,
+        };
         s.wait_ready().await;
         s
     }
@@ -211,7 +215,8 @@ async fn node_cluster_picks_the_front_proxy_group() {
     r.node = node("front-proxy");
     c.send(r).await;
     let lds = c.next().await;
-    let l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(lds.resources[0].value.as_slice()).expect("l");
+    let l =
+        envoy_types::pb::envoy::config::listener::v3::Listener::decode(lds.resources[0].value.as_slice()).expect("l");
     assert_eq!(l.name, "front");
 }
 
@@ -266,16 +271,24 @@ async fn delta_ads_serves_changes_and_resumes_without_resending() {
         .into_inner();
     tx.send(dreq(CDS, &["*"], "")).await.expect("send");
     let cds = next_delta(&mut rx).await;
-    assert_eq!(cds.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["voltha-grpc"]);
+    assert_eq!(
+        cds.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["voltha-grpc"]
+    );
     tx.send(dreq(CDS, &[], &cds.nonce)).await.expect("ack");
     tx.send(dreq(EDS, &["voltha-grpc"], "")).await.expect("send");
     let eds = next_delta(&mut rx).await;
-    let held: Vec<(String, String)> = eds.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    let held: Vec<(String, String)> = eds
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
     tx.send(dreq(EDS, &[], &eds.nonce)).await.expect("ack");
     s.write(ONE);
     let eds2 = next_delta(&mut rx).await;
     assert_eq!(eds2.type_url, EDS);
-    let c = ClusterLoadAssignment::decode(eds2.resources[0].resource.as_ref().expect("any").value.as_slice()).expect("cla");
+    let c =
+        ClusterLoadAssignment::decode(eds2.resources[0].resource.as_ref().expect("any").value.as_slice()).expect("cla");
     assert_eq!(hosts(&c), vec!["10.0.0.3"]);
     drop(tx);
 
@@ -309,18 +322,38 @@ async fn delta_ads_serves_changes_and_resumes_without_resending() {
 async fn per_type_services_stream_and_fetch() {
     let s = Setup::new(TWO).await;
     let mut cds = ClusterDiscoveryServiceClient::new(s.channel().await);
-    let got = cds.fetch_clusters(req("", &[], None)).await.expect("fetch").into_inner();
+    let got = cds
+        .fetch_clusters(req("", &[], None))
+        .await
+        .expect("fetch")
+        .into_inner();
     assert_eq!(got.type_url, CDS);
     assert_eq!(got.resources.len(), 1);
     let (tx, rx) = mpsc::channel(4);
     tx.send(req(CDS, &[], None)).await.expect("send");
-    let mut st = cds.stream_clusters(ReceiverStream::new(rx)).await.expect("stream").into_inner();
-    let r = tokio::time::timeout(WAIT, st.message()).await.expect("time").expect("ok").expect("msg");
+    let mut st = cds
+        .stream_clusters(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let r = tokio::time::timeout(WAIT, st.message())
+        .await
+        .expect("time")
+        .expect("ok")
+        .expect("msg");
     assert_eq!(r.version_info, got.version_info);
     let mut eds = EndpointDiscoveryServiceClient::new(s.channel().await);
-    let e = eds.fetch_endpoints(req(EDS, &["voltha-grpc", "nope"], None)).await.expect("fetch").into_inner();
+    let e = eds
+        .fetch_endpoints(req(EDS, &["voltha-grpc", "nope"], None))
+        .await
+        .expect("fetch")
+        .into_inner();
     let names: Vec<String> = cla(&e).into_iter().map(|c| c.cluster_name).collect();
-    assert_eq!(names, vec!["nope", "voltha-grpc"], "unknown names get an empty assignment");
+    assert_eq!(
+        names,
+        vec!["nope", "voltha-grpc"],
+        "unknown names get an empty assignment"
+    );
     // The wrong type on a per-type service is refused clearly.
     let err = eds.fetch_endpoints(req(CDS, &[], None)).await.expect_err("wrong type");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -335,17 +368,28 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
     let mut r = req(CDS, &[], None);
     r.node = None;
     c.send(r).await;
-    let e = tokio::time::timeout(WAIT, c.rx.message()).await.expect("time").expect_err("error");
+    let e = tokio::time::timeout(WAIT, c.rx.message())
+        .await
+        .expect("time")
+        .expect_err("error");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("node"), "{}", e.message());
     // No type URL on ADS.
     let mut c = Sotw::open(s.channel().await).await;
     c.send(req("", &[], None)).await;
-    let e = tokio::time::timeout(WAIT, c.rx.message()).await.expect("time").expect_err("error");
+    let e = tokio::time::timeout(WAIT, c.rx.message())
+        .await
+        .expect("time")
+        .expect_err("error");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     // Unknown type: an empty answer once; garbage nonce ignored.
     let mut c = Sotw::open(s.channel().await).await;
-    c.send(req("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", &["x"], None)).await;
+    c.send(req(
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["x"],
+        None,
+    ))
+    .await;
     let r = c.next().await;
     assert!(r.resources.is_empty());
     let mut g = req(CDS, &[], None);
@@ -363,18 +407,32 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(e.resources.len(), 20_000);
     // A request over the size limit ends that stream with an error, nothing else.
     let mut c2 = Sotw::open(s.channel().await).await;
-    let big: Vec<String> = (0..300_000).map(|i| format!("a-rather-long-cluster-name-{i:08}")).collect();
+    let big: Vec<String> = (0..300_000)
+        .map(|i| format!("a-rather-long-cluster-name-{i:08}"))
+        .collect();
     let refs: Vec<&str> = big.iter().map(|s| s.as_str()).collect();
     c2.send(req(EDS, &refs, None)).await;
-    let e = tokio::time::timeout(WAIT, c2.rx.message()).await.expect("time").expect_err("too big");
-    assert!(matches!(e.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal), "{e:?}");
+    let e = tokio::time::timeout(WAIT, c2.rx.message())
+        .await
+        .expect("time")
+        .expect_err("too big");
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+        ),
+        "{e:?}"
+    );
     // The server still serves.
     let mut ok = Sotw::open(s.channel().await).await;
     ok.send(req(CDS, &[], None)).await;
     assert_eq!(ok.next().await.resources.len(), 1);
     let metrics = get_text(&s.admin("/metrics")).await;
     assert!(metrics.contains("voltha_xds_bad_requests_total 3"), "{metrics}");
-    assert!(metrics.contains("voltha_xds_unknown_type_requests_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("voltha_xds_unknown_type_requests_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -396,7 +454,10 @@ async fn a_malformed_assignment_is_counted_and_the_last_good_state_is_served() {
     let (code, ready) = get_json(&s.admin("/readyz")).await;
     assert_eq!(code, 200, "still ready: it has a last good state");
     assert_eq!(ready["sources"]["assignment"]["state"], "error");
-    assert!(ready["sources"]["assignment"]["last_error"].as_str().unwrap_or("").contains("not valid JSON"));
+    assert!(ready["sources"]["assignment"]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("not valid JSON"));
     let (_, snap2) = get_json(&s.admin("/debug/snapshot")).await;
     assert_eq!(snap1["generation"], snap2["generation"]);
     // Wrong shape: also refused.
@@ -413,7 +474,10 @@ async fn a_malformed_assignment_is_counted_and_the_last_good_state_is_served() {
         let u = url.clone();
         async move {
             let (_, v) = get_json(&u).await;
-            v["groups"]["nbi"]["types"]["eds"].to_string().contains("10.0.0.3").then_some(())
+            v["groups"]["nbi"]["types"]["eds"]
+                .to_string()
+                .contains("10.0.0.3")
+                .then_some(())
         }
     })
     .await;
@@ -431,8 +495,9 @@ async fn a_missing_file_means_no_cores_and_streams_are_forgotten_when_clients_le
         async move {
             let (_, v) = get_json(&u).await;
             let eds = &v["groups"]["nbi"]["types"]["eds"]["resources"][0];
-            (eds["clusterName"] == "voltha-grpc" && eds.get("endpoints").map_or(true, |e| e[0].get("lbEndpoints").is_none()))
-                .then_some(())
+            (eds["clusterName"] == "voltha-grpc"
+                && eds.get("endpoints").map_or(true, |e| e[0].get("lbEndpoints").is_none()))
+            .then_some(())
         }
     })
     .await;
@@ -452,7 +517,9 @@ async fn a_missing_file_means_no_cores_and_streams_are_forgotten_when_clients_le
         async move { (get_json(&u).await.1["clients"].as_array().map(|a| a.len()) == Some(0)).then_some(()) }
     })
     .await;
-    assert!(get_text(&s.admin("/metrics")).await.contains("voltha_xds_streams{api=\"sotw\"} 0"));
+    assert!(get_text(&s.admin("/metrics"))
+        .await
+        .contains("voltha_xds_streams{api=\"sotw\"} 0"));
 }
 
 #[tokio::test]

@@ -406,7 +406,10 @@ impl Config {
                         (_, _, Some(d)) => format!("DNS {}", d.join(", ")),
                         _ => String::new(),
                     };
-                    s.push_str(&format!("  cluster {} ({:?}, {:?}, {from})\n", c.name, c.protocol, c.lb_policy));
+                    s.push_str(&format!(
+                        "  cluster {} ({:?}, {:?}, {from})\n",
+                        c.name, c.protocol, c.lb_policy
+                    ));
                 }
             }
         }

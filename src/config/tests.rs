@@ -62,9 +62,20 @@ fn duplicate_names_are_reported() {
 
 #[test]
 fn bad_addresses_are_reported() {
-    let e = errors_of(&MINIMAL.replace("0.0.0.0:8080", "localhost").replace("10.0.0.1:80", "10.0.0.1"));
-    assert!(e.iter().any(|m| m.contains("listener \"l\": bad address \"localhost\"")), "{e:?}");
-    assert!(e.iter().any(|m| m.contains("bad static endpoint \"10.0.0.1\"")), "{e:?}");
+    let e = errors_of(
+        &MINIMAL
+            .replace("0.0.0.0:8080", "localhost")
+            .replace("10.0.0.1:80", "10.0.0.1"),
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.contains("listener \"l\": bad address \"localhost\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|m| m.contains("bad static endpoint \"10.0.0.1\"")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -80,7 +91,8 @@ fn bad_durations_fail_to_parse_with_the_key_and_position() {
 
 #[test]
 fn unknown_keys_are_refused() {
-    let e = Config::from_yaml(&MINIMAL.replace("default_group: g", "default_group: g\nlisteners_typo: []")).expect_err("typo");
+    let e = Config::from_yaml(&MINIMAL.replace("default_group: g", "default_group: g\nlisteners_typo: []"))
+        .expect_err("typo");
     assert!(e.to_string().contains("unknown field `listeners_typo`"), "{e}");
 }
 

@@ -9,9 +9,14 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     let mut errors = Vec::new();
     let e = &mut errors;
 
-    for (what, addr) in [("server.xds_listen", &c.server.xds_listen), ("server.admin_listen", &c.server.admin_listen)] {
+    for (what, addr) in [
+        ("server.xds_listen", &c.server.xds_listen),
+        ("server.admin_listen", &c.server.admin_listen),
+    ] {
         if addr.parse::<SocketAddr>().is_err() {
-            e.push(format!("{what}: bad address {addr:?} (expected ip:port, e.g. 0.0.0.0:18000)"));
+            e.push(format!(
+                "{what}: bad address {addr:?} (expected ip:port, e.g. 0.0.0.0:18000)"
+            ));
         }
     }
     if c.server.max_names_per_type == 0 {
@@ -27,7 +32,12 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     let sources = unique(e, "source", c.sources.iter().map(|s| s.name()));
     for s in &c.sources {
         match s {
-            SourceConfig::File { name, path, poll_interval, .. } => {
+            SourceConfig::File {
+                name,
+                path,
+                poll_interval,
+                ..
+            } => {
                 if path.as_os_str().is_empty() {
                     e.push(format!("source {name:?}: path is empty"));
                 }
@@ -47,7 +57,10 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     for l in &c.listeners {
         let at = format!("listener {:?}", l.name);
         if l.address.parse::<SocketAddr>().is_err() {
-            e.push(format!("{at}: bad address {:?} (expected ip:port, e.g. 0.0.0.0:50555)", l.address));
+            e.push(format!(
+                "{at}: bad address {:?} (expected ip:port, e.g. 0.0.0.0:50555)",
+                l.address
+            ));
         }
         if l.routes.is_empty() {
             e.push(format!("{at}: has no routes"));
@@ -94,7 +107,10 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                     e.push(format!("{at}: a header match has no name"));
                 }
                 if h.exact.is_some() == h.prefix.is_some() {
-                    e.push(format!("{at}: header {:?} needs exactly one of exact or prefix", h.name));
+                    e.push(format!(
+                        "{at}: header {:?} needs exactly one of exact or prefix",
+                        h.name
+                    ));
                 }
             }
         }
@@ -117,7 +133,10 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
             }
             if let Some(addr) = c.listener(l).and_then(|x| x.address.parse::<SocketAddr>().ok()) {
                 if let Some(other) = ports.insert(addr.port(), l) {
-                    e.push(format!("{at}: listeners {other:?} and {l:?} both use port {}", addr.port()));
+                    e.push(format!(
+                        "{at}: listeners {other:?} and {l:?} both use port {}",
+                        addr.port()
+                    ));
                 }
             }
         }
@@ -245,9 +264,7 @@ pub fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u1
     }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => {
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| format!("bad port in {s:?}"))?;
+            let port = p.parse::<u16>().map_err(|_| format!("bad port in {s:?}"))?;
             (h, port)
         }
         _ => match default_port {

@@ -178,10 +178,9 @@ mod tests {
 
     #[test]
     fn dns_names_are_hosts_too_and_duplicates_collapse() {
-        let d = parse_assignment(
-            br#"{"0001": {"host": "vcore-0.voltha.svc"}, "0002": {"host": "vcore-0.voltha.svc"}}"#,
-        )
-        .expect("valid");
+        let d =
+            parse_assignment(br#"{"0001": {"host": "vcore-0.voltha.svc"}, "0002": {"host": "vcore-0.voltha.svc"}}"#)
+                .expect("valid");
         assert_eq!(hosts(&d), vec!["vcore-0.voltha.svc"]);
     }
 
@@ -206,8 +205,7 @@ mod tests {
 
     #[test]
     fn endpoint_sets_parse_hosts_with_and_without_ports() {
-        let d = parse_endpoint_sets(br#"{"a": ["10.0.0.1:80", "10.0.0.1:80", "b.example"], "c": []}"#)
-            .expect("valid");
+        let d = parse_endpoint_sets(br#"{"a": ["10.0.0.1:80", "10.0.0.1:80", "b.example"], "c": []}"#).expect("valid");
         assert_eq!(d.set("a").len(), 2);
         assert_eq!(d.set("a")[0].port, Some(80));
         assert_eq!(d.set("a")[1].port, None);

@@ -114,7 +114,12 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
         .sources
         .iter()
         .map(|s| match s {
-            SourceConfig::File { name, path, format, poll_interval } => {
+            SourceConfig::File {
+                name,
+                path,
+                format,
+                poll_interval,
+            } => {
                 let (p, h) = Publisher::new(name, metrics.clone());
                 tokio::spawn(file::run(p, path.clone(), *format, poll_interval.0, shutdown.clone()));
                 h

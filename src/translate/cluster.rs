@@ -7,8 +7,8 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source::ConfigSourceSpecifier, socket_address, Address, AggregatedConfigSource,
-    ApiVersion, ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress,
+    address, config_source::ConfigSourceSpecifier, socket_address, Address, AggregatedConfigSource, ApiVersion,
+    ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -46,13 +46,15 @@ pub fn cluster(c: &ClusterConfig, model: &Model) -> Result<(Cluster, Option<Clus
         }
     } else if let Some(list) = &ep.static_endpoints {
         for s in list {
-            let a = parse_static(s, ep.port).map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
+            let a =
+                parse_static(s, ep.port).map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
             hosts.push((a.ip().to_string(), a.port()));
         }
     } else if let Some(list) = &ep.dns {
         dns = true;
         for s in list {
-            let hp = parse_host_port(s, ep.port).map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
+            let hp = parse_host_port(s, ep.port)
+                .map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
             hosts.push(hp);
         }
     }

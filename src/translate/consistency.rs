@@ -27,12 +27,19 @@ pub fn check(group: &str, r: &GroupResources) -> Result<(), TranslateError> {
         seen
     };
     let clusters = dup("clusters", r.clusters.iter().map(|c| c.name.as_str()).collect());
-    let assignments = dup("load assignments", r.endpoints.iter().map(|c| c.cluster_name.as_str()).collect());
+    let assignments = dup(
+        "load assignments",
+        r.endpoints.iter().map(|c| c.cluster_name.as_str()).collect(),
+    );
     let _ = dup("listeners", r.listeners.iter().map(|l| l.name.as_str()).collect());
-    let routes = dup("route configurations", r.routes.iter().map(|x| x.name.as_str()).collect());
+    let routes = dup(
+        "route configurations",
+        r.routes.iter().map(|x| x.name.as_str()).collect(),
+    );
 
     for c in &r.clusters {
-        let eds = matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
+        let eds =
+            matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
         if eds {
             let name = c
                 .eds_cluster_config

@@ -2,8 +2,8 @@
 
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
 use envoy_types::pb::envoy::config::core::v3::{
-    data_source::Specifier, substitution_format_string, transport_socket, DataSource,
-    SubstitutionFormatString, TransportSocket,
+    data_source::Specifier, substitution_format_string, transport_socket, DataSource, SubstitutionFormatString,
+    TransportSocket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{file_access_log::AccessLogFormat, FileAccessLog};

@@ -219,20 +219,14 @@ impl Cache {
             let [c, e, l, r] = input.resources;
             let mut types = Vec::with_capacity(4);
             for (ty, res) in ResourceType::ALL.into_iter().zip([c, e, l, r]) {
-                types.push(TypeSnapshot::build(
-                    ty,
-                    res,
-                    prev_group.map(|g| g.get(ty)),
-                )?);
+                types.push(TypeSnapshot::build(ty, res, prev_group.map(|g| g.get(ty)))?);
             }
             let types: [Arc<TypeSnapshot>; 4] = match types.try_into() {
                 Ok(t) => t,
                 Err(_) => unreachable!("four resource types"),
             };
             let group = match prev_group {
-                Some(pg) if pg.types.iter().zip(&types).all(|(a, b)| Arc::ptr_eq(a, b)) => {
-                    pg.clone()
-                }
+                Some(pg) if pg.types.iter().zip(&types).all(|(a, b)| Arc::ptr_eq(a, b)) => pg.clone(),
                 _ => Arc::new(GroupSnapshot {
                     name: name.clone(),
                     types,

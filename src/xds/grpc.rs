@@ -23,10 +23,10 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use http_body::Frame;
+use http_body_util::BodyExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use http_body_util::BodyExt;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Code, Status};
@@ -193,8 +193,10 @@ impl http_body::Body for ResponseBody {
 
 fn grpc_response(rx: mpsc::Receiver<Outbound>) -> http::Response<Body> {
     let mut r = http::Response::new(Body::new(ResponseBody::new(rx)));
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
     r
 }
 
@@ -266,7 +268,8 @@ impl<T: Message + Default> Requests<T> {
             self.buf.reserve(5 + len - self.buf.len());
             return Ok(None);
         }
-        let msg = T::decode(&self.buf[5..5 + len]).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")));
+        let msg =
+            T::decode(&self.buf[5..5 + len]).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")));
         let _ = self.buf.split_to(5 + len);
         if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
             self.buf = BytesMut::new();
@@ -426,14 +429,20 @@ mod tests {
         let large_bytes = Bytes::from(large.encode_to_vec());
         let msg = DiscoveryResponse {
             version_info: "v".into(),
-            resources: vec![Bytes::from(small.encode_to_vec()), large_bytes.clone(), Bytes::from(small.encode_to_vec())],
+            resources: vec![
+                Bytes::from(small.encode_to_vec()),
+                large_bytes.clone(),
+                Bytes::from(small.encode_to_vec()),
+            ],
             type_url: "t".into(),
             nonce: "3".into(),
             ..Default::default()
         };
         let chunks = frame(msg).expect("framed");
         // The large resource goes out as the very bytes the snapshot holds.
-        assert!(chunks.iter().any(|c| c.as_ptr() == large_bytes.as_ptr() && c.len() == large_bytes.len()));
+        assert!(chunks
+            .iter()
+            .any(|c| c.as_ptr() == large_bytes.as_ptr() && c.len() == large_bytes.len()));
         assert_eq!(chunks.len(), 3, "head+small+prefix, large, small");
         let wire = join(&chunks);
         assert_eq!(wire[0], 0, "uncompressed");

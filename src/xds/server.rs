@@ -14,9 +14,9 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use super::cache::Cache;
-use super::resources::ResourceType;
-use super::grpc::{self, Framed, GrpcService, Outbound, Requests, WireMessage};
 use super::cache::Snapshot;
+use super::grpc::{self, Framed, GrpcService, Outbound, Requests, WireMessage};
+use super::resources::ResourceType;
 use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
@@ -59,7 +59,12 @@ impl XdsServer {
     fn observe(&self, events: Vec<StreamEvent>, api: &'static str) {
         for e in events {
             match e {
-                StreamEvent::Sent { ty, version, resources, removed } => {
+                StreamEvent::Sent {
+                    ty,
+                    version,
+                    resources,
+                    removed,
+                } => {
                     self.metrics.response_sent(ty, api);
                     debug!(target: "voltha_xds::push", r#type = ty.short(), api, %version, resources, removed, "response sent");
                 }
@@ -148,7 +153,8 @@ impl XdsServer {
                 let out = sm.poll();
                 this.observe(sm.take_events(), M::API);
                 for r in out {
-                    let framed = Framed::new(r).ok_or_else(|| Status::resource_exhausted("response larger than gRPC can frame"));
+                    let framed =
+                        Framed::new(r).ok_or_else(|| Status::resource_exhausted("response larger than gRPC can frame"));
                     let failed = framed.is_err();
                     if tx.send(framed).await.is_err() || failed {
                         return;

@@ -92,8 +92,7 @@ mod tests {
             removed_resources: vec!["gone".into()],
             ..Default::default()
         };
-        let theirs =
-            pb::DeltaDiscoveryResponse::decode(ours.encode_to_vec().as_slice()).expect("decode");
+        let theirs = pb::DeltaDiscoveryResponse::decode(ours.encode_to_vec().as_slice()).expect("decode");
         assert_eq!(theirs.resources, vec![res]);
         assert_eq!(theirs.removed_resources, vec!["gone".to_string()]);
         assert_eq!(theirs.nonce, "1");

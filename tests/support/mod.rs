@@ -79,7 +79,10 @@ pub fn fake_core(id: &str, addr: SocketAddr) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("fake core starts");
-    Proc { child, name: id.to_string() }
+    Proc {
+        child,
+        name: id.to_string(),
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -126,7 +129,10 @@ impl Envoy {
             .spawn()
             .expect("envoy starts");
         Envoy {
-            proc: Proc { child, name: name.to_string() },
+            proc: Proc {
+                child,
+                name: name.to_string(),
+            },
             admin: format!("http://127.0.0.1:{admin_port}"),
             log,
         }
@@ -156,6 +162,12 @@ impl Envoy {
 
 fn regex_escape(s: &str) -> String {
     s.chars()
-        .flat_map(|c| if ".^$*+?()[]{}|\\".contains(c) { vec!['\\', c] } else { vec![c] })
+        .flat_map(|c| {
+            if ".^$*+?()[]{}|\\".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
         .collect()
 }

@@ -97,9 +97,13 @@ pub enum StreamEvent {
     },
     Nacked(Box<Nack>),
     /// A request whose nonce is not the latest one sent for its type (ignored).
-    Stale { ty: ResourceType },
+    Stale {
+        ty: ResourceType,
+    },
     /// A request for a type this server does not serve (answered with an empty response once).
-    UnknownType { type_url: String },
+    UnknownType {
+        type_url: String,
+    },
 }
 
 /// A response sent and not yet acknowledged.

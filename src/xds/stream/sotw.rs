@@ -18,7 +18,9 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use parking_lot::Mutex;
 
-use super::{error_text, same_names, share_names, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent, TypeCheck};
+use super::{
+    error_text, same_names, share_names, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent, TypeCheck,
+};
 use crate::xds::cache::{Snapshot, TypeSnapshot};
 use crate::xds::resources::{Resource, ResourceType};
 use crate::xds::status::ClientStatus;
@@ -276,7 +278,5 @@ fn select(ty: ResourceType, st: &TypeState, ts: &Arc<TypeSnapshot>) -> Option<Ve
 }
 
 fn placeholder(ty: ResourceType, name: &str) -> Bytes {
-    Resource::placeholder(ty, name)
-        .map(|r| r.any)
-        .unwrap_or_default()
+    Resource::placeholder(ty, name).map(|r| r.any).unwrap_or_default()
 }

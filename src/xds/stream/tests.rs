@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, Resource as PbResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, Resource as PbResource};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use parking_lot::Mutex;
@@ -151,8 +149,13 @@ fn sotw_ack_is_recorded_and_nothing_is_resent() {
     s.on_request(sotw_req(CDS, &[], &r.version_info, &r.nonce)).expect("ok");
     assert!(s.poll().is_empty());
     let events = s.take_events();
-    assert!(events.iter().any(|e| matches!(e, StreamEvent::Acked { ty, version, .. } if *ty == CDS && *version == r.version_info)));
-    assert_eq!(st.lock().types["cds"].last_acked_version.as_deref(), Some(r.version_info.as_str()));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Acked { ty, version, .. } if *ty == CDS && *version == r.version_info)));
+    assert_eq!(
+        st.lock().types["cds"].last_acked_version.as_deref(),
+        Some(r.version_info.as_str())
+    );
 }
 
 #[test]
@@ -164,13 +167,16 @@ fn nack_is_not_resent_until_content_changes() {
     s.on_snapshot(w.cache.current());
     s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
     let r1 = one(s.poll());
-    s.on_request(nack(sotw_req(CDS, &[], "", &r1.nonce), "bad cluster")).expect("ok");
+    s.on_request(nack(sotw_req(CDS, &[], "", &r1.nonce), "bad cluster"))
+        .expect("ok");
     assert!(s.poll().is_empty(), "a NACKed version must not be re-sent");
     // Envoy's next requests carry the last accepted version (none): still nothing.
     s.on_snapshot(w.cache.current());
     assert!(s.poll().is_empty());
     let events = s.take_events();
-    assert!(events.iter().any(|e| matches!(e, StreamEvent::Nacked(n) if n.error == "bad cluster" && n.version == r1.version_info)));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Nacked(n) if n.error == "bad cluster" && n.version == r1.version_info)));
     {
         let g = st.lock();
         let n = g.types["cds"].last_nack.as_ref().expect("nack recorded");
@@ -192,19 +198,27 @@ fn stale_nonce_is_ignored() {
     let mut s = sotw(&w);
     s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
     let r1 = one(s.poll());
-    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce))
+        .expect("ok");
     w.publish(&[(CDS, "a", 2)]);
     s.on_snapshot(w.cache.current());
     let r2 = one(s.poll());
     // A request naming the old nonce (or garbage) neither ACKs r2 nor triggers anything.
-    s.on_request(sotw_req(CDS, &["x"], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(CDS, &["x"], &r1.version_info, &r1.nonce))
+        .expect("ok");
     s.on_request(sotw_req(CDS, &["x"], "", "garbage-nonce")).expect("ok");
     assert!(s.poll().is_empty());
     let events = s.take_events();
-    assert_eq!(events.iter().filter(|e| matches!(e, StreamEvent::Stale { .. })).count(), 2);
-    assert!(!events.iter().any(|e| matches!(e, StreamEvent::Acked { version, .. } if *version == r2.version_info)));
+    assert_eq!(
+        events.iter().filter(|e| matches!(e, StreamEvent::Stale { .. })).count(),
+        2
+    );
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Acked { version, .. } if *version == r2.version_info)));
     // The real ACK still works.
-    s.on_request(sotw_req(CDS, &[], &r2.version_info, &r2.nonce)).expect("ok");
+    s.on_request(sotw_req(CDS, &[], &r2.version_info, &r2.nonce))
+        .expect("ok");
     assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Acked { .. })));
 }
 
@@ -233,13 +247,15 @@ fn eds_sends_only_changed_resources() {
     s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
     let r1 = one(s.poll());
     assert_eq!(r1.resources.len(), 3);
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce))
+        .expect("ok");
     let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1)]);
     s.on_snapshot(Some(snap.clone()));
     let r2 = one(s.poll());
     assert_eq!(names_in(&r2, &snap), vec!["b"]);
     // A change to a resource the stream does not subscribe to sends nothing.
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce)).expect("ok");
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce))
+        .expect("ok");
     w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1), (EDS, "d", 1)]);
     s.on_snapshot(w.cache.current());
     assert!(s.poll().is_empty());
@@ -252,12 +268,15 @@ fn resubscribe_after_unsubscribe_is_answered_at_the_same_version() {
     let mut s = sotw(&w);
     s.on_request(sotw_req(EDS, &["a", "b"], "", "")).expect("ok");
     let r1 = one(s.poll());
-    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce))
+        .expect("ok");
     // Drop b (same nonce: an ACK was already given, this only changes the subscription).
-    s.on_request(sotw_req(EDS, &["a"], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(EDS, &["a"], &r1.version_info, &r1.nonce))
+        .expect("ok");
     assert!(s.poll().is_empty());
     // Ask for b again: the version did not change, but b must be sent.
-    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce))
+        .expect("ok");
     let r2 = one(s.poll());
     assert_eq!(names_in(&r2, &snap), vec!["b"]);
     assert_eq!(r2.version_info, r1.version_info);
@@ -319,9 +338,14 @@ fn one_response_in_flight_per_type_and_newer_content_waits_for_the_ack() {
     let snap3 = w.publish(&[(CDS, "a", 3)]);
     s.on_snapshot(w.cache.current());
     assert!(s.poll().is_empty(), "wait for the ACK of r1");
-    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce)).expect("ok");
+    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce))
+        .expect("ok");
     let r2 = one(s.poll());
-    assert_eq!(r2.version_info, snap3.groups["default"].get(CDS).version, "coalesced to the newest");
+    assert_eq!(
+        r2.version_info,
+        snap3.groups["default"].get(CDS).version,
+        "coalesced to the newest"
+    );
 }
 
 #[test]
@@ -343,7 +367,10 @@ fn node_is_required_first_and_optional_after() {
 #[test]
 fn node_cluster_selects_the_group_and_unknown_gets_the_default() {
     let w = World::new();
-    w.publish_groups(&[("default", &[(CDS, "nbi", 1)]), ("front-proxy", &[(CDS, "portainer", 1)])]);
+    w.publish_groups(&[
+        ("default", &[(CDS, "nbi", 1)]),
+        ("front-proxy", &[(CDS, "portainer", 1)]),
+    ]);
     let snap = w.cache.current().expect("snap");
     for (cluster, want) in [("front-proxy", "portainer"), ("default", "nbi"), ("whatever", "nbi")] {
         let mut s = sotw(&w);
@@ -353,7 +380,12 @@ fn node_cluster_selects_the_group_and_unknown_gets_the_default() {
         let resp = one(s.poll());
         let group = snap.group_for(cluster).expect("group");
         let any = Any::decode(resp.resources[0].clone()).expect("any");
-        let name = group.get(CDS).resources.values().find(|x| x.body.as_ref() == any.value.as_slice()).map(|x| x.name.to_string());
+        let name = group
+            .get(CDS)
+            .resources
+            .values()
+            .find(|x| x.body.as_ref() == any.value.as_slice())
+            .map(|x| x.name.to_string());
         assert_eq!(name.as_deref(), Some(want), "node.cluster {cluster}");
     }
 }
@@ -401,7 +433,10 @@ fn too_many_names_is_an_error_not_a_memory_blowup() {
     s.on_snapshot(w.cache.current());
     let names: Vec<String> = (0..11).map(|i| format!("n{i}")).collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    assert!(matches!(s.on_request(sotw_req(EDS, &refs, "", "")), Err(StreamError::TooManyNames { count: 11, .. })));
+    assert!(matches!(
+        s.on_request(sotw_req(EDS, &refs, "", "")),
+        Err(StreamError::TooManyNames { count: 11, .. })
+    ));
 }
 
 // ---------------------------------------------------------------- Delta
@@ -466,7 +501,11 @@ fn delta_initial_resource_versions_are_not_resent() {
     let va = snap.groups["default"].get(CDS).resources["a"].version_string();
     let mut s = delta(&w);
     let mut r = delta_req(CDS, &["*"], &[], "");
-    r.initial_resource_versions = [("a".to_string(), va), ("gone".to_string(), "0123456789abcdef".to_string())].into();
+    r.initial_resource_versions = [
+        ("a".to_string(), va),
+        ("gone".to_string(), "0123456789abcdef".to_string()),
+    ]
+    .into();
     s.on_request(r).expect("ok");
     let resp = one_d(s.poll());
     assert_eq!(just_names(&resp), vec!["b"], "a is held at the current version");
@@ -512,7 +551,11 @@ fn delta_nack_is_not_resent_until_content_changes() {
     s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
     let r1 = one_d(s.poll());
     let mut n = delta_req(CDS, &[], &[], &r1.nonce);
-    n.error_detail = Some(RpcStatus { code: 3, message: "no".into(), details: vec![] });
+    n.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "no".into(),
+        details: vec![],
+    });
     s.on_request(n).expect("ok");
     assert!(s.poll().is_empty());
     assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Nacked(_))));
@@ -563,7 +606,12 @@ fn delta_incremental_path_matches_full_comparison_across_skipped_versions() {
 
 #[test]
 fn equal_subscriptions_share_one_name_set() {
-    let set = |names: &[&str]| names.iter().map(|n| Arc::<str>::from(*n)).collect::<std::collections::BTreeSet<_>>();
+    let set = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| Arc::<str>::from(*n))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
     let a = super::share_names(set(&["x-shared-1", "x-shared-2"]));
     let b = super::share_names(set(&["x-shared-2", "x-shared-1"]));
     let c = super::share_names(set(&["x-shared-1"]));
@@ -582,7 +630,11 @@ fn same_names_is_exact_for_sorted_lists_and_defers_otherwise() {
     assert_eq!(super::same_names(&s, &l(&["a", "b"])), Some(true));
     assert_eq!(super::same_names(&s, &l(&["a"])), Some(false));
     assert_eq!(super::same_names(&s, &l(&["a", "c"])), Some(false));
-    assert_eq!(super::same_names(&s, &l(&["a", "a"])), None, "duplicates are not sorted-unique");
+    assert_eq!(
+        super::same_names(&s, &l(&["a", "a"])),
+        None,
+        "duplicates are not sorted-unique"
+    );
     assert_eq!(super::same_names(&s, &l(&["b", "a"])), None);
     assert_eq!(super::same_names(&s, &l(&["*", "a", "b"])), Some(true));
 }
