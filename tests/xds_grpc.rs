@@ -496,7 +496,7 @@ async fn a_missing_file_means_no_cores_and_streams_are_forgotten_when_clients_le
             let (_, v) = get_json(&u).await;
             let eds = &v["groups"]["nbi"]["types"]["eds"]["resources"][0];
             (eds["clusterName"] == "voltha-grpc"
-                && eds.get("endpoints").map_or(true, |e| e[0].get("lbEndpoints").is_none()))
+                && eds.get("endpoints").is_none_or(|e| e[0].get("lbEndpoints").is_none()))
             .then_some(())
         }
     })

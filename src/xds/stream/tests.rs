@@ -23,6 +23,9 @@ const LDS: ResourceType = ResourceType::Listener;
 const RDS: ResourceType = ResourceType::Route;
 
 /// A snapshot builder: (type, name, content byte) triples for the default group.
+/// A group name and its resources: (type, name, one byte of body).
+type GroupSpec<'a> = (&'a str, &'a [(ResourceType, &'a str, u8)]);
+
 struct World {
     cache: Cache,
 }
@@ -36,7 +39,7 @@ impl World {
         self.publish_groups(&[("default", items)])
     }
 
-    fn publish_groups(&self, groups: &[(&str, &[(ResourceType, &str, u8)])]) -> Arc<Snapshot> {
+    fn publish_groups(&self, groups: &[GroupSpec]) -> Arc<Snapshot> {
         let mut map = BTreeMap::new();
         for (g, items) in groups {
             let mut input = GroupInput::default();
