@@ -1,8 +1,9 @@
 //! Delta (incremental) streams.
 //!
 //! - The server tracks, per type, the subscription (wildcard and/or names) and the version of
-//!   every resource the client holds (`known`), seeded from `initial_resource_versions` on the
-//!   first request so a reconnecting client is not sent what it already has.
+//!   every resource the client holds (`known`, stored as "this snapshot, except these names"),
+//!   seeded from `initial_resource_versions` on the first request so a reconnecting client is
+//!   not sent what it already has.
 //! - A response carries the subscribed resources whose version differs from what the client
 //!   holds and, in `removed_resources`, those it holds that no longer exist.
 //! - Subscribe and unsubscribe are applied from every request, whatever its nonce (they are
@@ -29,8 +30,8 @@ use crate::xds::wire::DeltaDiscoveryResponse;
 struct TypeState {
     wildcard: bool,
     names: BTreeSet<Arc<str>>,
-    /// What the client holds: name → version (`None`: a version this server did not issue).
-    known: BTreeMap<Arc<str>, Option<u64>>,
+    /// What the client holds.
+    known: Known,
     /// The snapshot of this type last compared against `known`.
     seen: Option<Arc<TypeSnapshot>>,
     /// The subscription changed since the last comparison.
@@ -120,7 +121,7 @@ impl DeltaStream {
             if n == "*" {
                 st.wildcard = false;
                 let names = &st.names;
-                st.known.retain(|k, _| names.contains(k));
+                st.known.retain(|k| names.contains(k));
             } else {
                 st.names.remove(n.as_str());
                 if !st.wildcard {
@@ -154,6 +155,7 @@ impl DeltaStream {
                 continue;
             }
             let (resources, removed) = diff(ty, st, ts);
+            st.known.rebase(ts);
             st.seen = Some(ts.clone());
             st.dirty = false;
             if resources.is_empty() && removed.is_empty() && !st.force {
@@ -198,7 +200,7 @@ fn diff(ty: ResourceType, st: &mut TypeState, ts: &Arc<TypeSnapshot>) -> (Vec<By
         }
     } else {
         let mut all: BTreeSet<Arc<str>> = st.names.iter().cloned().collect();
-        all.extend(st.known.keys().cloned());
+        all.extend(st.known.held());
         if st.wildcard {
             all.extend(ts.resources.keys().cloned());
         }
@@ -211,7 +213,7 @@ fn diff(ty: ResourceType, st: &mut TypeState, ts: &Arc<TypeSnapshot>) -> (Vec<By
         }
         let res: Option<Bytes> = match ts.resources.get(&name) {
             Some(r) => {
-                if st.known.get(&name) != Some(&Some(r.version)) {
+                if st.known.get(&name) != Some(Some(r.version)) {
                     st.known.insert(name.clone(), Some(r.version));
                     Some(r.delta.clone())
                 } else {
@@ -221,7 +223,7 @@ fn diff(ty: ResourceType, st: &mut TypeState, ts: &Arc<TypeSnapshot>) -> (Vec<By
             None if st.names.contains(&name) && !ty.is_wildcard_type() => {
                 // A named EDS/RDS resource that does not exist: an empty placeholder.
                 Resource::placeholder(ty, &name).and_then(|p| {
-                    if st.known.get(&name) != Some(&Some(p.version)) {
+                    if st.known.get(&name) != Some(Some(p.version)) {
                         st.known.insert(name.clone(), Some(p.version));
                         Some(p.delta)
                     } else {
@@ -230,7 +232,7 @@ fn diff(ty: ResourceType, st: &mut TypeState, ts: &Arc<TypeSnapshot>) -> (Vec<By
                 })
             }
             None => {
-                if st.known.remove(&name).is_some() {
+                if st.known.remove(&name) {
                     removed.push(name.to_string());
                 }
                 None
@@ -241,4 +243,262 @@ fn diff(ty: ResourceType, st: &mut TypeState, ts: &Arc<TypeSnapshot>) -> (Vec<By
         }
     }
     (send, removed)
+}
+
+/// A version as a delta client holds it: `None` is a version this server did not issue.
+type Held = Option<u64>;
+
+/// What a delta client holds, per resource name.
+///
+/// Stored as a snapshot of the type that the client holds whole (shared with the cache) plus
+/// the names where the client differs from it (`None`: not held). A client in sync with the
+/// current snapshot costs no per-resource memory, and each push updates the exceptions from
+/// the snapshot's own change list.
+#[derive(Default)]
+struct Known {
+    base: Option<Arc<TypeSnapshot>>,
+    except: BTreeMap<Arc<str>, Option<Held>>,
+}
+
+fn version_in(ts: Option<&Arc<TypeSnapshot>>, name: &str) -> Option<Held> {
+    ts.and_then(|b| b.resources.get(name)).map(|r| Some(r.version))
+}
+
+impl Known {
+    /// The version the client holds, `None` if it holds nothing of that name.
+    fn get(&self, name: &str) -> Option<Held> {
+        match self.except.get(name) {
+            Some(e) => *e,
+            None => version_in(self.base.as_ref(), name),
+        }
+    }
+
+    fn set(&mut self, name: Arc<str>, v: Option<Held>) {
+        if version_in(self.base.as_ref(), &name) == v {
+            self.except.remove(&name);
+        } else {
+            self.except.insert(name, v);
+        }
+    }
+
+    fn insert(&mut self, name: Arc<str>, v: Held) {
+        self.set(name, Some(v));
+    }
+
+    /// Forgets a name; returns whether the client held it.
+    fn remove(&mut self, name: &str) -> bool {
+        if self.get(name).is_none() {
+            return false;
+        }
+        let key = match self.base.as_ref().and_then(|b| b.resources.get_key_value(name)) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(name),
+        };
+        self.set(key, None);
+        true
+    }
+
+    /// Every name the client holds.
+    fn held(&self) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self
+            .except
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let Some(b) = &self.base {
+            out.extend(b.resources.keys().filter(|k| !self.except.contains_key(*k)).cloned());
+        }
+        out
+    }
+
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        for name in self.held() {
+            if !keep(&name) {
+                self.remove(&name);
+            }
+        }
+    }
+
+    /// Re-expresses what the client holds against `ts` when that takes fewer exceptions.
+    /// When `ts` was built on the current base, only the names that changed between them, and
+    /// the current exceptions, can differ: no walk over every resource.
+    fn rebase(&mut self, ts: &Arc<TypeSnapshot>) {
+        if self.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, ts)) {
+            return;
+        }
+        let next_from_base = match (&self.base, &ts.delta_from) {
+            (Some(b), Some(d)) if d.previous_version == b.version => Some(d),
+            _ => None,
+        };
+        let candidates: Vec<Arc<str>> = match next_from_base {
+            Some(d) => {
+                let mut c: Vec<Arc<str>> = self.except.keys().cloned().collect();
+                c.extend(d.changed.iter().chain(&d.removed).cloned());
+                c
+            }
+            None => {
+                let mut c = self.held();
+                c.extend(ts.resources.keys().cloned());
+                c
+            }
+        };
+        let mut except = BTreeMap::new();
+        for name in candidates {
+            let holds = self.get(&name);
+            if holds != version_in(Some(ts), &name) {
+                except.insert(name, holds);
+            }
+        }
+        // Following the snapshot's history keeps the next rebase cheap; otherwise the new base
+        // must not cost more exceptions than the current form (a client holding a few names
+        // of many keeps a plain list).
+        if next_from_base.is_some() || except.len() <= self.except.len() {
+            self.base = Some(ts.clone());
+            self.except = except;
+        }
+    }
+}
+
+#[cfg(test)]
+mod known_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::xds::cache::{Cache, GroupInput};
+
+    /// Publishes one EDS snapshot per content map; returns the type snapshots in order.
+    fn history(versions: &[BTreeMap<String, u8>]) -> Vec<Arc<TypeSnapshot>> {
+        let cache = Cache::new();
+        versions
+            .iter()
+            .map(|v| {
+                let mut input = GroupInput::default();
+                for (name, b) in v {
+                    input.resources[ResourceType::Endpoint.index()].push(Resource::new(
+                        ResourceType::Endpoint,
+                        name,
+                        vec![*b],
+                    ));
+                }
+                let mut groups = BTreeMap::new();
+                groups.insert("g".to_string(), input);
+                let _ = cache.publish(groups, "g", std::time::Instant::now());
+                cache.current().expect("snapshot").groups["g"]
+                    .get(ResourceType::Endpoint)
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// A small deterministic generator (no external crates).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn a_client_in_sync_costs_no_exceptions_across_changes() {
+        let mut v: BTreeMap<String, u8> = (0..50).map(|i| (format!("c{i:02}"), 0)).collect();
+        let mut versions = vec![v.clone()];
+        v.insert("c07".into(), 1);
+        versions.push(v.clone());
+        v.remove("c08");
+        versions.push(v.clone());
+        let h = history(&versions);
+        let mut k = Known::default();
+        for r in h[0].resources.values() {
+            k.insert(r.name.clone(), Some(r.version));
+        }
+        assert_eq!(k.except.len(), 50);
+        k.rebase(&h[0]);
+        assert!(k.except.is_empty(), "in sync: the snapshot alone says it");
+        // The client is sent what changed, then the base follows the snapshot's history.
+        let c07 = &h[1].resources["c07"];
+        k.insert(c07.name.clone(), Some(c07.version));
+        k.rebase(&h[1]);
+        assert!(k.except.is_empty());
+        assert!(k.remove("c08"));
+        k.rebase(&h[2]);
+        assert!(k.except.is_empty());
+        assert_eq!(k.get("c07"), Some(Some(c07.version)));
+        assert_eq!(k.get("c08"), None);
+        assert_eq!(k.held().len(), 49);
+    }
+
+    #[test]
+    fn a_client_holding_a_few_of_many_keeps_a_plain_list() {
+        let v: BTreeMap<String, u8> = (0..100).map(|i| (format!("c{i:03}"), 0)).collect();
+        let h = history(&[v]);
+        let mut k = Known::default();
+        let r = &h[0].resources["c005"];
+        k.insert(r.name.clone(), Some(r.version));
+        k.rebase(&h[0]);
+        assert!(k.base.is_none());
+        assert_eq!(k.held(), vec![r.name.clone()]);
+    }
+
+    /// Random operations and snapshot histories against a plain map: the compact form always
+    /// answers the same.
+    #[test]
+    fn the_compact_form_matches_a_plain_map() {
+        let mut rng = Lcg(7);
+        for round in 0..30 {
+            let mut content: BTreeMap<String, u8> = BTreeMap::new();
+            let mut versions = Vec::new();
+            for _ in 0..8 {
+                for _ in 0..rng.next(6) + 1 {
+                    let name = format!("r{}", rng.next(12));
+                    if rng.next(4) == 0 {
+                        content.remove(&name);
+                    } else {
+                        content.insert(name, rng.next(3) as u8);
+                    }
+                }
+                versions.push(content.clone());
+            }
+            let h = history(&versions);
+            let mut k = Known::default();
+            let mut model: BTreeMap<String, Held> = BTreeMap::new();
+            for ts in &h {
+                for _ in 0..rng.next(8) {
+                    let name = format!("r{}", rng.next(12));
+                    match rng.next(4) {
+                        0 => {
+                            assert_eq!(k.remove(&name), model.remove(&name).is_some(), "round {round}");
+                        }
+                        1 => {
+                            k.insert(Arc::from(name.as_str()), None);
+                            model.insert(name, None);
+                        }
+                        _ => {
+                            let v = ts
+                                .resources
+                                .get(name.as_str())
+                                .map(|r| r.version)
+                                .unwrap_or(rng.next(1000));
+                            k.insert(Arc::from(name.as_str()), Some(v));
+                            model.insert(name, Some(v));
+                        }
+                    }
+                }
+                if rng.next(3) > 0 {
+                    k.rebase(ts);
+                }
+                for i in 0..12 {
+                    let n = format!("r{i}");
+                    assert_eq!(k.get(&n), model.get(&n).copied(), "round {round}, name {n}");
+                }
+                let mut held: Vec<String> = k.held().iter().map(|s| s.to_string()).collect();
+                held.sort();
+                assert_eq!(held, model.keys().cloned().collect::<Vec<_>>(), "round {round}");
+            }
+        }
+    }
 }

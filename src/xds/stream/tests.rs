@@ -22,10 +22,10 @@ const EDS: ResourceType = ResourceType::Endpoint;
 const LDS: ResourceType = ResourceType::Listener;
 const RDS: ResourceType = ResourceType::Route;
 
-/// A snapshot builder: (type, name, content byte) triples for the default group.
 /// A group name and its resources: (type, name, one byte of body).
 type GroupSpec<'a> = (&'a str, &'a [(ResourceType, &'a str, u8)]);
 
+/// A snapshot builder: (type, name, content byte) triples for the default group.
 struct World {
     cache: Cache,
 }
