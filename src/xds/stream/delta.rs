@@ -20,7 +20,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use parking_lot::Mutex;
 
-use super::{error_text, Core, Limits, Pending, Scope, StreamError, StreamEvent, TypeCheck};
+use super::{error_text, share_names, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent, TypeCheck};
 use crate::xds::cache::{Snapshot, TypeSnapshot};
 use crate::xds::resources::{parse_version, Resource, ResourceType};
 use crate::xds::status::ClientStatus;
@@ -29,7 +29,7 @@ use crate::xds::wire::DeltaDiscoveryResponse;
 #[derive(Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<Arc<str>>,
+    names: NameSet,
     /// What the client holds.
     known: Known,
     /// The snapshot of this type last compared against `known`.
@@ -109,26 +109,39 @@ impl DeltaStream {
                 None => self.core.events.push(StreamEvent::Stale { ty }),
             }
         }
+        let changes_names = req
+            .resource_names_subscribe
+            .iter()
+            .chain(&req.resource_names_unsubscribe)
+            .any(|n| n != "*");
+        // The set may be shared with other streams: edit a copy, then share the result.
+        let mut names = match changes_names {
+            true => Arc::try_unwrap(std::mem::take(&mut st.names)).unwrap_or_else(|shared| (*shared).clone()),
+            false => BTreeSet::new(),
+        };
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 st.wildcard = true;
             } else {
-                st.names.insert(intern(n));
+                names.insert(intern(n));
             }
             st.dirty = true;
         }
         for n in &req.resource_names_unsubscribe {
             if n == "*" {
                 st.wildcard = false;
-                let names = &st.names;
-                st.known.retain(|k| names.contains(k));
+                let held = if changes_names { &names } else { st.names.as_ref() };
+                st.known.retain(|k| held.contains(k));
             } else {
-                st.names.remove(n.as_str());
+                names.remove(n.as_str());
                 if !st.wildcard {
                     st.known.remove(n.as_str());
                 }
             }
             st.dirty = true;
+        }
+        if changes_names {
+            st.names = share_names(names);
         }
         let (wildcard, count) = (st.wildcard, st.names.len());
         self.core.check_names(ty, count)?;
