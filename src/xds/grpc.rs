@@ -130,7 +130,8 @@ fn frame<M: WireMessage>(msg: M) -> Option<Vec<Bytes>> {
 }
 
 /// What a stream task sends to the response body.
-pub type Outbound = Result<Framed, Status>;
+/// (The status is boxed: the channel's slots are allocated in blocks, and a `Status` is large.)
+pub type Outbound = Result<Framed, Box<Status>>;
 
 /// The response body: DATA chunks from the stream task, then trailers with the final status.
 pub struct ResponseBody {
@@ -397,7 +398,7 @@ impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
                         Ok(None) => Err(Status::invalid_argument("a fetch needs one request message")),
                         Err(s) => Err(s),
                     };
-                    let _ = tx.try_send(out);
+                    let _ = tx.try_send(out.map_err(Box::new));
                     return Ok(grpc_response(rx));
                 }
             }

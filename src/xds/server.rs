@@ -128,7 +128,7 @@ impl XdsServer {
                             if let Err(e) = sm.on_request(req) {
                                 this.metrics.bad_request();
                                 warn!(stream = _reg.id, error = %e, "ending stream on a bad request");
-                                let _ = tx.send(Err(e.into())).await;
+                                let _ = tx.send(Err(Box::new(e.into()))).await;
                                 break;
                             }
                         }
@@ -141,7 +141,7 @@ impl XdsServer {
                             // A request we could not decode (too large, malformed protobuf).
                             this.metrics.bad_request();
                             warn!(stream = _reg.id, %status, "ending stream on an undecodable request");
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tx.send(Err(Box::new(status))).await;
                             break;
                         }
                     },
@@ -153,8 +153,8 @@ impl XdsServer {
                 let out = sm.poll();
                 this.observe(sm.take_events(), M::API);
                 for r in out {
-                    let framed =
-                        Framed::new(r).ok_or_else(|| Status::resource_exhausted("response larger than gRPC can frame"));
+                    let framed = Framed::new(r)
+                        .ok_or_else(|| Box::new(Status::resource_exhausted("response larger than gRPC can frame")));
                     let failed = framed.is_err();
                     if tx.send(framed).await.is_err() || failed {
                         return;

@@ -201,7 +201,8 @@ impl SotwStream {
             st.sent = Some(ts.clone());
             st.force = false;
             st.claimed = None;
-            st.added.clear();
+            // Not `clear()`: a first subscription's list would keep its capacity for good.
+            st.added = Vec::new();
             self.core.record_sent(ty, &ts.version, &nonce, count, 0);
             out.push(DiscoveryResponse {
                 version_info: ts.version.clone(),
