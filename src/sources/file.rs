@@ -15,6 +15,8 @@ use crate::model::SourceData;
 
 pub async fn run(p: Publisher, path: PathBuf, format: FileFormat, poll: Duration, shutdown: CancellationToken) {
     let mut last: Option<Option<Vec<u8>>> = None;
+    // A read error is reported once, not on every poll, until it changes or reading works.
+    let mut read_error: Option<String> = None;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -26,14 +28,15 @@ pub async fn run(p: Publisher, path: PathBuf, format: FileFormat, poll: Duration
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
-                if last.is_some() {
-                    p.fail("read", format!("cannot read {}: {e}", path.display()));
-                    continue;
+                let msg = format!("cannot read {}: {e}", path.display());
+                if read_error.as_ref() != Some(&msg) {
+                    p.fail("read", msg.clone());
+                    read_error = Some(msg);
                 }
-                p.fail("read", format!("cannot read {}: {e}", path.display()));
                 continue;
             }
         };
+        read_error = None;
         if last.as_ref() == Some(&read) {
             continue;
         }
