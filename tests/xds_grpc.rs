@@ -569,3 +569,38 @@ sources: []
     let eds = s.next().await;
     assert_eq!(hosts(&cla(&eds)[0]), vec!["127.0.0.1"]);
 }
+
+#[tokio::test]
+async fn an_unreadable_source_file_is_reported_once_not_on_every_poll() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A directory where the file should be: every read fails the same way.
+    let path = dir.path().join("assignment.json");
+    std::fs::create_dir(&path).expect("mkdir");
+    let yaml = format!(
+        r#"
+sources: [{{ name: assignment, type: file, path: "{}", poll_interval: 10ms }}]
+clusters:
+  - {{ name: core, endpoints: {{ source: assignment, port: 50556 }} }}
+listeners:
+  - {{ name: nbi, address: 127.0.0.1:50555, codec: http2, routes: [{{ prefix: /, cluster: core }}] }}
+groups: [{{ name: only, listeners: [nbi] }}]
+default_group: only
+"#,
+        path.display()
+    );
+    let server = start_server(&yaml).await;
+    let metrics_url = format!("http://{}/metrics", server.admin_addr);
+    let line = "voltha_xds_source_errors_total{source=\"assignment\",kind=\"read\"} 1";
+    wait_for(WAIT, "the read error counted", || {
+        let url = metrics_url.clone();
+        async move { get_text(&url).await.contains(line).then_some(()) }
+    })
+    .await;
+    // Twenty more polls later, still one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = get_text(&metrics_url).await;
+    assert!(m.contains(line), "{m}");
+    // Not ready: the source never delivered.
+    let (code, _) = get_json(&format!("http://{}/readyz", server.admin_addr)).await;
+    assert_eq!(code, 503);
+}
