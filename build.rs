@@ -1,7 +1,9 @@
 //! Build steps, all in Rust (no system `protoc`):
 //! 1. compile the VOLTHA northbound subset in `proto-vendor/` with `protox`, write its
 //!    descriptor set to `$OUT_DIR/voltha_descriptor.bin` (embedded into the gRPC-JSON
-//!    transcoder config) and generate its tonic client and server (the fake core uses them).
+//!    transcoder config) and generate its tonic client and server (the fake core uses them);
+//! 2. compile the etcd v3 API subset in `proto-vendor/etcd/` into a tonic client (the etcd
+//!    source).
 //!
 //! The xDS services need no generated code: `src/xds/grpc.rs` serves them directly, so a
 //! response is framed from resources encoded once per snapshot and shared by every stream.
@@ -29,6 +31,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // The etcd v3 API subset the etcd source uses (client only).
+    let mut etcd = protox::Compiler::new(["proto-vendor"])?;
+    etcd.include_imports(true)
+        .include_source_info(false)
+        .open_files(["etcd/etcdserverpb/rpc.proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(etcd.file_descriptor_set())?;
 
     Ok(())
 }

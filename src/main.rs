@@ -142,7 +142,11 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Render { config, node_cluster } => {
             let config = load(&config)?;
-            let model = voltha_xds::sources::read_once(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let model = rt.block_on(voltha_xds::sources::read_once(&config))?;
             let groups = voltha_xds::translate::translate(&model, &config).map_err(|e| e.to_string())?;
             let pick = node_cluster.map(|nc| {
                 if config.groups.iter().any(|g| g.name == nc) {

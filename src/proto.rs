@@ -26,3 +26,15 @@ pub mod google {
         tonic::include_proto!("google.api");
     }
 }
+
+/// The etcd v3 API subset in `proto-vendor/etcd/` (client only): KV.Range, Watch.Watch,
+/// Auth.Authenticate.
+#[allow(clippy::all, missing_docs)]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}

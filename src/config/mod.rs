@@ -4,6 +4,7 @@
 //! so every error message is a unit test. Every key is documented in `docs/configuration.md`.
 
 mod duration;
+mod kubernetes;
 mod validate;
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use duration::{parse_duration, Dur, Timeout};
+pub use kubernetes::{check_api_server, KubernetesSource, PodPort, Readiness, DEFAULT_POD_PORT};
 pub use validate::{is_host, parse_host_port, parse_static};
 
 /// The configuration `serve` runs when no `--config` is given: `config/voltha-xds.yaml`.
@@ -107,16 +109,93 @@ pub enum SourceConfig {
         #[serde(default = "default_poll")]
         poll_interval: Dur,
     },
+    /// An etcd v3 key, read and then watched from the revision read.
+    Etcd(EtcdSource),
+    /// Pods watched through the Kubernetes API.
+    Kubernetes(KubernetesSource),
 }
 
 fn default_poll() -> Dur {
     Dur(Duration::from_millis(250))
 }
 
+/// The key VOLTHA's leader writes the core assignment to.
+pub const ASSIGNMENT_KEY: &str = "service/voltha/data/core/assignment";
+
+fn default_assignment_key() -> String {
+    ASSIGNMENT_KEY.to_string()
+}
+
+/// An etcd v3 source (`type: etcd`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSource {
+    pub name: String,
+    /// `host:port`, `http://host:port` or `https://host:port`; empty: `ETCDCTL_ENDPOINTS`
+    /// (comma-separated), else `127.0.0.1:2379`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_assignment_key")]
+    pub key: String,
+    #[serde(default)]
+    pub format: FileFormat,
+    /// etcd user; with `password` or `password_file`. Empty: `ETCDCTL_USER` (`user:password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle to verify the server (turns TLS on); else `ETCDCTL_CACERT`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS; else `ETCDCTL_CERT` / `ETCDCTL_KEY`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_dial_timeout")]
+    pub dial_timeout: Dur,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+}
+
+fn default_dial_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// Retry pacing after a source failure: exponential from `initial` to `max`, with jitter.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "default_backoff_initial")]
+    pub initial: Dur,
+    #[serde(default = "default_backoff_max")]
+    pub max: Dur,
+}
+
+fn default_backoff_initial() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_backoff_max() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::File { name, .. } => name,
+            SourceConfig::Etcd(e) => &e.name,
+            SourceConfig::Kubernetes(k) => &k.name,
         }
     }
 }
@@ -176,6 +255,24 @@ pub struct ClusterConfig {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
     pub endpoints: EndpointsConfig,
+    /// One Envoy cluster per set of the source (e.g. per `affinity-group`), named from a template.
+    #[serde(default)]
+    pub fan_out: Option<FanOutConfig>,
+}
+
+/// `fan_out`: one cluster per non-default set of the cluster's source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutConfig {
+    /// The member clusters' name: `{}` is replaced by the set's name (`vcore{}` → `vcore1`).
+    pub name: String,
+}
+
+impl FanOutConfig {
+    /// The member cluster of set `set`.
+    pub fn member(&self, set: &str) -> String {
+        self.name.replacen("{}", set, 1)
+    }
 }
 
 fn default_connect_timeout() -> Dur {
@@ -291,7 +388,12 @@ pub struct RouteConfig {
     pub path: Option<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatchConfig>,
+    /// The target cluster; empty when `cluster_header` names it.
+    #[serde(default)]
     pub cluster: String,
+    /// Route to the cluster named by this request header's value (Envoy `cluster_header`).
+    #[serde(default)]
+    pub cluster_header: Option<String>,
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
     /// `none`, or a duration; Envoy's default (15s) when absent.
@@ -374,7 +476,7 @@ impl Config {
             .listeners
             .iter()
             .filter_map(|l| self.listener(l))
-            .flat_map(|l| l.routes.iter().map(|r| r.cluster.clone()))
+            .flat_map(|l| l.routes.iter().filter(|r| !r.cluster.is_empty()).map(|r| r.cluster.clone()))
             .chain(group.clusters.iter().cloned())
             .collect();
         out.sort();
@@ -406,8 +508,13 @@ impl Config {
                         (_, _, Some(d)) => format!("DNS {}", d.join(", ")),
                         _ => String::new(),
                     };
+                    let fan = c
+                        .fan_out
+                        .as_ref()
+                        .map(|f| format!(", one cluster {} per set", f.name))
+                        .unwrap_or_default();
                     s.push_str(&format!(
-                        "  cluster {} ({:?}, {:?}, {from})\n",
+                        "  cluster {} ({:?}, {:?}, {from}{fan})\n",
                         c.name, c.protocol, c.lb_policy
                     ));
                 }
@@ -418,6 +525,17 @@ impl Config {
                 SourceConfig::File { name, path, format, .. } => {
                     s.push_str(&format!("source {name}: file {} ({format:?})\n", path.display()))
                 }
+                SourceConfig::Etcd(e) => {
+                    let at = if e.endpoints.is_empty() { "ETCDCTL_ENDPOINTS".to_string() } else { e.endpoints.join(",") };
+                    s.push_str(&format!("source {}: etcd key {:?} at {at} ({:?})\n", e.name, e.key, e.format))
+                }
+                SourceConfig::Kubernetes(k) => s.push_str(&format!(
+                    "source {}: kubernetes pods in {} ({}){}\n",
+                    k.name,
+                    k.namespaces.join(","),
+                    k.label_selector.as_deref().unwrap_or("every pod"),
+                    k.group_by.as_deref().map(|g| format!(", grouped by {g}")).unwrap_or_default()
+                )),
             }
         }
         s

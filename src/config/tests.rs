@@ -160,3 +160,41 @@ groups:
         assert!(e.iter().any(|m| m.contains(w)), "missing error {w:?} in {e:#?}");
     }
 }
+
+#[test]
+fn every_shipped_config_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            if let Err(e) = Config::from_yaml(&text) {
+                panic!("{}: {e}", path.display());
+            }
+            checked.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+    }
+    assert!(checked.iter().any(|n| n == "voltha-etcd.yaml"), "{checked:?}");
+    assert!(checked.iter().any(|n| n == "voltha-xds.yaml"), "{checked:?}");
+}
+
+#[test]
+fn etcd_source_errors_are_named() {
+    let yaml = format!(
+        "{MINIMAL}{}",
+        r#"sources: [{ name: kv, type: etcd, endpoints: ["etcd", "http://:1"], key: "", password: x, cert_file: /c, dial_timeout: 0s, backoff: { initial: 2s, max: 1s } }]"#
+    );
+    let e = errors_of(&yaml);
+    for want in [
+        "source \"kv\": key is empty",
+        "source \"kv\": endpoint \"etcd\": needs a host and a port",
+        "source \"kv\": endpoint \"http://:1\": needs a host and a port",
+        "source \"kv\": a password needs a username",
+        "source \"kv\": cert_file and key_file go together",
+        "source \"kv\": dial_timeout must be above zero",
+        "source \"kv\": backoff.initial must be above zero and at most backoff.max",
+    ] {
+        assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:?}");
+    }
+}

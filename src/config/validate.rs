@@ -45,6 +45,8 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                     e.push(format!("source {name:?}: poll_interval must be above zero"));
                 }
             }
+            SourceConfig::Etcd(x) => etcd(e, x),
+            SourceConfig::Kubernetes(k) => super::kubernetes::validate(e, k),
         }
     }
 
@@ -52,6 +54,7 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     for cl in &c.clusters {
         cluster(e, cl, &sources);
     }
+    fan_out_names(e, c);
 
     let listeners = unique(e, "listener", c.listeners.iter().map(|x| x.name.as_str()));
     for l in &c.listeners {
@@ -91,8 +94,24 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 }
                 _ => {}
             }
-            if !clusters.contains(r.cluster.as_str()) {
-                e.push(format!("{at}: unknown cluster {:?}", r.cluster));
+            match (r.cluster.is_empty(), &r.cluster_header) {
+                (true, None) => e.push(format!("{at}: needs a cluster or a cluster_header")),
+                (false, Some(_)) => e.push(format!("{at}: give cluster or cluster_header, not both")),
+                (true, Some(h)) if !is_header_name(h) => e.push(format!(
+                    "{at}: cluster_header {h:?} is not a header name (lowercase letters, digits, '-' and '_')"
+                )),
+                (false, None) if !clusters.contains(r.cluster.as_str()) => {
+                    e.push(format!("{at}: unknown cluster {:?}", r.cluster))
+                }
+                (false, None) => {
+                    if let Some(f) = c.cluster(&r.cluster).and_then(|x| x.fan_out.as_ref()) {
+                        e.push(format!(
+                            "{at}: cluster {:?} fans out into one cluster per set ({}); route to its members with cluster_header",
+                            r.cluster, f.name
+                        ));
+                    }
+                }
+                _ => {}
             }
             if r.prefix_rewrite.is_some() && r.prefix.is_none() {
                 e.push(format!("{at}: prefix_rewrite needs a prefix match"));
@@ -194,7 +213,13 @@ fn cluster(e: &mut Vec<String>, cl: &ClusterConfig, sources: &BTreeSet<&str>) {
         if !sources.contains(src.as_str()) {
             e.push(format!("{at}: unknown source {src:?}"));
         }
-    } else if ep.set.is_some() {
+        if cl.fan_out.is_some() && ep.set.is_some() {
+            e.push(format!("{at}: fan_out takes every set of the source; leave endpoints.set out"));
+        }
+    } else if cl.fan_out.is_some() {
+        e.push(format!("{at}: fan_out needs endpoints.source (it makes one cluster per set of the source)"));
+    }
+    if ep.source.is_none() && ep.set.is_some() {
         e.push(format!("{at}: endpoints.set only applies to a source"));
     }
     if let Some(list) = &ep.static_endpoints {
@@ -295,4 +320,64 @@ pub fn is_host(h: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
+}
+
+fn etcd(e: &mut Vec<String>, x: &super::EtcdSource) {
+    let at = format!("source {:?}", x.name);
+    if x.key.is_empty() {
+        e.push(format!("{at}: key is empty"));
+    }
+    for ep in &x.endpoints {
+        if let Err(why) = crate::sources::etcd::endpoint_uri(ep, x.ca_file.is_some()) {
+            e.push(format!("{at}: endpoint {ep:?}: {why}"));
+        }
+    }
+    if x.password.is_some() && x.password_file.is_some() {
+        e.push(format!("{at}: give password or password_file, not both"));
+    }
+    if x.username.is_none() && (x.password.is_some() || x.password_file.is_some()) {
+        e.push(format!("{at}: a password needs a username"));
+    }
+    if x.cert_file.is_some() != x.key_file.is_some() {
+        e.push(format!("{at}: cert_file and key_file go together"));
+    }
+    if x.dial_timeout.0.is_zero() {
+        e.push(format!("{at}: dial_timeout must be above zero"));
+    }
+    if x.backoff.initial.0.is_zero() || x.backoff.initial.0 > x.backoff.max.0 {
+        e.push(format!("{at}: backoff.initial must be above zero and at most backoff.max"));
+    }
+}
+
+/// A request header name as a route may read it: lowercase (HTTP/2), no pseudo-header.
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty() && h.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// A fan-out's name template, and member names that could collide with other clusters.
+fn fan_out_names(e: &mut Vec<String>, c: &Config) {
+    for cl in &c.clusters {
+        let Some(f) = &cl.fan_out else { continue };
+        let at = format!("cluster {:?}", cl.name);
+        if f.name.matches("{}").count() != 1 {
+            e.push(format!(
+                "{at}: fan_out.name {:?} must contain {{}} once (it is replaced by the set's name)",
+                f.name
+            ));
+            continue;
+        }
+        let (prefix, suffix) = f.name.split_once("{}").unwrap_or_default();
+        for other in &c.clusters {
+            if other.name != cl.name
+                && other.name.len() > prefix.len() + suffix.len()
+                && other.name.starts_with(prefix)
+                && other.name.ends_with(suffix)
+            {
+                e.push(format!(
+                    "{at}: fan_out.name {:?} could name a member {:?}, which is another cluster's name",
+                    f.name, other.name
+                ));
+            }
+        }
+    }
 }

@@ -49,6 +49,14 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// Parses a source value in the configured format.
+pub fn parse(format: crate::config::FileFormat, bytes: &[u8]) -> Result<SourceData, ParseError> {
+    match format {
+        crate::config::FileFormat::VolthaAssignment => parse_assignment(bytes),
+        crate::config::FileFormat::Endpoints => parse_endpoint_sets(bytes),
+    }
+}
+
 /// Parses a VOLTHA core assignment into its backends (no ports: the cluster gives them).
 pub fn parse_assignment(bytes: &[u8]) -> Result<SourceData, ParseError> {
     if bytes.iter().filter(|b| !b.is_ascii_whitespace()).count() <= NOT_READY_MAX_LEN

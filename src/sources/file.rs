@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::assignment::{parse_assignment, parse_endpoint_sets};
+use super::assignment::parse;
 use super::Publisher;
 use crate::config::FileFormat;
 use crate::model::SourceData;
@@ -45,10 +45,7 @@ pub async fn run(p: Publisher, path: PathBuf, format: FileFormat, poll: Duration
                 tracing::info!(path = %path.display(), "file does not exist: no backends yet");
                 Ok(SourceData::default())
             }
-            Some(bytes) => match format {
-                FileFormat::VolthaAssignment => parse_assignment(bytes),
-                FileFormat::Endpoints => parse_endpoint_sets(bytes),
-            },
+            Some(bytes) => parse(format, bytes),
         };
         last = Some(read);
         match parsed {

@@ -6,10 +6,12 @@
 //! has delivered once (readiness waits for that).
 
 pub mod assignment;
+pub mod etcd;
 pub mod file;
+pub mod kubernetes;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -96,6 +98,11 @@ impl Publisher {
         });
     }
 
+    /// Counts an event worth a metric that is not a failure (the source recovers by itself).
+    pub fn count_error(&self, kind: &'static str) {
+        self.metrics.source_error(&self.name, kind);
+    }
+
     /// Records a failure; the last good data stays.
     pub fn fail(&self, kind: &'static str, message: String) {
         tracing::warn!(source = %self.name, kind, error = %message, "source error; keeping the last good state");
@@ -124,28 +131,116 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
                 tokio::spawn(file::run(p, path.clone(), *format, poll_interval.0, shutdown.clone()));
                 h
             }
+            SourceConfig::Etcd(c) => {
+                let (p, h) = Publisher::new(&c.name, metrics.clone());
+                match etcd::Settings::resolve(c) {
+                    Ok(settings) => {
+                        let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
+                        tokio::spawn(etcd::run(p, settings, backoff, shutdown.clone()));
+                    }
+                    // Never delivers: not ready, and the reason is on /readyz and in the log.
+                    Err(e) => p.fail("config", e),
+                }
+                h
+            }
+            SourceConfig::Kubernetes(k) => {
+                let (p, h) = Publisher::new(&k.name, metrics.clone());
+                match kubernetes::Settings::resolve(k) {
+                    Ok(settings) => {
+                        tokio::spawn(kubernetes::run(p, settings, shutdown.clone()));
+                    }
+                    Err(e) => p.fail("config", e),
+                }
+                h
+            }
         })
         .collect()
 }
 
+/// Waits between retries: exponential from `initial` to `max`, each wait drawn uniformly from
+/// its upper half (jitter, so a fleet of servers does not retry in step).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        Backoff {
+            initial,
+            max,
+            next: initial,
+            seed,
+        }
+    }
+
+    /// The wait before the next retry; doubles the one after it, up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64: enough randomness for jitter, no dependency.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let ceiling = self.next;
+        self.next = std::cmp::min(self.next.saturating_mul(2), self.max);
+        let half = ceiling / 2;
+        let spread = (ceiling - half).as_nanos() as u64;
+        half + Duration::from_nanos(if spread == 0 { 0 } else { self.seed % (spread + 1) })
+    }
+
+    /// After a success: the next failure waits `initial` again.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
 /// Reads every source once, now (for `render`): the model the server would start from.
-pub fn read_once(config: &Config) -> Result<crate::model::Model, String> {
+pub async fn read_once(config: &Config) -> Result<crate::model::Model, String> {
     let mut m = crate::model::Model::default();
     for s in &config.sources {
         match s {
             SourceConfig::File { name, path, format, .. } => {
                 let data = match std::fs::read(path) {
-                    Ok(b) => match format {
-                        crate::config::FileFormat::VolthaAssignment => assignment::parse_assignment(&b),
-                        crate::config::FileFormat::Endpoints => assignment::parse_endpoint_sets(&b),
-                    }
-                    .map_err(|e| format!("source {name:?}: {}: {e}", path.display()))?,
+                    Ok(b) => assignment::parse(*format, &b)
+                        .map_err(|e| format!("source {name:?}: {}: {e}", path.display()))?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => SourceData::default(),
                     Err(e) => return Err(format!("source {name:?}: cannot read {}: {e}", path.display())),
                 };
                 m.sources.insert(name.clone(), Arc::new(data));
             }
+            SourceConfig::Etcd(c) => {
+                let at = |e: String| format!("source {:?}: {e}", c.name);
+                let settings = etcd::Settings::resolve(c).map_err(at)?;
+                let data = etcd::read_once(&settings).await.map_err(at)?;
+                m.sources.insert(c.name.clone(), Arc::new(data));
+            }
+            SourceConfig::Kubernetes(k) => {
+                let at = |e: String| format!("source {:?}: {e}", k.name);
+                let settings = kubernetes::Settings::resolve(k).map_err(at)?;
+                let data = kubernetes::read_once(&settings).await.map_err(at)?;
+                m.sources.insert(k.name.clone(), Arc::new(data));
+            }
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let waits: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        let ceilings = [100u64, 200, 400, 800, 1000, 1000];
+        for (w, c) in waits.iter().zip(ceilings) {
+            assert!(*w >= Duration::from_millis(c / 2) && *w <= Duration::from_millis(c), "{w:?} for ceiling {c}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
 }

@@ -23,6 +23,33 @@ use super::{any, duration, TranslateError};
 use crate::config::{parse_host_port, parse_static, ClusterConfig, DnsLookup, LbPolicy, Protocol};
 use crate::model::{Model, DEFAULT_SET};
 
+/// A configured cluster's Envoy clusters: itself, or with `fan_out` one member per non-default
+/// set of its source (`vcore{}` over sets `1`, `2` → `vcore1`, `vcore2`), in set order. A set
+/// that appears or disappears adds or removes its member.
+pub fn clusters(
+    c: &ClusterConfig,
+    model: &Model,
+) -> Result<Vec<(Cluster, Option<ClusterLoadAssignment>)>, TranslateError> {
+    let (Some(fan), Some(src)) = (&c.fan_out, &c.endpoints.source) else {
+        return Ok(vec![cluster(c, model)?]);
+    };
+    let data = model
+        .sources
+        .get(src)
+        .ok_or_else(|| TranslateError::MissingSource(src.clone()))?;
+    data.sets
+        .keys()
+        .filter(|set| set.as_str() != DEFAULT_SET)
+        .map(|set| {
+            let mut member = c.clone();
+            member.name = fan.member(set);
+            member.fan_out = None;
+            member.endpoints.set = Some(set.clone());
+            cluster(&member, model)
+        })
+        .collect()
+}
+
 /// A cluster, and its load assignment when it is served over EDS.
 pub fn cluster(c: &ClusterConfig, model: &Model) -> Result<(Cluster, Option<ClusterLoadAssignment>), TranslateError> {
     let ep = &c.endpoints;

@@ -95,9 +95,10 @@ pub fn translate(model: &Model, config: &Config) -> Result<BTreeMap<String, Grou
             let c = config
                 .cluster(&name)
                 .ok_or_else(|| TranslateError::Config(format!("unknown cluster {name:?}")))?;
-            let (cluster, cla) = cluster::cluster(c, model)?;
-            res.clusters.push(cluster);
-            res.endpoints.extend(cla);
+            for (cluster, cla) in cluster::clusters(c, model)? {
+                res.clusters.push(cluster);
+                res.endpoints.extend(cla);
+            }
         }
         for name in &g.listeners {
             let l = config

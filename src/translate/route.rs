@@ -42,20 +42,37 @@ pub fn route_configuration(l: &ListenerConfig, config: &Config) -> RouteConfigur
                     ..Default::default()
                 })
                 .collect();
-            let hash_policy = config
-                .cluster(&r.cluster)
-                .filter(|c| matches!(c.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev))
-                .and_then(|c| c.hash_header.clone())
-                .map(|header_name| {
-                    vec![HashPolicy {
-                        policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
-                            header_name,
-                            ..Default::default()
-                        })),
-                        ..Default::default()
-                    }]
+            // A route to a named cluster hashes on that cluster's hash_header. A cluster_header
+            // route may reach any fan-out member, so it hashes on theirs.
+            let mut hash_headers: Vec<String> = config
+                .clusters
+                .iter()
+                .filter(|c| {
+                    if r.cluster_header.is_some() {
+                        c.fan_out.is_some()
+                    } else {
+                        c.name == r.cluster
+                    }
                 })
-                .unwrap_or_default();
+                .filter(|c| matches!(c.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev))
+                .filter_map(|c| c.hash_header.clone())
+                .collect();
+            hash_headers.sort();
+            hash_headers.dedup();
+            let hash_policy = hash_headers
+                .into_iter()
+                .map(|header_name| HashPolicy {
+                    policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
+                        header_name,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect();
+            let cluster_specifier = match &r.cluster_header {
+                Some(h) => ClusterSpecifier::ClusterHeader(h.clone()),
+                None => ClusterSpecifier::Cluster(r.cluster.clone()),
+            };
             Route {
                 r#match: Some(RouteMatch {
                     path_specifier: Some(path_specifier),
@@ -63,7 +80,7 @@ pub fn route_configuration(l: &ListenerConfig, config: &Config) -> RouteConfigur
                     ..Default::default()
                 }),
                 action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(r.cluster.clone())),
+                    cluster_specifier: Some(cluster_specifier),
                     prefix_rewrite: r.prefix_rewrite.clone().unwrap_or_default(),
                     timeout: r.timeout.map(|t| match t {
                         Timeout::None => duration(std::time::Duration::ZERO),

@@ -2,6 +2,8 @@
 //! a real Envoy, bounded waits.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,373 @@
+//! The etcd source: one etcd v3 key holding the VOLTHA core assignment (VOLTHA's later KV
+//! store; envoyd's `-kv etcd`).
+//!
+//! The first session reads the key (`KV.Range`), delivers it, then watches it from the next
+//! revision (`Watch.Watch`), so no write between the read and the watch is missed. A later
+//! session resumes the watch after the last revision seen, so writes made while etcd was out
+//! of reach are replayed in order. A watch cancelled because that revision was compacted reads
+//! the key again at once. Any other failure (connection refused, authentication, a broken
+//! stream) is counted by kind, logged, and retried with capped exponential backoff and jitter,
+//! while the last good state keeps being served.
+//!
+//! Values follow the assignment rules of [`super::assignment`]. A key that does not exist at
+//! the first read means "no cores yet". A key deleted after it had a value keeps the last good
+//! state (an empty endpoint set would black-hole all traffic) and is reported as a source error
+//! of kind `deleted`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+use super::assignment::parse;
+use super::{Backoff, Publisher};
+use crate::config::{EtcdSource, FileFormat};
+use crate::model::SourceData;
+use crate::proto::etcdserverpb::auth_client::AuthClient;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::watch_client::WatchClient;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::{AuthenticateRequest, RangeRequest, WatchCreateRequest, WatchRequest};
+use crate::proto::mvccpb::event::EventType;
+
+/// Connection settings, with the environment fallbacks of etcd's own tools applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub endpoints: Vec<String>,
+    pub key: String,
+    pub format: FileFormat,
+    pub user: Option<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub dial_timeout: Duration,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Settings {
+    /// Resolves the configuration against `ETCDCTL_ENDPOINTS`, `ETCDCTL_USER`,
+    /// `ETCDCTL_CACERT`, `ETCDCTL_CERT` and `ETCDCTL_KEY`; reads the password file.
+    pub fn resolve(c: &EtcdSource) -> Result<Settings, String> {
+        let endpoints = if c.endpoints.is_empty() {
+            match env("ETCDCTL_ENDPOINTS") {
+                Some(v) => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                None => vec!["127.0.0.1:2379".to_string()],
+            }
+        } else {
+            c.endpoints.clone()
+        };
+        let user = match (&c.username, &c.password, &c.password_file) {
+            (Some(u), Some(p), _) => Some((u.clone(), p.clone())),
+            (Some(u), None, Some(f)) => {
+                let p = std::fs::read_to_string(f).map_err(|e| format!("password_file {}: {e}", f.display()))?;
+                Some((u.clone(), p.trim_end_matches(['\r', '\n']).to_string()))
+            }
+            (Some(u), None, None) => Some((u.clone(), String::new())),
+            (None, _, _) => env("ETCDCTL_USER").map(|v| match v.split_once(':') {
+                Some((u, p)) => (u.to_string(), p.to_string()),
+                None => (v, String::new()),
+            }),
+        };
+        let path = |v: &Option<PathBuf>, var: &str| v.clone().or_else(|| env(var).map(PathBuf::from));
+        let s = Settings {
+            endpoints,
+            key: c.key.clone(),
+            format: c.format,
+            user,
+            ca_file: path(&c.ca_file, "ETCDCTL_CACERT"),
+            cert_file: path(&c.cert_file, "ETCDCTL_CERT"),
+            key_file: path(&c.key_file, "ETCDCTL_KEY"),
+            dial_timeout: c.dial_timeout.0,
+        };
+        for ep in &s.endpoints {
+            endpoint_uri(ep, s.ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}"))?;
+        }
+        Ok(s)
+    }
+}
+
+/// The URI of an endpoint given as `host:port` or with an `http://` / `https://` scheme.
+pub fn endpoint_uri(ep: &str, tls: bool) -> Result<String, String> {
+    let uri = if ep.starts_with("http://") || ep.starts_with("https://") {
+        ep.to_string()
+    } else {
+        format!("{}://{ep}", if tls { "https" } else { "http" })
+    };
+    let parsed: tonic::codegen::http::Uri = uri.parse().map_err(|e| format!("not a valid address: {e}"))?;
+    if parsed.host().is_none_or(str::is_empty) || parsed.port_u16().is_none() {
+        return Err("needs a host and a port".to_string());
+    }
+    Ok(uri)
+}
+
+/// A failure of one session, by kind (the label of `voltha_xds_source_errors_total`).
+#[derive(Debug)]
+struct Failure {
+    kind: &'static str,
+    message: String,
+}
+
+fn failure(kind: &'static str, message: impl std::fmt::Display) -> Failure {
+    Failure {
+        kind,
+        message: message.to_string(),
+    }
+}
+
+fn grpc_failure(what: &str, s: &Status) -> Failure {
+    let kind = match s.code() {
+        tonic::Code::Unavailable => "connect",
+        tonic::Code::DeadlineExceeded => "timeout",
+        // etcd answers a wrong password with INVALID_ARGUMENT.
+        _ if what == "authenticate" => "auth",
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => "auth",
+        _ => "grpc",
+    };
+    failure(kind, format!("{what}: {} ({:?})", s.message(), s.code()))
+}
+
+/// What survives between sessions.
+#[derive(Default)]
+struct State {
+    /// The key has had a value this source delivered.
+    had_value: bool,
+    /// The store revision this source has seen everything up to: a new session resumes the
+    /// watch after it instead of reading again (`None`: read first).
+    revision: Option<i64>,
+}
+
+impl State {
+    /// Applies the key's value (`None`: the key does not exist).
+    fn apply(&mut self, p: &Publisher, s: &Settings, value: Option<&[u8]>) {
+        match value {
+            Some(bytes) => {
+                match parse(s.format, bytes) {
+                    Ok(data) => {
+                        self.had_value = true;
+                        p.deliver(data);
+                    }
+                    Err(e) => p.fail(e.kind(), format!("etcd key {:?}: {e}", s.key)),
+                }
+            }
+            None if self.had_value => p.fail(
+                "deleted",
+                format!("etcd key {:?} was deleted; keeping the last good state", s.key),
+            ),
+            None => p.deliver(SourceData::default()),
+        }
+    }
+}
+
+pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
+    let mut backoff = backoff;
+    let mut state = State::default();
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            o = session(&p, &s, &mut state, &mut backoff) => o,
+        };
+        match outcome {
+            Outcome::Relist => continue,
+            Outcome::Failed(f) => {
+                p.fail(f.kind, f.message);
+                let wait = backoff.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    /// The watch's start revision was compacted away: read again at once.
+    Relist,
+    Failed(Failure),
+}
+
+/// Adds the auth token to every request.
+#[derive(Clone)]
+struct Token(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn connect(s: &Settings) -> Result<Channel, Failure> {
+    let tls = match &s.ca_file {
+        None => None,
+        Some(ca) => {
+            let pem = tokio::fs::read(ca).await.map_err(|e| failure("tls", format!("ca_file {}: {e}", ca.display())))?;
+            let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let (Some(c), Some(k)) = (&s.cert_file, &s.key_file) {
+                let cert =
+                    tokio::fs::read(c).await.map_err(|e| failure("tls", format!("cert_file {}: {e}", c.display())))?;
+                let key =
+                    tokio::fs::read(k).await.map_err(|e| failure("tls", format!("key_file {}: {e}", k.display())))?;
+                t = t.identity(Identity::from_pem(cert, key));
+            }
+            Some(t)
+        }
+    };
+    let mut endpoints = Vec::new();
+    for ep in &s.endpoints {
+        let uri = endpoint_uri(ep, tls.is_some()).map_err(|e| failure("config", e))?;
+        let mut e = Endpoint::from_shared(uri)
+            .map_err(|e| failure("config", e))?
+            .connect_timeout(s.dial_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(t) = &tls {
+            e = e.tls_config(t.clone()).map_err(|e| failure("tls", e))?;
+        }
+        endpoints.push(e);
+    }
+    match endpoints.len() {
+        1 => match endpoints.pop() {
+            Some(e) => e.connect().await.map_err(|e| failure("connect", format!("{}: {e}", s.endpoints.join(",")))),
+            None => Err(failure("config", "no endpoint")),
+        },
+        _ => Ok(Channel::balance_list(endpoints.into_iter())),
+    }
+}
+
+async fn session(p: &Publisher, s: &Settings, state: &mut State, backoff: &mut Backoff) -> Outcome {
+    match session_inner(p, s, state, backoff).await {
+        Ok(o) => o,
+        Err(f) => Outcome::Failed(f),
+    }
+}
+
+/// Connects and logs in.
+async fn open(s: &Settings) -> Result<(Channel, Token), Failure> {
+    let channel = connect(s).await?;
+    let Some((user, password)) = &s.user else {
+        return Ok((channel, Token(None)));
+    };
+    let req = AuthenticateRequest {
+        name: user.clone(),
+        password: password.clone(),
+    };
+    let resp = tokio::time::timeout(s.dial_timeout, AuthClient::new(channel.clone()).authenticate(req))
+        .await
+        .map_err(|_| failure("timeout", "authenticate: no answer in time"))?
+        .map_err(|e| grpc_failure("authenticate", &e))?
+        .into_inner();
+    let value = AsciiMetadataValue::try_from(resp.token.as_str())
+        .map_err(|_| failure("auth", "authenticate: the token is not ASCII"))?;
+    Ok((channel, Token(Some(value))))
+}
+
+/// Reads the key: the store's revision and the value, `None` when the key does not exist.
+async fn read(channel: &Channel, token: &Token, s: &Settings) -> Result<(i64, Option<Vec<u8>>), Failure> {
+    let mut kv = KvClient::new(InterceptedService::new(channel.clone(), token.clone()));
+    let req = RangeRequest {
+        key: s.key.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let resp = tokio::time::timeout(s.dial_timeout, kv.range(req))
+        .await
+        .map_err(|_| failure("timeout", "range: no answer in time"))?
+        .map_err(|e| grpc_failure("range", &e))?
+        .into_inner();
+    let revision = resp.header.map(|h| h.revision).unwrap_or_default();
+    Ok((revision, resp.kvs.into_iter().next().map(|kv| kv.value)))
+}
+
+async fn session_inner(p: &Publisher, s: &Settings, state: &mut State, backoff: &mut Backoff) -> Result<Outcome, Failure> {
+    let (channel, token) = open(s).await?;
+    let revision = match state.revision {
+        Some(r) => r,
+        None => {
+            let (revision, value) = read(&channel, &token, s).await?;
+            state.apply(p, s, value.as_deref());
+            state.revision = Some(revision);
+            revision
+        }
+    };
+
+    let mut watch = WatchClient::new(InterceptedService::new(channel, token));
+    let (tx, rx) = mpsc::channel(1);
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: s.key.as_bytes().to_vec(),
+            start_revision: revision + 1,
+            ..Default::default()
+        })),
+    };
+    tx.send(create).await.map_err(|_| failure("watch", "watch request not sent"))?;
+    let mut stream = watch
+        .watch(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| grpc_failure("watch", &e))?
+        .into_inner();
+    loop {
+        let msg = stream.message().await.map_err(|e| grpc_failure("watch", &e))?;
+        let Some(w) = msg else {
+            return Err(failure("watch", "the watch stream ended"));
+        };
+        if w.canceled {
+            if w.compact_revision > 0 {
+                tracing::warn!(key = %s.key, from = revision + 1, compacted_to = w.compact_revision, "etcd watch revision compacted; reading the key again");
+                p.count_error("compacted");
+                state.revision = None;
+                return Ok(Outcome::Relist);
+            }
+            return Err(failure("watch", format!("watch cancelled by etcd: {}", w.cancel_reason)));
+        }
+        if w.created {
+            // The session works: the next failure starts again from the shortest wait.
+            backoff.reset();
+            tracing::info!(key = %s.key, revision, "watching etcd key");
+        }
+        for ev in w.events {
+            if let Some(kv) = &ev.kv {
+                state.revision = state.revision.max(Some(kv.mod_revision));
+            }
+            match EventType::try_from(ev.r#type) {
+                Ok(EventType::Put) => state.apply(p, s, ev.kv.as_ref().map(|kv| kv.value.as_slice())),
+                Ok(EventType::Delete) => state.apply(p, s, None),
+                Err(_) => tracing::debug!(r#type = ev.r#type, "ignoring an etcd event of unknown type"),
+            }
+        }
+    }
+}
+
+/// Reads the key once (for `render`).
+pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
+    let (channel, token) = open(s).await.map_err(|f| f.message)?;
+    match read(&channel, &token, s).await.map_err(|f| f.message)?.1 {
+        None => Ok(SourceData::default()),
+        Some(v) => parse(s.format, &v).map_err(|e| format!("etcd key {:?}: {e}", s.key)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_take_a_scheme_or_get_one() {
+        assert_eq!(endpoint_uri("127.0.0.1:2379", false).as_deref(), Ok("http://127.0.0.1:2379"));
+        assert_eq!(endpoint_uri("etcd:2379", true).as_deref(), Ok("https://etcd:2379"));
+        assert_eq!(endpoint_uri("https://etcd:2379", false).as_deref(), Ok("https://etcd:2379"));
+        assert!(endpoint_uri("etcd", false).is_err(), "no port");
+        assert!(endpoint_uri("", false).is_err());
+        assert!(endpoint_uri("http://:2379", false).is_err());
+    }
+}

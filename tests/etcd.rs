@@ -1,0 +1,215 @@
+//! The etcd source against a real etcd on loopback (Debian's `etcd-server`, installed by
+//! scripts/test.sh): every scenario asserts the endpoints voltha-xds serves.
+
+mod support;
+
+use std::time::Duration;
+
+use support::etcd::{Etcd, Proxy};
+use support::*;
+
+const KEY: &str = "service/voltha/data/core/assignment";
+const WAIT: Duration = Duration::from_secs(15);
+
+const TWO: &str = r#"{"0001": {"id": "a", "host": "10.0.0.1"}, "0002": {"id": "b", "host": "10.0.0.2"}}"#;
+const WITH_NULL: &str = r#"{"0001": null, "0002": {"id": "b", "host": "10.0.0.2"}}"#;
+const OTHER: &str = r#"{"0001": {"id": "c", "host": "10.0.0.7"}}"#;
+
+fn config(endpoint: &str, extra: &str) -> String {
+    format!(
+        r#"
+debounce: {{ quiet: 10ms, max_delay: 200ms }}
+sources:
+  - {{ name: assignment, type: etcd, endpoints: ["{endpoint}"], dial_timeout: 1s, backoff: {{ initial: 50ms, max: 200ms }} {extra} }}
+clusters:
+  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
+listeners:
+  - {{ name: nbi, address: 127.0.0.1:50555, codec: http2, routes: [{{ prefix: /, cluster: voltha-grpc }}] }}
+groups: [{{ name: nbi, listeners: [nbi] }}]
+default_group: nbi
+"#
+    )
+}
+
+struct Server {
+    running: voltha_xds::Running,
+}
+
+impl Server {
+    async fn start(yaml: &str) -> Server {
+        Server {
+            running: start_server(yaml).await,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+
+    /// The hosts of the served `voltha-grpc` endpoints, sorted; `None` before a snapshot.
+    async fn hosts(&self) -> Option<Vec<String>> {
+        let (code, v) = get_json(&self.url("/debug/snapshot")).await;
+        if code != 200 {
+            return None;
+        }
+        let cla = v["groups"]["nbi"]["types"]["eds"]["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["clusterName"] == "voltha-grpc")?
+            .clone();
+        let mut out: Vec<String> = cla["endpoints"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .flat_map(|l| l["lbEndpoints"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|e| e["endpoint"]["address"]["socketAddress"]["address"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Some(out)
+    }
+
+    async fn wait_hosts(&self, want: &[&str], what: &str) {
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        wait_for(WAIT, what, || {
+            let want = want.clone();
+            async move { (self.hosts().await == Some(want)).then_some(()) }
+        })
+        .await;
+    }
+
+    async fn errors(&self, kind: &str) -> u64 {
+        let m = get_text(&self.url("/metrics")).await;
+        let prefix = format!("voltha_xds_source_errors_total{{source=\"assignment\",kind=\"{kind}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn source_state(&self) -> (u16, String) {
+        let (code, v) = get_json(&self.url("/readyz")).await;
+        (code, v["sources"]["assignment"]["state"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+#[tokio::test]
+async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
+    let etcd = Etcd::start().await;
+    let s = Server::start(&config(&etcd.client.to_string(), "")).await;
+    // Absent: ready with no cores.
+    s.wait_hosts(&[], "no cores while the key is absent").await;
+    assert_eq!(s.source_state().await, (200, "ok".to_string()));
+    etcd.put(KEY, TWO);
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the written assignment").await;
+    etcd.put(KEY, WITH_NULL);
+    s.wait_hosts(&["10.0.0.2"], "the null slot skipped").await;
+    // Malformed: counted, last good kept; then fixed.
+    etcd.put(KEY, r#"{"0001": {"host": "#);
+    wait_for(WAIT, "the malformed value counted", || async {
+        (s.errors("malformed_json").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.hosts().await, Some(vec!["10.0.0.2".to_string()]));
+    assert_eq!(s.source_state().await.1, "error");
+    etcd.put(KEY, OTHER);
+    s.wait_hosts(&["10.0.0.7"], "the fixed value").await;
+    assert_eq!(s.source_state().await, (200, "ok".to_string()));
+    // `{}` (10 bytes or fewer): no cores yet.
+    etcd.put(KEY, "{}");
+    s.wait_hosts(&[], "an empty assignment").await;
+    etcd.put(KEY, TWO);
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "cores again").await;
+    // Deleted: the last good state stays, and the deletion is reported.
+    etcd.del(KEY);
+    wait_for(WAIT, "the deletion reported", || async {
+        (s.errors("deleted").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.hosts().await, Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]));
+}
+
+#[tokio::test]
+async fn etcd_out_of_reach_keeps_the_last_good_state_and_replays_missed_writes() {
+    let etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    let proxy = Proxy::start(etcd.client).await;
+    let s = Server::start(&config(&proxy.addr.to_string(), "")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    proxy.cut();
+    // Two writes while voltha-xds cannot reach etcd: both are replayed, in order.
+    etcd.put(KEY, WITH_NULL);
+    etcd.put(KEY, OTHER);
+    wait_for(WAIT, "the failures counted", || async {
+        (s.source_state().await.1 == "error").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.hosts().await, Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]), "last good served");
+    assert_eq!(s.source_state().await.0, 200, "still ready: the last good state is served");
+    // Bounded retries: with backoff up to 200 ms, half a second is a handful of attempts.
+    let failures = s.errors("connect").await + s.errors("grpc").await + s.errors("watch").await;
+    assert!((1..=20).contains(&failures), "{failures} failures in about 0.5 s");
+    proxy.restore();
+    s.wait_hosts(&["10.0.0.7"], "the writes made meanwhile").await;
+    assert_eq!(s.source_state().await, (200, "ok".to_string()));
+}
+
+#[tokio::test]
+async fn a_watch_resumed_past_compaction_reads_the_key_again() {
+    let etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    let proxy = Proxy::start(etcd.client).await;
+    let s = Server::start(&config(&proxy.addr.to_string(), "")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    proxy.cut();
+    etcd.put(KEY, WITH_NULL);
+    etcd.put(KEY, OTHER);
+    etcd.put("unrelated", "x");
+    etcd.compact();
+    proxy.restore();
+    s.wait_hosts(&["10.0.0.7"], "the value read after the compaction").await;
+    assert_eq!(s.errors("compacted").await, 1);
+}
+
+#[tokio::test]
+async fn etcd_restarted_on_the_same_data_is_followed_without_a_restart_of_ours() {
+    let mut etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    let s = Server::start(&config(&etcd.client.to_string(), "")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    etcd.stop();
+    wait_for(WAIT, "the outage noticed", || async {
+        (s.source_state().await.1 == "error").then_some(())
+    })
+    .await;
+    assert_eq!(s.hosts().await, Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]));
+    etcd.resume().await;
+    etcd.put(KEY, OTHER);
+    s.wait_hosts(&["10.0.0.7"], "a write after etcd came back").await;
+}
+
+#[tokio::test]
+async fn user_and_password_are_used_and_a_wrong_password_is_an_auth_error() {
+    let mut etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    etcd.enable_auth("voltha", "s3cret", KEY);
+    let dir = tempfile::tempdir().expect("tmp");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").expect("write");
+    let ok = Server::start(&config(
+        &etcd.client.to_string(),
+        &format!(r#", username: voltha, password_file: "{}""#, pw.display()),
+    ))
+    .await;
+    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment read as voltha").await;
+    etcd.put(KEY, OTHER);
+    ok.wait_hosts(&["10.0.0.7"], "a change seen through an authenticated watch").await;
+
+    let bad = Server::start(&config(&etcd.client.to_string(), ", username: voltha, password: wrong")).await;
+    wait_for(WAIT, "the auth error", || async { (bad.errors("auth").await >= 1).then_some(()) }).await;
+    let (code, _) = get_json(&bad.url("/readyz")).await;
+    assert_eq!(code, 503, "never read: not ready");
+    assert_eq!(bad.hosts().await, None, "no snapshot without a first read");
+}

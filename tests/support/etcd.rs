@@ -1,0 +1,196 @@
+//! A real etcd (Debian's `etcd-server`) on loopback with a temporary data dir, driven with
+//! `etcdctl` (Debian's `etcd-client`), and a TCP proxy in front of it that a test can cut.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::{free_port, wait_for};
+
+/// The etcd binary: `ETCD_BIN`, else `etcd` on PATH.
+pub fn etcd_bin() -> String {
+    std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into())
+}
+
+pub struct Etcd {
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// `user:password` for etcdctl once auth is on.
+    root: Option<String>,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let mut e = Etcd {
+            client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir: tempfile::tempdir().expect("tmp"),
+            child: None,
+            root: None,
+        };
+        e.resume().await;
+        e
+    }
+
+    /// Starts (again) on the same ports and data.
+    pub async fn resume(&mut self) {
+        let c = format!("http://{}", self.client);
+        let p = format!("http://{}", self.peer);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log");
+        let child = Command::new(etcd_bin())
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args(["--initial-cluster", &format!("t={p}"), "--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({e}); scripts/test.sh installs etcd-server", etcd_bin()));
+        self.child = Some(child);
+        let me = &*self;
+        wait_for(Duration::from_secs(20), "etcd to answer", || async move {
+            me.ctl_try(&["endpoint", "health"]).ok().map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn ctl_try(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client))
+            .arg("--command-timeout=5s");
+        if let Some(root) = &self.root {
+            cmd.arg(format!("--user={root}"));
+        }
+        let out = cmd.args(args).output().map_err(|e| format!("etcdctl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> String {
+        self.ctl_try(args).unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.ctl(&["put", key, "--", value]);
+    }
+
+    pub fn del(&self, key: &str) {
+        self.ctl(&["del", key]);
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v[0]["Status"]["header"]["revision"].as_i64().expect("revision")
+    }
+
+    /// Compacts the history up to the current revision.
+    pub fn compact(&self) {
+        let rev = self.revision().to_string();
+        self.ctl(&["compact", &rev, "--physical"]);
+    }
+
+    /// Turns authentication on: `root` and a read-only `user` on `key`.
+    pub fn enable_auth(&mut self, user: &str, password: &str, key: &str) {
+        self.ctl(&["user", "add", "root:rootpw"]);
+        self.ctl(&["user", "add", &format!("{user}:{password}")]);
+        self.ctl(&["role", "add", "reader"]);
+        self.ctl(&["role", "grant-permission", "reader", "read", key]);
+        self.ctl(&["user", "grant-role", user, "reader"]);
+        self.ctl(&["auth", "enable"]);
+        self.root = Some("root:rootpw".into());
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback TCP proxy a test can cut (existing connections dropped, new ones refused) and
+/// restore.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicBool::new(true));
+        let (cut, cut_rx) = watch::channel(0u64);
+        let (stop, mut stop_rx) = watch::channel(false);
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop_rx.changed() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((down, _)) = accepted else { continue };
+                if !is_open.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(target).await else { return };
+                    let (mut dr, mut dw) = down.into_split();
+                    let (mut ur, mut uw) = up.into_split();
+                    tokio::select! {
+                        _ = cut_rx.changed() => {}
+                        _ = tokio::io::copy(&mut dr, &mut uw) => {}
+                        _ = tokio::io::copy(&mut ur, &mut dw) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, open, cut, stop }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
