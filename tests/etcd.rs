@@ -213,3 +213,31 @@ async fn user_and_password_are_used_and_a_wrong_password_is_an_auth_error() {
     assert_eq!(code, 503, "never read: not ready");
     assert_eq!(bad.hosts().await, None, "no snapshot without a first read");
 }
+
+#[tokio::test]
+async fn mutual_tls_with_the_configured_ca_and_client_certificate() {
+    let etcd = Etcd::start_tls().await;
+    etcd.put(KEY, TWO);
+    let Some(pki) = &etcd.tls else { panic!("tls etcd") };
+    let ok = Server::start(&config(
+        &etcd.client.to_string(),
+        &format!(
+            r#", ca_file: "{}", cert_file: "{}", key_file: "{}""#,
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        ),
+    ))
+    .await;
+    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment over mutual TLS").await;
+    etcd.put(KEY, OTHER);
+    ok.wait_hosts(&["10.0.0.7"], "a change over the TLS watch").await;
+    // Without a client certificate etcd refuses the connection: never ready, counted.
+    let bad = Server::start(&config(&etcd.client.to_string(), &format!(r#", ca_file: "{}""#, pki.ca.display()))).await;
+    wait_for(WAIT, "the refused connection counted", || async {
+        let n = bad.errors("connect").await + bad.errors("grpc").await + bad.errors("tls").await;
+        (n >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(get_json(&bad.url("/readyz")).await.0, 503);
+}

@@ -25,16 +25,71 @@ pub struct Etcd {
     child: Option<Child>,
     /// `user:password` for etcdctl once auth is on.
     root: Option<String>,
+    /// Client TLS with client certificates required.
+    pub tls: Option<Pki>,
+}
+
+/// A CA and, signed by it, a certificate for 127.0.0.1 and a client certificate (PEM files).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn create(dir: &std::path::Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let leaf = |usage: ExtendedKeyUsagePurpose| {
+            let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+            p.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+            p.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf(ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        Pki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
 }
 
 impl Etcd {
     pub async fn start() -> Etcd {
+        Self::start_with(false).await
+    }
+
+    /// An etcd that serves clients over TLS only and requires a client certificate.
+    pub async fn start_tls() -> Etcd {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Etcd {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tls = tls.then(|| Pki::create(dir.path()));
         let mut e = Etcd {
             client: SocketAddr::from(([127, 0, 0, 1], free_port())),
             peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            dir: tempfile::tempdir().expect("tmp"),
+            dir,
             child: None,
             root: None,
+            tls,
         };
         e.resume().await;
         e
@@ -42,10 +97,21 @@ impl Etcd {
 
     /// Starts (again) on the same ports and data.
     pub async fn resume(&mut self) {
-        let c = format!("http://{}", self.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let c = format!("{scheme}://{}", self.client);
         let p = format!("http://{}", self.peer);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log");
-        let child = Command::new(etcd_bin())
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
@@ -77,6 +143,9 @@ impl Etcd {
             .arg("--command-timeout=5s");
         if let Some(root) = &self.root {
             cmd.arg(format!("--user={root}"));
+        }
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert").arg(&t.ca).arg("--cert").arg(&t.client_cert).arg("--key").arg(&t.client_key);
         }
         let out = cmd.args(args).output().map_err(|e| format!("etcdctl: {e}"))?;
         if out.status.success() {
