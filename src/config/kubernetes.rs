@@ -381,7 +381,7 @@ groups:
     fn kubernetes_source_errors_are_named() {
         let yaml = BASE.replace(
             r#"api_server: "http://127.0.0.1:1", label_selector: app=rw-core, group_by: affinity-group"#,
-            r#"api_server: "127.0.0.1:1", kubeconfig: /k, namespaces: [Voltha, x, x], label_selector: "app in (a", name_regex: "rw-core[", port: 5x, group_by: "bad key""#,
+            r#"api_server: "127.0.0.1:1", kubeconfig: /k, namespaces: [Voltha, x, x], label_selector: "app in (a", name_regex: "rw-core[", port: GRPC, group_by: "bad key""#,
         );
         let e = errors_of(&yaml);
         for want in [
@@ -389,7 +389,7 @@ groups:
             "source \"rw\": namespace \"x\" is listed twice",
             "source \"rw\": label_selector \"app in (a\": has a '(' without ')'",
             "source \"rw\": name_regex \"rw-core[\" is not a valid regular expression",
-            "source \"rw\": port \"5x\" is neither a number nor a container port name",
+            "source \"rw\": port \"GRPC\" is neither a number nor a container port name",
             "source \"rw\": group_by \"bad key\" is not a label key",
             "source \"rw\": give api_server or kubeconfig, not both",
             "source \"rw\": api_server \"127.0.0.1:1\": expected http://host:port or https://host:port",

@@ -129,3 +129,5 @@ pub(crate) fn duration(d: std::time::Duration) -> Duration {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fan_out_tests;
