@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod kube_api;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
