@@ -137,3 +137,74 @@ pub async fn debounce(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::SourceState;
+
+    const QUIET: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn bump(tx: &watch::Sender<SourceState>) {
+        tx.send_modify(|_| {});
+    }
+
+    #[test]
+    fn defaults_are_50ms_quiet_and_1s_max_delay() {
+        let d = crate::config::DebounceConfig::default();
+        assert_eq!((d.quiet.0, d.max_delay.0), (QUIET, MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_coalesced_into_one_build_after_the_quiet_period() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let shutdown = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        let burst = tokio::spawn(async move {
+            // Four more changes, 20 ms apart: each inside the quiet period of the one before.
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                bump(&tx);
+            }
+            tx
+        });
+        let merged = debounce(&mut rxs, QUIET, MAX, &shutdown).await;
+        assert_eq!(merged, 4, "four changes merged into the first one's build");
+        // The build happens one quiet period after the last change (at 80 ms).
+        assert_eq!(start.elapsed(), Duration::from_millis(80) + QUIET);
+        drop(burst.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_that_never_stop_are_built_at_the_maximum_delay() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let shutdown = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        let stop = CancellationToken::new();
+        let stop2 = stop.clone();
+        let flood = tokio::spawn(async move {
+            // A change every 10 ms, for ever: the quiet period never comes.
+            while !stop2.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                bump(&tx);
+            }
+        });
+        let merged = debounce(&mut rxs, QUIET, MAX, &shutdown).await;
+        assert_eq!(start.elapsed(), MAX, "built at max_delay, not later");
+        assert!((95..=100).contains(&merged), "{merged} changes merged in 1 s");
+        stop.cancel();
+        let _ = flood.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_change_is_built_after_exactly_the_quiet_period() {
+        let (_tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let start = tokio::time::Instant::now();
+        let merged = debounce(&mut rxs, QUIET, MAX, &CancellationToken::new()).await;
+        assert_eq!((merged, start.elapsed()), (0, QUIET));
+    }
+}
