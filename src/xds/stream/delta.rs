@@ -155,14 +155,21 @@ impl DeltaStream {
         let Some(group) = self.core.group.clone() else {
             return out;
         };
+        // Over ADS a type does not run ahead of an earlier one (CDS, EDS, LDS, RDS) that holds
+        // newer content back until its ACK: routes must not name clusters Envoy lacks.
+        let mut held_back = false;
         for ty in ResourceType::ALL {
             let Some(st) = self.types[ty.index()].as_mut() else {
                 continue;
             };
-            if st.pending.is_some() {
+            let ts = group.get(ty);
+            if held_back {
                 continue;
             }
-            let ts = group.get(ty);
+            if st.pending.is_some() {
+                held_back = self.core.scope == Scope::Ads && st.seen.as_ref().is_some_and(|s| s.version != ts.version);
+                continue;
+            }
             let unchanged = st.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, ts));
             if unchanged && !st.dirty && !st.force {
                 continue;

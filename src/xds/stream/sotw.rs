@@ -169,14 +169,21 @@ impl SotwStream {
         let Some(group) = self.core.group.clone() else {
             return out;
         };
+        // Over ADS a type does not run ahead of an earlier one (CDS, EDS, LDS, RDS) that holds
+        // newer content back until its ACK: routes must not name clusters Envoy lacks.
+        let mut held_back = false;
         for ty in ResourceType::ALL {
             let Some(st) = self.types[ty.index()].as_mut() else {
                 continue;
             };
-            if st.pending.is_some() {
+            let ts = group.get(ty);
+            if held_back {
                 continue;
             }
-            let ts = group.get(ty);
+            if st.pending.is_some() {
+                held_back = self.core.scope == Scope::Ads && st.sent.as_ref().is_some_and(|s| s.version != ts.version);
+                continue;
+            }
             if st.sent.is_none() && !st.force {
                 if st.claimed.as_deref() == Some(ts.version.as_str()) {
                     st.sent = Some(ts.clone());

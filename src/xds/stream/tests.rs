@@ -641,3 +641,68 @@ fn same_names_is_exact_for_sorted_lists_and_defers_otherwise() {
     assert_eq!(super::same_names(&s, &l(&["b", "a"])), None);
     assert_eq!(super::same_names(&s, &l(&["*", "a", "b"])), Some(true));
 }
+
+#[test]
+fn sotw_ads_routes_do_not_run_ahead_of_clusters_waiting_for_an_ack() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
+    let first = s.poll();
+    assert_eq!(first.len(), 2);
+    let (cds1, rds1) = (&first[0], &first[1]);
+    s.on_request(sotw_req(RDS, &["r"], &rds1.version_info, &rds1.nonce))
+        .expect("ack rds");
+    // V2 adds cluster "x" and a route to it while CDS V1 is not yet ACKed.
+    let v2 = w.publish(&[(CDS, "a", 1), (CDS, "x", 1), (RDS, "r", 2)]);
+    s.on_snapshot(w.cache.current());
+    assert!(s.poll().is_empty(), "RDS V2 must wait for CDS V2");
+    s.on_request(sotw_req(CDS, &[], &cds1.version_info, &cds1.nonce))
+        .expect("ack cds");
+    let order: Vec<(String, String)> = s.poll().into_iter().map(|r| (r.type_url, r.version_info)).collect();
+    let g = &v2.groups["default"];
+    assert_eq!(
+        order,
+        vec![
+            (CDS.type_url().to_string(), g.get(CDS).version.clone()),
+            (RDS.type_url().to_string(), g.get(RDS).version.clone())
+        ]
+    );
+}
+
+#[test]
+fn delta_ads_routes_do_not_run_ahead_of_clusters_waiting_for_an_ack() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
+    let mut s = delta(&w);
+    s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
+    s.on_request(delta_req(RDS, &["r"], &[], "")).expect("ok");
+    let first = s.poll();
+    assert_eq!(first.len(), 2);
+    let (cds1, rds1) = (first[0].nonce.clone(), first[1].nonce.clone());
+    s.on_request(delta_req(RDS, &[], &[], &rds1)).expect("ack rds");
+    w.publish(&[(CDS, "a", 1), (CDS, "x", 1), (RDS, "r", 2)]);
+    s.on_snapshot(w.cache.current());
+    assert!(s.poll().is_empty(), "RDS must wait for the CDS ACK");
+    s.on_request(delta_req(CDS, &[], &[], &cds1)).expect("ack cds");
+    let out = s.poll();
+    let types: Vec<&str> = out.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(types, vec![CDS.type_url(), RDS.type_url()]);
+    assert_eq!(
+        delta_names(&out[0]).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        vec!["x"]
+    );
+}
+
+#[test]
+fn a_type_waiting_for_an_ack_of_the_current_version_holds_nothing_back() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
+    assert_eq!(s.poll().len(), 1);
+    // CDS V1 is in flight and is the current version: RDS goes out at once.
+    s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
+    assert_eq!(one(s.poll()).type_url, RDS.type_url());
+}
