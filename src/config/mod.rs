@@ -353,6 +353,10 @@ pub struct TranscoderConfig {
     /// VOLTHA northbound subset built into voltha-xds (`proto-vendor/`).
     #[serde(default)]
     pub descriptor_file: Option<PathBuf>,
+    /// The content of `descriptor_file`, read once when the configuration is loaded (a file
+    /// that disappears later does not break later snapshots).
+    #[serde(skip)]
+    pub descriptor: Option<std::sync::Arc<Vec<u8>>>,
     #[serde(default = "yes")]
     pub convert_grpc_status: bool,
     #[serde(default)]
@@ -436,13 +440,34 @@ pub enum ConfigError {
 impl Config {
     /// Parses and validates a YAML configuration.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let errors = validate::validate(&config);
+        let mut config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut errors = config.read_files();
+        errors.extend(validate::validate(&config));
         if errors.is_empty() {
             Ok(config)
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// Reads the files the configuration names (transcoder descriptor sets) into memory.
+    fn read_files(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for l in &mut self.listeners {
+            if let Some(t) = &mut l.grpc_json_transcoder {
+                if let Some(p) = &t.descriptor_file {
+                    match std::fs::read(p) {
+                        Ok(b) => t.descriptor = Some(std::sync::Arc::new(b)),
+                        Err(err) => errors.push(format!(
+                            "listener {:?}: cannot read descriptor_file {}: {err}",
+                            l.name,
+                            p.display()
+                        )),
+                    }
+                }
+            }
+        }
+        errors
     }
 
     /// Reads, parses and validates a configuration file.
@@ -476,7 +501,12 @@ impl Config {
             .listeners
             .iter()
             .filter_map(|l| self.listener(l))
-            .flat_map(|l| l.routes.iter().filter(|r| !r.cluster.is_empty()).map(|r| r.cluster.clone()))
+            .flat_map(|l| {
+                l.routes
+                    .iter()
+                    .filter(|r| !r.cluster.is_empty())
+                    .map(|r| r.cluster.clone())
+            })
             .chain(group.clusters.iter().cloned())
             .collect();
         out.sort();
@@ -526,15 +556,25 @@ impl Config {
                     s.push_str(&format!("source {name}: file {} ({format:?})\n", path.display()))
                 }
                 SourceConfig::Etcd(e) => {
-                    let at = if e.endpoints.is_empty() { "ETCDCTL_ENDPOINTS".to_string() } else { e.endpoints.join(",") };
-                    s.push_str(&format!("source {}: etcd key {:?} at {at} ({:?})\n", e.name, e.key, e.format))
+                    let at = if e.endpoints.is_empty() {
+                        "ETCDCTL_ENDPOINTS".to_string()
+                    } else {
+                        e.endpoints.join(",")
+                    };
+                    s.push_str(&format!(
+                        "source {}: etcd key {:?} at {at} ({:?})\n",
+                        e.name, e.key, e.format
+                    ))
                 }
                 SourceConfig::Kubernetes(k) => s.push_str(&format!(
                     "source {}: kubernetes pods in {} ({}){}\n",
                     k.name,
                     k.namespaces.join(","),
                     k.label_selector.as_deref().unwrap_or("every pod"),
-                    k.group_by.as_deref().map(|g| format!(", grouped by {g}")).unwrap_or_default()
+                    k.group_by
+                        .as_deref()
+                        .map(|g| format!(", grouped by {g}"))
+                        .unwrap_or_default()
                 )),
             }
         }

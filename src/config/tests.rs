@@ -172,7 +172,11 @@ fn every_shipped_config_validates() {
             if let Err(e) = Config::from_yaml(&text) {
                 panic!("{}: {e}", path.display());
             }
-            checked.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            checked.push(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
         }
     }
     assert!(checked.iter().any(|n| n == "voltha-etcd.yaml"), "{checked:?}");
@@ -198,4 +202,34 @@ fn etcd_source_errors_are_named() {
     ] {
         assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:?}");
     }
+}
+
+#[test]
+fn a_transcoder_descriptor_file_is_read_once_at_load() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("voltha.pb");
+    std::fs::write(&path, crate::proto::VOLTHA_DESCRIPTOR).expect("write");
+    let yaml = MINIMAL.replace(
+        "    routes: [{ prefix: /, cluster: c }]",
+        &format!(
+            "    grpc_json_transcoder: {{ services: [voltha.HealthService], descriptor_file: \"{}\" }}\n    routes: [{{ prefix: /, cluster: c }}]",
+            path.display()
+        ),
+    );
+    let c = Config::from_yaml(&yaml).expect("valid");
+    // Gone after load: translation still has the bytes.
+    std::fs::remove_file(&path).expect("rm");
+    let t = c.listeners[0].grpc_json_transcoder.as_ref().expect("transcoder");
+    assert_eq!(
+        t.descriptor.as_deref().map(Vec::as_slice),
+        Some(crate::proto::VOLTHA_DESCRIPTOR)
+    );
+    assert!(crate::translate::translate(&crate::model::Model::default(), &c).is_ok());
+    // A missing file is a load error, named once.
+    let e = errors_of(&yaml);
+    assert_eq!(
+        e.iter().filter(|x| x.contains("cannot read descriptor_file")).count(),
+        1,
+        "{e:?}"
+    );
 }

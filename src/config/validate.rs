@@ -214,10 +214,14 @@ fn cluster(e: &mut Vec<String>, cl: &ClusterConfig, sources: &BTreeSet<&str>) {
             e.push(format!("{at}: unknown source {src:?}"));
         }
         if cl.fan_out.is_some() && ep.set.is_some() {
-            e.push(format!("{at}: fan_out takes every set of the source; leave endpoints.set out"));
+            e.push(format!(
+                "{at}: fan_out takes every set of the source; leave endpoints.set out"
+            ));
         }
     } else if cl.fan_out.is_some() {
-        e.push(format!("{at}: fan_out needs endpoints.source (it makes one cluster per set of the source)"));
+        e.push(format!(
+            "{at}: fan_out needs endpoints.source (it makes one cluster per set of the source)"
+        ));
     }
     if ep.source.is_none() && ep.set.is_some() {
         e.push(format!("{at}: endpoints.set only applies to a source"));
@@ -249,17 +253,13 @@ fn transcoder(e: &mut Vec<String>, at: &str, t: &super::TranscoderConfig) {
         e.push(format!("{at}: grpc_json_transcoder.services is empty"));
         return;
     }
-    let bytes = match &t.descriptor_file {
-        Some(p) => match std::fs::read(p) {
-            Ok(b) => b,
-            Err(err) => {
-                e.push(format!("{at}: cannot read descriptor_file {}: {err}", p.display()));
-                return;
-            }
-        },
-        None => crate::proto::VOLTHA_DESCRIPTOR.to_vec(),
+    let bytes: &[u8] = match (&t.descriptor_file, &t.descriptor) {
+        (None, _) => crate::proto::VOLTHA_DESCRIPTOR,
+        (Some(_), Some(b)) => b.as_slice(),
+        // Unreadable: already reported when the configuration was loaded.
+        (Some(_), None) => return,
     };
-    match prost_reflect::DescriptorPool::decode(bytes.as_slice()) {
+    match prost_reflect::DescriptorPool::decode(bytes) {
         Ok(pool) => {
             for s in &t.services {
                 if pool.get_service_by_name(s).is_none() {
@@ -345,13 +345,17 @@ fn etcd(e: &mut Vec<String>, x: &super::EtcdSource) {
         e.push(format!("{at}: dial_timeout must be above zero"));
     }
     if x.backoff.initial.0.is_zero() || x.backoff.initial.0 > x.backoff.max.0 {
-        e.push(format!("{at}: backoff.initial must be above zero and at most backoff.max"));
+        e.push(format!(
+            "{at}: backoff.initial must be above zero and at most backoff.max"
+        ));
     }
 }
 
 /// A request header name as a route may read it: lowercase (HTTP/2), no pseudo-header.
 fn is_header_name(h: &str) -> bool {
-    !h.is_empty() && h.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    !h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// A fan-out's name template, and member names that could collide with other clusters.

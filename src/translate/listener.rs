@@ -31,10 +31,8 @@ pub fn listener(l: &ListenerConfig) -> Result<Listener, TranslateError> {
         .map_err(|_| TranslateError::Config(format!("listener {:?}: bad address {:?}", l.name, l.address)))?;
     let mut http_filters = Vec::new();
     if let Some(t) = &l.grpc_json_transcoder {
-        let descriptor = match &t.descriptor_file {
-            Some(p) => std::fs::read(p).map_err(|e| {
-                TranslateError::Config(format!("listener {:?}: cannot read {}: {e}", l.name, p.display()))
-            })?,
+        let descriptor = match &t.descriptor {
+            Some(b) => b.as_ref().clone(),
             None => crate::proto::VOLTHA_DESCRIPTOR.to_vec(),
         };
         http_filters.push(HttpFilter {

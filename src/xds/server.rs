@@ -156,7 +156,12 @@ impl XdsServer {
                     let framed = Framed::new(r)
                         .ok_or_else(|| Box::new(Status::resource_exhausted("response larger than gRPC can frame")));
                     let failed = framed.is_err();
-                    if tx.send(framed).await.is_err() || failed {
+                    // A client that does not read must not hold up shutdown.
+                    let sent = tokio::select! {
+                        _ = this.shutdown.cancelled() => return,
+                        sent = tx.send(framed) => sent.is_ok(),
+                    };
+                    if !sent || failed {
                         return;
                     }
                 }

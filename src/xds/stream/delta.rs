@@ -141,10 +141,11 @@ impl DeltaStream {
             st.dirty = true;
         }
         if changes_names {
+            // Over the limit: the stream ends, and the oversized set is never stored.
+            self.core.check_names(ty, names.len())?;
             st.names = share_names(names);
         }
         let (wildcard, count) = (st.wildcard, st.names.len());
-        self.core.check_names(ty, count)?;
         self.core.record_subscription(ty, wildcard, count);
         Ok(())
     }
