@@ -125,7 +125,12 @@ async fn pods_become_one_cluster_per_group_a_read_only_cluster_and_a_rw_cluster(
     want.insert("ro_vcore".to_string(), eps(&["127.0.0.31:50057", "127.0.0.32:50057"]));
     want.insert(
         "rw_vcore".to_string(),
-        eps(&["127.0.0.11:50057", "127.0.0.12:50057", "127.0.0.21:50057", "127.0.0.22:50057"]),
+        eps(&[
+            "127.0.0.11:50057",
+            "127.0.0.12:50057",
+            "127.0.0.21:50057",
+            "127.0.0.22:50057",
+        ]),
     );
     // Label selectors are honoured (no kafka), and only the configured namespace is watched.
     assert_eq!(s, want);
@@ -179,7 +184,10 @@ async fn pod_events_update_endpoints_and_clusters_at_once_without_polling() {
     assert_eq!(s["rw_vcore"], eps(&["127.0.0.21:50057", "127.0.0.22:50057"]));
     // A new group appears with its cluster.
     api.apply(NS, rw("rw-core3-a", "127.0.0.51", "3"));
-    wait_served(admin, "vcore3", |s| s.get("vcore3") == Some(&eps(&["127.0.0.51:50057"]))).await;
+    wait_served(admin, "vcore3", |s| {
+        s.get("vcore3") == Some(&eps(&["127.0.0.51:50057"]))
+    })
+    .await;
     // A pod whose labels stop matching the selector leaves (the watch sees it DELETED).
     api.modify(NS, "rw-core3-a", |p| {
         if let Some(l) = p.metadata.labels.as_mut() {
@@ -195,7 +203,10 @@ async fn pod_events_update_endpoints_and_clusters_at_once_without_polling() {
 
     // All of it through the watches: still one list per source, no error.
     assert_eq!(api.lists(), 2, "the source relisted or polled");
-    assert_eq!(metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\"").await, None);
+    assert_eq!(
+        metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\"").await,
+        None
+    );
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -227,12 +238,39 @@ async fn gone_410_relists_and_no_endpoint_is_lost_in_between() {
     let (after, _) = wait_served(admin, "the relisted state", |s| !s.contains_key("vcore2")).await;
     assert_eq!(after["vcore1"], eps(&["127.0.0.12:50057", "127.0.0.14:50057"]));
     assert_eq!(after["ro_vcore"], before["ro_vcore"]);
-    eprintln!("410 with an 800 ms list → relisted state served {:?} after the 410", t0.elapsed());
-    // A relist is routine: nothing counted as an error, the sources stay ok.
+    eprintln!(
+        "410 with an 800 ms list → relisted state served {:?} after the 410",
+        t0.elapsed()
+    );
+    // A relist is routine: counted as kind "gone", not a failure; the sources stay ok.
     let (code, r) = readyz(admin).await;
     assert_eq!(code, 200);
     assert_eq!(r["sources"]["rw-cores"]["state"], "ok", "{r}");
-    assert_eq!(metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\"").await, None);
+    assert_eq!(r["sources"]["rw-cores"]["last_error"], Value::Null, "{r}");
+    assert_eq!(
+        metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"gone\"}"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}"
+        )
+        .await,
+        None
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}"
+        )
+        .await,
+        None
+    );
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -254,12 +292,28 @@ async fn api_server_unreachable_keeps_the_last_state_reports_it_and_recovers() {
         }
     })
     .await;
-    let err = r["sources"]["rw-cores"]["last_error"].as_str().unwrap_or_default().to_string();
+    let err = r["sources"]["rw-cores"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(err.contains("namespace voltha"), "{err}");
     assert_eq!(r["sources"]["rw-cores"]["delivered"], true);
-    assert!(r["ready"].as_bool().unwrap_or(false), "the last good state still serves: {r}");
-    let errors = metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}").await.unwrap_or(0)
-        + metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}").await.unwrap_or(0);
+    assert!(
+        r["ready"].as_bool().unwrap_or(false),
+        "the last good state still serves: {r}"
+    );
+    let errors = metric(
+        admin,
+        "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}",
+    )
+    .await
+    .unwrap_or(0)
+        + metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}",
+        )
+        .await
+        .unwrap_or(0);
     assert!(errors >= 1, "{}", get_text(&format!("http://{admin}/metrics")).await);
     // The last good state is still served, unchanged.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -272,7 +326,9 @@ async fn api_server_unreachable_keeps_the_last_state_reports_it_and_recovers() {
     let (after, _) = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
             if let Some(s) = served(admin).await {
-                if s.get("vcore2").is_some_and(|e| e.contains(&"127.0.0.23:50057".to_string())) {
+                if s.get("vcore2")
+                    .is_some_and(|e| e.contains(&"127.0.0.23:50057".to_string()))
+                {
                     return (s, t0.elapsed());
                 }
             }
@@ -309,7 +365,14 @@ async fn unreachable_at_start_is_not_ready_until_the_api_server_answers() {
     })
     .await;
     assert_eq!(r["sources"]["rw-cores"]["delivered"], false, "{r}");
-    assert!(metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}").await >= Some(1));
+    assert!(
+        metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}"
+        )
+        .await
+            >= Some(1)
+    );
     api.restart().await;
     wait_for(Duration::from_secs(40), "ready once the API server answers", || {
         let u = url.clone();
@@ -329,10 +392,19 @@ async fn several_namespaces_a_name_regex_a_named_port_and_ready_condition_only()
             c.status = "False".into();
         }
     }
-    api.apply("voltha", core_pod("voltha-rw-core1-x", "127.0.0.61", 50060, &[("app", "rw-core")]));
+    api.apply(
+        "voltha",
+        core_pod("voltha-rw-core1-x", "127.0.0.61", 50060, &[("app", "rw-core")]),
+    );
     api.apply("voltha2", not_scheduled);
-    api.apply("voltha", core_pod("voltha-ro-core-0", "127.0.0.63", 50060, &[("app", "ro-core")]));
-    api.apply("voltha3", core_pod("voltha-rw-core3-x", "127.0.0.64", 50060, &[("app", "rw-core")]));
+    api.apply(
+        "voltha",
+        core_pod("voltha-ro-core-0", "127.0.0.63", 50060, &[("app", "ro-core")]),
+    );
+    api.apply(
+        "voltha3",
+        core_pod("voltha-rw-core3-x", "127.0.0.64", 50060, &[("app", "rw-core")]),
+    );
     let yaml = format!(
         r#"
 debounce: {{ quiet: 10ms, max_delay: 200ms }}

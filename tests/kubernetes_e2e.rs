@@ -136,12 +136,17 @@ fn core_of<T>(r: &tonic::Response<T>) -> String {
 async fn health(ch: Channel, backend: Option<&str>) -> Result<String, tonic::Status> {
     let mut req = tonic::Request::new(());
     if let Some(b) = backend {
-        req.metadata_mut()
-            .insert("voltha_backend_name", b.parse().map_err(|_| tonic::Status::internal("header"))?);
+        req.metadata_mut().insert(
+            "voltha_backend_name",
+            b.parse().map_err(|_| tonic::Status::internal("header"))?,
+        );
     }
-    let r = tokio::time::timeout(Duration::from_secs(2), HealthServiceClient::new(ch).get_health_status(req))
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("call timed out"))??;
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        HealthServiceClient::new(ch).get_health_status(req),
+    )
+    .await
+    .map_err(|_| tonic::Status::deadline_exceeded("call timed out"))??;
     Ok(core_of(&r))
 }
 
@@ -185,8 +190,10 @@ async fn affinity_routing_through_envoy(delta: bool) {
     let ch = e.channel();
 
     // The binding: voltha_backend_name names the pair, through one cluster_header route.
-    e.wait_reached(Duration::from_secs(30), &["rw-2a", "rw-2b"], || health(ch.clone(), Some("vcore2")))
-        .await;
+    e.wait_reached(Duration::from_secs(30), &["rw-2a", "rw-2b"], || {
+        health(ch.clone(), Some("vcore2"))
+    })
+    .await;
     assert_eq!(
         served_by(20, || health(ch.clone(), Some("vcore2"))).await,
         set(&["rw-2a", "rw-2b"])
@@ -210,7 +217,9 @@ async fn affinity_routing_through_envoy(delta: bool) {
     let t0 = Instant::now();
     e.api.modify(NS, "rw-core1-a", |p| set_ip(p, RESTARTED.1));
     let reached = e
-        .wait_reached(Duration::from_secs(2), &[RESTARTED.0], || health(ch.clone(), Some("vcore1")))
+        .wait_reached(Duration::from_secs(2), &[RESTARTED.0], || {
+            health(ch.clone(), Some("vcore1"))
+        })
         .await;
     let took = t0.elapsed();
     eprintln!("pod IP change → first call served at the new address: {took:?} (poll loop {reached:?})");

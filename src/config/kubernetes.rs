@@ -122,7 +122,9 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
     }
     if let Some(r) = &k.name_regex {
         if let Err(err) = regex::Regex::new(r) {
-            e.push(format!("{at}: name_regex {r:?} is not a valid regular expression: {err}"));
+            e.push(format!(
+                "{at}: name_regex {r:?} is not a valid regular expression: {err}"
+            ));
         }
     }
     if let PodPort::Name(n) = &k.port {
@@ -171,7 +173,8 @@ pub fn is_dns_label(s: &str) -> bool {
         && s.len() <= 63
         && !s.starts_with('-')
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// An IANA service name, what a container port's `name` must be.
@@ -182,7 +185,8 @@ pub fn is_port_name(s: &str) -> bool {
         && !s.ends_with('-')
         && !s.contains("--")
         && s.chars().any(|c| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
@@ -193,9 +197,7 @@ pub fn check_label_key(k: &str) -> Result<(), String> {
         None => (None, k),
     };
     if let Some(p) = prefix {
-        let ok = !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| is_dns_label(l));
+        let ok = !p.is_empty() && p.len() <= 253 && p.split('.').all(is_dns_label);
         if !ok {
             return Err(format!("prefix {p:?} is not a DNS subdomain"));
         }
@@ -367,9 +369,12 @@ groups:
         assert_eq!(k.port, PodPort::Number(50057));
         assert_eq!(k.readiness, Readiness::AllConditions);
         assert_eq!(c.group_clusters(&c.groups[0]), vec!["all", "vcore"]);
-        assert!(c.summary().contains("source rw: kubernetes pods in voltha (app=rw-core), grouped by affinity-group"));
-        let named = Config::from_yaml(&BASE.replace("group_by: affinity-group", "port: grpc, readiness: ready_condition"))
-            .expect("valid");
+        assert!(c
+            .summary()
+            .contains("source rw: kubernetes pods in voltha (app=rw-core), grouped by affinity-group"));
+        let named =
+            Config::from_yaml(&BASE.replace("group_by: affinity-group", "port: grpc, readiness: ready_condition"))
+                .expect("valid");
         let Some(super::super::SourceConfig::Kubernetes(k)) = named.sources.first() else {
             panic!("a kubernetes source");
         };
@@ -444,7 +449,10 @@ groups:
     fn the_shipped_kubernetes_config_validates() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/voltha-kubernetes.yaml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(c.listener("afrouter").map(|l| l.address.as_str()), Some("0.0.0.0:55555"));
+        assert_eq!(
+            c.listener("afrouter").map(|l| l.address.as_str()),
+            Some("0.0.0.0:55555")
+        );
         assert_eq!(c.group_clusters(&c.groups[0]), vec!["ro_vcore", "rw_vcore", "vcore"]);
     }
 

@@ -15,7 +15,8 @@
 //! watch error (API server unreachable, refused, …) is reported (`Publisher::fail`: log, metric,
 //! `/readyz`), the last good state stays served, and the namespace's watcher is restarted after
 //! kube-runtime's default backoff (0.8 s doubling to 30 s, with jitter), which ends in a full
-//! relist. A `410 Gone` is routine: the watcher relists at once and nothing is reported.
+//! relist. A `410 Gone` is routine: the watcher relists at once; it is counted (kind `gone`) and
+//! logged at info level, and the source's health stays `ok`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -68,7 +69,9 @@ impl Settings {
             .transpose()
             .map_err(|e| format!("name_regex: {e}"))?;
         let client = match (&k.api_server, &k.kubeconfig) {
-            (Some(u), _) => ClientFrom::ApiServer(crate::config::check_api_server(u).map_err(|e| format!("api_server: {e}"))?),
+            (Some(u), _) => {
+                ClientFrom::ApiServer(crate::config::check_api_server(u).map_err(|e| format!("api_server: {e}"))?)
+            }
             (None, Some(p)) => ClientFrom::Kubeconfig(p.clone()),
             (None, None) => ClientFrom::Infer,
         };
@@ -329,13 +332,18 @@ fn pod_name(pod: &Pod) -> String {
     pod.metadata.name.clone().unwrap_or_default()
 }
 
-/// An error a namespace watcher reports to the source's loop.
-struct Failure {
-    kind: &'static str,
-    message: String,
+/// What a namespace watcher reports to the source's loop.
+enum Note {
+    Msg(Msg),
+    /// A `410 Gone`: routine, counted (kind `gone`) but not a failure; a relist follows.
+    Gone,
+    Failure {
+        kind: &'static str,
+        message: String,
+    },
 }
 
-type Report = (usize, Result<Msg, Failure>);
+type Report = (usize, Note);
 
 /// Watches one namespace until `shutdown`: forwards events as entries; after an error, waits
 /// kube-runtime's default backoff and starts a fresh watcher (a full relist).
@@ -351,18 +359,13 @@ async fn watch_namespace(
     loop {
         let stream = watcher::watcher(api.clone(), settings.watcher_config());
         futures::pin_mut!(stream);
-        let failure = loop {
+        let (kind, message) = loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 next = stream.next() => next,
             };
             let msg = match next {
-                None => {
-                    break Failure {
-                        kind: "watch",
-                        message: format!("namespace {ns}: the watch stream ended"),
-                    }
-                }
+                None => break ("watch", format!("namespace {ns}: the watch stream ended")),
                 Some(Ok(Event::Init)) => {
                     debug!(namespace = %ns, "listing pods");
                     Msg::Init
@@ -377,20 +380,18 @@ async fn watch_namespace(
                 Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {
                     // The resource version expired: the watcher relists by itself (Init…InitDone).
                     info!(namespace = %ns, "pod watch expired (410 Gone); relisting");
+                    if tx.send((ns_index, Note::Gone)).await.is_err() {
+                        return;
+                    }
                     continue;
                 }
-                Some(Err(e)) => {
-                    break Failure {
-                        kind: error_kind(&e),
-                        message: format!("namespace {ns}: {e}"),
-                    }
-                }
+                Some(Err(e)) => break (error_kind(&e), format!("namespace {ns}: {e}")),
             };
-            if tx.send((ns_index, Ok(msg))).await.is_err() {
+            if tx.send((ns_index, Note::Msg(msg))).await.is_err() {
                 return;
             }
         };
-        if tx.send((ns_index, Err(failure))).await.is_err() {
+        if tx.send((ns_index, Note::Failure { kind, message })).await.is_err() {
             return;
         }
         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
@@ -444,11 +445,15 @@ pub async fn run(p: Publisher, settings: Settings, shutdown: CancellationToken) 
         };
         let Some((ns, report)) = report else { break };
         let data = match report {
-            Ok(msg) => tracker.on(ns, msg),
-            Err(f) => {
+            Note::Msg(msg) => tracker.on(ns, msg),
+            Note::Gone => {
+                p.count_error("gone");
+                None
+            }
+            Note::Failure { kind, message } => {
                 tracker.on(ns, Msg::Error);
                 failing = true;
-                p.fail(f.kind, f.message);
+                p.fail(kind, message);
                 None
             }
         };

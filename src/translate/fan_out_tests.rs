@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::hash_policy, route_action::ClusterSpecifier};
+use envoy_types::pb::envoy::config::route::v3::{
+    route::Action, route_action::hash_policy, route_action::ClusterSpecifier,
+};
 
 use super::*;
 use crate::model::{Backend, SourceData};
@@ -76,7 +78,10 @@ fn one_cluster_per_group_appears_and_disappears_with_its_set() {
     assert_eq!(hosts(g, "ro_vcore"), Some(vec!["10.0.9.1".into()]));
     // Members keep the definition's settings.
     let v1 = g.clusters.iter().find(|c| c.name == "vcore1").expect("vcore1");
-    assert_eq!(v1.lb_policy, envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::RingHash as i32);
+    assert_eq!(
+        v1.lb_policy,
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::RingHash as i32
+    );
 
     // Group 2 goes away, group 3 (empty: its pods are not ready) appears.
     let out = translate(&model(&[("1", &["10.0.1.1"]), ("3", &[])], &[]), &config).expect("translates");

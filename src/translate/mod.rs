@@ -128,6 +128,6 @@ pub(crate) fn duration(d: std::time::Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod fan_out_tests;
+#[cfg(test)]
+mod tests;

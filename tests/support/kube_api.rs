@@ -459,7 +459,10 @@ fn decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(x) => {
                         out.push(x);
                         i += 2;
@@ -602,7 +605,10 @@ pub fn core_pod(name: &str, ip: &str, port: u16, labels: &[(&str, &str)]) -> Pod
 /// Sets a pod's `Ready` condition (and `ContainersReady`) to `ready`.
 pub fn set_ready(pod: &mut Pod, ready: bool) {
     if let Some(cs) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
-        for c in cs.iter_mut().filter(|c| c.type_ == "Ready" || c.type_ == "ContainersReady") {
+        for c in cs
+            .iter_mut()
+            .filter(|c| c.type_ == "Ready" || c.type_ == "ContainersReady")
+        {
             c.status = if ready { "True" } else { "False" }.into();
         }
     }

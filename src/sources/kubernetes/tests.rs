@@ -143,7 +143,10 @@ fn endpoint_is_the_pod_ip_at_the_configured_or_named_port() {
         port: PodPort::Name("grpc".into()),
         ..settings()
     };
-    assert_eq!(entry(&p, &named).0.and_then(|e| e.backend), Some(backend("10.0.0.1", 50058, "rw-core1-abc")));
+    assert_eq!(
+        entry(&p, &named).0.and_then(|e| e.backend),
+        Some(backend("10.0.0.1", 50058, "rw-core1-abc"))
+    );
     // A ready pod without that port is no endpoint, and the reason is given for the log.
     let missing = Settings {
         port: PodPort::Name("admin".into()),
@@ -180,8 +183,12 @@ fn a_ready_pod_without_a_valid_ip_is_no_endpoint() {
 #[test]
 fn ip_change_changes_the_endpoint() {
     let s = settings();
-    let before = build(&[entry(&pod("rw-core1-abc", "10.0.0.1", Some("1")), &s).0.expect("selected")]);
-    let after = build(&[entry(&pod("rw-core1-abc", "10.0.0.9", Some("1")), &s).0.expect("selected")]);
+    let before = build(&[entry(&pod("rw-core1-abc", "10.0.0.1", Some("1")), &s)
+        .0
+        .expect("selected")]);
+    let after = build(&[entry(&pod("rw-core1-abc", "10.0.0.9", Some("1")), &s)
+        .0
+        .expect("selected")]);
     assert_ne!(before, after);
     assert_eq!(after.set("1"), &[backend("10.0.0.9", 50057, "rw-core1-abc")]);
     assert_eq!(after.set(""), &[backend("10.0.0.9", 50057, "rw-core1-abc")]);
@@ -228,7 +235,10 @@ fn grouping_by_label_makes_one_set_per_value_and_the_default_set_has_all() {
     assert_eq!(data.sets.keys().collect::<Vec<_>>(), vec!["", "1", "2", "3"]);
     assert_eq!(
         data.set("1"),
-        &[backend("10.0.0.1", 50057, "rw-core1-a"), backend("10.0.0.2", 50057, "rw-core1-b")]
+        &[
+            backend("10.0.0.1", 50057, "rw-core1-a"),
+            backend("10.0.0.2", 50057, "rw-core1-b")
+        ]
     );
     assert_eq!(data.set("2"), &[backend("10.0.0.3", 50057, "rw-core2-a")]);
     assert_eq!(data.set("").len(), 5, "every endpoint, grouped or not");
