@@ -604,3 +604,103 @@ default_group: only
     let (code, _) = get_json(&format!("http://{}/readyz", server.admin_addr)).await;
     assert_eq!(code, 503);
 }
+
+#[tokio::test]
+async fn sotw_nack_stale_nonce_and_resubscribe_over_grpc() {
+    let s = Setup::new(TWO).await;
+    let mut c = Sotw::open(s.channel().await).await;
+    c.send(req(CDS, &[], None)).await;
+    let cds = c.next().await;
+    // NACK: the previous accepted version (none), the nonce, an error. Not answered, recorded.
+    let mut nack = req(CDS, &[], None);
+    nack.response_nonce = cds.nonce.clone();
+    nack.error_detail = Some(envoy_types::pb::google::rpc::Status {
+        code: 3,
+        message: "cluster rejected by test".into(),
+        ..Default::default()
+    });
+    c.send(nack).await;
+    c.nothing_for(Duration::from_millis(300)).await;
+    let (_, clients) = get_json(&s.admin("/debug/clients")).await;
+    let text = clients.to_string();
+    assert!(text.contains("cluster rejected by test"), "{text}");
+    // A stale nonce is ignored.
+    let mut stale = req(EDS, &["voltha-grpc"], None);
+    stale.response_nonce = "not-a-nonce-we-sent".into();
+    c.send(req(EDS, &["voltha-grpc"], None)).await;
+    let eds = c.next().await;
+    c.send(req(EDS, &["voltha-grpc"], Some(&eds))).await;
+    c.send(stale).await;
+    c.nothing_for(Duration::from_millis(300)).await;
+    // Unsubscribe (nothing to answer), then ask again at the same version: answered again.
+    c.send(req(EDS, &[], Some(&eds))).await;
+    c.nothing_for(Duration::from_millis(300)).await;
+    c.send(req(EDS, &["voltha-grpc"], Some(&eds))).await;
+    let again = c.next().await;
+    assert_eq!(again.version_info, eds.version_info, "same version");
+    assert_eq!(hosts(&cla(&again)[0]), vec!["10.0.0.1", "10.0.0.2"]);
+}
+
+#[tokio::test]
+async fn delta_unsubscribe_and_resubscribe_over_grpc() {
+    let s = Setup::new(TWO).await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut rx = AggregatedDiscoveryServiceClient::new(s.channel().await)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(dreq(EDS, &["voltha-grpc"], "")).await.expect("send");
+    let eds = next_delta(&mut rx).await;
+    assert_eq!(eds.resources.len(), 1);
+    let mut unsub = dreq(EDS, &[], &eds.nonce);
+    unsub.resource_names_unsubscribe = vec!["voltha-grpc".into()];
+    tx.send(unsub).await.expect("send");
+    // A change to an unsubscribed resource is not sent.
+    s.write(ONE);
+    if let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(400), rx.message()).await {
+        panic!("nothing expected after unsubscribe, got {r:?}");
+    }
+    tx.send(dreq(EDS, &["voltha-grpc"], "")).await.expect("resubscribe");
+    let again = next_delta(&mut rx).await;
+    let c = ClusterLoadAssignment::decode(again.resources[0].resource.as_ref().expect("any").value.as_slice())
+        .expect("cla");
+    assert_eq!(hosts(&c), vec!["10.0.0.3"]);
+}
+
+#[tokio::test]
+async fn per_type_delta_listener_and_route_services() {
+    use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
+    let s = Setup::new(TWO).await;
+    // Delta LDS on its own service.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(dreq(LDS, &["*"], "")).await.expect("send");
+    let mut lds = ListenerDiscoveryServiceClient::new(s.channel().await)
+        .delta_listeners(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let l = next_delta(&mut lds).await;
+    assert_eq!(l.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["nbi"]);
+    // SotW RDS on its own service, then a fetch.
+    let mut rds = RouteDiscoveryServiceClient::new(s.channel().await);
+    let (tx2, rx2) = mpsc::channel(4);
+    tx2.send(req(RDS, &["nbi-routes"], None)).await.expect("send");
+    let mut st = rds.stream_routes(ReceiverStream::new(rx2)).await.expect("stream").into_inner();
+    let r = tokio::time::timeout(WAIT, st.message()).await.expect("time").expect("ok").expect("open");
+    assert_eq!(r.type_url, RDS);
+    assert_eq!(r.resources.len(), 1);
+    let f = rds.fetch_routes(req(RDS, &["nbi-routes"], None)).await.expect("fetch").into_inner();
+    assert_eq!(f.resources, r.resources);
+    // A type URL that does not belong to the service is refused on a per-type stream.
+    let (tx3, rx3) = mpsc::channel(4);
+    tx3.send(dreq(CDS, &["*"], "")).await.expect("send");
+    let mut wrong = ListenerDiscoveryServiceClient::new(s.channel().await)
+        .delta_listeners(ReceiverStream::new(rx3))
+        .await
+        .expect("stream")
+        .into_inner();
+    let e = tokio::time::timeout(WAIT, wrong.message()).await.expect("time").expect_err("wrong type");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+}
