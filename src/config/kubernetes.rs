@@ -34,7 +34,8 @@ pub struct KubernetesSource {
     #[serde(default)]
     pub group_by: Option<String>,
     /// The API server's URL (e.g. `http://127.0.0.1:8001` behind `kubectl proxy`), without
-    /// credentials. Absent: the in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
+    /// credentials. Absent: `KUBECONFIG` or `~/.kube/config` if there is one, else the
+    /// in-cluster service account.
     #[serde(default)]
     pub api_server: Option<String>,
     /// A kubeconfig file to use instead of the inferred configuration.

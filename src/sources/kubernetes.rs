@@ -53,7 +53,8 @@ pub struct Settings {
 /// Where the Kubernetes client's configuration comes from.
 #[derive(Debug, Clone)]
 pub enum ClientFrom {
-    /// In-cluster service account, else `KUBECONFIG` / `~/.kube/config` (`kube::Config::infer`).
+    /// `KUBECONFIG` or `~/.kube/config` if there is one, else the in-cluster service account
+    /// (`kube::Config::infer`).
     Infer,
     /// A URL, no credentials (`kubectl proxy`, tests).
     ApiServer(axum::http::Uri),
@@ -91,7 +92,7 @@ impl Settings {
         let config = match &self.client {
             ClientFrom::Infer => kube::Config::infer()
                 .await
-                .map_err(|e| format!("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {e}"))?,
+                .map_err(|e| format!("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster): {e}"))?,
             ClientFrom::ApiServer(uri) => kube::Config::new(uri.clone()),
             ClientFrom::Kubeconfig(path) => {
                 let kc = kube::config::Kubeconfig::read_from(path)
