@@ -16,15 +16,23 @@ fn pool() -> Result<&'static DescriptorPool, String> {
         .map_err(Clone::clone)
 }
 
-/// The JSON form of one encoded resource of `type_url`.
+/// The JSON form of one encoded resource of `type_url`, with lowerCamelCase field names.
 pub fn to_json(type_url: &str, body: &[u8]) -> Result<Value, String> {
+    to_json_with(type_url, body, false)
+}
+
+/// As [`to_json`]; `proto_names` prints the proto field names (snake_case), as Envoy's
+/// `/config_dump` does.
+pub fn to_json_with(type_url: &str, body: &[u8], proto_names: bool) -> Result<Value, String> {
     let pool = pool()?;
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
     let desc = pool
         .get_message_by_name(name)
         .ok_or_else(|| format!("unknown message type {name}"))?;
     let msg = DynamicMessage::decode(desc, body).map_err(|e| format!("cannot decode {name}: {e}"))?;
-    let opts = SerializeOptions::new().skip_default_fields(true);
+    let opts = SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(proto_names);
     let mut ser = serde_json::Serializer::new(Vec::new());
     msg.serialize_with_options(&mut ser, &opts)
         .map_err(|e| format!("cannot print {name}: {e}"))?;

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod config;
 pub mod envoy_json;
+pub mod render;
 pub mod metrics;
 pub mod model;
 pub mod proto;

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::json;
 use voltha_xds::config::Config;
-use voltha_xds::xds::resources::ResourceType;
 
 /// mimalloc returns freed memory to the system promptly; with glibc's allocator the transient
 /// buffers of a push to thousands of streams stay resident long after they are freed.
@@ -155,23 +154,26 @@ fn run(cli: Cli) -> Result<(), String> {
                     config.default_group.clone()
                 }
             });
-            let mut out = serde_json::Map::new();
-            for (name, g) in groups {
-                if pick.as_ref().is_some_and(|p| *p != name) {
-                    continue;
+            // Published through a cache, so the versions are the ones `serve` hands out.
+            let inputs = groups.iter().map(|(k, g)| (k.clone(), g.encode())).collect();
+            let cache = voltha_xds::xds::cache::Cache::new();
+            cache
+                .publish(inputs, &config.default_group, std::time::Instant::now())
+                .map_err(|e| e.to_string())?;
+            let snapshot = cache.current().ok_or("no snapshot was built")?;
+            let doc = match pick {
+                Some(p) => {
+                    let g = snapshot.groups.get(&p).ok_or_else(|| format!("no group {p:?}"))?;
+                    voltha_xds::render::config_dump(g)?
                 }
-                let input = g.encode();
-                let mut types = serde_json::Map::new();
-                for ty in ResourceType::ALL {
-                    let list: Result<Vec<Value>, String> = input.resources[ty.index()]
-                        .iter()
-                        .map(|r| voltha_xds::envoy_json::to_json(ty.type_url(), &r.body))
-                        .collect();
-                    types.insert(ty.short().into(), Value::Array(list?));
+                None => {
+                    let mut out = serde_json::Map::new();
+                    for (name, g) in &snapshot.groups {
+                        out.insert(name.clone(), voltha_xds::render::config_dump(g)?);
+                    }
+                    json!({ "groups": out })
                 }
-                out.insert(name, Value::Object(types));
-            }
-            let doc = json!({ "groups": out });
+            };
             println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
             Ok(())
         }

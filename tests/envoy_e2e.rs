@@ -286,3 +286,98 @@ async fn sotw_rejected_listener_is_recorded_and_not_resent() {
 async fn delta_rejected_listener_is_recorded_and_not_resent() {
     rejected_listener_is_recorded_and_not_resent(true).await;
 }
+
+/// `render`'s output is what Envoy's `/config_dump` shows once Envoy holds the snapshot:
+/// resource by resource, and with the same versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_matches_envoys_config_dump() {
+    let e = E2e::start(false, &["127.0.0.1", "127.0.0.2"], "").await;
+    let held = e.channel().await;
+    e.wait_serving(&held, &["vcore-0", "vcore-1"]).await;
+    let snapshot = e.server.cache.current().expect("snapshot");
+    let ours = voltha_xds::render::config_dump(&snapshot.groups["voltha"]).expect("render");
+    let (_, theirs) = get_json(&format!("{}/config_dump?include_eds", e.envoy.admin)).await;
+    let section = |doc: &serde_json::Value, t: &str| -> serde_json::Value {
+        doc["configs"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["@type"] == format!("type.googleapis.com/envoy.admin.v3.{t}"))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t}"))
+    };
+    // Clusters and routes: every one of ours, as Envoy holds it.
+    for (t, list, inner, key) in [
+        ("ClustersConfigDump", "dynamic_active_clusters", "cluster", "name"),
+        ("RoutesConfigDump", "dynamic_route_configs", "route_config", "name"),
+    ] {
+        let mine = section(&ours, t)[list].as_array().cloned().expect("ours");
+        let envoys = section(&theirs, t)[list].as_array().cloned().unwrap_or_default();
+        assert!(!mine.is_empty(), "{t}");
+        for m in mine {
+            let name = &m[inner][key];
+            let held = envoys
+                .iter()
+                .find(|x| &x[inner][key] == name)
+                .unwrap_or_else(|| panic!("Envoy does not hold {t} {name}"));
+            assert_eq!(held[inner], m[inner], "{t} {name}");
+            assert_eq!(held["version_info"], m["version_info"], "{t} {name} version");
+        }
+    }
+    // Endpoints: Envoy shows the assignment it derived (with health and weights filled in),
+    // so compare the addresses.
+    let addrs = |cla: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = cla["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["lb_endpoints"].as_array().cloned().unwrap_or_default())
+            .map(|e| {
+                let a = &e["endpoint"]["address"]["socket_address"];
+                format!("{}:{}", a["address"].as_str().unwrap_or_default(), a["port_value"])
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let envoys = section(&theirs, "EndpointsConfigDump")["dynamic_endpoint_configs"]
+        .as_array()
+        .cloned()
+        .expect("eds");
+    for m in section(&ours, "EndpointsConfigDump")["dynamic_endpoint_configs"]
+        .as_array()
+        .cloned()
+        .expect("ours")
+    {
+        let name = &m["endpoint_config"]["cluster_name"];
+        let held = envoys
+            .iter()
+            .find(|x| &x["endpoint_config"]["cluster_name"] == name)
+            .expect("eds held");
+        assert_eq!(
+            addrs(&held["endpoint_config"]),
+            addrs(&m["endpoint_config"]),
+            "endpoints of {name}"
+        );
+        assert!(!addrs(&m["endpoint_config"]).is_empty());
+    }
+    // Listeners: Envoy's dump names its active state the same way.
+    let mine = section(&ours, "ListenersConfigDump")["dynamic_listeners"]
+        .as_array()
+        .cloned()
+        .expect("ours");
+    let envoys = section(&theirs, "ListenersConfigDump")["dynamic_listeners"]
+        .as_array()
+        .cloned()
+        .expect("envoy");
+    for m in mine {
+        let held = envoys.iter().find(|x| x["name"] == m["name"]).expect("listener held");
+        assert_eq!(
+            held["active_state"]["listener"], m["active_state"]["listener"],
+            "listener {}",
+            m["name"]
+        );
+        assert_eq!(held["active_state"]["version_info"], m["active_state"]["version_info"]);
+    }
+}
