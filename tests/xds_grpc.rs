@@ -682,16 +682,31 @@ async fn per_type_delta_listener_and_route_services() {
         .expect("stream")
         .into_inner();
     let l = next_delta(&mut lds).await;
-    assert_eq!(l.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["nbi"]);
+    assert_eq!(
+        l.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["nbi"]
+    );
     // SotW RDS on its own service, then a fetch.
     let mut rds = RouteDiscoveryServiceClient::new(s.channel().await);
     let (tx2, rx2) = mpsc::channel(4);
     tx2.send(req(RDS, &["nbi-routes"], None)).await.expect("send");
-    let mut st = rds.stream_routes(ReceiverStream::new(rx2)).await.expect("stream").into_inner();
-    let r = tokio::time::timeout(WAIT, st.message()).await.expect("time").expect("ok").expect("open");
+    let mut st = rds
+        .stream_routes(ReceiverStream::new(rx2))
+        .await
+        .expect("stream")
+        .into_inner();
+    let r = tokio::time::timeout(WAIT, st.message())
+        .await
+        .expect("time")
+        .expect("ok")
+        .expect("open");
     assert_eq!(r.type_url, RDS);
     assert_eq!(r.resources.len(), 1);
-    let f = rds.fetch_routes(req(RDS, &["nbi-routes"], None)).await.expect("fetch").into_inner();
+    let f = rds
+        .fetch_routes(req(RDS, &["nbi-routes"], None))
+        .await
+        .expect("fetch")
+        .into_inner();
     assert_eq!(f.resources, r.resources);
     // A type URL that does not belong to the service is refused on a per-type stream.
     let (tx3, rx3) = mpsc::channel(4);
@@ -701,6 +716,97 @@ async fn per_type_delta_listener_and_route_services() {
         .await
         .expect("stream")
         .into_inner();
-    let e = tokio::time::timeout(WAIT, wrong.message()).await.expect("time").expect_err("wrong type");
+    let e = tokio::time::timeout(WAIT, wrong.message())
+        .await
+        .expect("time")
+        .expect_err("wrong type");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+}
+
+#[tokio::test]
+async fn a_refused_snapshot_leaves_the_last_good_one_served() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("sets.json");
+    std::fs::write(&path, r#"{"cores": ["10.0.0.1:80"]}"#).expect("write");
+    // No `port` on the cluster: a host without one cannot be served.
+    let yaml = format!(
+        r#"
+debounce: {{ quiet: 10ms, max_delay: 100ms }}
+sources: [{{ name: s, type: file, format: endpoints, path: "{}", poll_interval: 10ms }}]
+clusters:
+  - {{ name: core, endpoints: {{ source: s, set: cores }} }}
+listeners:
+  - {{ name: nbi, address: 127.0.0.1:50555, codec: http2, routes: [{{ prefix: /, cluster: core }}] }}
+groups: [{{ name: only, listeners: [nbi] }}]
+default_group: only
+"#,
+        path.display()
+    );
+    let server = start_server(&yaml).await;
+    let url = |p: &str| format!("http://{}{p}", server.admin_addr);
+    let served = |want: &'static str| {
+        let u = url("/debug/snapshot");
+        async move {
+            let (_, v) = get_json(&u).await;
+            v["groups"]["only"]["types"]["eds"]
+                .to_string()
+                .contains(want)
+                .then_some(())
+        }
+    };
+    wait_for(WAIT, "the first snapshot", || served("10.0.0.1")).await;
+    let (_, before) = get_json(&url("/debug/snapshot")).await;
+    std::fs::write(&path, r#"{"cores": ["10.0.0.2"]}"#).expect("write");
+    wait_for(WAIT, "the refusal counted", || {
+        let u = url("/metrics");
+        async move {
+            get_text(&u)
+                .await
+                .contains("voltha_xds_snapshot_rejections_total{reason=\"no_port\"} 1")
+                .then_some(())
+        }
+    })
+    .await;
+    let (_, after) = get_json(&url("/debug/snapshot")).await;
+    assert_eq!(
+        after["groups"]["only"], before["groups"]["only"],
+        "the last good snapshot is still served"
+    );
+    // A stream opened now gets the last good endpoints.
+    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = Sotw::open(ch).await;
+    let mut r = req(EDS, &["core"], None);
+    r.node = node("only");
+    c.send(r).await;
+    assert_eq!(hosts(&cla(&c.next().await)[0]), vec!["10.0.0.1"]);
+    // Fixed input: served again.
+    std::fs::write(&path, r#"{"cores": ["10.0.0.2:80"]}"#).expect("write");
+    wait_for(WAIT, "the fixed input", || served("10.0.0.2")).await;
+}
+
+#[tokio::test]
+async fn stop_ends_open_streams_and_returns_well_before_its_deadline() {
+    let s = Setup::new(TWO).await;
+    let mut c = Sotw::open(s.channel().await).await;
+    c.send(req(CDS, &[], None)).await;
+    let _ = c.next().await;
+    let xds = s.server.xds_addr;
+    let Setup { server, _dir, .. } = s;
+    let t0 = std::time::Instant::now();
+    server.stop(Duration::from_secs(10)).await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());
+    // The open stream ends: a status or the end of the stream, not silence.
+    let end = tokio::time::timeout(Duration::from_secs(5), c.rx.message())
+        .await
+        .expect("the stream ends");
+    assert!(!matches!(end, Ok(Some(_))), "no more responses after stop: {end:?}");
+    // Nothing listens any more.
+    assert!(
+        tokio::net::TcpStream::connect(xds).await.is_err(),
+        "xDS port still accepting"
+    );
 }
