@@ -62,7 +62,11 @@ impl Server {
             .map(|ls| {
                 ls.iter()
                     .flat_map(|l| l["lbEndpoints"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|e| e["endpoint"]["address"]["socketAddress"]["address"].as_str().map(String::from))
+                    .filter_map(|e| {
+                        e["endpoint"]["address"]["socketAddress"]["address"]
+                            .as_str()
+                            .map(String::from)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -90,7 +94,13 @@ impl Server {
 
     async fn source_state(&self) -> (u16, String) {
         let (code, v) = get_json(&self.url("/readyz")).await;
-        (code, v["sources"]["assignment"]["state"].as_str().unwrap_or_default().to_string())
+        (
+            code,
+            v["sources"]["assignment"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
     }
 }
 
@@ -127,7 +137,10 @@ async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
         (s.errors("deleted").await == 1).then_some(())
     })
     .await;
-    assert_eq!(s.hosts().await, Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]));
+    assert_eq!(
+        s.hosts().await,
+        Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])
+    );
 }
 
 #[tokio::test]
@@ -146,8 +159,16 @@ async fn etcd_out_of_reach_keeps_the_last_good_state_and_replays_missed_writes()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.hosts().await, Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]), "last good served");
-    assert_eq!(s.source_state().await.0, 200, "still ready: the last good state is served");
+    assert_eq!(
+        s.hosts().await,
+        Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]),
+        "last good served"
+    );
+    assert_eq!(
+        s.source_state().await.0,
+        200,
+        "still ready: the last good state is served"
+    );
     // Bounded retries: with backoff up to 200 ms, half a second is a handful of attempts.
     let failures = s.errors("connect").await + s.errors("grpc").await + s.errors("watch").await;
     assert!((1..=20).contains(&failures), "{failures} failures in about 0.5 s");
@@ -184,7 +205,10 @@ async fn etcd_restarted_on_the_same_data_is_followed_without_a_restart_of_ours()
         (s.source_state().await.1 == "error").then_some(())
     })
     .await;
-    assert_eq!(s.hosts().await, Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]));
+    assert_eq!(
+        s.hosts().await,
+        Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])
+    );
     etcd.resume().await;
     etcd.put(KEY, OTHER);
     s.wait_hosts(&["10.0.0.7"], "a write after etcd came back").await;
@@ -203,12 +227,17 @@ async fn user_and_password_are_used_and_a_wrong_password_is_an_auth_error() {
         &format!(r#", username: voltha, password_file: "{}""#, pw.display()),
     ))
     .await;
-    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment read as voltha").await;
+    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment read as voltha")
+        .await;
     etcd.put(KEY, OTHER);
-    ok.wait_hosts(&["10.0.0.7"], "a change seen through an authenticated watch").await;
+    ok.wait_hosts(&["10.0.0.7"], "a change seen through an authenticated watch")
+        .await;
 
     let bad = Server::start(&config(&etcd.client.to_string(), ", username: voltha, password: wrong")).await;
-    wait_for(WAIT, "the auth error", || async { (bad.errors("auth").await >= 1).then_some(()) }).await;
+    wait_for(WAIT, "the auth error", || async {
+        (bad.errors("auth").await >= 1).then_some(())
+    })
+    .await;
     let (code, _) = get_json(&bad.url("/readyz")).await;
     assert_eq!(code, 503, "never read: not ready");
     assert_eq!(bad.hosts().await, None, "no snapshot without a first read");
@@ -229,11 +258,16 @@ async fn mutual_tls_with_the_configured_ca_and_client_certificate() {
         ),
     ))
     .await;
-    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment over mutual TLS").await;
+    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment over mutual TLS")
+        .await;
     etcd.put(KEY, OTHER);
     ok.wait_hosts(&["10.0.0.7"], "a change over the TLS watch").await;
     // Without a client certificate etcd refuses the connection: never ready, counted.
-    let bad = Server::start(&config(&etcd.client.to_string(), &format!(r#", ca_file: "{}""#, pki.ca.display()))).await;
+    let bad = Server::start(&config(
+        &etcd.client.to_string(),
+        &format!(r#", ca_file: "{}""#, pki.ca.display()),
+    ))
+    .await;
     wait_for(WAIT, "the refused connection counted", || async {
         let n = bad.errors("connect").await + bad.errors("grpc").await + bad.errors("tls").await;
         (n >= 1).then_some(())

@@ -28,11 +28,17 @@ fn assignment(id: &str, host: &str) -> String {
 
 /// Which core served a health check through Envoy.
 async fn which_core(ch: Channel) -> Option<String> {
-    let r = tokio::time::timeout(Duration::from_secs(2), HealthServiceClient::new(ch).get_health_status(()))
-        .await
-        .ok()?
-        .ok()?;
-    r.metadata().get("x-voltha-core").and_then(|v| v.to_str().ok()).map(String::from)
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        HealthServiceClient::new(ch).get_health_status(()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    r.metadata()
+        .get("x-voltha-core")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -56,7 +62,10 @@ async fn assignments_written_to_etcd_reach_calls_through_envoy_without_a_restart
         .replace("0.0.0.0:8882", &format!("127.0.0.1:{rest}"))
         .replace("0.0.0.0:3000", &format!("127.0.0.1:{}", free_port()))
         .replace("port: 50556", &format!("port: {core_port}"))
-        .replace("    type: etcd\n", &format!("    type: etcd\n    endpoints: [\"{}\"]\n", etcd.client));
+        .replace(
+            "    type: etcd\n",
+            &format!("    type: etcd\n    endpoints: [\"{}\"]\n", etcd.client),
+        );
     let server = start_server(&yaml).await;
     let bs = bootstrap(&BootstrapOptions {
         node_id: "etcd-e2e".into(),
@@ -71,7 +80,9 @@ async fn assignments_written_to_etcd_reach_calls_through_envoy_without_a_restart
     let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
 
     // One HTTP/2 connection to Envoy for the whole test.
-    let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}")).expect("uri").connect_lazy();
+    let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .expect("uri")
+        .connect_lazy();
     let first = wait_for(Duration::from_secs(30), "a first call through Envoy", || {
         let ch = ch.clone();
         async move { which_core(ch).await.filter(|c| c == CORES[0].0) }
@@ -94,7 +105,10 @@ async fn assignments_written_to_etcd_reach_calls_through_envoy_without_a_restart
             if which_core(ch.clone()).await.as_deref() == Some(id) {
                 break;
             }
-            assert!(Instant::now() < deadline, "change {i}: calls did not reach {id} within 2 s of the write");
+            assert!(
+                Instant::now() < deadline,
+                "change {i}: calls did not reach {id} within 2 s of the write"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         after_write.push(written.elapsed());

@@ -59,7 +59,11 @@ impl Settings {
     pub fn resolve(c: &EtcdSource) -> Result<Settings, String> {
         let endpoints = if c.endpoints.is_empty() {
             match env("ETCDCTL_ENDPOINTS") {
-                Some(v) => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                Some(v) => v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
                 None => vec!["127.0.0.1:2379".to_string()],
             }
         } else {
@@ -149,15 +153,13 @@ impl State {
     /// Applies the key's value (`None`: the key does not exist).
     fn apply(&mut self, p: &Publisher, s: &Settings, value: Option<&[u8]>) {
         match value {
-            Some(bytes) => {
-                match parse(s.format, bytes) {
-                    Ok(data) => {
-                        self.had_value = true;
-                        p.deliver(data);
-                    }
-                    Err(e) => p.fail(e.kind(), format!("etcd key {:?}: {e}", s.key)),
+            Some(bytes) => match parse(s.format, bytes) {
+                Ok(data) => {
+                    self.had_value = true;
+                    p.deliver(data);
                 }
-            }
+                Err(e) => p.fail(e.kind(), format!("etcd key {:?}: {e}", s.key)),
+            },
             None if self.had_value => p.fail(
                 "deleted",
                 format!("etcd key {:?} was deleted; keeping the last good state", s.key),
@@ -212,13 +214,17 @@ async fn connect(s: &Settings) -> Result<Channel, Failure> {
     let tls = match &s.ca_file {
         None => None,
         Some(ca) => {
-            let pem = tokio::fs::read(ca).await.map_err(|e| failure("tls", format!("ca_file {}: {e}", ca.display())))?;
+            let pem = tokio::fs::read(ca)
+                .await
+                .map_err(|e| failure("tls", format!("ca_file {}: {e}", ca.display())))?;
             let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
             if let (Some(c), Some(k)) = (&s.cert_file, &s.key_file) {
-                let cert =
-                    tokio::fs::read(c).await.map_err(|e| failure("tls", format!("cert_file {}: {e}", c.display())))?;
-                let key =
-                    tokio::fs::read(k).await.map_err(|e| failure("tls", format!("key_file {}: {e}", k.display())))?;
+                let cert = tokio::fs::read(c)
+                    .await
+                    .map_err(|e| failure("tls", format!("cert_file {}: {e}", c.display())))?;
+                let key = tokio::fs::read(k)
+                    .await
+                    .map_err(|e| failure("tls", format!("key_file {}: {e}", k.display())))?;
                 t = t.identity(Identity::from_pem(cert, key));
             }
             Some(t)
@@ -239,7 +245,10 @@ async fn connect(s: &Settings) -> Result<Channel, Failure> {
     }
     match endpoints.len() {
         1 => match endpoints.pop() {
-            Some(e) => e.connect().await.map_err(|e| failure("connect", format!("{}: {e}", s.endpoints.join(",")))),
+            Some(e) => e
+                .connect()
+                .await
+                .map_err(|e| failure("connect", format!("{}: {e}", s.endpoints.join(",")))),
             None => Err(failure("config", "no endpoint")),
         },
         _ => Ok(Channel::balance_list(endpoints.into_iter())),
@@ -289,7 +298,12 @@ async fn read(channel: &Channel, token: &Token, s: &Settings) -> Result<(i64, Op
     Ok((revision, resp.kvs.into_iter().next().map(|kv| kv.value)))
 }
 
-async fn session_inner(p: &Publisher, s: &Settings, state: &mut State, backoff: &mut Backoff) -> Result<Outcome, Failure> {
+async fn session_inner(
+    p: &Publisher,
+    s: &Settings,
+    state: &mut State,
+    backoff: &mut Backoff,
+) -> Result<Outcome, Failure> {
     let (channel, token) = open(s).await?;
     let revision = match state.revision {
         Some(r) => r,
@@ -310,7 +324,9 @@ async fn session_inner(p: &Publisher, s: &Settings, state: &mut State, backoff: 
             ..Default::default()
         })),
     };
-    tx.send(create).await.map_err(|_| failure("watch", "watch request not sent"))?;
+    tx.send(create)
+        .await
+        .map_err(|_| failure("watch", "watch request not sent"))?;
     let mut stream = watch
         .watch(ReceiverStream::new(rx))
         .await
@@ -328,7 +344,10 @@ async fn session_inner(p: &Publisher, s: &Settings, state: &mut State, backoff: 
                 state.revision = None;
                 return Ok(Outcome::Relist);
             }
-            return Err(failure("watch", format!("watch cancelled by etcd: {}", w.cancel_reason)));
+            return Err(failure(
+                "watch",
+                format!("watch cancelled by etcd: {}", w.cancel_reason),
+            ));
         }
         if w.created {
             // The session works: the next failure starts again from the shortest wait.
@@ -363,9 +382,15 @@ mod tests {
 
     #[test]
     fn endpoints_take_a_scheme_or_get_one() {
-        assert_eq!(endpoint_uri("127.0.0.1:2379", false).as_deref(), Ok("http://127.0.0.1:2379"));
+        assert_eq!(
+            endpoint_uri("127.0.0.1:2379", false).as_deref(),
+            Ok("http://127.0.0.1:2379")
+        );
         assert_eq!(endpoint_uri("etcd:2379", true).as_deref(), Ok("https://etcd:2379"));
-        assert_eq!(endpoint_uri("https://etcd:2379", false).as_deref(), Ok("https://etcd:2379"));
+        assert_eq!(
+            endpoint_uri("https://etcd:2379", false).as_deref(),
+            Ok("https://etcd:2379")
+        );
         assert!(endpoint_uri("etcd", false).is_err(), "no port");
         assert!(endpoint_uri("", false).is_err());
         assert!(endpoint_uri("http://:2379", false).is_err());

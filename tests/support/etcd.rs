@@ -47,7 +47,8 @@ impl Pki {
         let ca = ca_params.self_signed(&ca_key).expect("ca");
         let leaf = |usage: ExtendedKeyUsagePurpose| {
             let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-            p.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+            p.subject_alt_names
+                .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
             p.extended_key_usages = vec![usage];
             let key = KeyPair::generate().expect("key");
             let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
@@ -116,11 +117,23 @@ impl Etcd {
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &format!("t={p}"), "--logger", "zap", "--log-level", "error"])
+            .args([
+                "--initial-cluster",
+                &format!("t={p}"),
+                "--logger",
+                "zap",
+                "--log-level",
+                "error",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({e}); scripts/test.sh installs etcd-server", etcd_bin()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); scripts/test.sh installs etcd-server",
+                    etcd_bin()
+                )
+            });
         self.child = Some(child);
         let me = &*self;
         wait_for(Duration::from_secs(20), "etcd to answer", || async move {
@@ -145,7 +158,12 @@ impl Etcd {
             cmd.arg(format!("--user={root}"));
         }
         if let Some(t) = &self.tls {
-            cmd.arg("--cacert").arg(&t.ca).arg("--cert").arg(&t.client_cert).arg("--key").arg(&t.client_key);
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.client_cert)
+                .arg("--key")
+                .arg(&t.client_key);
         }
         let out = cmd.args(args).output().map_err(|e| format!("etcdctl: {e}"))?;
         if out.status.success() {
@@ -233,7 +251,9 @@ impl Proxy {
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
                 tokio::spawn(async move {
-                    let Ok(up) = TcpStream::connect(target).await else { return };
+                    let Ok(up) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (mut dr, mut dw) = down.into_split();
                     let (mut ur, mut uw) = up.into_split();
                     tokio::select! {
