@@ -275,6 +275,58 @@ async fn gone_410_relists_and_no_endpoint_is_lost_in_between() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_as_an_http_410_also_relists_at_once() {
+    let api = KubeApi::start().await;
+    api.set_http_gone(true);
+    populate(&api);
+    let server = start_server(&shipped_config(&api, 50057, free_port())).await;
+    let admin = server.admin_addr;
+    wait_served(admin, "the pods' clusters", |s| s.contains_key("vcore2")).await;
+    let lists = api.lists();
+    // The watches end without an event; re-watching from their version gets HTTP 410.
+    api.force_gone();
+    api.modify(NS, "rw-core1-a", |p| set_ip(p, "127.0.0.15"));
+    let t0 = Instant::now();
+    wait_served(admin, "the relisted state", |s| {
+        s.get("vcore1")
+            .is_some_and(|e| e.contains(&"127.0.0.15:50057".to_string()))
+    })
+    .await;
+    eprintln!("HTTP 410 → relisted state served after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(700),
+        "a relist without backoff: {:?}",
+        t0.elapsed()
+    );
+    // Both sources relist (the read-only one had nothing to change).
+    wait_for(WAIT, "both sources to relist", || {
+        let n = api.lists();
+        async move { (n >= lists + 2).then_some(()) }
+    })
+    .await;
+    let (code, r) = readyz(admin).await;
+    assert_eq!(code, 200);
+    assert_eq!(r["sources"]["rw-cores"]["state"], "ok", "{r}");
+    assert_eq!(
+        metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"gone\"}"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}"
+        )
+        .await,
+        None
+    );
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_unreachable_keeps_the_last_state_reports_it_and_recovers() {
     let api = KubeApi::start().await;
     populate(&api);

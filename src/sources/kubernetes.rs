@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -329,6 +329,15 @@ fn error_kind(e: &watcher::Error) -> &'static str {
     }
 }
 
+/// A watch answered or ended with HTTP 410 (rather than an `ERROR` event with code 410).
+fn http_gone(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 410
+    )
+}
+
 fn pod_name(pod: &Pod) -> String {
     pod.metadata.name.clone().unwrap_or_default()
 }
@@ -357,16 +366,18 @@ async fn watch_namespace(
 ) {
     let ns = settings.namespaces.get(ns_index).cloned().unwrap_or_default();
     let mut backoff = DefaultBackoff::default();
+    let mut last_gone: Option<Instant> = None;
     loop {
         let stream = watcher::watcher(api.clone(), settings.watcher_config());
         futures::pin_mut!(stream);
-        let (kind, message) = loop {
+        // `None`: restart at once (a relist after an HTTP 410); else a failure, then a backoff.
+        let failure = loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 next = stream.next() => next,
             };
             let msg = match next {
-                None => break ("watch", format!("namespace {ns}: the watch stream ended")),
+                None => break Some(("watch", format!("namespace {ns}: the watch stream ended"))),
                 Some(Ok(Event::Init)) => {
                     debug!(namespace = %ns, "listing pods");
                     Msg::Init
@@ -386,11 +397,33 @@ async fn watch_namespace(
                     }
                     continue;
                 }
-                Some(Err(e)) => break (error_kind(&e), format!("namespace {ns}: {e}")),
+                Some(Err(e)) if http_gone(&e) => {
+                    // The same, answered as an HTTP 410: kube-runtime would retry the watch from
+                    // the expired version, so start a fresh watcher (a relist) now.
+                    info!(namespace = %ns, "pod watch refused (HTTP 410 Gone); relisting");
+                    if tx.send((ns_index, Note::Gone)).await.is_err() {
+                        return;
+                    }
+                    break None;
+                }
+                Some(Err(e)) => break Some((error_kind(&e), format!("namespace {ns}: {e}"))),
             };
             if tx.send((ns_index, Note::Msg(msg))).await.is_err() {
                 return;
             }
+        };
+        let Some((kind, message)) = failure else {
+            // A relist at once, unless the previous HTTP 410 was moments ago (a server that
+            // refuses every watch must not make us list in a tight loop).
+            if last_gone.is_some_and(|t: Instant| t.elapsed() < Duration::from_secs(1)) {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            last_gone = Some(Instant::now());
+            continue;
         };
         if tx.send((ns_index, Note::Failure { kind, message })).await.is_err() {
             return;

@@ -63,6 +63,9 @@ struct Store {
     /// A watch may resume from a version at or after this one.
     compacted: u64,
     list_delay: Duration,
+    /// Refuse a watch from a compacted version with an HTTP 410 (instead of 200 and an `ERROR`
+    /// event), and end open watches without an event on [`KubeApi::force_gone`].
+    http_gone: bool,
 }
 
 struct Inner {
@@ -179,6 +182,8 @@ impl KubeApi {
     /// an older version is refused the same way, so clients must relist.
     pub fn force_gone(&self) {
         let mut s = self.inner.store.lock();
+        // A new version that no watch has seen: every watch's version is now too old.
+        s.rv += 1;
         s.compacted = s.rv;
         s.history.clear();
         let _ = self.inner.live.send(Live::Gone(s.rv));
@@ -187,6 +192,11 @@ impl KubeApi {
     /// Delays every list answer by `d` (to observe a client mid-relist).
     pub fn set_list_delay(&self, d: Duration) {
         self.inner.store.lock().list_delay = d;
+    }
+
+    /// Answers `410 Gone` as an HTTP status rather than as an `ERROR` event (see [`Store`]).
+    pub fn set_http_gone(&self, on: bool) {
+        self.inner.store.lock().http_gone = on;
     }
 
     /// Lists served so far.
@@ -350,7 +360,7 @@ fn watch_response(
     let from = query.get("resourceVersion").cloned().unwrap_or_default();
     let (tx, rx) = mpsc::channel::<Value>(1024);
     // Under the lock: subscribe, then take what happened after `from`, so nothing falls between.
-    let (mut live, first, current) = {
+    let (mut live, first, current, http_gone) = {
         let s = inner.store.lock();
         let live = inner.live.subscribe();
         let first: Result<Vec<Value>, Value> = if from.is_empty() || from == "0" {
@@ -375,8 +385,13 @@ fn watch_response(
                 Err(_) => Err(status(400, "BadRequest", &format!("bad resourceVersion {from:?}"))),
             }
         };
-        (live, first, s.rv)
+        (live, first, s.rv, s.http_gone)
     };
+    if let (Err(st), true) = (&first, http_gone) {
+        if st["code"] == 410 {
+            return full(StatusCode::GONE, st.clone());
+        }
+    }
     let inner2 = inner.clone();
     tokio::spawn(async move {
         inner2.open_watches.fetch_add(1, Ordering::SeqCst);
@@ -407,6 +422,7 @@ fn watch_response(
                         Ok(Live::Bookmark(rv)) if bookmarks => Some(json!({"type": "BOOKMARK",
                             "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.max(seen).to_string()}}})),
                         Ok(Live::Bookmark(_)) => None,
+                        Ok(Live::Gone(_)) if http_gone => break,
                         Ok(Live::Gone(rv)) => {
                             let _ = tx
                                 .send(json!({"type": "ERROR", "object": status(410, "Expired",
