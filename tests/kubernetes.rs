@@ -489,3 +489,23 @@ groups: [{{ name: voltha, listeners: [nbi] }}]
     assert_eq!(api.lists(), 2, "one list per namespace");
     server.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_lists_the_pods_once() {
+    let api = KubeApi::start().await;
+    populate(&api);
+    let config = voltha_xds::config::Config::from_yaml(&shipped_config(&api, 50057, free_port())).expect("config");
+    let model = voltha_xds::sources::read_once(&config).await.expect("pods listed");
+    let rw = &model.sources["rw-cores"];
+    assert_eq!(rw.sets.keys().collect::<Vec<_>>(), vec!["", "1", "2"]);
+    assert_eq!(rw.set("2").len(), 2);
+    assert_eq!(model.sources["ro-cores"].set("").len(), 2);
+    assert_eq!((api.lists(), api.watches()), (2, 0));
+    // Unreachable: a clear error naming the source and the namespace.
+    api.stop();
+    let err = voltha_xds::sources::read_once(&config).await.expect_err("unreachable");
+    assert!(
+        err.starts_with("source \"rw-cores\": cannot list pods in namespace voltha"),
+        "{err}"
+    );
+}
