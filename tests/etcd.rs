@@ -210,6 +210,11 @@ async fn etcd_restarted_on_the_same_data_is_followed_without_a_restart_of_ours()
         Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])
     );
     etcd.resume().await;
+    // Healthy again once the watch is back, before any new write.
+    wait_for(WAIT, "the source healthy again", || async {
+        (s.source_state().await == (200, "ok".to_string())).then_some(())
+    })
+    .await;
     etcd.put(KEY, OTHER);
     s.wait_hosts(&["10.0.0.7"], "a write after etcd came back").await;
 }

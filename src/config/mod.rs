@@ -111,6 +111,8 @@ pub enum SourceConfig {
     },
     /// An etcd v3 key, read and then watched from the revision read.
     Etcd(EtcdSource),
+    /// A Consul KV key, followed with blocking queries.
+    Consul(ConsulSource),
     /// Pods watched through the Kubernetes API.
     Kubernetes(KubernetesSource),
 }
@@ -164,6 +166,59 @@ fn default_dial_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
+/// A Consul KV source (`type: consul`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulSource {
+    pub name: String,
+    /// `host:port` or `http(s)://host:port`; else `CONSUL_HTTP_ADDR`, else `127.0.0.1:8500`.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default = "default_assignment_key")]
+    pub key: String,
+    #[serde(default)]
+    pub format: FileFormat,
+    /// ACL token (`X-Consul-Token`); else `token_file`, `CONSUL_HTTP_TOKEN_FILE`,
+    /// `CONSUL_HTTP_TOKEN`.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// CA bundle for an `https` address; else `CONSUL_CACERT`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    #[serde(default)]
+    pub consistency: ConsulConsistency,
+    /// How long Consul may hold a blocking query.
+    #[serde(default = "default_consul_wait")]
+    pub wait: Dur,
+    /// The least time between two queries (a query answered sooner waits out the rest).
+    #[serde(default = "default_consul_min_interval")]
+    pub min_interval: Dur,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+}
+
+fn default_consul_wait() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_consul_min_interval() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+
+/// Consul's read consistency modes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsulConsistency {
+    Default,
+    /// What envoyd used: every read goes through the leader, which checks it still leads.
+    #[default]
+    Consistent,
+    Stale,
+}
+
 /// Retry pacing after a source failure: exponential from `initial` to `max`, with jitter.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +250,7 @@ impl SourceConfig {
         match self {
             SourceConfig::File { name, .. } => name,
             SourceConfig::Etcd(e) => &e.name,
+            SourceConfig::Consul(c) => &c.name,
             SourceConfig::Kubernetes(k) => &k.name,
         }
     }
@@ -555,6 +611,13 @@ impl Config {
                 SourceConfig::File { name, path, format, .. } => {
                     s.push_str(&format!("source {name}: file {} ({format:?})\n", path.display()))
                 }
+                SourceConfig::Consul(c) => s.push_str(&format!(
+                    "source {}: consul key {:?} at {} ({:?})\n",
+                    c.name,
+                    c.key,
+                    c.address.as_deref().unwrap_or("CONSUL_HTTP_ADDR"),
+                    c.format
+                )),
                 SourceConfig::Etcd(e) => {
                     let at = if e.endpoints.is_empty() {
                         "ETCDCTL_ENDPOINTS".to_string()

@@ -46,6 +46,7 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 }
             }
             SourceConfig::Etcd(x) => etcd(e, x),
+            SourceConfig::Consul(x) => consul(e, x),
             SourceConfig::Kubernetes(k) => super::kubernetes::validate(e, k),
         }
     }
@@ -383,5 +384,26 @@ fn fan_out_names(e: &mut Vec<String>, c: &Config) {
                 ));
             }
         }
+    }
+}
+
+fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
+    let at = format!("source {:?}", x.name);
+    if x.key.trim_matches('/').is_empty() {
+        e.push(format!("{at}: key is empty"));
+    }
+    if let Some(a) = &x.address {
+        if let Err(why) = crate::sources::consul::base_url(a, false) {
+            e.push(format!("{at}: address {a:?}: {why}"));
+        }
+    }
+    if x.token.is_some() && x.token_file.is_some() {
+        e.push(format!("{at}: give token or token_file, not both"));
+    }
+    if x.wait.0 < std::time::Duration::from_secs(1) || x.wait.0 > std::time::Duration::from_secs(600) {
+        e.push(format!("{at}: wait must be between 1s and 10m (Consul's limit)"));
+    }
+    if x.backoff.initial.0.is_zero() || x.backoff.initial.0 > x.backoff.max.0 {
+        e.push(format!("{at}: backoff.initial must be above zero and at most backoff.max"));
     }
 }

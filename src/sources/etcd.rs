@@ -26,7 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 
 use super::assignment::parse;
-use super::{Backoff, Publisher};
+use super::{Backoff, KeyState, Publisher};
 use crate::config::{EtcdSource, FileFormat};
 use crate::model::SourceData;
 use crate::proto::etcdserverpb::auth_client::AuthClient;
@@ -142,30 +142,15 @@ fn grpc_failure(what: &str, s: &Status) -> Failure {
 /// What survives between sessions.
 #[derive(Default)]
 struct State {
-    /// The key has had a value this source delivered.
-    had_value: bool,
+    key: KeyState,
     /// The store revision this source has seen everything up to: a new session resumes the
     /// watch after it instead of reading again (`None`: read first).
     revision: Option<i64>,
 }
 
 impl State {
-    /// Applies the key's value (`None`: the key does not exist).
     fn apply(&mut self, p: &Publisher, s: &Settings, value: Option<&[u8]>) {
-        match value {
-            Some(bytes) => match parse(s.format, bytes) {
-                Ok(data) => {
-                    self.had_value = true;
-                    p.deliver(data);
-                }
-                Err(e) => p.fail(e.kind(), format!("etcd key {:?}: {e}", s.key)),
-            },
-            None if self.had_value => p.fail(
-                "deleted",
-                format!("etcd key {:?} was deleted; keeping the last good state", s.key),
-            ),
-            None => p.deliver(SourceData::default()),
-        }
+        self.key.apply(p, s.format, &format!("etcd key {:?}", s.key), value);
     }
 }
 
@@ -352,6 +337,9 @@ async fn session_inner(
         if w.created {
             // The session works: the next failure starts again from the shortest wait.
             backoff.reset();
+            if state.key.value_ok {
+                p.healthy();
+            }
             tracing::info!(key = %s.key, revision, "watching etcd key");
         }
         for ev in w.events {

@@ -6,6 +6,7 @@
 //! has delivered once (readiness waits for that).
 
 pub mod assignment;
+pub mod consul;
 pub mod etcd;
 pub mod file;
 pub mod kubernetes;
@@ -98,6 +99,18 @@ impl Publisher {
         });
     }
 
+    /// Reports the source healthy again with its data unchanged (after a transient failure).
+    pub fn healthy(&self) {
+        self.tx.send_if_modified(|st| {
+            st.health.last_success = Some(SystemTime::now());
+            let was_failing = st.health.state != "ok" && st.data.is_some();
+            if was_failing {
+                st.health.state = "ok";
+            }
+            was_failing
+        });
+    }
+
     /// Counts an event worth a metric that is not a failure (the source recovers by itself).
     pub fn count_error(&self, kind: &'static str) {
         self.metrics.source_error(&self.name, kind);
@@ -131,6 +144,17 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
                 tokio::spawn(file::run(p, path.clone(), *format, poll_interval.0, shutdown.clone()));
                 h
             }
+            SourceConfig::Consul(c) => {
+                let (p, h) = Publisher::new(&c.name, metrics.clone());
+                match consul::Settings::resolve(c) {
+                    Ok(settings) => {
+                        let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
+                        tokio::spawn(consul::run(p, settings, backoff, shutdown.clone()));
+                    }
+                    Err(e) => p.fail("config", e),
+                }
+                h
+            }
             SourceConfig::Etcd(c) => {
                 let (p, h) = Publisher::new(&c.name, metrics.clone());
                 match etcd::Settings::resolve(c) {
@@ -157,6 +181,47 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
         .collect()
 }
 
+/// The rules for a source that follows one KV key (etcd, Consul): what its value means.
+#[derive(Debug, Default)]
+pub struct KeyState {
+    /// The key has had a good value.
+    had_value: bool,
+    /// The last value applied was good.
+    pub value_ok: bool,
+}
+
+impl KeyState {
+    /// Applies the key's value (`None`: the key does not exist). `what` names the key in
+    /// messages, e.g. `etcd key "a/b"`.
+    ///
+    /// A key that does not exist before it ever had a value means "no cores yet". A key
+    /// deleted after it had one keeps the last good state (an empty endpoint set would
+    /// black-hole all traffic) and is reported as kind `deleted`.
+    pub fn apply(&mut self, p: &Publisher, format: crate::config::FileFormat, what: &str, value: Option<&[u8]>) {
+        self.value_ok = match value {
+            Some(bytes) => match assignment::parse(format, bytes) {
+                Ok(data) => {
+                    self.had_value = true;
+                    p.deliver(data);
+                    true
+                }
+                Err(e) => {
+                    p.fail(e.kind(), format!("{what}: {e}"));
+                    false
+                }
+            },
+            None if self.had_value => {
+                p.fail("deleted", format!("{what} was deleted; keeping the last good state"));
+                false
+            }
+            None => {
+                p.deliver(SourceData::default());
+                true
+            }
+        };
+    }
+}
+
 /// Waits between retries: exponential from `initial` to `max`, each wait drawn uniformly from
 /// its upper half (jitter, so a fleet of servers does not retry in step).
 #[derive(Debug, Clone)]
@@ -169,7 +234,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
         Backoff {
             initial,
             max,
@@ -211,6 +279,12 @@ pub async fn read_once(config: &Config) -> Result<crate::model::Model, String> {
                 };
                 m.sources.insert(name.clone(), Arc::new(data));
             }
+            SourceConfig::Consul(c) => {
+                let at = |e: String| format!("source {:?}: {e}", c.name);
+                let settings = consul::Settings::resolve(c).map_err(at)?;
+                let data = consul::read_once(&settings).await.map_err(at)?;
+                m.sources.insert(c.name.clone(), Arc::new(data));
+            }
             SourceConfig::Etcd(c) => {
                 let at = |e: String| format!("source {:?}: {e}", c.name);
                 let settings = etcd::Settings::resolve(c).map_err(at)?;
@@ -238,7 +312,10 @@ mod backoff_tests {
         let waits: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
         let ceilings = [100u64, 200, 400, 800, 1000, 1000];
         for (w, c) in waits.iter().zip(ceilings) {
-            assert!(*w >= Duration::from_millis(c / 2) && *w <= Duration::from_millis(c), "{w:?} for ceiling {c}");
+            assert!(
+                *w >= Duration::from_millis(c / 2) && *w <= Duration::from_millis(c),
+                "{w:?} for ceiling {c}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
