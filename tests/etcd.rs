@@ -5,103 +5,21 @@ mod support;
 
 use std::time::Duration;
 
-use support::etcd::{Etcd, Proxy};
+use support::etcd::Etcd;
+use support::proxy::Proxy;
 use support::*;
 
 const KEY: &str = "service/voltha/data/core/assignment";
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = KV_WAIT;
 
 const TWO: &str = r#"{"0001": {"id": "a", "host": "10.0.0.1"}, "0002": {"id": "b", "host": "10.0.0.2"}}"#;
 const WITH_NULL: &str = r#"{"0001": null, "0002": {"id": "b", "host": "10.0.0.2"}}"#;
 const OTHER: &str = r#"{"0001": {"id": "c", "host": "10.0.0.7"}}"#;
 
 fn config(endpoint: &str, extra: &str) -> String {
-    format!(
-        r#"
-debounce: {{ quiet: 10ms, max_delay: 200ms }}
-sources:
-  - {{ name: assignment, type: etcd, endpoints: ["{endpoint}"], dial_timeout: 1s, backoff: {{ initial: 50ms, max: 200ms }} {extra} }}
-clusters:
-  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
-listeners:
-  - {{ name: nbi, address: 127.0.0.1:50555, codec: http2, routes: [{{ prefix: /, cluster: voltha-grpc }}] }}
-groups: [{{ name: nbi, listeners: [nbi] }}]
-default_group: nbi
-"#
-    )
-}
-
-struct Server {
-    running: voltha_xds::Running,
-}
-
-impl Server {
-    async fn start(yaml: &str) -> Server {
-        Server {
-            running: start_server(yaml).await,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running.admin_addr)
-    }
-
-    /// The hosts of the served `voltha-grpc` endpoints, sorted; `None` before a snapshot.
-    async fn hosts(&self) -> Option<Vec<String>> {
-        let (code, v) = get_json(&self.url("/debug/snapshot")).await;
-        if code != 200 {
-            return None;
-        }
-        let cla = v["groups"]["nbi"]["types"]["eds"]["resources"]
-            .as_array()?
-            .iter()
-            .find(|r| r["clusterName"] == "voltha-grpc")?
-            .clone();
-        let mut out: Vec<String> = cla["endpoints"]
-            .as_array()
-            .map(|ls| {
-                ls.iter()
-                    .flat_map(|l| l["lbEndpoints"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|e| {
-                        e["endpoint"]["address"]["socketAddress"]["address"]
-                            .as_str()
-                            .map(String::from)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        Some(out)
-    }
-
-    async fn wait_hosts(&self, want: &[&str], what: &str) {
-        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-        wait_for(WAIT, what, || {
-            let want = want.clone();
-            async move { (self.hosts().await == Some(want)).then_some(()) }
-        })
-        .await;
-    }
-
-    async fn errors(&self, kind: &str) -> u64 {
-        let m = get_text(&self.url("/metrics")).await;
-        let prefix = format!("voltha_xds_source_errors_total{{source=\"assignment\",kind=\"{kind}\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn source_state(&self) -> (u16, String) {
-        let (code, v) = get_json(&self.url("/readyz")).await;
-        (
-            code,
-            v["sources"]["assignment"]["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    }
+    kv_config(&format!(
+        r#"type: etcd, endpoints: ["{endpoint}"], dial_timeout: 1s, backoff: {{ initial: 50ms, max: 200ms }} {extra}"#
+    ))
 }
 
 #[tokio::test]

@@ -404,6 +404,8 @@ fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
         e.push(format!("{at}: wait must be between 1s and 10m (Consul's limit)"));
     }
     if x.backoff.initial.0.is_zero() || x.backoff.initial.0 > x.backoff.max.0 {
-        e.push(format!("{at}: backoff.initial must be above zero and at most backoff.max"));
+        e.push(format!(
+            "{at}: backoff.initial must be above zero and at most backoff.max"
+        ));
     }
 }

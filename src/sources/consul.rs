@@ -69,9 +69,16 @@ impl Settings {
     pub fn resolve(c: &ConsulSource) -> Result<Settings, String> {
         let ca_file = c.ca_file.clone().or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
         let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| v == "true" || v == "1");
-        let addr = c.address.clone().or_else(|| env("CONSUL_HTTP_ADDR")).unwrap_or_else(|| "127.0.0.1:8500".into());
+        let addr = c
+            .address
+            .clone()
+            .or_else(|| env("CONSUL_HTTP_ADDR"))
+            .unwrap_or_else(|| "127.0.0.1:8500".into());
         let base = base_url(&addr, ssl || ca_file.is_some()).map_err(|e| format!("address {addr:?}: {e}"))?;
-        let token_file = c.token_file.clone().or_else(|| env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from));
+        let token_file = c
+            .token_file
+            .clone()
+            .or_else(|| env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from));
         let token = match (&c.token, token_file) {
             (Some(t), _) => Some(t.clone()),
             (None, Some(f)) => Some(
@@ -110,8 +117,9 @@ impl Settings {
 
     /// The query URL for a blocking read at `index` (`None`: return at once).
     fn url(&self, index: Option<u64>) -> Result<reqwest::Url, String> {
-        let mut u: reqwest::Url =
-            format!("{}/v1/kv/{}", self.base, self.key).parse().map_err(|e| format!("key {:?}: {e}", self.key))?;
+        let mut u: reqwest::Url = format!("{}/v1/kv/{}", self.base, self.key)
+            .parse()
+            .map_err(|e| format!("key {:?}: {e}", self.key))?;
         {
             let mut q = u.query_pairs_mut();
             if let Some(i) = index {
@@ -198,9 +206,22 @@ async fn query(client: &reqwest::Client, s: &Settings, index: Option<u64>) -> Re
         }
     })?;
     let status = resp.status();
-    let index = resp.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let body = resp.bytes().await.map_err(|e| failure("connect", format!("reading the answer: {e}")))?;
-    let text = || String::from_utf8_lossy(&body).trim().chars().take(200).collect::<String>();
+    let index = resp
+        .headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| failure("connect", format!("reading the answer: {e}")))?;
+    let text = || {
+        String::from_utf8_lossy(&body)
+            .trim()
+            .chars()
+            .take(200)
+            .collect::<String>()
+    };
     match status.as_u16() {
         200 => Ok(Answer {
             index: index.unwrap_or(0),
@@ -210,7 +231,10 @@ async fn query(client: &reqwest::Client, s: &Settings, index: Option<u64>) -> Re
             index: index.unwrap_or(0),
             value: None,
         }),
-        401 | 403 => Err(failure("auth", format!("Consul refused the token: {status} {}", text()))),
+        401 | 403 => Err(failure(
+            "auth",
+            format!("Consul refused the token: {status} {}", text()),
+        )),
         _ => Err(failure("http_status", format!("Consul answered {status}: {}", text()))),
     }
 }
@@ -295,9 +319,15 @@ mod tests {
 
     #[test]
     fn addresses_take_a_scheme_or_get_one() {
-        assert_eq!(base_url("127.0.0.1:8500", false).as_deref(), Ok("http://127.0.0.1:8500"));
+        assert_eq!(
+            base_url("127.0.0.1:8500", false).as_deref(),
+            Ok("http://127.0.0.1:8500")
+        );
         assert_eq!(base_url("consul:8501", true).as_deref(), Ok("https://consul:8501"));
-        assert_eq!(base_url("https://consul:8501/", false).as_deref(), Ok("https://consul:8501"));
+        assert_eq!(
+            base_url("https://consul:8501/", false).as_deref(),
+            Ok("https://consul:8501")
+        );
         assert!(base_url("http://consul:8500/v1", false).is_err());
         assert!(base_url("", false).is_err());
     }
@@ -315,7 +345,10 @@ mod tests {
     fn kv_answers_decode_base64_and_null_values() {
         let body = br#"[{"Key": "a/b", "Value": "eyJ4IjoxfQ==", "ModifyIndex": 5}]"#;
         assert_eq!(decode_body("a/b", body), Ok(Some(br#"{"x":1}"#.to_vec())));
-        assert_eq!(decode_body("a/b", br#"[{"Key": "a/b", "Value": null}]"#), Ok(Some(Vec::new())));
+        assert_eq!(
+            decode_body("a/b", br#"[{"Key": "a/b", "Value": null}]"#),
+            Ok(Some(Vec::new()))
+        );
         assert!(decode_body("a/b", br#"[{"Key": "a/b", "Value": "%%%"}]"#).is_err());
         assert!(decode_body("a/b", br#"[{"Key": "other", "Value": null}]"#).is_err());
         assert!(decode_body("a/b", b"<html>").is_err());

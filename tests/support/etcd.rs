@@ -1,15 +1,10 @@
 //! A real etcd (Debian's `etcd-server`) on loopback with a temporary data dir, driven with
-//! `etcdctl` (Debian's `etcd-client`), and a TCP proxy in front of it that a test can cut.
+//! `etcdctl` (Debian's `etcd-client`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use super::{free_port, wait_for};
 
@@ -217,69 +212,5 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A loopback TCP proxy a test can cut (existing connections dropped, new ones refused) and
-/// restore.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-    stop: watch::Sender<bool>,
-}
-
-impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let open = Arc::new(AtomicBool::new(true));
-        let (cut, cut_rx) = watch::channel(0u64);
-        let (stop, mut stop_rx) = watch::channel(false);
-        let is_open = open.clone();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop_rx.changed() => return,
-                    a = listener.accept() => a,
-                };
-                let Ok((down, _)) = accepted else { continue };
-                if !is_open.load(Ordering::SeqCst) {
-                    drop(down);
-                    continue;
-                }
-                let mut cut_rx = cut_rx.clone();
-                cut_rx.borrow_and_update();
-                tokio::spawn(async move {
-                    let Ok(up) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut dr, mut dw) = down.into_split();
-                    let (mut ur, mut uw) = up.into_split();
-                    tokio::select! {
-                        _ = cut_rx.changed() => {}
-                        _ = tokio::io::copy(&mut dr, &mut uw) => {}
-                        _ = tokio::io::copy(&mut ur, &mut dw) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, open, cut, stop }
-    }
-
-    /// Drops every connection and refuses new ones.
-    pub fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|n| *n += 1);
-    }
-
-    pub fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
     }
 }

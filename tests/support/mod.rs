@@ -2,8 +2,10 @@
 //! a real Envoy, bounded waits.
 #![allow(dead_code)]
 
+pub mod consul;
 pub mod etcd;
 pub mod kube_api;
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -173,4 +175,109 @@ fn regex_escape(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A server started for a KV-source test, seen through its admin API: the group `nbi`, the
+/// cluster `voltha-grpc` and the source `assignment` of [`kv_config`].
+pub struct Server {
+    pub running: voltha_xds::Running,
+}
+
+/// A configuration with one KV source `assignment` (its YAML flow-map fields in `source`)
+/// feeding the cluster `voltha-grpc` of group `nbi`.
+pub fn kv_config(source: &str) -> String {
+    format!(
+        r#"
+debounce: {{ quiet: 10ms, max_delay: 200ms }}
+sources:
+  - {{ name: assignment, {source} }}
+clusters:
+  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
+listeners:
+  - {{ name: nbi, address: 127.0.0.1:50555, codec: http2, routes: [{{ prefix: /, cluster: voltha-grpc }}] }}
+groups: [{{ name: nbi, listeners: [nbi] }}]
+default_group: nbi
+"#
+    )
+}
+
+pub const KV_WAIT: Duration = Duration::from_secs(15);
+
+impl Server {
+    pub async fn start(yaml: &str) -> Server {
+        Server {
+            running: start_server(yaml).await,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+
+    /// The hosts of the served `voltha-grpc` endpoints, sorted; `None` before a snapshot.
+    pub async fn hosts(&self) -> Option<Vec<String>> {
+        let (code, v) = get_json(&self.url("/debug/snapshot")).await;
+        if code != 200 {
+            return None;
+        }
+        let cla = v["groups"]["nbi"]["types"]["eds"]["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["clusterName"] == "voltha-grpc")?
+            .clone();
+        let mut out: Vec<String> = cla["endpoints"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .flat_map(|l| l["lbEndpoints"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|e| {
+                        e["endpoint"]["address"]["socketAddress"]["address"]
+                            .as_str()
+                            .map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        Some(out)
+    }
+
+    pub async fn wait_hosts(&self, want: &[&str], what: &str) {
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        wait_for(KV_WAIT, what, || {
+            let want = want.clone();
+            async move { (self.hosts().await == Some(want)).then_some(()) }
+        })
+        .await;
+    }
+
+    /// `voltha_xds_source_errors_total` of the source `assignment` for `kind`.
+    pub async fn errors(&self, kind: &str) -> u64 {
+        let m = get_text(&self.url("/metrics")).await;
+        let prefix = format!("voltha_xds_source_errors_total{{source=\"assignment\",kind=\"{kind}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `/readyz`'s status code and the source's state there.
+    pub async fn source_state(&self) -> (u16, String) {
+        let (code, v) = get_json(&self.url("/readyz")).await;
+        (
+            code,
+            v["sources"]["assignment"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
+    pub async fn wait_state(&self, want: (u16, &str), what: &str) {
+        wait_for(KV_WAIT, what, || async {
+            let (c, s) = self.source_state().await;
+            (c == want.0 && s == want.1).then_some(())
+        })
+        .await;
+    }
 }
