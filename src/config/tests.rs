@@ -180,6 +180,7 @@ fn every_shipped_config_validates() {
         }
     }
     assert!(checked.iter().any(|n| n == "voltha-etcd.yaml"), "{checked:?}");
+    assert!(checked.iter().any(|n| n == "voltha-consul.yaml"), "{checked:?}");
     assert!(checked.iter().any(|n| n == "voltha-kubernetes.yaml"), "{checked:?}");
     assert!(checked.iter().any(|n| n == "voltha-xds.yaml"), "{checked:?}");
 }
