@@ -3,7 +3,7 @@
 //! Module map (who may import whom, see `docs/architecture.md` in the design notes):
 //! - [`model`]: the protocol-free model and the data-flow picture; imports nothing of ours.
 //! - [`config`]: typed, validated configuration; a leaf.
-//! - [`sources`]: inputs (file; Consul, etcd and Kubernetes later); use `model` and `config`.
+//! - [`sources`]: inputs (file, Consul, etcd, Kubernetes pods); use `model` and `config`.
 //! - [`translate`]: the pure function model + config → Envoy resources.
 //! - [`xds`]: snapshot cache, per-stream protocol state machines, gRPC services; serves opaque
 //!   typed resources and imports neither `model`, `sources` nor `translate`.
