@@ -213,3 +213,28 @@ async fn a_slow_consul_is_waited_for() {
     s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "a slow first answer").await;
     assert_eq!(s.errors("timeout").await, 0, "within the query timeout");
 }
+
+#[tokio::test]
+async fn https_with_the_configured_ca() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = support::pki::Pki::create(dir.path());
+    let front = support::pki::tls_front(&pki, consul.addr).await;
+    let ok = Server::start(&config(
+        &format!("https://{front}"),
+        &format!(r#", ca_file: "{}""#, pki.ca.display()),
+    ))
+    .await;
+    ok.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment over https")
+        .await;
+    consul.put(KEY, OTHER.as_bytes());
+    ok.wait_hosts(&["10.0.0.7"], "a change over https").await;
+    // Without the CA the certificate is not trusted: counted, never ready.
+    let bad = Server::start(&config(&format!("https://{front}"), "")).await;
+    wait_for(WAIT, "the TLS failure counted", || async {
+        (bad.errors("connect").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(bad.source_state().await.0, 503);
+}

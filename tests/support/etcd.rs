@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::pki::Pki;
 use super::{free_port, wait_for};
 
 /// The etcd binary: `ETCD_BIN`, else `etcd` on PATH.
@@ -22,48 +23,6 @@ pub struct Etcd {
     root: Option<String>,
     /// Client TLS with client certificates required.
     pub tls: Option<Pki>,
-}
-
-/// A CA and, signed by it, a certificate for 127.0.0.1 and a client certificate (PEM files).
-pub struct Pki {
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-impl Pki {
-    pub fn create(dir: &std::path::Path) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
-        let mut ca_params = CertificateParams::new(Vec::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().expect("key");
-        let ca = ca_params.self_signed(&ca_key).expect("ca");
-        let leaf = |usage: ExtendedKeyUsagePurpose| {
-            let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-            p.subject_alt_names
-                .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-            p.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("key");
-            let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(ExtendedKeyUsagePurpose::ServerAuth);
-        let (client_cert, client_key) = leaf(ExtendedKeyUsagePurpose::ClientAuth);
-        let write = |name: &str, pem: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).expect("write pem");
-            path
-        };
-        Pki {
-            ca: write("ca.pem", &ca.pem()),
-            server_cert: write("server.pem", &server_cert),
-            server_key: write("server-key.pem", &server_key),
-            client_cert: write("client.pem", &client_cert),
-            client_key: write("client-key.pem", &client_key),
-        }
-    }
 }
 
 impl Etcd {

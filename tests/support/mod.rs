@@ -5,6 +5,7 @@
 pub mod consul;
 pub mod etcd;
 pub mod kube_api;
+pub mod pki;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
