@@ -213,7 +213,8 @@ fn default_consul_min_interval() -> Dur {
 #[serde(rename_all = "snake_case")]
 pub enum ConsulConsistency {
     Default,
-    /// What envoyd used: every read goes through the leader, which checks it still leads.
+    /// Every read goes through the leader, which first checks it still leads. (envoyd passed no
+    /// options: Consul's default mode.)
     #[default]
     Consistent,
     Stale,

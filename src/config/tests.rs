@@ -234,3 +234,81 @@ fn a_transcoder_descriptor_file_is_read_once_at_load() {
         "{e:?}"
     );
 }
+
+#[test]
+fn consul_source_defaults() {
+    let yaml = format!("{MINIMAL}sources: [{{ name: kv, type: consul }}]\n");
+    let c = Config::from_yaml(&yaml).expect("valid");
+    let SourceConfig::Consul(s) = &c.sources[0] else {
+        panic!("not a consul source: {:?}", c.sources[0]);
+    };
+    assert_eq!(s.key, "service/voltha/data/core/assignment");
+    assert_eq!(s.address, None, "no address: CONSUL_HTTP_ADDR decides at start");
+    assert_eq!(s.format, FileFormat::VolthaAssignment);
+    assert_eq!(s.consistency, ConsulConsistency::Consistent);
+    assert_eq!(s.wait.0, Duration::from_secs(300));
+    assert_eq!(s.min_interval.0, Duration::from_millis(100));
+    assert_eq!(
+        (s.backoff.initial.0, s.backoff.max.0),
+        (Duration::from_millis(100), Duration::from_secs(30))
+    );
+    for (mode, want) in [
+        ("default", ConsulConsistency::Default),
+        ("consistent", ConsulConsistency::Consistent),
+        ("stale", ConsulConsistency::Stale),
+    ] {
+        let yaml = format!("{MINIMAL}sources: [{{ name: kv, type: consul, consistency: {mode} }}]\n");
+        let c = Config::from_yaml(&yaml).expect("valid");
+        assert!(
+            matches!(&c.sources[0], SourceConfig::Consul(s) if s.consistency == want),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn consul_source_errors_are_named() {
+    let yaml = format!(
+        "{MINIMAL}{}",
+        r#"sources: [{ name: kv, type: consul, address: "http://consul:8500/v1", key: "/", token: t, token_file: /t, wait: 20m, min_interval: 0s, backoff: { initial: 0s, max: 1s } }]"#
+    );
+    let e = errors_of(&yaml);
+    for want in [
+        "source \"kv\": key is empty",
+        "source \"kv\": address \"http://consul:8500/v1\": expected host:port or http(s)://host:port",
+        "source \"kv\": give token or token_file, not both",
+        "source \"kv\": wait must be between 1s and 10m (Consul's limit)",
+        "source \"kv\": min_interval must be above zero and at most wait",
+        "source \"kv\": backoff.initial must be above zero and at most backoff.max",
+    ] {
+        assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:?}");
+    }
+    let short = format!("{MINIMAL}sources: [{{ name: kv, type: consul, wait: 1s, min_interval: 2s }}]\n");
+    assert_eq!(
+        errors_of(&short),
+        vec!["source \"kv\": min_interval must be above zero and at most wait".to_string()]
+    );
+    // Unknown keys and modes are refused at parse time.
+    let typo = format!("{MINIMAL}sources: [{{ name: kv, type: consul, adress: x }}]\n");
+    assert!(
+        errors_of(&typo).iter().any(|x| x.contains("unknown field `adress`")),
+        "{:?}",
+        errors_of(&typo)
+    );
+    let mode = format!("{MINIMAL}sources: [{{ name: kv, type: consul, consistency: strong }}]\n");
+    assert!(
+        errors_of(&mode).iter().any(|x| x.contains("unknown variant `strong`")),
+        "{:?}",
+        errors_of(&mode)
+    );
+    // Addresses as Consul's tools take them.
+    for ok in [
+        "127.0.0.1:8500",
+        "consul:8500",
+        "http://consul:8500",
+        "https://consul.example:8501/",
+    ] {
+        let yaml = format!("{MINIMAL}sources: [{{ name: kv, type: consul, address: \"{ok}\" }}]\n");
+        assert_eq!(errors_of(&yaml), Vec::<String>::new(), "{ok}");
+    }
+}

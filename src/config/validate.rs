@@ -403,6 +403,10 @@ fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
     if x.wait.0 < std::time::Duration::from_secs(1) || x.wait.0 > std::time::Duration::from_secs(600) {
         e.push(format!("{at}: wait must be between 1s and 10m (Consul's limit)"));
     }
+    if x.min_interval.0.is_zero() || x.min_interval.0 > x.wait.0 {
+        // Zero would let a server that answers at once make the source spin.
+        e.push(format!("{at}: min_interval must be above zero and at most wait"));
+    }
     if x.backoff.initial.0.is_zero() || x.backoff.initial.0 > x.backoff.max.0 {
         e.push(format!(
             "{at}: backoff.initial must be above zero and at most backoff.max"
