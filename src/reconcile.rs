@@ -199,6 +199,65 @@ mod tests {
         let _ = flood.await;
     }
 
+    #[test]
+    fn a_configuration_without_debounce_gets_the_defaults() {
+        let c = Config::from_yaml(
+            "default_group: g\nclusters: [{ name: c, endpoints: { static: [\"10.0.0.1:80\"] } }]\ngroups: [{ name: g, clusters: [c] }]\n",
+        )
+        .expect("valid");
+        assert_eq!((c.debounce.quiet.0, c.debounce.max_delay.0), (QUIET, MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_from_different_sources_are_coalesced_together() {
+        let (tx_a, rx_a) = watch::channel(SourceState::default());
+        let (tx_b, rx_b) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx_a, rx_b];
+        let start = tokio::time::Instant::now();
+        let burst = tokio::spawn(async move {
+            // a, b, a, b, 30 ms apart: one burst across both sources.
+            for i in 0..4 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                bump(if i % 2 == 0 { &tx_a } else { &tx_b });
+            }
+            (tx_a, tx_b)
+        });
+        let merged = debounce(&mut rxs, QUIET, MAX, &CancellationToken::new()).await;
+        assert_eq!(merged, 4);
+        assert_eq!(start.elapsed(), Duration::from_millis(120) + QUIET);
+        drop(burst.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_after_the_quiet_period_is_left_for_the_next_build() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(QUIET + Duration::from_millis(10)).await;
+            bump(&tx);
+            tx
+        });
+        let merged = debounce(&mut rxs, QUIET, MAX, &CancellationToken::new()).await;
+        assert_eq!(merged, 0, "built before the late change");
+        let tx = late.await.expect("task");
+        assert!(
+            rxs[0].has_changed().expect("sender alive"),
+            "the late change is still pending"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_wait_at_once() {
+        let (_tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let start = tokio::time::Instant::now();
+        debounce(&mut rxs, QUIET, MAX, &shutdown).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lone_change_is_built_after_exactly_the_quiet_period() {
         let (_tx, rx) = watch::channel(SourceState::default());
