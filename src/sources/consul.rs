@@ -67,6 +67,11 @@ impl Settings {
     /// Resolves the configuration against `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`,
     /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT` and `CONSUL_HTTP_SSL`; reads the token file.
     pub fn resolve(c: &ConsulSource) -> Result<Settings, String> {
+        Self::resolve_with(c, env)
+    }
+
+    /// [`Settings::resolve`] with the environment given as a lookup (tests).
+    pub fn resolve_with(c: &ConsulSource, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
         let ca_file = c.ca_file.clone().or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
         let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| v == "true" || v == "1");
         let addr = c
@@ -330,6 +335,82 @@ mod tests {
         );
         assert!(base_url("http://consul:8500/v1", false).is_err());
         assert!(base_url("", false).is_err());
+    }
+
+    fn source(yaml: &str) -> ConsulSource {
+        serde_yaml::from_str(&format!("{{ name: kv, {yaml} }}")).expect("consul source")
+    }
+
+    #[test]
+    fn the_environment_fills_in_what_the_configuration_leaves_out() {
+        let resolve = |yaml: &str, vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Settings::resolve_with(&source(yaml), move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+        };
+        let s = resolve("", &[]).expect("defaults");
+        assert_eq!((s.base.as_str(), s.token.as_deref()), ("http://127.0.0.1:8500", None));
+        assert_eq!(s.key, "service/voltha/data/core/assignment");
+
+        let env = [
+            ("CONSUL_HTTP_ADDR", "https://consul.example:8501"),
+            ("CONSUL_HTTP_TOKEN", "from-env"),
+        ];
+        let s = resolve("", &env).expect("env");
+        assert_eq!(
+            (s.base.as_str(), s.token.as_deref()),
+            ("https://consul.example:8501", Some("from-env"))
+        );
+        // The configuration wins over the environment.
+        let s = resolve("address: 10.0.0.9:8500, token: mine", &env).expect("config");
+        assert_eq!(
+            (s.base.as_str(), s.token.as_deref()),
+            ("http://10.0.0.9:8500", Some("mine"))
+        );
+
+        // A bare address turns https with a CA (or CONSUL_HTTP_SSL); a token file beats the token.
+        let dir = tempfile::tempdir().expect("tmp");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "  from-file\n").expect("write");
+        let token_path = token_file.display().to_string();
+        let s = resolve(
+            "",
+            &[
+                ("CONSUL_HTTP_ADDR", "consul:8501"),
+                ("CONSUL_CACERT", "/etc/consul/ca.pem"),
+                ("CONSUL_HTTP_TOKEN", "from-env"),
+                ("CONSUL_HTTP_TOKEN_FILE", &token_path),
+            ],
+        )
+        .expect("env");
+        assert_eq!(s.base, "https://consul:8501");
+        assert_eq!(s.ca_file.as_deref(), Some(std::path::Path::new("/etc/consul/ca.pem")));
+        assert_eq!(s.token.as_deref(), Some("from-file"));
+        let s = resolve("", &[("CONSUL_HTTP_ADDR", "consul:8501"), ("CONSUL_HTTP_SSL", "true")]).expect("ssl");
+        assert_eq!(s.base, "https://consul:8501");
+
+        // An unreadable token file is a configuration error that names the file.
+        let missing = dir.path().join("missing").display().to_string();
+        let e = resolve("", &[("CONSUL_HTTP_TOKEN_FILE", &missing)]).expect_err("missing token file");
+        assert!(e.starts_with("token_file ") && e.contains("missing"), "{e}");
+        let e = resolve("", &[("CONSUL_HTTP_ADDR", "unix:///var/run/consul.sock")]).expect_err("unix socket");
+        assert!(e.contains("unix:///var/run/consul.sock"), "{e}");
+    }
+
+    #[test]
+    fn queries_carry_index_wait_datacenter_and_consistency() {
+        let s = Settings::resolve_with(
+            &source("address: 127.0.0.1:1, key: /a/b, wait: 2s, datacenter: dc2, consistency: stale"),
+            |_| None,
+        )
+        .expect("settings");
+        let blocking = s.url(Some(7)).expect("url");
+        assert_eq!(blocking.path(), "/v1/kv/a/b");
+        assert_eq!(blocking.query(), Some("index=7&wait=2000ms&dc=dc2&stale="));
+        assert_eq!(s.url(None).expect("url").query(), Some("dc=dc2&stale="));
+        let s = Settings::resolve_with(&source("consistency: default"), |_| None).expect("settings");
+        assert_eq!(s.url(Some(1)).expect("url").query(), Some("index=1&wait=300000ms"));
     }
 
     #[test]
