@@ -1,5 +1,6 @@
 //! `voltha-xds bootstrap`: an Envoy bootstrap that works as is: node identity, ADS over gRPC
-//! (SotW or Delta) to this server, CDS and LDS from ADS, an admin listener.
+//! (SotW or Delta) to this server, optionally over TLS or mutual TLS, CDS and LDS from ADS, an
+//! admin listener.
 
 use serde_json::{json, Value};
 
@@ -13,13 +14,62 @@ pub struct BootstrapOptions {
     /// The admin listener's address (loopback by default).
     pub admin_address: String,
     pub delta: bool,
+    /// TLS to the xDS server.
+    pub tls: Option<BootstrapTls>,
+}
+
+/// TLS from Envoy to the xDS server; the paths are as Envoy sees them.
+#[derive(Debug, Clone)]
+pub struct BootstrapTls {
+    /// CA that signed the server's certificate.
+    pub ca: String,
+    /// Client certificate and key, for mutual TLS.
+    pub client: Option<(String, String)>,
+}
+
+/// Envoy's upstream TLS context: the server's certificate is verified against the CA and its
+/// subject alternative names against the host Envoy dials; HTTP/2 by ALPN.
+fn transport_socket(tls: &BootstrapTls, host: &str, is_ip: bool) -> Value {
+    let mut common = json!({
+        "alpn_protocols": ["h2"],
+        "validation_context": {
+            "trusted_ca": { "filename": tls.ca },
+            "match_typed_subject_alt_names": [{
+                "san_type": if is_ip { "IP_ADDRESS" } else { "DNS" },
+                "matcher": { "exact": host }
+            }]
+        }
+    });
+    if let Some((cert, key)) = &tls.client {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": { "filename": cert },
+            "private_key": { "filename": key }
+        }]);
+    }
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    });
+    if !is_ip {
+        ctx["sni"] = json!(host);
+    }
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": ctx })
 }
 
 pub fn bootstrap(o: &BootstrapOptions) -> Result<String, String> {
     let (host, port) = crate::config::parse_host_port(&o.xds, None).map_err(|e| format!("--xds: {e}"))?;
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
     let config_source = json!({ "ads": {}, "resource_api_version": "V3" });
-    let v: Value = json!({
+    if let Some(t) = &o.tls {
+        let files = std::iter::once(("--tls-ca", &t.ca))
+            .chain(t.client.iter().flat_map(|(c, k)| [("--tls-cert", c), ("--tls-key", k)]));
+        for (flag, f) in files {
+            if f.trim().is_empty() {
+                return Err(format!("{flag}: empty path"));
+            }
+        }
+    }
+    let mut v: Value = json!({
         "node": { "id": o.node_id, "cluster": o.node_cluster },
         "dynamic_resources": {
             "ads_config": {
@@ -58,6 +108,9 @@ pub fn bootstrap(o: &BootstrapOptions) -> Result<String, String> {
             "address": { "socket_address": { "address": o.admin_address, "port_value": o.admin_port } }
         }
     });
+    if let Some(t) = &o.tls {
+        v["static_resources"]["clusters"][0]["transport_socket"] = transport_socket(t, &host, is_ip);
+    }
     serde_yaml::to_string(&v).map_err(|e| e.to_string())
 }
 
@@ -73,7 +126,64 @@ mod tests {
             admin_port: 9901,
             admin_address: "127.0.0.1".into(),
             delta,
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_verifies_the_server_name_and_mtls_adds_the_client_certificate() {
+        let tls = |client: bool| BootstrapTls {
+            ca: "/etc/xds/ca.pem".into(),
+            client: client.then(|| ("/etc/xds/envoy.pem".into(), "/etc/xds/envoy-key.pem".into())),
+        };
+        let socket = |xds: &str, client: bool| -> Value {
+            let o = BootstrapOptions {
+                tls: Some(tls(client)),
+                ..opts(xds, false)
+            };
+            let y: Value = serde_yaml::from_str(&bootstrap(&o).expect("ok")).expect("yaml");
+            y["static_resources"]["clusters"][0]["transport_socket"]["typed_config"].clone()
+        };
+        let by_ip = socket("127.0.0.1:18000", false);
+        let common = &by_ip["common_tls_context"];
+        assert_eq!(
+            common["validation_context"]["trusted_ca"]["filename"],
+            "/etc/xds/ca.pem"
+        );
+        let san = &common["validation_context"]["match_typed_subject_alt_names"][0];
+        assert_eq!(san["san_type"], "IP_ADDRESS");
+        assert_eq!(san["matcher"]["exact"], "127.0.0.1");
+        assert!(by_ip.get("sni").is_none(), "no SNI for an IP address");
+        assert!(
+            common.get("tls_certificates").is_none(),
+            "no client certificate without --tls-cert"
+        );
+        assert_eq!(common["alpn_protocols"][0], "h2");
+
+        let by_name = socket("voltha-xds.voltha.svc:18000", true);
+        assert_eq!(by_name["sni"], "voltha-xds.voltha.svc");
+        let common = &by_name["common_tls_context"];
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0]["san_type"],
+            "DNS"
+        );
+        assert_eq!(
+            common["tls_certificates"][0]["certificate_chain"]["filename"],
+            "/etc/xds/envoy.pem"
+        );
+        assert_eq!(
+            common["tls_certificates"][0]["private_key"]["filename"],
+            "/etc/xds/envoy-key.pem"
+        );
+
+        let o = BootstrapOptions {
+            tls: Some(BootstrapTls {
+                ca: " ".into(),
+                client: None,
+            }),
+            ..opts("127.0.0.1:1", false)
+        };
+        assert_eq!(bootstrap(&o).err().as_deref(), Some("--tls-ca: empty path"));
     }
 
     #[test]

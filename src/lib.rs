@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -68,6 +68,10 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
     let cache = Cache::new();
     let clients = Arc::new(ClientTable::default());
 
+    let tls = match &config.server.tls {
+        Some(t) => Some(xds::listen::Tls::load(t).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
     let xds_listener = TcpListener::bind(xds_listen)
         .await
         .with_context(|| format!("cannot listen for xDS on {xds_listen}"))?;
@@ -95,15 +99,28 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
             max_names: config.server.max_names_per_type,
         },
         shutdown: shutdown.clone(),
+        stream_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
+        max_request_bytes: config.server.max_request_bytes,
     };
+    let s = &config.server;
+    let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);
     let builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(s.keepalive_timeout.0))
+        .max_concurrent_streams(Some(s.max_streams_per_connection));
     let router = server.into_router(builder);
+    if let Some(tls) = &tls {
+        tasks.push(tokio::spawn(tls.clone().watch(metrics.clone(), shutdown.clone())));
+    }
+    let incoming = ReceiverStream::new(xds::listen::accept(
+        xds_listener,
+        tls,
+        s.max_connections,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(xds_listener);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, sd.cancelled_owned())
             .await
@@ -140,12 +157,19 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
     })
 }
 
-/// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+/// Runs until SIGINT or SIGTERM, then shuts down gracefully: stops accepting, ends every
+/// stream after the responses already queued, and waits at most `server.shutdown_grace`.
 pub async fn serve(config: Config, xds_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+    let grace = config.server.shutdown_grace.0;
     let running = start(config, xds_listen, admin_listen).await?;
     wait_for_signal().await;
-    tracing::info!("shutting down");
-    running.stop(Duration::from_secs(10)).await;
+    tracing::info!(
+        streams = running.clients.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down"
+    );
+    running.stop(grace).await;
+    tracing::info!("stopped");
     Ok(())
 }
 

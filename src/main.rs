@@ -72,6 +72,16 @@ enum Command {
         /// Use Delta xDS instead of State of the World.
         #[arg(long)]
         delta: bool,
+        /// Connect over TLS, verifying the server's certificate with this CA file (as Envoy
+        /// reads it) and its name or IP against the --xds host.
+        #[arg(long)]
+        tls_ca: Option<String>,
+        /// Client certificate for mutual TLS (with --tls-key and --tls-ca).
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<String>,
+        /// Private key of --tls-cert.
+        #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+        tls_key: Option<String>,
     },
 }
 
@@ -184,6 +194,9 @@ fn run(cli: Cli) -> Result<(), String> {
             admin_port,
             admin_address,
             delta,
+            tls_ca,
+            tls_cert,
+            tls_key,
         } => {
             let y = voltha_xds::bootstrap::bootstrap(&voltha_xds::bootstrap::BootstrapOptions {
                 node_id,
@@ -192,6 +205,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 admin_port,
                 admin_address,
                 delta,
+                tls: tls_ca.map(|ca| voltha_xds::bootstrap::BootstrapTls {
+                    ca,
+                    client: tls_cert.zip(tls_key),
+                }),
             })?;
             print!("{y}");
             Ok(())

@@ -46,6 +46,17 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupTypeLabel {
+    pub group: String,
+    pub r#type: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     streams: Family<ApiLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
@@ -62,6 +73,13 @@ pub struct Metrics {
     source_errors: Family<SourceKindLabel, Counter>,
     source_updates: Family<SourceLabel, Counter>,
     debounce_coalesced: Counter,
+    push_latency: Family<TypeLabel, Histogram>,
+    snapshot_resources: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    snapshot_bytes: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    connections_refused: Family<ReasonLabel, Counter>,
+    streams_refused: Counter,
+    tls_reloads: Family<ResultLabel, Counter>,
 }
 
 /// Decrements the stream gauge when the stream ends.
@@ -97,6 +115,13 @@ impl Metrics {
             source_errors: Family::default(),
             source_updates: Family::default(),
             debounce_coalesced: Counter::default(),
+            push_latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            snapshot_resources: Family::default(),
+            snapshot_bytes: Family::default(),
+            source_last_success: Family::default(),
+            connections_refused: Family::default(),
+            streams_refused: Counter::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +181,41 @@ impl Metrics {
             "debounce_coalesced",
             "Input changes merged into a later snapshot by the debounce",
             m.debounce_coalesced.clone(),
+        );
+        registry.register(
+            "push_latency_seconds",
+            "From the input change that led to a snapshot being observed to the first response of it sent on a stream, by type",
+            m.push_latency.clone(),
+        );
+        registry.register(
+            "snapshot_resources",
+            "Resources in the current snapshot, by node group and type",
+            m.snapshot_resources.clone(),
+        );
+        registry.register(
+            "snapshot_bytes",
+            "Encoded size of the current snapshot's resources, by node group and type",
+            m.snapshot_bytes.clone(),
+        );
+        registry.register(
+            "source_last_success_timestamp_seconds",
+            "Unix time of each source's last successful read",
+            m.source_last_success.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "xDS connections closed before serving, by reason (max_connections, tls_handshake, tls_handshake_timeout)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "streams_refused",
+            "xDS streams refused with RESOURCE_EXHAUSTED because server.max_streams were open",
+            m.streams_refused.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the xDS TLS files after a change, by result (ok, error)",
+            m.tls_reloads.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -219,6 +279,51 @@ impl Metrics {
         self.source_updates
             .get_or_create(&SourceLabel {
                 source: source.to_string(),
+            })
+            .inc();
+    }
+
+    /// The first response of a snapshot sent on a stream, `since` the input change was observed.
+    pub fn pushed(&self, ty: ResourceType, since: Duration) {
+        self.push_latency
+            .get_or_create(&TypeLabel { r#type: ty.short() })
+            .observe(since.as_secs_f64());
+    }
+
+    /// The published snapshot's size, per group and type.
+    pub fn snapshot_size(&self, group: &str, ty: ResourceType, resources: usize, bytes: usize) {
+        let l = GroupTypeLabel {
+            group: group.to_string(),
+            r#type: ty.short(),
+        };
+        self.snapshot_resources.get_or_create(&l).set(resources as i64);
+        self.snapshot_bytes.get_or_create(&l).set(bytes as i64);
+    }
+
+    pub fn source_success(&self, source: &str, at: std::time::SystemTime) {
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.source_last_success
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(secs);
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn stream_refused(&self) {
+        self.streams_refused.inc();
+    }
+
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" },
             })
             .inc();
     }

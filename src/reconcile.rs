@@ -44,6 +44,12 @@ pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics,
     match cache.publish(inputs, &config.default_group, observed_at) {
         Ok(Some(s)) => {
             metrics.snapshot_published(started.elapsed());
+            for g in s.groups.values() {
+                for t in &g.types {
+                    let bytes = t.resources.values().map(|r| r.any.len()).sum();
+                    metrics.snapshot_size(&g.name, t.ty, t.resources.len(), bytes);
+                }
+            }
             let versions: Vec<String> = s
                 .groups
                 .values()

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tonic::transport::Channel;
 use voltha_xds::bootstrap::{bootstrap, BootstrapOptions};
-use voltha_xds::proto::voltha::health_service_client::HealthServiceClient;
 
 struct E2e {
     dir: tempfile::TempDir,
@@ -29,37 +28,6 @@ const CORES: [(&str, &str); 3] = [
     ("vcore-2", "127.0.0.3"),
 ];
 
-fn assignment(hosts: &[&str]) -> String {
-    let mut slots: Vec<String> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| format!("\"{:04x}\": {{\"id\": \"core-{i}\", \"host\": \"{h}\"}}", i + 1))
-        .collect();
-    slots.push(format!("\"{:04x}\": null", hosts.len() + 1));
-    format!("{{{}}}", slots.join(", "))
-}
-
-/// The embedded default profile, moved to free loopback ports and a temporary assignment file.
-fn config_yaml(dir: &std::path::Path, grpc: u16, rest: u16, core_port: u16, extra_listener: &str) -> String {
-    let path = dir.join("assignment.json");
-    let mut y = voltha_xds::config::EMBEDDED_DEFAULT
-        .replace("0.0.0.0:50555", &format!("127.0.0.1:{grpc}"))
-        .replace("0.0.0.0:8882", &format!("127.0.0.1:{rest}"))
-        .replace("0.0.0.0:3000", &format!("127.0.0.1:{}", free_port()))
-        .replace("port: 50556", &format!("port: {core_port}"))
-        .replace("path: config/assignment.json", &format!("path: \"{}\"", path.display()))
-        .replace("poll_interval: 250ms", "poll_interval: 50ms");
-    if !extra_listener.is_empty() {
-        y = y
-            .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
-            .replace(
-                "listeners: [voltha-grpc, voltha-rest]",
-                "listeners: [voltha-grpc, voltha-rest, extra]",
-            );
-    }
-    y
-}
-
 impl E2e {
     async fn start(delta: bool, hosts: &[&str], extra_listener: &str) -> E2e {
         let dir = tempfile::tempdir().expect("tmp");
@@ -76,6 +44,7 @@ impl E2e {
         }
         let server = start_server(&config_yaml(dir.path(), grpc, rest, core_port, extra_listener)).await;
         let bs = bootstrap(&BootstrapOptions {
+            tls: None,
             node_id: format!("e2e-{}", if delta { "delta" } else { "sotw" }),
             node_cluster: "voltha".into(),
             xds: server.xds_addr.to_string(),
@@ -134,19 +103,6 @@ impl E2e {
     fn admin(&self, path: &str) -> String {
         format!("http://{}{path}", self.server.admin_addr)
     }
-}
-
-/// Which core served a health check through Envoy.
-async fn which_core(ch: Channel) -> Result<String, tonic::Status> {
-    let mut c = HealthServiceClient::new(ch);
-    let r = tokio::time::timeout(Duration::from_secs(2), c.get_health_status(()))
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("call timed out"))??;
-    Ok(r.metadata()
-        .get("x-voltha-core")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string())
 }
 
 async fn assignment_change_reaches_new_cores(delta: bool) {

@@ -72,6 +72,7 @@ impl E2e {
             .replace("max_delay: 1s", "max_delay: 200ms");
         let server = start_server(&yaml).await;
         let bs = bootstrap(&BootstrapOptions {
+            tls: None,
             node_id: format!("k8s-e2e-{}", if delta { "delta" } else { "sotw" }),
             node_cluster: "voltha".into(),
             xds: server.xds_addr.to_string(),

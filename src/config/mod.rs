@@ -47,6 +47,71 @@ pub struct ServerConfig {
     /// The most resource names one stream may subscribe to, per type.
     #[serde(default = "default_max_names")]
     pub max_names_per_type: usize,
+    /// The most xDS streams open at once, over every connection.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// The most client connections open at once on the xDS port.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: the most streams on one connection.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+    /// The largest gRPC request message accepted, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// HTTP/2 PING interval on idle connections; `0s` turns keepalive off.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: Dur,
+    /// A connection whose PING is not answered within this time is closed.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// On SIGTERM/SIGINT: how long open streams and responses in flight get to finish.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+    /// TLS (and, with `client_ca_file`, mutual TLS) on the xDS port.
+    #[serde(default)]
+    pub tls: Option<XdsTlsConfig>,
+}
+
+/// TLS on the xDS port. The files are re-read when they change; open streams keep going.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTlsConfig {
+    /// PEM certificate chain presented to Envoy.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// PEM CA bundle; when set, every client must present a certificate it signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval: Dur,
+}
+
+fn default_max_streams() -> usize {
+    100_000
+}
+fn default_max_connections() -> usize {
+    50_000
+}
+fn default_max_streams_per_connection() -> u32 {
+    1_000
+}
+fn default_max_request_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_keepalive_interval() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_keepalive_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_shutdown_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_tls_reload() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_xds_listen() -> String {
@@ -65,6 +130,14 @@ impl Default for ServerConfig {
             xds_listen: default_xds_listen(),
             admin_listen: default_admin_listen(),
             max_names_per_type: default_max_names(),
+            max_streams: default_max_streams(),
+            max_connections: default_max_connections(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+            max_request_bytes: default_max_request_bytes(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+            tls: None,
         }
     }
 }

@@ -22,6 +22,47 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     if c.server.max_names_per_type == 0 {
         e.push("server.max_names_per_type must be at least 1".into());
     }
+    for (what, n) in [
+        ("server.max_streams", c.server.max_streams),
+        ("server.max_connections", c.server.max_connections),
+        (
+            "server.max_streams_per_connection",
+            c.server.max_streams_per_connection as usize,
+        ),
+    ] {
+        if n == 0 {
+            e.push(format!("{what} must be at least 1"));
+        }
+    }
+    if c.server.max_request_bytes < 1024 || c.server.max_request_bytes > u32::MAX as usize {
+        e.push(format!(
+            "server.max_request_bytes ({}) must be between 1024 and {} (gRPC's frame limit)",
+            c.server.max_request_bytes,
+            u32::MAX
+        ));
+    }
+    if !c.server.keepalive_interval.0.is_zero() && c.server.keepalive_timeout.0.is_zero() {
+        e.push("server.keepalive_timeout must be above zero when keepalive_interval is set".into());
+    }
+    if let Some(tls) = &c.server.tls {
+        for (what, f) in [
+            ("server.tls.cert_file", Some(&tls.cert_file)),
+            ("server.tls.key_file", Some(&tls.key_file)),
+            ("server.tls.client_ca_file", tls.client_ca_file.as_ref()),
+        ] {
+            if let Some(f) = f {
+                if f.trim().is_empty() {
+                    e.push(format!("{what} must not be empty"));
+                }
+            }
+        }
+        if tls.reload_interval.0 < std::time::Duration::from_millis(10) {
+            e.push(format!(
+                "server.tls.reload_interval ({:?}) must be at least 10ms",
+                tls.reload_interval.0
+            ));
+        }
+    }
     if c.debounce.quiet.0 > c.debounce.max_delay.0 {
         e.push(format!(
             "debounce.quiet ({:?}) must not exceed debounce.max_delay ({:?})",

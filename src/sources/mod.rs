@@ -87,6 +87,8 @@ impl Publisher {
     /// Delivers a good state. Receivers are woken only when the data changed.
     pub fn deliver(&self, data: SourceData) {
         self.metrics.source_update(&self.name);
+        let now = SystemTime::now();
+        self.metrics.source_success(&self.name, now);
         self.tx.send_if_modified(|st| {
             let changed = st.data.as_deref() != Some(&data);
             if changed {
@@ -94,15 +96,17 @@ impl Publisher {
             }
             let first_ok = st.health.state != "ok";
             st.health.state = "ok";
-            st.health.last_success = Some(SystemTime::now());
+            st.health.last_success = Some(now);
             changed || first_ok
         });
     }
 
     /// Reports the source healthy again with its data unchanged (after a transient failure).
     pub fn healthy(&self) {
+        let now = SystemTime::now();
+        self.metrics.source_success(&self.name, now);
         self.tx.send_if_modified(|st| {
-            st.health.last_success = Some(SystemTime::now());
+            st.health.last_success = Some(now);
             let was_failing = st.health.state != "ok" && st.data.is_some();
             if was_failing {
                 st.health.state = "ok";

@@ -212,15 +212,22 @@ pub struct Requests<T> {
     body: Body,
     buf: BytesMut,
     ended: bool,
+    limit: usize,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Message + Default> Requests<T> {
     pub fn new(body: Body) -> Self {
+        Self::with_limit(body, MAX_REQUEST_BYTES)
+    }
+
+    /// Requests larger than `limit` bytes end the stream with OUT_OF_RANGE.
+    pub fn with_limit(body: Body, limit: usize) -> Self {
         Requests {
             body,
             buf: BytesMut::new(),
             ended: false,
+            limit,
             _t: PhantomData,
         }
     }
@@ -260,9 +267,10 @@ impl<T: Message + Default> Requests<T> {
         if compressed != 0 {
             return Err(Status::unimplemented("compressed requests are not supported"));
         }
-        if len > MAX_REQUEST_BYTES {
+        if len > self.limit {
             return Err(Status::out_of_range(format!(
-                "request of {len} bytes is larger than the limit of {MAX_REQUEST_BYTES}"
+                "request of {len} bytes is larger than the limit of {} (server.max_request_bytes)",
+                self.limit
             )));
         }
         if self.buf.len() < 5 + len {
@@ -383,15 +391,26 @@ impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
             let body = req.into_body();
             if method == D::STREAM {
-                return Ok(grpc_response(server.sotw(D::SCOPE, Requests::new(body))));
+                let inbound = Requests::with_limit(body, server.max_request_bytes);
+                return Ok(match server.sotw(D::SCOPE, inbound) {
+                    Ok(rx) => grpc_response(rx),
+                    Err(status) => status.into_http(),
+                });
             }
             if method == D::DELTA {
-                return Ok(grpc_response(server.delta(D::SCOPE, Requests::new(body))));
+                let inbound = Requests::with_limit(body, server.max_request_bytes);
+                return Ok(match server.delta(D::SCOPE, inbound) {
+                    Ok(rx) => grpc_response(rx),
+                    Err(status) => status.into_http(),
+                });
             }
             if let Some((fetch, ty)) = D::FETCH {
                 if method == fetch {
                     let (tx, rx) = mpsc::channel(1);
-                    let out = match Requests::<DiscoveryRequest>::new(body).message().await {
+                    let out = match Requests::<DiscoveryRequest>::with_limit(body, server.max_request_bytes)
+                        .message()
+                        .await
+                    {
                         Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
                             Framed::new(resp).ok_or_else(|| Status::resource_exhausted("response too large"))
                         }),

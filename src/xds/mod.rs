@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod grpc;
+pub mod listen;
 pub mod resources;
 pub mod server;
 pub mod status;

@@ -6,9 +6,10 @@
 //! on the send path; the snapshot is read through a `watch` channel and shared by `Arc`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
@@ -33,6 +34,10 @@ pub struct XdsServer {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub shutdown: CancellationToken,
+    /// One permit per open stream (`server.max_streams`).
+    pub stream_slots: Arc<Semaphore>,
+    /// The largest request message accepted (`server.max_request_bytes`).
+    pub max_request_bytes: usize,
 }
 
 impl From<StreamError> for Status {
@@ -56,7 +61,7 @@ impl XdsServer {
             .add_service(GrpcService::<grpc::Rds>::new(self))
     }
 
-    fn observe(&self, events: Vec<StreamEvent>, api: &'static str) {
+    fn observe(&self, events: Vec<StreamEvent>, api: &'static str, push: &mut PendingPush) {
         for e in events {
             match e {
                 StreamEvent::Sent {
@@ -66,6 +71,9 @@ impl XdsServer {
                     removed,
                 } => {
                     self.metrics.response_sent(ty, api);
+                    if let Some(observed) = push.take(ty) {
+                        self.metrics.pushed(ty, observed.elapsed());
+                    }
                     debug!(target: "voltha_xds::push", r#type = ty.short(), api, %version, resources, removed, "response sent");
                 }
                 StreamEvent::Acked { ty, version, after } => {
@@ -92,16 +100,35 @@ impl XdsServer {
         }
     }
 
-    pub(super) fn sotw(&self, scope: Scope, inbound: Requests<DiscoveryRequest>) -> mpsc::Receiver<Outbound> {
-        let reg = self.clients.register("sotw", scope.name());
-        let sm = SotwStream::new(scope, self.limits, reg.status.clone());
-        self.spawn_stream(reg, sm, inbound)
+    /// A slot of `server.max_streams`, or RESOURCE_EXHAUSTED (counted and logged).
+    fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.stream_slots.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.stream_refused();
+            warn!("xDS stream refused: server.max_streams streams are open");
+            Status::resource_exhausted("this server has reached its limit of open xDS streams (server.max_streams)")
+        })
     }
 
-    pub(super) fn delta(&self, scope: Scope, inbound: Requests<DeltaDiscoveryRequest>) -> mpsc::Receiver<Outbound> {
+    pub(super) fn sotw(
+        &self,
+        scope: Scope,
+        inbound: Requests<DiscoveryRequest>,
+    ) -> Result<mpsc::Receiver<Outbound>, Status> {
+        let slot = self.stream_slot()?;
+        let reg = self.clients.register("sotw", scope.name());
+        let sm = SotwStream::new(scope, self.limits, reg.status.clone());
+        Ok(self.spawn_stream(reg, slot, sm, inbound))
+    }
+
+    pub(super) fn delta(
+        &self,
+        scope: Scope,
+        inbound: Requests<DeltaDiscoveryRequest>,
+    ) -> Result<mpsc::Receiver<Outbound>, Status> {
+        let slot = self.stream_slot()?;
         let reg = self.clients.register("delta", scope.name());
         let sm = DeltaStream::new(scope, self.limits, reg.status.clone());
-        self.spawn_stream(reg, sm, inbound)
+        Ok(self.spawn_stream(reg, slot, sm, inbound))
     }
 
     /// Runs one stream in its own task: request arrived / snapshot changed / shutdown, then send
@@ -109,6 +136,7 @@ impl XdsServer {
     fn spawn_stream<M: Machine>(
         &self,
         reg: Registration,
+        slot: OwnedSemaphorePermit,
         mut sm: M,
         mut inbound: Requests<M::Request>,
     ) -> mpsc::Receiver<Outbound> {
@@ -116,9 +144,12 @@ impl XdsServer {
         let this = self.clone();
         tokio::spawn(async move {
             let _reg = reg;
+            let _slot = slot;
             let _gauge = this.metrics.stream_opened(M::API);
             let mut snaps = this.cache.subscribe();
-            sm.on_snapshot(snaps.borrow_and_update().clone());
+            let mut push = PendingPush::default();
+            let mut current = snaps.borrow_and_update().clone();
+            sm.on_snapshot(current.clone());
             loop {
                 tokio::select! {
                     _ = this.shutdown.cancelled() => break,
@@ -147,11 +178,14 @@ impl XdsServer {
                     },
                     changed = snaps.changed() => {
                         if changed.is_err() { break; }
-                        sm.on_snapshot(snaps.borrow_and_update().clone());
+                        let next = snaps.borrow_and_update().clone();
+                        push.on_snapshot(current.as_deref(), next.as_deref(), &_reg.status.lock().node_cluster);
+                        current = next;
+                        sm.on_snapshot(current.clone());
                     }
                 }
                 let out = sm.poll();
-                this.observe(sm.take_events(), M::API);
+                this.observe(sm.take_events(), M::API, &mut push);
                 for r in out {
                     let framed = Framed::new(r)
                         .ok_or_else(|| Box::new(Status::resource_exhausted("response larger than gRPC can frame")));
@@ -185,6 +219,32 @@ impl XdsServer {
             Some(r) => Ok(r),
             None => Err(Status::unavailable("no snapshot has been built yet")),
         }
+    }
+}
+
+/// Per type, when the input change behind the newest snapshot was observed, until the stream
+/// sends its first response of that type: the push latency.
+#[derive(Default)]
+pub(super) struct PendingPush([Option<Instant>; 4]);
+
+impl PendingPush {
+    /// Marks the types whose content for this node's group differs between the snapshots.
+    fn on_snapshot(&mut self, prev: Option<&Snapshot>, next: Option<&Snapshot>, node_cluster: &str) {
+        let Some(next) = next else { return };
+        let Some(group) = next.group_for(node_cluster) else {
+            return;
+        };
+        let before = prev.and_then(|p| p.group_for(node_cluster));
+        for ty in ResourceType::ALL {
+            let same = before.is_some_and(|b| Arc::ptr_eq(b.get(ty), group.get(ty)));
+            if !same {
+                self.0[ty.index()] = Some(next.observed_at);
+            }
+        }
+    }
+
+    fn take(&mut self, ty: ResourceType) -> Option<Instant> {
+        self.0[ty.index()].take()
     }
 }
 

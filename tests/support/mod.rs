@@ -129,7 +129,9 @@ impl Envoy {
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&bs)
-            .args(["--disable-hot-restart", "--log-level", "warn", "--concurrency", "1"])
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level"])
+            // ENVOY_LOG_LEVEL=debug when a test needs to see why Envoy did something.
+            .arg(std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .spawn()
@@ -281,4 +283,49 @@ impl Server {
         })
         .await;
     }
+}
+
+/// A VOLTHA core assignment (voltha.md §1) with one slot per host and a trailing `null` slot.
+pub fn assignment(hosts: &[&str]) -> String {
+    let mut slots: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("\"{:04x}\": {{\"id\": \"core-{i}\", \"host\": \"{h}\"}}", i + 1))
+        .collect();
+    slots.push(format!("\"{:04x}\": null", hosts.len() + 1));
+    format!("{{{}}}", slots.join(", "))
+}
+
+/// The embedded default profile (`config/voltha-xds.yaml`), moved to free loopback ports and a temporary assignment file.
+pub fn config_yaml(dir: &std::path::Path, grpc: u16, rest: u16, core_port: u16, extra_listener: &str) -> String {
+    let path = dir.join("assignment.json");
+    let mut y = voltha_xds::config::EMBEDDED_DEFAULT
+        .replace("0.0.0.0:50555", &format!("127.0.0.1:{grpc}"))
+        .replace("0.0.0.0:8882", &format!("127.0.0.1:{rest}"))
+        .replace("0.0.0.0:3000", &format!("127.0.0.1:{}", free_port()))
+        .replace("port: 50556", &format!("port: {core_port}"))
+        .replace("path: config/assignment.json", &format!("path: \"{}\"", path.display()))
+        .replace("poll_interval: 250ms", "poll_interval: 50ms");
+    if !extra_listener.is_empty() {
+        y = y
+            .replace("listeners:\n", &format!("listeners:\n{extra_listener}"))
+            .replace(
+                "listeners: [voltha-grpc, voltha-rest]",
+                "listeners: [voltha-grpc, voltha-rest, extra]",
+            );
+    }
+    y
+}
+
+/// Which core served a health check through Envoy.
+pub async fn which_core(ch: tonic::transport::Channel) -> Result<String, tonic::Status> {
+    let mut c = voltha_xds::proto::voltha::health_service_client::HealthServiceClient::new(ch);
+    let r = tokio::time::timeout(Duration::from_secs(2), c.get_health_status(()))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("call timed out"))??;
+    Ok(r.metadata()
+        .get("x-voltha-core")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string())
 }
