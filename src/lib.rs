@@ -112,13 +112,10 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
     if let Some(tls) = &tls {
         tasks.push(tokio::spawn(tls.clone().watch(metrics.clone(), shutdown.clone())));
     }
-    let incoming = ReceiverStream::new(xds::listen::accept(
-        xds_listener,
-        tls,
-        s.max_connections,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let (incoming, acceptor) =
+        xds::listen::accept(xds_listener, tls, s.max_connections, metrics.clone(), shutdown.clone());
+    tasks.push(acceptor);
+    let incoming = ReceiverStream::new(incoming);
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = router

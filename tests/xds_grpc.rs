@@ -205,6 +205,30 @@ async fn sotw_ads_serves_every_type_and_pushes_an_assignment_change() {
     assert_eq!(me["node_id"], "test-envoy");
     assert_eq!(me["group"], "nbi");
     assert_eq!(me["types"]["eds"]["last_acked_version"], eds2.version_info.as_str());
+
+    // The push is measured once for EDS only (the one type the change touched), the snapshot's
+    // size is exposed, and the source's last success is a recent Unix time.
+    let metrics = get_text(&s.admin("/metrics")).await;
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert_eq!(value("voltha_xds_push_latency_seconds_count{type=\"eds\"}"), 1.0);
+    assert!(!metrics.contains("voltha_xds_push_latency_seconds_count{type=\"cds\"}"));
+    assert!(value("voltha_xds_push_latency_seconds_sum{type=\"eds\"}") < 10.0);
+    assert_eq!(
+        value("voltha_xds_snapshot_resources{group=\"nbi\",type=\"cds\"}"),
+        cds.resources.len() as f64
+    );
+    assert!(value("voltha_xds_snapshot_bytes{group=\"nbi\",type=\"eds\"}") > 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let last = value("voltha_xds_source_last_success_timestamp_seconds{source=\"assignment\"}");
+    assert!((now - last).abs() < 60.0, "last success {last}, now {now}");
 }
 
 #[tokio::test]

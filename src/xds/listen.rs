@@ -223,17 +223,18 @@ impl Tls {
 }
 
 /// Accepts until `shutdown`: at most `max_connections` open at once (others are closed at
-/// once and counted), TLS handshakes in their own tasks with a timeout.
+/// once and counted), TLS handshakes in their own tasks with a timeout. The task ends, and the
+/// port is closed, at `shutdown`.
 pub fn accept(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
     max_connections: usize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> mpsc::Receiver<io::Result<Conn>> {
+) -> (mpsc::Receiver<io::Result<Conn>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(max_connections));
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut refused_logged = false;
         loop {
             let (tcp, remote) = tokio::select! {
@@ -299,7 +300,7 @@ pub fn accept(
             }
         }
     });
-    rx
+    (rx, task)
 }
 
 /// Checks TLS files as `serve` would load them (for `validate`).

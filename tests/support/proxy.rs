@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    target: Arc<Mutex<SocketAddr>>,
     cut: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
@@ -24,6 +25,8 @@ impl Proxy {
         let (cut, cut_rx) = watch::channel(0u64);
         let (stop, mut stop_rx) = watch::channel(false);
         let is_open = open.clone();
+        let target = Arc::new(Mutex::new(target));
+        let current = target.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -37,8 +40,9 @@ impl Proxy {
                 }
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
+                let to = *current.lock().expect("target");
                 tokio::spawn(async move {
-                    let Ok(up) = TcpStream::connect(target).await else {
+                    let Ok(up) = TcpStream::connect(to).await else {
                         return;
                     };
                     let (mut dr, mut dw) = down.into_split();
@@ -51,13 +55,24 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, open, cut, stop }
+        Proxy {
+            addr,
+            open,
+            target,
+            cut,
+            stop,
+        }
     }
 
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// New connections go to `to`; open ones stay where they are.
+    pub fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().expect("target") = to;
     }
 
     pub fn restore(&self) {

@@ -274,6 +274,15 @@ impl Core {
         }
     }
 
+    /// A reconnecting client already holds `version` (it said so, and it is current): nothing
+    /// is sent, and the status shows the version as the one it has accepted.
+    fn record_resumed(&self, ty: ResourceType, version: &str) {
+        let mut st = self.status.lock();
+        let t = st.ty(ty);
+        t.last_acked_version = Some(version.to_string());
+        t.last_ack_at = Some(SystemTime::now());
+    }
+
     fn record_subscription(&self, ty: ResourceType, wildcard: bool, names: usize) {
         let mut st = self.status.lock();
         let t = st.ty(ty);

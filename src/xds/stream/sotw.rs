@@ -188,6 +188,7 @@ impl SotwStream {
                 if st.claimed.as_deref() == Some(ts.version.as_str()) {
                     st.sent = Some(ts.clone());
                     st.claimed = None;
+                    self.core.record_resumed(ty, &ts.version);
                     continue;
                 }
                 st.force = true;

@@ -1,0 +1,225 @@
+//! The xDS port's limits (streams, connections, request size) and graceful shutdown of the real
+//! binary on SIGTERM.
+
+mod support;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(server: &str) -> String {
+    format!(
+        r#"
+server: {{ {server} }}
+default_group: g
+clusters: [{{ name: c, endpoints: {{ static: ["127.0.0.1:1"] }} }}]
+listeners: [{{ name: l, address: "127.0.0.1:1", routes: [{{ prefix: /, cluster: c }}] }}]
+groups: [{{ name: g, listeners: [l] }}]
+"#
+    )
+}
+
+fn cds(names: Vec<String>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(Node {
+            id: "limits".into(),
+            cluster: "g".into(),
+            ..Default::default()
+        }),
+        type_url: CDS.into(),
+        resource_names: names,
+        ..Default::default()
+    }
+}
+
+struct Stream {
+    _tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+/// Opens an ADS stream and sends a wildcard CDS request; the status if the server refused it.
+async fn open(ch: Channel, first: DiscoveryRequest) -> Result<Stream, tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first).await.expect("queue");
+    let rx = AggregatedDiscoveryServiceClient::new(ch)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(Stream { _tx: tx, rx })
+}
+
+impl Stream {
+    /// The next response, or the status the stream ended with.
+    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Ok(Ok(Some(r))) => Ok(r),
+            Ok(Ok(None)) => Err(tonic::Status::ok("stream ended")),
+            Ok(Err(s)) => Err(s),
+            Err(_) => panic!("no response within {WAIT:?}"),
+        }
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    get_text(&format!("http://{admin}/metrics"))
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn streams_over_max_streams_are_refused_until_one_closes() {
+    let server = start_server(&config("max_streams: 2")).await;
+    let ch = channel(server.xds_addr).await;
+    let mut a = open(ch.clone(), cds(vec![])).await.expect("first");
+    let mut b = open(ch.clone(), cds(vec![])).await.expect("second");
+    assert!(a.next().await.is_ok());
+    assert!(b.next().await.is_ok());
+
+    let third = match open(ch.clone(), cds(vec![])).await {
+        Err(s) => s,
+        Ok(mut s) => s.next().await.expect_err("a third stream is refused"),
+    };
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    assert!(third.message().contains("server.max_streams"), "{third:?}");
+    assert_eq!(metric(server.admin_addr, "voltha_xds_streams_refused_total").await, 1.0);
+
+    // One stream leaves: its slot is free again.
+    drop(a);
+    let again = wait_for(WAIT, "a slot to free up", || {
+        let ch = ch.clone();
+        async move {
+            let mut s = open(ch, cds(vec![])).await.ok()?;
+            s.next().await.ok().map(|_| s)
+        }
+    })
+    .await;
+    drop((again, b));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_request_over_max_request_bytes_ends_only_its_stream() {
+    let server = start_server(&config("max_request_bytes: 2048")).await;
+    let ch = channel(server.xds_addr).await;
+    let big: Vec<String> = (0..200).map(|i| format!("cluster-name-{i:04}")).collect();
+    let mut s = open(ch.clone(), cds(big)).await.expect("open");
+    let status = s.next().await.expect_err("refused");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("server.max_request_bytes"), "{status:?}");
+    assert_eq!(metric(server.admin_addr, "voltha_xds_bad_requests_total").await, 1.0);
+    // The server, and the same connection, keep serving.
+    let mut ok = open(ch, cds(vec![])).await.expect("open");
+    assert!(ok.next().await.is_ok());
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_at_once() {
+    let server = start_server(&config("max_connections: 1")).await;
+    let ch = channel(server.xds_addr).await;
+    let mut first = open(ch.clone(), cds(vec![])).await.expect("open");
+    assert!(first.next().await.is_ok());
+
+    let mut second = tokio::net::TcpStream::connect(server.xds_addr).await.expect("tcp");
+    let _ = second.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, second.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "the second connection was served: {n:?}");
+    assert_eq!(
+        metric(
+            server.admin_addr,
+            "voltha_xds_connections_refused_total{reason=\"max_connections\"}"
+        )
+        .await,
+        1.0
+    );
+    // The first connection is untouched.
+    let mut again = open(ch, cds(vec![])).await.expect("open on the first connection");
+    assert!(again.next().await.is_ok());
+    server.stop(Duration::from_secs(5)).await;
+}
+
+/// SIGTERM: the binary stops accepting, ends the open stream, and exits 0 well within
+/// `server.shutdown_grace`.
+#[tokio::test]
+async fn sigterm_ends_streams_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (xds_port, admin_port) = (free_port(), free_port());
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config("shutdown_grace: 5s")).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .args(["--xds-listen", &format!("127.0.0.1:{xds_port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("voltha-xds starts");
+    let xds: SocketAddr = format!("127.0.0.1:{xds_port}").parse().expect("addr");
+    wait_listening(xds).await;
+    let mut s = open(channel(xds).await, cds(vec![])).await.expect("open");
+    assert!(s.next().await.is_ok());
+
+    let t0 = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // The stream ends (end of stream or a status), it does not hang.
+    let end = tokio::time::timeout(WAIT, s.rx.message())
+        .await
+        .expect("the stream ends");
+    assert!(!matches!(end, Ok(Some(_))), "a response after SIGTERM: {end:?}");
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t0.elapsed() < WAIT, "still running {:?} after SIGTERM", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}, beyond shutdown_grace"
+    );
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+    // The port is free again.
+    assert!(tokio::net::TcpListener::bind(xds).await.is_ok(), "xDS port still held");
+}
