@@ -6,6 +6,10 @@
 #    PATH, or when ETCD_BIN is set).
 #  - cargo test for every target. The cargo target dir defaults to a cache outside the clone
 #    ($HOME/.cache/voltha-xds/target) so repeated runs and fresh clones build incrementally.
+#  - On a full run (no arguments): deploy/check.sh (offline checks of Dockerfile,
+#    docker-compose.yml and deploy/kubernetes/, installing hadolint, docker-compose and
+#    kubernetes-validate if missing) and `scripts/dev.sh --check` (voltha-xds, two fake cores
+#    and Envoy on loopback; one gRPC and one REST request through Envoy reach a core).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test envoy_e2e`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +45,11 @@ echo "== Envoy: $("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' 
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --all-targets "$@"
+
+if [ $# -eq 0 ]; then
+  echo "== deploy/check.sh"
+  deploy/check.sh
+  # The debug binaries cargo test just built.
+  echo "== scripts/dev.sh --check"
+  scripts/dev.sh --check --debug --no-build
+fi

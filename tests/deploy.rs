@@ -1,0 +1,667 @@
+//! The deployment files agree with the code and with each other: the ConfigMap holds a
+//! configuration the loader accepts; the Deployment's arguments, ports and probes match the
+//! Service, the configuration and the admin API; the RBAC is pods read-only for the
+//! ServiceAccount the Deployment runs as; the example Envoy's bootstrap step points at the
+//! Service; docker-compose.yml's assignment key, core names and ports match the configuration
+//! it runs; the Dockerfile copies everything the build reads. Schema validity is checked
+//! offline by `deploy/check.sh` (kubernetes-validate, docker-compose config, hadolint).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use voltha_xds::bootstrap::{bootstrap, BootstrapOptions};
+use voltha_xds::config::{Config, SourceConfig};
+use voltha_xds::sources::assignment::parse_assignment;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Every document of every file in deploy/kubernetes/.
+fn manifests() -> Vec<Value> {
+    let dir = root().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no manifests in {}", dir.display());
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read manifest");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            if !v.is_null() {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = all
+        .iter()
+        .filter(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one {kind} {name}");
+    found[0]
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {v:?}"))
+        .iter()
+        .map(|x| match x {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => panic!("not a string: {other:?}"),
+        })
+        .collect()
+}
+
+/// The value after `flag` in an argument list.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+/// A container's ports by name.
+fn container_ports(c: &Value) -> BTreeMap<String, u16> {
+    c["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                str_of(&p["name"]).to_string(),
+                p["containerPort"].as_u64().expect("containerPort") as u16,
+            )
+        })
+        .collect()
+}
+
+/// A probe's or Service's port (a number, or the name of a container port) as a number.
+fn resolve_port(port: &Value, ports: &BTreeMap<String, u16>) -> u16 {
+    match port {
+        Value::Number(n) => n.as_u64().expect("port") as u16,
+        Value::String(name) => *ports.get(name).unwrap_or_else(|| panic!("no container port {name}")),
+        other => panic!("bad port {other:?}"),
+    }
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    let sel = selector.as_mapping().expect("selector");
+    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The first (only) container of a Deployment and its pod spec.
+fn pod_spec(d: &Value) -> &Value {
+    &d["spec"]["template"]["spec"]
+}
+
+fn container<'a>(d: &'a Value, name: &str) -> &'a Value {
+    pod_spec(d)["containers"]
+        .as_sequence()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// The configuration the voltha-xds Deployment runs (from the ConfigMap it mounts at the
+/// `--config` path), loaded and validated by the library.
+fn deployed_config(all: &[Value]) -> Config {
+    let d = find(all, "Deployment", "voltha-xds");
+    let c = container(d, "voltha-xds");
+    let args = strings(&c["args"]);
+    let config_path = Path::new(flag(&args, "--config").expect("--config"));
+    let (dir, key) = (
+        config_path.parent().expect("dir").to_str().expect("utf-8"),
+        config_path.file_name().expect("file").to_str().expect("utf-8"),
+    );
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    let volume = pod_spec(d)["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let cm_name = str_of(&volume["configMap"]["name"]);
+    let cm = find(all, "ConfigMap", cm_name);
+    assert_eq!(cm["metadata"]["namespace"], d["metadata"]["namespace"]);
+    let text = str_of(&cm["data"][key]);
+    Config::from_yaml(text).unwrap_or_else(|e| panic!("ConfigMap {cm_name} key {key}: {e}"))
+}
+
+#[test]
+fn configmap_holds_a_config_the_loader_accepts() {
+    let all = manifests();
+    let config = deployed_config(&all);
+    // The pod source: what the RBAC below is for.
+    assert!(
+        config.sources.iter().any(|s| matches!(s, SourceConfig::Kubernetes(_))),
+        "the Kubernetes deployment's configuration watches pods"
+    );
+    assert!(config.groups.iter().any(|g| g.name == config.default_group));
+    // A changed key is caught: the loader refuses an unknown one.
+    let cm = find(&all, "ConfigMap", "voltha-xds-config");
+    let broken = str_of(&cm["data"]["voltha-xds.yaml"]).replace("default_group:", "default_groop:");
+    assert!(Config::from_yaml(&broken).is_err());
+}
+
+#[test]
+fn deployment_args_ports_and_probes_agree_with_service_and_config() {
+    let all = manifests();
+    let config = deployed_config(&all);
+    let d = find(&all, "Deployment", "voltha-xds");
+    assert_eq!(d["spec"]["replicas"].as_u64(), Some(2));
+    let c = container(d, "voltha-xds");
+    let args = strings(&c["args"]);
+    assert!(args.iter().any(|a| a == "serve"), "{args:?}");
+    let xds: SocketAddr = flag(&args, "--xds-listen")
+        .expect("--xds-listen")
+        .parse()
+        .expect("xds addr");
+    let admin: SocketAddr = flag(&args, "--admin-listen")
+        .expect("--admin-listen")
+        .parse()
+        .expect("admin addr");
+    // The kubelet probes the pod IP: the admin API must not stay on loopback.
+    assert!(admin.ip().is_unspecified(), "{admin}");
+    assert!(xds.ip().is_unspecified(), "{xds}");
+    // The configuration says the same (so the file alone, without the flags, still works).
+    assert_eq!(config.server.xds_listen.parse::<SocketAddr>().expect("config xds"), xds);
+    assert_eq!(
+        config.server.admin_listen.parse::<SocketAddr>().expect("config admin"),
+        admin
+    );
+
+    let ports = container_ports(c);
+    assert_eq!(ports.get("xds"), Some(&xds.port()));
+    assert_eq!(ports.get("admin"), Some(&admin.port()));
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(resolve_port(&get["port"], &ports), admin.port(), "{probe} port");
+    }
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+
+    // Non-root, the Dockerfile's user; no privilege escalation, read-only root, no capabilities.
+    let pod_sc = &pod_spec(d)["securityContext"];
+    assert_eq!(pod_sc["runAsNonRoot"], Value::Bool(true));
+    assert_eq!(pod_sc["runAsUser"].as_u64(), Some(dockerfile_uid()));
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+
+    // The Service selects these pods and maps its xds and admin ports onto them.
+    let svc = find(&all, "Service", "voltha-xds");
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    assert!(labels_match(&svc["spec"]["selector"], labels));
+    assert!(labels_match(&d["spec"]["selector"]["matchLabels"], labels));
+    let svc_ports: BTreeMap<String, (u16, u16)> = svc["spec"]["ports"]
+        .as_sequence()
+        .expect("service ports")
+        .iter()
+        .map(|p| {
+            (
+                str_of(&p["name"]).to_string(),
+                (
+                    p["port"].as_u64().expect("port") as u16,
+                    resolve_port(&p["targetPort"], &ports),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(svc_ports.get("xds"), Some(&(xds.port(), xds.port())));
+    assert_eq!(svc_ports.get("admin"), Some(&(admin.port(), admin.port())));
+
+    // The disruption budget covers these pods and leaves room to drain a node.
+    let pdb = find(&all, "PodDisruptionBudget", "voltha-xds");
+    assert!(labels_match(&pdb["spec"]["selector"]["matchLabels"], labels));
+    let min = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
+    let replicas = d["spec"]["replicas"].as_u64().expect("replicas");
+    assert!((1..replicas).contains(&min), "minAvailable {min} of {replicas}");
+}
+
+#[test]
+fn rbac_is_pods_read_only_for_the_deployments_service_account() {
+    let all = manifests();
+    let config = deployed_config(&all);
+    let d = find(&all, "Deployment", "voltha-xds");
+    let sa_name = str_of(&pod_spec(d)["serviceAccountName"]);
+    let sa = find(&all, "ServiceAccount", sa_name);
+    let ns = str_of(&d["metadata"]["namespace"]);
+    assert_eq!(sa["metadata"]["namespace"], ns);
+
+    // Every namespace the pod sources watch has a Role (pods: get, list, watch, nothing else)
+    // bound to that ServiceAccount.
+    let watched: BTreeSet<String> = config
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceConfig::Kubernetes(k) => Some(k.namespaces.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!watched.is_empty());
+    let roles: Vec<&Value> = all.iter().filter(|v| v["kind"] == "Role").collect();
+    assert!(all.iter().all(|v| v["kind"] != "ClusterRole"), "no cluster-wide rights");
+    for w in &watched {
+        let role = roles
+            .iter()
+            .find(|r| r["metadata"]["namespace"] == w.as_str())
+            .unwrap_or_else(|| panic!("no Role in namespace {w}"));
+        let rules = role["rules"].as_sequence().expect("rules");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(strings(&rules[0]["apiGroups"]), [""]);
+        assert_eq!(strings(&rules[0]["resources"]), ["pods"]);
+        let verbs: BTreeSet<String> = strings(&rules[0]["verbs"]).into_iter().collect();
+        assert_eq!(verbs, BTreeSet::from(["get".into(), "list".into(), "watch".into()]));
+        let binding = all
+            .iter()
+            .find(|v| {
+                v["kind"] == "RoleBinding"
+                    && v["metadata"]["namespace"] == w.as_str()
+                    && v["roleRef"]["name"] == role["metadata"]["name"]
+            })
+            .unwrap_or_else(|| panic!("no RoleBinding for the Role in {w}"));
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+        let subjects = binding["subjects"].as_sequence().expect("subjects");
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0]["kind"], "ServiceAccount");
+        assert_eq!(subjects[0]["name"], sa_name);
+        assert_eq!(subjects[0]["namespace"], ns);
+    }
+}
+
+/// `voltha-xds bootstrap` options from a shell command line (`... bootstrap --flag v ... > FILE`);
+/// returns them and the file written.
+fn bootstrap_from_shell(cmd: &str, node_id: &str) -> (BootstrapOptions, String) {
+    let words: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+    let at = words
+        .iter()
+        .position(|w| w == "bootstrap")
+        .unwrap_or_else(|| panic!("no bootstrap in {cmd:?}"));
+    assert!(words[..at].iter().any(|w| w == "voltha-xds"), "{cmd:?}");
+    let args = &words[at + 1..];
+    let out = flag(args, ">").unwrap_or_else(|| panic!("no > FILE in {cmd:?}"));
+    let o = BootstrapOptions {
+        node_id: node_id.into(),
+        node_cluster: flag(args, "--node-cluster").expect("--node-cluster").into(),
+        xds: flag(args, "--xds").expect("--xds").into(),
+        admin_port: flag(args, "--admin-port").map_or(9901, |p| p.parse().expect("--admin-port")),
+        admin_address: flag(args, "--admin-address").unwrap_or("127.0.0.1").into(),
+        delta: args.iter().any(|a| a == "--delta"),
+    };
+    (o, out.to_string())
+}
+
+/// The ports of the listeners an Envoy in `node_cluster` gets.
+fn listener_ports(config: &Config, node_cluster: &str) -> BTreeSet<u16> {
+    let group = config
+        .groups
+        .iter()
+        .find(|g| g.name == node_cluster)
+        .or_else(|| config.groups.iter().find(|g| g.name == config.default_group))
+        .expect("group");
+    group
+        .listeners
+        .iter()
+        .map(|l| port_of(&config.listener(l).expect("listener").address))
+        .collect()
+}
+
+#[test]
+fn example_envoy_bootstraps_from_the_service() {
+    let all = manifests();
+    let config = deployed_config(&all);
+    let xds_deploy = find(&all, "Deployment", "voltha-xds");
+    let xds_svc = find(&all, "Service", "voltha-xds");
+    let e = find(&all, "Deployment", "voltha-envoy");
+    let init = &pod_spec(e)["initContainers"][0];
+    // The bootstrap comes from the voltha-xds image.
+    assert_eq!(init["image"], container(xds_deploy, "voltha-xds")["image"]);
+    let cmd = strings(&init["command"]).join(" ");
+    let (opts, out) = bootstrap_from_shell(&cmd, "voltha-envoy-0");
+
+    // --xds names the Service (DNS name in its namespace) at its xds port.
+    let (host, port) = opts.xds.rsplit_once(':').expect("host:port");
+    let svc_ns = str_of(&xds_svc["metadata"]["namespace"]);
+    assert!(
+        host == format!("voltha-xds.{svc_ns}.svc.cluster.local") || host == format!("voltha-xds.{svc_ns}.svc"),
+        "{host}"
+    );
+    let xds_port = xds_svc["spec"]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "xds")
+        .and_then(|p| p["port"].as_u64())
+        .expect("xds port");
+    assert_eq!(port.parse::<u64>().expect("port"), xds_port);
+
+    // The bootstrap this produces points ADS at that address (the code's own rendering).
+    let y: serde_json::Value = serde_yaml::from_str(&bootstrap(&opts).expect("bootstrap")).expect("yaml");
+    let c = &y["static_resources"]["clusters"][0];
+    assert_eq!(c["type"], "STRICT_DNS");
+    let sa = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(sa["address"], host);
+    assert_eq!(sa["port_value"].as_u64(), Some(xds_port));
+
+    // The file is written to a volume the Envoy container mounts and reads with -c.
+    let envoy = container(e, "envoy");
+    assert!(
+        str_of(&envoy["image"]).starts_with("envoyproxy/envoy:v1.40"),
+        "{:?}",
+        envoy["image"]
+    );
+    let dir = Path::new(&out).parent().expect("dir").to_str().expect("utf-8");
+    let mounted_by = |c: &Value| -> Option<String> {
+        c["volumeMounts"]
+            .as_sequence()?
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .map(|m| str_of(&m["name"]).to_string())
+    };
+    let vol = mounted_by(init).expect("init container mounts the output directory");
+    let envoy_args = strings(&envoy["args"]);
+    let envoy_config = flag(&envoy_args, "-c").expect("-c");
+    assert_eq!(envoy_config, out);
+    assert_eq!(mounted_by(envoy), Some(vol.clone()));
+    let volume = pod_spec(e)["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == vol.as_str())
+        .expect("volume");
+    assert!(volume["emptyDir"].is_mapping(), "{volume:?}");
+
+    // Envoy's container ports are the listeners of its node group, and its Service maps them.
+    let ports: BTreeSet<u16> = container_ports(envoy).into_values().collect();
+    assert_eq!(ports, listener_ports(&config, &opts.node_cluster));
+    let api = all
+        .iter()
+        .find(|v| {
+            v["kind"] == "Service" && labels_match(&v["spec"]["selector"], &e["spec"]["template"]["metadata"]["labels"])
+        })
+        .expect("a Service for the example Envoy");
+    for p in api["spec"]["ports"].as_sequence().expect("ports") {
+        assert!(ports.contains(&resolve_port(&p["targetPort"], &container_ports(envoy))));
+    }
+}
+
+/// The numeric user of the Dockerfile's final stage.
+fn dockerfile_uid() -> u64 {
+    let text = read("Dockerfile");
+    let user = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER in the Dockerfile");
+    user.split(':')
+        .next()
+        .and_then(|u| u.trim().parse().ok())
+        .expect("numeric USER")
+}
+
+#[test]
+fn dockerfile_copies_what_the_build_reads() {
+    let text = read("Dockerfile");
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    // Every COPY from the build context names a file that exists and is not ignored; the
+    // build stage (the one that runs cargo build) copies what the build reads.
+    let mut copied = Vec::new();
+    let mut in_build_stage = false;
+    for line in text.lines() {
+        if line.starts_with("FROM ") {
+            copied.clear();
+        }
+        if line.starts_with("RUN ") && line.contains("cargo build") {
+            in_build_stage = true;
+            break;
+        }
+        let Some(rest) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if rest.starts_with("--from") {
+            continue;
+        }
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        for src in &words[..words.len() - 1] {
+            let src = src.trim_end_matches('/');
+            assert!(root().join(src).exists(), "COPY {src}: no such file");
+            let top = src.split('/').next().expect("path");
+            assert!(
+                !ignored.iter().any(|i| i == top),
+                "COPY {src} is excluded by .dockerignore"
+            );
+            copied.push(src.to_string());
+        }
+    }
+    assert!(in_build_stage, "a stage runs cargo build");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.starts_with("COPY --from"))
+    {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for src in &words[..words.len() - 1] {
+            let src = src.trim_end_matches('/');
+            assert!(root().join(src).exists(), "COPY {src}: no such file");
+            let top = src.split('/').next().expect("path");
+            assert!(
+                !ignored.iter().any(|i| i == top),
+                "COPY {src} is excluded by .dockerignore"
+            );
+        }
+    }
+    for needed in ["Cargo.toml", "Cargo.lock", "build.rs", "proto-vendor", "src", "config"] {
+        assert!(copied.iter().any(|c| c == needed), "the build needs {needed}");
+    }
+    // Files the sources embed with include_str!/include_bytes! are inside what is copied.
+    let mut stack = vec![root().join("src")];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("src dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let src = std::fs::read_to_string(&p).unwrap_or_default();
+            for part in src.split("include_").skip(1) {
+                let Some(arg) = part
+                    .strip_prefix("str!(\"")
+                    .or_else(|| part.strip_prefix("bytes!(\""))
+                    .and_then(|a| a.split('"').next())
+                else {
+                    continue;
+                };
+                let target = p
+                    .parent()
+                    .expect("dir")
+                    .join(arg)
+                    .canonicalize()
+                    .expect("embedded file");
+                let rel = target
+                    .strip_prefix(root().canonicalize().expect("root"))
+                    .expect("inside the repository");
+                let top = rel.iter().next().and_then(|t| t.to_str()).expect("path");
+                assert!(
+                    copied.iter().any(|c| c == top),
+                    "{} embeds {}",
+                    p.display(),
+                    rel.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "found the embedded files");
+    // The build line builds every binary the runtime stages take from the build stage.
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("RUN ") && l.contains("cargo build"))
+        .expect("cargo build line");
+    assert!(build.contains("--release --locked"), "{build}");
+    for l in text.lines().filter(|l| l.starts_with("COPY --from=build")) {
+        let binary = l
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.rsplit('/').next())
+            .expect("binary");
+        assert!(
+            build.contains(&format!("--bin {binary}")),
+            "{binary} is not built by: {build}"
+        );
+        let source = if binary == "voltha-xds" {
+            root().join("src/main.rs")
+        } else {
+            root().join(format!("src/bin/{binary}.rs"))
+        };
+        assert!(source.exists(), "no target {binary}");
+    }
+}
+
+#[test]
+fn compose_wiring_agrees_with_the_configuration() {
+    let text = read("docker-compose.yml");
+    let compose: Value = serde_yaml::from_str(&text).expect("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    let svc = |name: &str| -> &Value {
+        services
+            .get(name)
+            .unwrap_or_else(|| panic!("no service {name} in docker-compose.yml"))
+    };
+    let command = |name: &str| strings(&svc(name)["command"]);
+
+    // voltha-xds runs a shipped configuration (the image's working directory holds config/).
+    let xds_args = command("voltha-xds");
+    let config_file = flag(&xds_args, "--config").expect("--config");
+    let config = Config::load(&root().join(config_file)).expect("the configuration voltha-xds runs");
+    let xds_port = port_of(flag(&xds_args, "--xds-listen").expect("--xds-listen"));
+    let admin_addr = flag(&xds_args, "--admin-listen").expect("--admin-listen");
+    assert!(admin_addr.starts_with("0.0.0.0:"), "{admin_addr}");
+
+    // Its Consul source's key is the one the one-shot step writes, at the Consul service.
+    let consul = config
+        .sources
+        .iter()
+        .find_map(|s| match s {
+            SourceConfig::Consul(c) => Some(c),
+            _ => None,
+        })
+        .expect("a Consul source");
+    let addr = str_of(&svc("voltha-xds")["environment"]["CONSUL_HTTP_ADDR"]);
+    let consul_host = addr.trim_start_matches("http://").split(':').next().expect("host");
+    assert!(
+        str_of(&svc(consul_host)["image"]).starts_with("hashicorp/consul"),
+        "CONSUL_HTTP_ADDR names the Consul service"
+    );
+    let put = command("assignment");
+    let at = put.iter().position(|w| w == "put").expect("consul kv put");
+    assert_eq!(put[at + 1], consul.key, "the key written is the key followed");
+    let assignment = parse_assignment(put[at + 2].as_bytes()).expect("the assignment parses");
+    let hosts: BTreeSet<String> = assignment.sets.values().flatten().map(|b| b.host.clone()).collect();
+
+    // The hosts are exactly the fake-core services, listening on the clusters' port.
+    let fake_cores: BTreeSet<String> = services
+        .iter()
+        .filter(|(_, s)| s["build"]["target"] == "fake-core")
+        .map(|(k, _)| str_of(k).to_string())
+        .collect();
+    assert_eq!(hosts, fake_cores);
+    let core_ports: BTreeSet<u16> = config
+        .clusters
+        .iter()
+        .filter(|c| c.endpoints.source.as_deref() == Some(consul.name.as_str()))
+        .filter_map(|c| c.endpoints.port)
+        .collect();
+    assert!(!core_ports.is_empty());
+    for core in &fake_cores {
+        let args = command(core);
+        let listen = port_of(flag(&args, "--listen").expect("--listen"));
+        assert!(
+            core_ports.contains(&listen),
+            "{core} listens on {listen}, clusters use {core_ports:?}"
+        );
+    }
+
+    // Envoy's bootstrap points at the voltha-xds service's xDS port; Envoy reads that file
+    // from the shared volume; its published ports cover its group's listeners and its admin.
+    let boot = svc("envoy-bootstrap");
+    assert_eq!(boot["image"], svc("voltha-xds")["image"]);
+    let (opts, out) = bootstrap_from_shell(&command("envoy-bootstrap").join(" "), "envoy-1");
+    assert_eq!(opts.xds, format!("voltha-xds:{xds_port}"));
+    bootstrap(&opts).expect("the bootstrap renders");
+    let mount_of = |name: &str, dir: &str| -> Option<String> {
+        strings(&svc(name)["volumes"]).into_iter().find_map(|v| {
+            let mut parts = v.split(':');
+            let (vol, target) = (parts.next()?, parts.next()?);
+            (target == dir).then(|| vol.to_string())
+        })
+    };
+    let out_dir = Path::new(&out).parent().expect("dir").to_str().expect("utf-8");
+    let vol = mount_of("envoy-bootstrap", out_dir).expect("the bootstrap directory is a volume");
+    assert!(compose["volumes"].get(vol.as_str()).is_some(), "named volume {vol}");
+    let envoy_args = command("envoy");
+    let envoy_config = Path::new(flag(&envoy_args, "-c").expect("-c"));
+    let envoy_dir = envoy_config.parent().expect("dir").to_str().expect("utf-8");
+    assert_eq!(mount_of("envoy", envoy_dir), Some(vol.clone()));
+    assert_eq!(
+        envoy_config.file_name(),
+        Path::new(&out).file_name(),
+        "Envoy reads the file written"
+    );
+    assert!(str_of(&svc("envoy")["image"]).starts_with("envoyproxy/envoy:v1.40"));
+    let published: BTreeSet<u16> = strings(&svc("envoy")["ports"]).iter().map(|p| port_of(p)).collect();
+    let mut want = listener_ports(&config, &opts.node_cluster);
+    want.insert(opts.admin_port);
+    assert_eq!(published, want);
+    assert_eq!(
+        svc("envoy")["depends_on"]["envoy-bootstrap"]["condition"],
+        "service_completed_successfully"
+    );
+    // The shared volume is writable by the image's user.
+    let o = str_of(&compose["volumes"][vol.as_str()]["driver_opts"]["o"]);
+    assert!(o.contains(&format!("uid={}", dockerfile_uid())), "{o}");
+}
