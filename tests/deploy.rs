@@ -327,6 +327,12 @@ fn bootstrap_from_shell(cmd: &str, node_id: &str) -> (BootstrapOptions, String) 
         admin_port: flag(args, "--admin-port").map_or(9901, |p| p.parse().expect("--admin-port")),
         admin_address: flag(args, "--admin-address").unwrap_or("127.0.0.1").into(),
         delta: args.iter().any(|a| a == "--delta"),
+        tls: flag(args, "--tls-ca").map(|ca| voltha_xds::bootstrap::BootstrapTls {
+            ca: ca.into(),
+            client: flag(args, "--tls-cert")
+                .zip(flag(args, "--tls-key"))
+                .map(|(c, k)| (c.into(), k.into())),
+        }),
     };
     (o, out.to_string())
 }
