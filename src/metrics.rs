@@ -26,8 +26,9 @@ pub struct TypeApiLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ApiLabel {
+pub struct ApiServiceLabel {
     pub api: &'static str,
+    pub service: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,7 +60,7 @@ pub struct GroupTypeLabel {
 
 pub struct Metrics {
     registry: Registry,
-    streams: Family<ApiLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    streams: Family<ApiServiceLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     responses: Family<TypeApiLabel, Counter<u64, AtomicU64>>,
     acks: Family<TypeLabel, Counter>,
     nacks: Family<TypeLabel, Counter>,
@@ -126,7 +127,7 @@ impl Metrics {
         };
         registry.register(
             "streams",
-            "Connected xDS streams, by API (sotw, delta)",
+            "Connected xDS streams, by API (sotw, delta) and service (ads, or the type of a per-type service)",
             m.streams.clone(),
         );
         registry.register("responses", "xDS responses sent, by type and API", m.responses.clone());
@@ -220,8 +221,8 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    pub fn stream_opened(&self, api: &'static str) -> StreamGauge {
-        let g = self.streams.get_or_create(&ApiLabel { api }).clone();
+    pub fn stream_opened(&self, api: &'static str, service: &'static str) -> StreamGauge {
+        let g = self.streams.get_or_create(&ApiServiceLabel { api, service }).clone();
         g.inc();
         StreamGauge(g)
     }

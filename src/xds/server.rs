@@ -117,7 +117,7 @@ impl XdsServer {
         let slot = self.stream_slot()?;
         let reg = self.clients.register("sotw", scope.name());
         let sm = SotwStream::new(scope, self.limits, reg.status.clone());
-        Ok(self.spawn_stream(reg, slot, sm, inbound))
+        Ok(self.spawn_stream(reg, slot, scope, sm, inbound))
     }
 
     pub(super) fn delta(
@@ -128,7 +128,7 @@ impl XdsServer {
         let slot = self.stream_slot()?;
         let reg = self.clients.register("delta", scope.name());
         let sm = DeltaStream::new(scope, self.limits, reg.status.clone());
-        Ok(self.spawn_stream(reg, slot, sm, inbound))
+        Ok(self.spawn_stream(reg, slot, scope, sm, inbound))
     }
 
     /// Runs one stream in its own task: request arrived / snapshot changed / shutdown, then send
@@ -137,6 +137,7 @@ impl XdsServer {
         &self,
         reg: Registration,
         slot: OwnedSemaphorePermit,
+        scope: Scope,
         mut sm: M,
         mut inbound: Requests<M::Request>,
     ) -> mpsc::Receiver<Outbound> {
@@ -145,7 +146,7 @@ impl XdsServer {
         tokio::spawn(async move {
             let _reg = reg;
             let _slot = slot;
-            let _gauge = this.metrics.stream_opened(M::API);
+            let _gauge = this.metrics.stream_opened(M::API, scope.name());
             let mut snaps = this.cache.subscribe();
             let mut push = PendingPush::default();
             let mut current = snaps.borrow_and_update().clone();
