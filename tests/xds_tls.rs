@@ -246,3 +246,39 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named() {
         .to_string();
     assert!(err.contains("do not go together"), "{err}");
 }
+
+/// `validate` loads the TLS files too, and names the one that is wrong.
+#[test]
+fn validate_checks_the_tls_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki::create(dir.path());
+    let run = |cert: &std::path::Path| {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "server: {{ tls: {{ cert_file: \"{}\", key_file: \"{}\", client_ca_file: \"{}\" }} }}\ndefault_group: g\nclusters: [{{ name: c, endpoints: {{ static: [\"127.0.0.1:1\"] }} }}]\nlisteners: [{{ name: l, address: \"127.0.0.1:1\", routes: [{{ prefix: /, cluster: c }}] }}]\ngroups: [{{ name: g, listeners: [l] }}]\n",
+                cert.display(),
+                pki.server_key.display(),
+                pki.ca.display()
+            ),
+        )
+        .expect("write");
+        std::process::Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+            .arg("validate")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("runs")
+    };
+    let ok = run(&pki.server_cert);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("is valid"));
+    let bad = run(&dir.path().join("absent.pem"));
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("server.tls.cert_file") && err.contains("absent.pem"),
+        "{err}"
+    );
+}
