@@ -131,12 +131,14 @@ fn frame<M: WireMessage>(msg: M) -> Option<Vec<Bytes>> {
 
 /// What a stream task sends to the response body.
 /// (The status is boxed: the channel's slots are allocated in blocks, and a `Status` is large.)
-pub type Outbound = Result<Framed, Box<Status>>;
+/// Boxed both ways: a stream's channel keeps a block of slots for its whole life, so a slot
+/// must be small (two words, not a whole `Framed`).
+pub type Outbound = Result<Box<Framed>, Box<Status>>;
 
 /// The response body: DATA chunks from the stream task, then trailers with the final status.
 pub struct ResponseBody {
     rx: mpsc::Receiver<Outbound>,
-    current: Option<Framed>,
+    current: Option<Box<Framed>>,
     done: bool,
 }
 
@@ -165,7 +167,7 @@ impl http_body::Body for ResponseBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         loop {
-            if let Some(chunk) = this.current.as_mut().and_then(Framed::next_chunk) {
+            if let Some(chunk) = this.current.as_deref_mut().and_then(Framed::next_chunk) {
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             this.current = None;
@@ -412,7 +414,9 @@ impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
                         .await
                     {
                         Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
-                            Framed::new(resp).ok_or_else(|| Status::resource_exhausted("response too large"))
+                            Framed::new(resp)
+                                .map(Box::new)
+                                .ok_or_else(|| Status::resource_exhausted("response too large"))
                         }),
                         Ok(None) => Err(Status::invalid_argument("a fetch needs one request message")),
                         Err(s) => Err(s),

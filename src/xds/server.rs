@@ -189,6 +189,7 @@ impl XdsServer {
                 this.observe(sm.take_events(), M::API, &mut push);
                 for r in out {
                     let framed = Framed::new(r)
+                        .map(Box::new)
                         .ok_or_else(|| Box::new(Status::resource_exhausted("response larger than gRPC can frame")));
                     let failed = framed.is_err();
                     // A client that does not read must not hold up shutdown.
