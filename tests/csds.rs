@@ -410,3 +410,46 @@ async fn a_real_envoy_is_reported_acked_once_it_holds_the_snapshot() {
         }
     }
 }
+
+/// A push the Envoy has not answered yet is STALE (REQUESTED in CSDS, with the version it
+/// holds), and SYNCED once ACKed.
+#[tokio::test]
+async fn an_unanswered_push_is_stale_until_acked() {
+    let s = Setup::new().await;
+    let mut c = Sotw::open(s.channel().await, "olt-slow", "nbi").await;
+    c.sync(CDS, &[]).await;
+    let eds = c.sync(EDS, &["voltha-grpc"]).await;
+    wait_states(&s, &[("olt-slow", ["SYNCED", "SYNCED", "NOT SENT", "NOT SENT"])]).await;
+
+    let path = s.dir.path().join("assignment.json");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, r#"{"0001": {"id": "a", "host": "10.0.0.9"}}"#).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let pushed = c.next().await;
+    assert_eq!(pushed.type_url, EDS);
+    assert_ne!(pushed.version_info, eds.version_info);
+    let v = wait_states(&s, &[("olt-slow", ["SYNCED", "STALE", "NOT SENT", "NOT SENT"])]).await;
+    let t = &v["nodes"][0]["types"]["eds"];
+    assert_eq!(t["acked_version"], eds.version_info.as_str());
+    assert_eq!(t["sent_version"], pushed.version_info.as_str());
+    assert_eq!(t["current_version"], pushed.version_info.as_str());
+    let got = rows(&fetch(&s, ClientStatusRequest::default()).await.expect("fetch"));
+    assert_eq!(
+        got["olt-slow"][1],
+        (
+            "eds".to_string(),
+            "voltha-grpc".to_string(),
+            ClientResourceStatus::Requested,
+            ConfigStatus::Stale,
+            eds.version_info.clone()
+        )
+    );
+
+    c.tx.send(c.req(EDS, &["voltha-grpc"], Some(&pushed)))
+        .await
+        .expect("ack");
+    wait_states(&s, &[("olt-slow", ["SYNCED", "SYNCED", "NOT SENT", "NOT SENT"])]).await;
+    let got = rows(&fetch(&s, ClientStatusRequest::default()).await.expect("fetch"));
+    assert_eq!(got["olt-slow"][1].2, ClientResourceStatus::Acked);
+    assert_eq!(got["olt-slow"][1].4, pushed.version_info);
+}
