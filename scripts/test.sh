@@ -4,6 +4,8 @@
 #    already runs, or when ENVOY_BIN points at an Envoy binary).
 #  - etcd and etcdctl: Debian's etcd-server and etcd-client (apt-get; skipped when both are on
 #    PATH, or when ETCD_BIN is set).
+#  - Chromium: Debian's chromium (apt-get; skipped when it is on PATH, or when CHROMIUM_BIN is
+#    set), for the status page test.
 #  - cargo test for every target. The cargo target dir defaults to a cache outside the clone
 #    ($HOME/.cache/voltha-xds/target) so repeated runs and fresh clones build incrementally.
 #  - On a full run (no arguments): deploy/check.sh (offline checks of Dockerfile,
@@ -39,6 +41,15 @@ if [ -z "${ETCD_BIN:-}" ] && ! { command -v etcd >/dev/null && command -v etcdct
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+
+# Headless Chromium for the status page test (Debian's chromium; skipped when it is on PATH,
+# or when CHROMIUM_BIN is set).
+if [ -z "${CHROMIUM_BIN:-}" ] && ! command -v chromium >/dev/null; then
+  echo "== installing chromium (apt-get)"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq chromium >/dev/null
 fi
 
 echo "== Envoy: $("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo unknown)"

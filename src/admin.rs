@@ -8,6 +8,10 @@
 //! - `GET /debug/snapshot[?group=NAME]`: versions and resources (Envoy JSON) per group.
 //! - `GET /debug/clients`: each connected stream (node, group, per type the last sent and last
 //!   ACKed version, the last NACK and its error), and the recent NACKs.
+//! - `GET /debug/status`: what `voltha-xds status` and the status page show ([`view`]): each
+//!   Envoy (streams merged per node) with its state per type against its group's snapshot, the
+//!   snapshot per group, recent pushes and NACKs, source health.
+//! - `GET /`: the status page, one static HTML file whose script reads `/debug/status`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +28,13 @@ use crate::metrics::Metrics;
 use crate::sources::SourceHandle;
 use crate::xds::cache::Cache;
 use crate::xds::resources::ResourceType;
-use crate::xds::status::ClientTable;
+use crate::xds::status::{ClientTable, PushLog};
+
+pub mod table;
+pub mod view;
+
+/// The status page (plain HTML and script, no build step).
+const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -34,14 +44,30 @@ pub struct AdminState {
     pub sources: Vec<SourceHandle>,
 }
 
+/// The router's state: the handles, and the push log it keeps.
+#[derive(Clone)]
+struct Shared {
+    s: AdminState,
+    pushes: Arc<PushLog>,
+}
+
+/// The admin routes. Starts the task that keeps the push log (it follows the cache and ends
+/// with it), so call it within a Tokio runtime.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let pushes = Arc::new(PushLog::default());
+    tokio::spawn(pushes.clone().follow(state.cache.subscribe()));
+    let inner = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/snapshot", get(snapshot))
         .route("/debug/clients", get(clients))
-        .with_state(state)
+        .with_state(state.clone());
+    Router::new()
+        .route("/", get(page))
+        .route("/debug/status", get(status))
+        .with_state(Shared { s: state, pushes })
+        .merge(inner)
 }
 
 impl AdminState {
@@ -147,4 +173,54 @@ async fn clients(State(s): State<AdminState>) -> Response {
         "recent_nacks": s.clients.recent_nacks(),
     }))
     .into_response()
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
+}
+
+/// The document behind `GET /debug/status`.
+pub fn status_view(s: &AdminState, pushes: &PushLog) -> view::StatusView {
+    let snap = s.cache.current();
+    let streams = s.clients.snapshot();
+    view::StatusView {
+        generated_at: view::secs(std::time::SystemTime::now()),
+        ready: s.ready(),
+        generation: snap.as_ref().map(|s| s.generation),
+        default_group: snap.as_ref().map(|s| s.default_group.clone()),
+        groups: view::groups(snap.as_deref()),
+        nodes: view::nodes(&streams, snap.as_deref()),
+        pushes: view::pushes(&pushes.recent()),
+        nacks: view::nacks(&s.clients.recent_nacks()),
+        sources: s
+            .sources
+            .iter()
+            .map(|h| {
+                let st = h.rx.borrow();
+                view::SourceView {
+                    name: h.name.clone(),
+                    state: st.health.state.to_string(),
+                    delivered: st.data.is_some(),
+                    last_success: st.health.last_success.map(view::secs),
+                    last_error: st.health.last_error.clone(),
+                    last_error_at: st.health.last_error_at.map(view::secs),
+                }
+            })
+            .collect(),
+    }
+}
+
+async fn status(State(sh): State<Shared>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(status_view(&sh.s, &sh.pushes)),
+    )
+        .into_response()
 }

@@ -83,6 +83,16 @@ enum Command {
         #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
         tls_key: Option<String>,
     },
+    /// Show each connected Envoy's sync state per type (SYNCED, STALE, NACKED, NOT SENT),
+    /// read from a running server's admin API.
+    Status {
+        /// The admin API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:18080")]
+        admin: String,
+        /// Print the admin's JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -217,5 +227,38 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{y}");
             Ok(())
         }
+        Command::Status { admin, json } => status(&admin, json),
     }
+}
+
+/// `voltha-xds status`: reads `GET /debug/status` and prints the table.
+fn status(admin: &str, json: bool) -> Result<(), String> {
+    let url = format!("{}/debug/status", admin.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let r = client.get(&url).send().await.map_err(|e| {
+            format!("cannot reach the admin API at {admin} ({url}): {e}; is voltha-xds serving there? (--admin URL)")
+        })?;
+        let code = r.status();
+        let text = r.text().await.map_err(|e| format!("{url}: {e}"))?;
+        if !code.is_success() {
+            return Err(format!("{url} answered {code}: {}", text.trim()));
+        }
+        Ok(text)
+    })?;
+    let view: voltha_xds::admin::view::StatusView =
+        serde_json::from_str(&body).map_err(|e| format!("{url} did not answer a status document: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", voltha_xds::admin::table::render(&view));
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! group, lists of encoded resources by type, and serves them to the letter of the xDS protocol.
 
 pub mod cache;
+pub mod csds;
 pub mod grpc;
 pub mod listen;
 pub mod resources;

@@ -58,6 +58,9 @@ impl XdsServer {
             .add_service(GrpcService::<grpc::Cds>::new(self.clone()))
             .add_service(GrpcService::<grpc::Eds>::new(self.clone()))
             .add_service(GrpcService::<grpc::Lds>::new(self.clone()))
+            .add_service(
+                super::csds::Csds::new(self.clients.clone(), self.cache.clone(), self.shutdown.clone()).into_service(),
+            )
             .add_service(GrpcService::<grpc::Rds>::new(self))
     }
 

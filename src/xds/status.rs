@@ -1,7 +1,7 @@
 //! What the admin API shows about connected streams: one [`ClientStatus`] per stream, kept in
 //! a [`ClientTable`] while the stream lives, plus a short log of recent NACKs.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -9,11 +9,16 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::watch;
 
+use super::cache::Snapshot;
 use super::resources::ResourceType;
+use super::stream::NameSet;
 
 /// How many NACKs the table remembers across all streams.
 const RECENT_NACKS: usize = 100;
+/// How many snapshot publications the push log remembers.
+pub const RECENT_PUSHES: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Nack {
@@ -34,6 +39,9 @@ pub struct TypeStatus {
     pub subscribed: bool,
     pub wildcard: bool,
     pub names: usize,
+    /// The subscribed names themselves: the stream's own set, shared (not a copy), read by CSDS.
+    #[serde(skip)]
+    pub name_set: NameSet,
     pub last_sent_version: Option<String>,
     pub last_sent_nonce: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
@@ -58,6 +66,70 @@ pub struct ClientStatus {
     #[serde(serialize_with = "ser_time")]
     pub connected_at: SystemTime,
     pub types: std::collections::BTreeMap<&'static str, TypeStatus>,
+}
+
+/// How one stream (or node) stands with one resource type, as `voltha-xds status` and the status
+/// page show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum SyncState {
+    /// The client ACKed the version the snapshot holds for its group now.
+    #[serde(rename = "SYNCED")]
+    Synced,
+    /// A response is in flight (sent, not yet answered), or the client ACKed an older version
+    /// and the newer one has not been sent yet.
+    #[serde(rename = "STALE")]
+    Stale,
+    /// The client rejected the last response sent for this type.
+    #[serde(rename = "NACKED")]
+    Nacked,
+    /// Nothing has been sent for this type (not subscribed, or no snapshot yet).
+    #[serde(rename = "NOT SENT")]
+    NotSent,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Synced => "SYNCED",
+            SyncState::Stale => "STALE",
+            SyncState::Nacked => "NACKED",
+            SyncState::NotSent => "NOT SENT",
+        }
+    }
+}
+
+impl std::fmt::Display for SyncState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TypeStatus {
+    /// Whether the client rejected the last response sent for this type.
+    pub fn last_nacked(&self) -> bool {
+        matches!((&self.last_nack, &self.last_sent_nonce), (Some(n), Some(s)) if &n.nonce == s)
+    }
+
+    /// Whether a response is sent and not yet ACKed or NACKed (a stream has at most one per type).
+    pub fn in_flight(&self) -> bool {
+        self.responses > self.acks + self.nacks
+    }
+
+    /// The state against `current`, the version the snapshot holds now for this client's group.
+    pub fn sync_state(&self, current: Option<&str>) -> SyncState {
+        if self.last_nacked() {
+            return SyncState::Nacked;
+        }
+        if self.in_flight() {
+            return SyncState::Stale;
+        }
+        match &self.last_acked_version {
+            None if self.responses == 0 => SyncState::NotSent,
+            None => SyncState::Stale,
+            Some(a) if Some(a.as_str()) == current => SyncState::Synced,
+            Some(_) => SyncState::Stale,
+        }
+    }
 }
 
 impl ClientStatus {
@@ -152,6 +224,109 @@ impl ClientTable {
 
     pub fn recent_nacks(&self) -> Vec<Nack> {
         self.nacks.lock().iter().cloned().collect()
+    }
+}
+
+/// One snapshot publication for one node group, as the push log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Push {
+    /// When the push log saw the publication.
+    #[serde(serialize_with = "ser_time")]
+    pub at: SystemTime,
+    pub generation: u64,
+    pub group: String,
+    /// The types whose version changed (every type for a new group, none for a removed one).
+    pub changed: Vec<&'static str>,
+    /// The group is gone from the snapshot.
+    pub removed: bool,
+    /// The group's version of each type after the publication (empty for a removed group).
+    pub versions: BTreeMap<&'static str, String>,
+    pub resources: BTreeMap<&'static str, usize>,
+}
+
+/// A short log of snapshot publications, by group. It follows the cache's `watch` channel, so
+/// publications that follow each other faster than the log task runs are seen as one (the
+/// generation then jumps by more than one).
+#[derive(Default)]
+pub struct PushLog {
+    entries: Mutex<VecDeque<Push>>,
+}
+
+impl PushLog {
+    /// Records what changed from `prev` to `next`, one entry per group that changed.
+    pub fn record(&self, prev: Option<&Snapshot>, next: &Snapshot, at: SystemTime) {
+        let mut out = Vec::new();
+        for (name, g) in &next.groups {
+            let old = prev.and_then(|p| p.groups.get(name));
+            if old.is_some_and(|o| Arc::ptr_eq(o, g)) {
+                continue;
+            }
+            let changed: Vec<&'static str> = ResourceType::ALL
+                .into_iter()
+                .filter(|t| old.is_none_or(|o| o.get(*t).version != g.get(*t).version))
+                .map(|t| t.short())
+                .collect();
+            if changed.is_empty() && old.is_some() {
+                continue;
+            }
+            out.push(Push {
+                at,
+                generation: next.generation,
+                group: name.clone(),
+                changed,
+                removed: false,
+                versions: ResourceType::ALL
+                    .into_iter()
+                    .map(|t| (t.short(), g.get(t).version.clone()))
+                    .collect(),
+                resources: ResourceType::ALL
+                    .into_iter()
+                    .map(|t| (t.short(), g.get(t).resources.len()))
+                    .collect(),
+            });
+        }
+        for name in prev.iter().flat_map(|p| p.groups.keys()) {
+            if !next.groups.contains_key(name) {
+                out.push(Push {
+                    at,
+                    generation: next.generation,
+                    group: name.clone(),
+                    changed: Vec::new(),
+                    removed: true,
+                    versions: BTreeMap::new(),
+                    resources: BTreeMap::new(),
+                });
+            }
+        }
+        let mut q = self.entries.lock();
+        for p in out {
+            if q.len() == RECENT_PUSHES {
+                q.pop_front();
+            }
+            q.push_back(p);
+        }
+    }
+
+    /// The remembered publications, oldest first.
+    pub fn recent(&self) -> Vec<Push> {
+        self.entries.lock().iter().cloned().collect()
+    }
+
+    /// Records every snapshot seen on `rx` until its sender is gone.
+    pub async fn follow(self: Arc<Self>, mut rx: watch::Receiver<Option<Arc<Snapshot>>>) {
+        let mut prev: Option<Arc<Snapshot>> = None;
+        loop {
+            let cur = rx.borrow_and_update().clone();
+            if let Some(next) = &cur {
+                if !prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, next)) {
+                    self.record(prev.as_deref(), next, SystemTime::now());
+                }
+                prev = cur;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -145,8 +145,8 @@ impl DeltaStream {
             self.core.check_names(ty, names.len())?;
             st.names = share_names(names);
         }
-        let (wildcard, count) = (st.wildcard, st.names.len());
-        self.core.record_subscription(ty, wildcard, count);
+        let (wildcard, names) = (st.wildcard, st.names.clone());
+        self.core.record_subscription(ty, wildcard, &names);
         Ok(())
     }
 

@@ -274,21 +274,24 @@ impl Core {
         }
     }
 
-    /// A reconnecting client already holds `version` (it said so, and it is current): nothing
-    /// is sent, and the status shows the version as the one it has accepted.
-    fn record_resumed(&self, ty: ResourceType, version: &str) {
-        let mut st = self.status.lock();
-        let t = st.ty(ty);
-        t.last_acked_version = Some(version.to_string());
-        t.last_ack_at = Some(SystemTime::now());
-    }
-
-    fn record_subscription(&self, ty: ResourceType, wildcard: bool, names: usize) {
+    fn record_subscription(&self, ty: ResourceType, wildcard: bool, names: &NameSet) {
         let mut st = self.status.lock();
         let t = st.ty(ty);
         t.subscribed = true;
         t.wildcard = wildcard;
-        t.names = names;
+        t.names = names.len();
+        if !Arc::ptr_eq(&t.name_set, names) {
+            t.name_set = names.clone();
+        }
+    }
+
+    /// A reconnecting client's first request said it holds `version`, the current one: for the
+    /// status views it holds it as if ACKed (nothing is sent).
+    fn record_held(&self, ty: ResourceType, version: &str) {
+        let mut st = self.status.lock();
+        let t = st.ty(ty);
+        t.last_acked_version = Some(version.to_string());
+        t.last_ack_at = Some(SystemTime::now());
     }
 }
 

@@ -158,7 +158,7 @@ impl SotwStream {
             }
         }
         if let Some(st) = &self.types[ty.index()] {
-            self.core.record_subscription(ty, st.wildcard, st.names.len());
+            self.core.record_subscription(ty, st.wildcard, &st.names);
         }
         Ok(())
     }
@@ -188,7 +188,7 @@ impl SotwStream {
                 if st.claimed.as_deref() == Some(ts.version.as_str()) {
                     st.sent = Some(ts.clone());
                     st.claimed = None;
-                    self.core.record_resumed(ty, &ts.version);
+                    self.core.record_held(ty, &ts.version);
                     continue;
                 }
                 st.force = true;

@@ -1,0 +1,317 @@
+//! The status views against a known set of connected xDS clients: the status page at admin `/`
+//! rendered by headless Chromium (Debian's `chromium`, or `$CHROMIUM_BIN`), and the
+//! `voltha-xds status` command.
+
+#[path = "support/status_clients.rs"]
+mod status_clients;
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use status_clients::*;
+use voltha_xds::xds::resources::ResourceType;
+
+/// A node id that HTML would take for markup.
+const ODD_ID: &str = "<b>x&y</b>";
+
+fn chromium_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHROMIUM_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        for name in ["chromium", "chromium-browser"] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no Chromium found: the status page test needs headless Chromium. Install Debian's \
+         package (`apt-get install chromium`; scripts/test.sh does it) or set CHROMIUM_BIN"
+    );
+}
+
+/// The page's DOM after its script ran, as headless Chromium dumps it.
+async fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("tmp");
+    let child = tokio::process::Command::new(chromium_bin())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", chromium_bin().display()));
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("chromium ends within 120 s")
+        .expect("chromium ran");
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The HTML of the first element that starts with `open` (up to its closing `</tr>`).
+fn row<'a>(dom: &'a str, open: &str) -> &'a str {
+    let start = dom
+        .find(open)
+        .unwrap_or_else(|| panic!("no {open} in the page:\n{dom}"));
+    let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+    &dom[start..end]
+}
+
+/// Per type (cds, eds, lds, rds): the cell's `data-state` and text in a node's row.
+fn cells(row: &str) -> Vec<(String, String)> {
+    let re = regex::Regex::new(r#"data-type="(\w+)" data-state="([A-Z ]+)"[^>]*>([^<]*)</td>"#).expect("re");
+    re.captures_iter(row)
+        .map(|c| {
+            assert!(c[3].starts_with(&c[2]), "state {} shown as {}", &c[2], &c[3]);
+            (c[1].to_string(), c[3].to_string())
+        })
+        .collect()
+}
+
+fn short(v: &str) -> &str {
+    &v[..8]
+}
+
+#[tokio::test]
+async fn the_status_page_shows_envoys_states_snapshot_nacks_pushes_and_sources() {
+    let s = Setup::new().await;
+    let _clients = connect_known_clients(&s).await;
+    let mut odd = Sotw::open(s.channel().await, ODD_ID, "nbi").await;
+    odd.sync(CDS, &[]).await;
+    wait_states(
+        &s,
+        &[
+            (ODD_ID, ["SYNCED", "NOT SENT", "NOT SENT", "NOT SENT"]),
+            ("olt-delta-1", ["SYNCED", "NOT SENT", "SYNCED", "NOT SENT"]),
+            ("olt-sotw-1", ["SYNCED", "SYNCED", "SYNCED", "SYNCED"]),
+            ("olt-sotw-2", ["NACKED", "NOT SENT", "NOT SENT", "NOT SENT"]),
+        ],
+    )
+    .await;
+
+    let dom = dump_dom(&s.admin("/")).await;
+    let v = |g: &str, t: ResourceType| s.version(g, t);
+    let nbi = |t: ResourceType| format!("SYNCED {}", short(&v("nbi", t)));
+    let front = |t: ResourceType| format!("SYNCED {}", short(&v("front-proxy", t)));
+    let pair = |t: &str, text: String| (t.to_string(), text);
+
+    assert_eq!(
+        cells(row(&dom, r#"<tr data-node="olt-sotw-1">"#)),
+        vec![
+            pair("cds", nbi(ResourceType::Cluster)),
+            pair("eds", nbi(ResourceType::Endpoint)),
+            pair("lds", nbi(ResourceType::Listener)),
+            pair("rds", nbi(ResourceType::Route)),
+        ]
+    );
+    assert_eq!(
+        cells(row(&dom, r#"<tr data-node="olt-sotw-2">"#)),
+        vec![
+            pair("cds", format!("NACKED {}", short(&v("nbi", ResourceType::Cluster)))),
+            pair("eds", "NOT SENT".into()),
+            pair("lds", "NOT SENT".into()),
+            pair("rds", "NOT SENT".into()),
+        ]
+    );
+    let delta = row(&dom, r#"<tr data-node="olt-delta-1">"#);
+    assert_eq!(
+        cells(delta),
+        vec![
+            pair("cds", front(ResourceType::Cluster)),
+            pair("eds", "NOT SENT".into()),
+            pair("lds", front(ResourceType::Listener)),
+            pair("rds", "NOT SENT".into()),
+        ]
+    );
+    assert!(delta.contains("<td>front-proxy</td>"), "the group: {delta}");
+    assert!(delta.contains("<td>delta/ads</td>"), "the stream: {delta}");
+    assert!(delta.contains(" ago</td>"), "time since the last ACK: {delta}");
+
+    // Text from the network is text: the odd node id and the NACK error are escaped, not markup.
+    assert!(
+        dom.contains(r#"<td class="node-id">&lt;b&gt;x&amp;y&lt;/b&gt;</td>"#),
+        "odd node id:\n{dom}"
+    );
+    assert!(!dom.contains("<b>x"), "the node id became markup");
+    let nack = row(&dom, r#"<tr data-nack-node="olt-sotw-2">"#);
+    let escaped_error = NACK_ERROR
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert!(
+        nack.contains(&format!(r#"<td class="nack-error">{escaped_error}</td>"#)),
+        "NACK error: {nack}"
+    );
+    assert!(nack.contains("<td>cds</td>"), "{nack}");
+
+    // The snapshot per group: the server's versions and resource counts.
+    for (group, types) in [
+        ("nbi", ["cds", "eds", "lds", "rds"]),
+        ("front-proxy", ["cds", "eds", "lds", "rds"]),
+    ] {
+        let r = row(&dom, &format!(r#"<tr data-group="{group}">"#));
+        let snap = s.server.cache.current().expect("snapshot");
+        for (ty, t) in types.iter().zip(ResourceType::ALL) {
+            let ts = snap.groups[group].get(t);
+            let want = format!(
+                r#"data-type="{ty}" data-version="{}">{} ({})</td>"#,
+                ts.version,
+                ts.version,
+                ts.resources.len()
+            );
+            assert!(r.contains(&want), "{group} {ty}: want {want} in {r}");
+        }
+    }
+    assert!(row(&dom, r#"<tr data-group="nbi">"#).contains("<td>nbi (default)</td>"));
+
+    // Pushes, source health, readiness.
+    assert!(dom.contains(r#"<tr data-push-group="nbi">"#), "pushes:\n{dom}");
+    assert!(dom.contains(r#"<tr data-push-group="front-proxy">"#), "pushes:\n{dom}");
+    let src = row(&dom, r#"<tr data-source="assignment" data-source-state="ok">"#);
+    assert!(src.contains("<td>yes</td>"), "delivered: {src}");
+    assert!(dom.contains(r#"data-ready="true""#), "readiness:\n{dom}");
+    assert!(
+        dom.contains(r#"<div id="error"></div>"#),
+        "the page reported an error:\n{dom}"
+    );
+}
+
+async fn run_status(admin: &str) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+            .args(["status", "--admin", admin])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("status ends in time")
+    .expect("status runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_status_command_prints_a_table_of_the_connected_envoys() {
+    let s = Setup::new().await;
+    let _clients = connect_known_clients(&s).await;
+    wait_states(
+        &s,
+        &[
+            ("olt-delta-1", ["SYNCED", "NOT SENT", "SYNCED", "NOT SENT"]),
+            ("olt-sotw-1", ["SYNCED", "SYNCED", "SYNCED", "SYNCED"]),
+            ("olt-sotw-2", ["NACKED", "NOT SENT", "NOT SENT", "NOT SENT"]),
+        ],
+    )
+    .await;
+    let (ok, out, err) = run_status(&format!("http://{}", s.server.admin_addr)).await;
+    assert!(ok, "status failed: {err}");
+    let words = |prefix: &str| -> Vec<String> {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line for {prefix}:\n{out}"));
+        line.split_whitespace().map(String::from).collect()
+    };
+    let v = |g: &str, t: ResourceType| short(&s.version(g, t)).to_string();
+    assert_eq!(
+        words("NODE"),
+        vec!["NODE", "CLUSTER", "GROUP", "CDS", "EDS", "LDS", "RDS", "LAST", "ACK"]
+    );
+    let sotw1 = words("olt-sotw-1 ");
+    assert_eq!(
+        sotw1[..11],
+        [
+            "olt-sotw-1".to_string(),
+            "nbi".into(),
+            "nbi".into(),
+            "SYNCED".into(),
+            v("nbi", ResourceType::Cluster),
+            "SYNCED".into(),
+            v("nbi", ResourceType::Endpoint),
+            "SYNCED".into(),
+            v("nbi", ResourceType::Listener),
+            "SYNCED".into(),
+            v("nbi", ResourceType::Route),
+        ]
+    );
+    assert_eq!(sotw1[12], "ago");
+    assert_eq!(
+        words("olt-sotw-2 ")[..6],
+        [
+            "olt-sotw-2".to_string(),
+            "nbi".into(),
+            "nbi".into(),
+            "NACKED".into(),
+            v("nbi", ResourceType::Cluster),
+            "NOT".into()
+        ]
+    );
+    assert_eq!(
+        words("olt-delta-1 ")[..5],
+        [
+            "olt-delta-1".to_string(),
+            "front-proxy".into(),
+            "front-proxy".into(),
+            "SYNCED".into(),
+            v("front-proxy", ResourceType::Cluster),
+        ]
+    );
+    // Columns line up: every row's CDS cell starts where the header's does.
+    let col = out.lines().next().and_then(|h| h.find("CDS")).expect("header");
+    for l in out.lines().skip(1).take(3) {
+        assert!(
+            l[col..].starts_with("SYNCED") || l[col..].starts_with("NACKED"),
+            "misaligned: {l}"
+        );
+    }
+    assert!(
+        out.contains(&format!(
+            "NACKED:\n  olt-sotw-2 cds {}: {NACK_ERROR}\n",
+            v("nbi", ResourceType::Cluster)
+        )),
+        "{out}"
+    );
+    let gen = s.server.cache.current().expect("snapshot").generation;
+    assert!(
+        out.contains(&format!("snapshot generation {gen}, default group nbi")),
+        "{out}"
+    );
+
+    // Nothing listens there: a clear error and a failure exit status.
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    let (ok, out, err) = run_status(&closed).await;
+    assert!(!ok, "status succeeded against {closed}: {out}");
+    assert!(
+        err.contains(&format!("cannot reach the admin API at {closed}")),
+        "stderr: {err}"
+    );
+}
