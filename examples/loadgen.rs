@@ -711,6 +711,25 @@ async fn http_status(addr: &str, path: &str) -> Result<u16> {
         .ok_or_else(|| anyhow!("not an HTTP response: {head:?}"))
 }
 
+/// The server's live heap (`voltha_xds_heap_bytes` on /metrics), in KiB; 0 if it does not say.
+async fn heap_kib(addr: &str) -> f64 {
+    let text = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).to_string())
+    };
+    text.await
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("voltha_xds_heap_bytes ")?.trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |b| b / 1024.0)
+}
+
 // ---- Input files. ----
 
 fn initial_sets(clusters: usize, endpoints: usize) -> BTreeMap<String, Vec<String>> {
@@ -963,6 +982,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     println!("server ready in {:.2}s", started.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_base = status_kib(Some(pid), "VmRSS")?;
+    let heap_base = heap_kib(&admin_addr).await;
     let cpu_base = cpu_seconds(pid, ticks)?;
     let self_pid = std::process::id();
     let lg_cpu_base = cpu_seconds(self_pid, ticks)?;
@@ -1127,6 +1147,15 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     );
     let cpu_total = cpu_end - cpu_base;
     let rss_end = status_kib(Some(pid), "VmRSS")?;
+    let heap_end = heap_kib(&admin_addr).await;
+    let heap_per_stream = (heap_end - heap_base) / n as f64;
+    println!(
+        "steady state after the changes: server RSS {:.1} MiB = {:.1} KiB/stream over the baseline; live heap {:.1} -> {:.1} MiB = {heap_per_stream:.1} KiB/stream",
+        mib(rss_end),
+        (rss_end as f64 - rss_base as f64) / n as f64,
+        heap_base / 1024.0,
+        heap_end / 1024.0
+    );
     let hwm = status_kib(Some(pid), "VmHWM")?;
     let lg_hwm = status_kib(None, "VmHWM")?;
 
@@ -1155,7 +1184,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         println!("  {l}");
     }
     println!(
-        "SUMMARY mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={:.1} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1}",
+        "SUMMARY mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={:.1} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={:.1} heap_end_mib={:.1} heap_kib_per_stream={heap_per_stream:.1}",
         args.mode.name(),
         args.clusters,
         args.endpoints,
@@ -1170,6 +1199,8 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         publish.p50,
         mib(lg_rss),
         mib(lg_hwm),
+        heap_base / 1024.0,
+        heap_end / 1024.0,
     );
     println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -58,7 +58,16 @@ pub struct GroupTypeLabel {
     pub r#type: &'static str,
 }
 
+/// Reads the live heap size; set by the binary, which owns the global allocator.
+static HEAP_PROBE: std::sync::OnceLock<fn() -> usize> = std::sync::OnceLock::new();
+
+/// Makes `voltha_xds_heap_bytes` report `probe()`; the first call wins.
+pub fn set_heap_probe(probe: fn() -> usize) {
+    let _ = HEAP_PROBE.set(probe);
+}
+
 pub struct Metrics {
+    heap_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     registry: Registry,
     streams: Family<ApiServiceLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     responses: Family<TypeApiLabel, Counter<u64, AtomicU64>>,
@@ -102,6 +111,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("voltha_xds");
         let m = Metrics {
+            heap_bytes: Gauge::default(),
             streams: Family::default(),
             responses: Family::default(),
             acks: Family::default(),
@@ -213,6 +223,13 @@ impl Metrics {
             "xDS streams refused with RESOURCE_EXHAUSTED because server.max_streams were open",
             m.streams_refused.clone(),
         );
+        if HEAP_PROBE.get().is_some() {
+            registry.register(
+                "heap_bytes",
+                "Heap bytes allocated and not yet freed (live data, not what the allocator keeps from the system)",
+                m.heap_bytes.clone(),
+            );
+        }
         registry.register(
             "tls_reloads",
             "Reloads of the xDS TLS files after a change, by result (ok, error)",
@@ -335,6 +352,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(probe) = HEAP_PROBE.get() {
+            self.heap_bytes.set(probe() as i64);
+        }
         let mut s = String::new();
         if encode(&mut s, &self.registry).is_err() {
             s.clear();
