@@ -203,10 +203,6 @@ fn grpc_response(rx: mpsc::Receiver<Outbound>) -> http::Response<Body> {
     r
 }
 
-/// A buffer kept between requests at most this large; a larger one (after a big request) is
-/// released once it has been consumed.
-const KEEP_BUFFER: usize = 4 * 1024;
-
 /// The request side of a stream: gRPC messages decoded from the HTTP/2 body. Unlike tonic's
 /// decoder, it does not keep a buffer as large as the largest request between requests (an
 /// Envoy re-sends its whole EDS subscription with every ACK).
@@ -281,10 +277,14 @@ impl<T: Message + Default> Requests<T> {
         }
         let msg =
             T::decode(&self.buf[5..5 + len]).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")));
-        let _ = self.buf.split_to(5 + len);
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
-            self.buf = BytesMut::new();
-        }
+        // Keep nothing of the allocation that held this message: `split_to` or `advance` would
+        // leave the rest of the buffer pinning all of it (an Envoy's EDS ACK is tens of KiB, on
+        // every stream), while the capacity the buffer reports looks small.
+        self.buf = if self.buf.len() == 5 + len {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&self.buf[5 + len..])
+        };
         msg.map(Some)
     }
 }
@@ -551,7 +551,7 @@ mod tests {
         let mut r = Requests::<DiscoveryRequest>::new(body_of(chunks));
         assert_eq!(r.message().await.expect("ok"), Some(big));
         assert_eq!(r.message().await.expect("ok"), Some(small));
-        assert!(r.buf.capacity() <= KEEP_BUFFER, "buffer kept: {}", r.buf.capacity());
+        assert_eq!(r.buf.capacity(), 0, "buffer kept between requests");
         assert_eq!(r.message().await.expect("ok"), None);
     }
 
