@@ -243,7 +243,7 @@ voltha-xds, two fake cores and Envoy are running (work directory $work):
   VOLTHA NBI, gRPC (Envoy)      127.0.0.1:$grpc_port
   VOLTHA NBI, REST (Envoy)      http://127.0.0.1:$rest_port
   Envoy admin                   http://127.0.0.1:$envoy_admin_port
-  voltha-xds admin              http://127.0.0.1:$admin_port   (/readyz /metrics /debug/snapshot /debug/clients)
+  voltha-xds admin              http://127.0.0.1:$admin_port/   (status page; /debug/status /readyz /metrics /debug/snapshot /debug/clients)
   voltha-xds xDS                127.0.0.1:$xds_port
   fake cores                    $(for i in "${!core_ids[@]}"; do printf '%s=%s:%s ' "${core_ids[$i]}" "${core_ips[$i]}" "$core_port"; done)
 

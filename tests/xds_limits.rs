@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use support::proxy::Proxy;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -165,15 +166,26 @@ async fn connections_over_max_connections_are_closed_at_once() {
     server.stop(Duration::from_secs(5)).await;
 }
 
-/// SIGTERM: the binary stops accepting, ends the open stream, and exits 0 well within
-/// `server.shutdown_grace`.
+/// SIGTERM (Kubernetes) and SIGINT (Ctrl-C): the binary stops accepting, ends the open stream,
+/// and exits 0 well within `server.shutdown_grace`. With `--log-format json` every log line is
+/// one JSON object.
 #[tokio::test]
 async fn sigterm_ends_streams_and_exits_zero() {
+    signal_ends_streams_and_exits_zero("TERM", "human").await;
+}
+
+#[tokio::test]
+async fn sigint_ends_streams_and_exits_zero_with_json_logs() {
+    signal_ends_streams_and_exits_zero("INT", "json").await;
+}
+
+async fn signal_ends_streams_and_exits_zero(signal: &str, log_format: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let (xds_port, admin_port) = (free_port(), free_port());
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, config("shutdown_grace: 5s")).expect("write");
     let mut child = Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+        .args(["--log-format", log_format])
         .arg("serve")
         .arg("--config")
         .arg(&path)
@@ -190,7 +202,7 @@ async fn sigterm_ends_streams_and_exits_zero() {
 
     let t0 = Instant::now();
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
@@ -220,6 +232,96 @@ async fn sigterm_ends_streams_and_exits_zero() {
         .read_to_string(&mut log)
         .expect("log");
     assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+    if log_format == "json" {
+        for line in log.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        }
+    } else {
+        assert!(!log.trim_start().starts_with('{'), "{log}");
+    }
     // The port is free again.
     assert!(tokio::net::TcpListener::bind(xds).await.is_ok(), "xDS port still held");
+}
+
+/// The sum of the `voltha_xds_streams` gauge over its labels.
+async fn open_streams(admin: SocketAddr) -> f64 {
+    get_text(&format!("http://{admin}/metrics"))
+        .await
+        .lines()
+        .filter(|l| l.starts_with("voltha_xds_streams{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// An Envoy whose host vanishes without closing the connection: the HTTP/2 keepalive PING goes
+/// unanswered, the server closes the connection within interval + timeout, and the stream is
+/// gone from the streams gauge (its slot of max_streams is free again).
+#[tokio::test]
+async fn keepalive_drops_a_peer_that_stopped_answering() {
+    let server = start_server(&config(
+        "keepalive_interval: 200ms, keepalive_timeout: 200ms, max_streams: 1",
+    ))
+    .await;
+    let proxy = Proxy::start(server.xds_addr).await;
+    let mut s = open(channel(proxy.addr).await, cds(vec![])).await.expect("open");
+    assert!(s.next().await.is_ok());
+    assert_eq!(open_streams(server.admin_addr).await, 1.0);
+    // Several keepalive rounds pass on a live peer: the stream stays.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(open_streams(server.admin_addr).await, 1.0, "a live peer was dropped");
+
+    proxy.freeze();
+    let t0 = Instant::now();
+    wait_for(WAIT, "the dead peer's stream to end", || {
+        let admin = server.admin_addr;
+        async move { (open_streams(admin).await == 0.0).then_some(()) }
+    })
+    .await;
+    eprintln!("dead peer dropped after {:?}", t0.elapsed());
+    // Its slot is free: a new stream (directly, not through the frozen proxy) is served.
+    let mut again = open(channel(server.xds_addr).await, cds(vec![])).await.expect("open");
+    assert!(again.next().await.is_ok());
+    drop((s, again));
+    server.stop(Duration::from_secs(5)).await;
+}
+
+/// server.max_streams_per_connection is the HTTP/2 concurrent-stream limit the server
+/// advertises: a third stream on a connection waits (the client holds it) until one of the two
+/// open ones ends, while another connection is served at once.
+#[tokio::test]
+async fn max_streams_per_connection_holds_a_third_stream_on_one_connection() {
+    let server = start_server(&config("max_streams_per_connection: 2")).await;
+    let ch = channel(server.xds_addr).await;
+    let mut a = open(ch.clone(), cds(vec![])).await.expect("first");
+    let mut b = open(ch.clone(), cds(vec![])).await.expect("second");
+    assert!(a.next().await.is_ok());
+    assert!(b.next().await.is_ok());
+
+    let third = tokio::spawn({
+        let ch = ch.clone();
+        async move {
+            let mut s = open(ch, cds(vec![])).await.expect("third");
+            s.next().await.expect("third's response");
+            s
+        }
+    });
+    // Another connection is not held.
+    let mut other = open(channel(server.xds_addr).await, cds(vec![])).await.expect("other");
+    assert!(other.next().await.is_ok());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third stream was served on a connection limited to two"
+    );
+    assert_eq!(open_streams(server.admin_addr).await, 3.0);
+
+    drop(a);
+    let third = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("the third stream is served once one ends")
+        .expect("task");
+    drop((third, b, other));
+    server.stop(Duration::from_secs(5)).await;
 }

@@ -15,7 +15,6 @@ use support::pki::Pki;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
-use voltha_xds::bootstrap::{bootstrap, BootstrapOptions, BootstrapTls};
 
 fn tls_block(pki: &Pki) -> String {
     format!(
@@ -109,22 +108,22 @@ async fn envoy_over_mtls_gets_its_config_and_keeps_its_stream_through_a_certific
     }
     let yaml = config_yaml(dir.path(), grpc, rest, core_port, "").replacen("server:\n", &tls_block(&pki), 1);
     let server = start_server(&yaml).await;
-    let bs = bootstrap(&BootstrapOptions {
-        node_id: "mtls-envoy".into(),
-        node_cluster: "voltha".into(),
-        xds: server.xds_addr.to_string(),
-        admin_port: admin,
-        admin_address: "127.0.0.1".into(),
-        delta: false,
-        tls: Some(BootstrapTls {
-            ca: pki.ca.display().to_string(),
-            client: Some((
-                pki.client_cert.display().to_string(),
-                pki.client_key.display().to_string(),
-            )),
-        }),
-    })
-    .expect("bootstrap");
+    // The bootstrap comes from the binary's own `bootstrap` command, as an operator makes it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+        .args(["bootstrap", "--node-id", "mtls-envoy", "--node-cluster", "voltha"])
+        .args([
+            "--xds",
+            &server.xds_addr.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+        ])
+        .args(["--tls-ca", &pki.ca.display().to_string()])
+        .args(["--tls-cert", &pki.client_cert.display().to_string()])
+        .args(["--tls-key", &pki.client_key.display().to_string()])
+        .output()
+        .expect("bootstrap runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bs = String::from_utf8(out.stdout).expect("utf-8");
     let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
     let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
         .expect("uri")
@@ -281,4 +280,33 @@ fn validate_checks_the_tls_files() {
         err.contains("server.tls.cert_file") && err.contains("absent.pem"),
         "{err}"
     );
+}
+
+/// A client certificate without its key (or without the CA) is refused by `bootstrap` with the
+/// missing flag named, and nothing is printed.
+#[test]
+fn bootstrap_refuses_a_client_certificate_without_its_key() {
+    let base = [
+        "bootstrap",
+        "--node-id",
+        "n",
+        "--node-cluster",
+        "c",
+        "--xds",
+        "127.0.0.1:18000",
+    ];
+    for (extra, missing) in [
+        (vec!["--tls-ca", "ca.pem", "--tls-cert", "c.pem"], "--tls-key"),
+        (vec!["--tls-cert", "c.pem", "--tls-key", "k.pem"], "--tls-ca"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+            .args(base)
+            .args(&extra)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(out.stdout.is_empty(), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(missing), "{extra:?}: {err}");
+    }
 }

@@ -312,3 +312,34 @@ fn consul_source_errors_are_named() {
         assert_eq!(errors_of(&yaml), Vec::<String>::new(), "{ok}");
     }
 }
+
+#[test]
+fn server_limits_are_checked() {
+    let yaml = r#"
+default_group: g
+groups: [{ name: g, clusters: [c] }]
+server:
+  max_streams: 0
+  max_connections: 9999999999999999999
+  max_streams_per_connection: 0
+  max_request_bytes: 10
+  keepalive_interval: 10s
+  keepalive_timeout: 0s
+  tls: { cert_file: " ", key_file: k.pem, reload_interval: 1ms }
+clusters:
+  - { name: c, endpoints: { static: ["127.0.0.1:1"] } }
+"#;
+    let e = errors_of(yaml);
+    let want = [
+        "server.max_streams must be at least 1",
+        "server.max_connections (9999999999999999999) must be at most",
+        "server.max_streams_per_connection must be at least 1",
+        "server.max_request_bytes (10) must be between 1024 and",
+        "server.keepalive_timeout must be above zero when keepalive_interval is set",
+        "server.tls.cert_file must not be empty",
+        "server.tls.reload_interval (1ms) must be at least 10ms",
+    ];
+    for w in want {
+        assert!(e.iter().any(|m| m.contains(w)), "missing error {w:?} in {e:#?}");
+    }
+}

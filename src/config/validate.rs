@@ -32,6 +32,11 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     ] {
         if n == 0 {
             e.push(format!("{what} must be at least 1"));
+        } else if n > tokio::sync::Semaphore::MAX_PERMITS {
+            e.push(format!(
+                "{what} ({n}) must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
         }
     }
     if c.server.max_request_bytes < 1024 || c.server.max_request_bytes > u32::MAX as usize {

@@ -14,6 +14,7 @@ pub struct Proxy {
     open: Arc<AtomicBool>,
     target: Arc<Mutex<SocketAddr>>,
     cut: watch::Sender<u64>,
+    freeze: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
 
@@ -23,6 +24,7 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let open = Arc::new(AtomicBool::new(true));
         let (cut, cut_rx) = watch::channel(0u64);
+        let (freeze, freeze_rx) = watch::channel(0u64);
         let (stop, mut stop_rx) = watch::channel(false);
         let is_open = open.clone();
         let target = Arc::new(Mutex::new(target));
@@ -40,6 +42,8 @@ impl Proxy {
                 }
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.borrow_and_update();
+                let mut freeze_rx = freeze_rx.clone();
+                freeze_rx.borrow_and_update();
                 let to = *current.lock().expect("target");
                 tokio::spawn(async move {
                     let Ok(up) = TcpStream::connect(to).await else {
@@ -47,11 +51,18 @@ impl Proxy {
                     };
                     let (mut dr, mut dw) = down.into_split();
                     let (mut ur, mut uw) = up.into_split();
-                    tokio::select! {
-                        _ = cut_rx.changed() => {}
-                        _ = tokio::io::copy(&mut dr, &mut uw) => {}
-                        _ = tokio::io::copy(&mut ur, &mut dw) => {}
+                    let frozen = tokio::select! {
+                        _ = cut_rx.changed() => false,
+                        _ = freeze_rx.changed() => true,
+                        _ = tokio::io::copy(&mut dr, &mut uw) => false,
+                        _ = tokio::io::copy(&mut ur, &mut dw) => false,
+                    };
+                    if frozen {
+                        // Both sockets stay open, but nothing crosses any more: a peer that
+                        // vanished without closing (a dead host, a cable pulled).
+                        let _ = cut_rx.changed().await;
                     }
+                    drop((dr, dw, ur, uw));
                 });
             }
         });
@@ -60,8 +71,14 @@ impl Proxy {
             open,
             target,
             cut,
+            freeze,
             stop,
         }
+    }
+
+    /// Stops forwarding on every open connection without closing either side.
+    pub fn freeze(&self) {
+        self.freeze.send_modify(|n| *n += 1);
     }
 
     /// Drops every connection and refuses new ones.

@@ -295,10 +295,20 @@ impl Core {
     }
 }
 
+/// The longest NACK error text kept (per stream and type, and in the recent-NACK log); longer
+/// texts are cut at a character boundary and marked.
+pub(crate) const MAX_ERROR_TEXT: usize = 4096;
+
 fn error_text(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option<String> {
     detail.as_ref().map(|s| {
         if s.message.is_empty() {
             format!("(code {}, no message)", s.code)
+        } else if s.message.len() > MAX_ERROR_TEXT {
+            let mut end = MAX_ERROR_TEXT;
+            while !s.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}… ({} bytes in all)", &s.message[..end], s.message.len())
         } else {
             s.message.clone()
         }

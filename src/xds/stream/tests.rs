@@ -706,3 +706,19 @@ fn a_type_waiting_for_an_ack_of_the_current_version_holds_nothing_back() {
     s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
     assert_eq!(one(s.poll()).type_url, RDS.type_url());
 }
+
+#[test]
+fn a_long_nack_text_is_cut_at_a_character() {
+    let detail = |m: &str| {
+        Some(RpcStatus {
+            code: 3,
+            message: m.into(),
+            details: vec![],
+        })
+    };
+    let t = super::error_text(&detail(&"é".repeat(5000))).expect("text");
+    assert!(t.len() <= super::MAX_ERROR_TEXT + 32, "{}", t.len());
+    assert!(t.starts_with("éé") && t.ends_with("… (10000 bytes in all)"), "{t}");
+    assert_eq!(super::error_text(&detail("short")).as_deref(), Some("short"));
+    assert_eq!(super::error_text(&detail("")).as_deref(), Some("(code 3, no message)"));
+}
