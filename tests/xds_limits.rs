@@ -325,3 +325,63 @@ async fn max_streams_per_connection_holds_a_third_stream_on_one_connection() {
     drop((third, b, other));
     server.stop(Duration::from_secs(5)).await;
 }
+
+/// Shutdown finishes the response in flight: an Envoy that has not read the whole of a large
+/// CDS response (HTTP/2 flow control holds the rest on the server) when shutdown begins still
+/// receives all of it, then its stream ends; the server stops within the deadline.
+#[tokio::test]
+async fn shutdown_delivers_the_response_in_flight() {
+    let n = 1500;
+    let clusters: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "  - {{ name: cluster-with-a-long-name-{i:05}, endpoints: {{ static: [\"127.0.0.1:{}\"] }} }}",
+                1000 + i
+            )
+        })
+        .collect();
+    let yaml =
+        format!(
+        "server: {{ shutdown_grace: 5s }}\ndefault_group: g\nclusters:\n{}\ngroups: [{{ name: g, clusters: [{}] }}]\n",
+        clusters.join("\n"),
+        (0..n).map(|i| format!("cluster-with-a-long-name-{i:05}")).collect::<Vec<_>>().join(", ")
+    );
+    let server = start_server(&yaml).await;
+    let xds = server.xds_addr;
+    let small_window = Channel::from_shared(format!("http://{xds}"))
+        .expect("uri")
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .expect("connect");
+    let mut s = open(small_window, cds(vec![])).await.expect("open");
+    // The response is queued and partly sent; the client reads nothing yet, so flow control
+    // (a 64 KiB stream window) keeps the rest on the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = Instant::now();
+    let stopping = tokio::spawn(server.stop(Duration::from_secs(5)));
+    wait_for(WAIT, "the xDS port to stop accepting", || async move {
+        tokio::net::TcpStream::connect(xds).await.is_err().then_some(())
+    })
+    .await;
+
+    let r = s
+        .next()
+        .await
+        .expect("the response in flight is delivered after shutdown began");
+    assert_eq!(r.type_url, CDS);
+    assert_eq!(r.resources.len(), n, "a cut response");
+    let size: usize = r.resources.iter().map(|a| a.value.len()).sum();
+    assert!(
+        size > 128 * 1024,
+        "the response ({size} bytes) fits in one window; the test proves nothing"
+    );
+    let end = tokio::time::timeout(WAIT, s.rx.message())
+        .await
+        .expect("the stream ends");
+    assert!(!matches!(end, Ok(Some(_))), "a response after shutdown: {end:?}");
+    stopping.await.expect("stop");
+    assert!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());
+}
