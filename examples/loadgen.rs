@@ -20,7 +20,10 @@
 //! 5. K times: changes one endpoint of one cluster (write + rename) and waits until every stream
 //!    has received the new content; reports convergence p50/p99/max from just before the rename
 //!    (which includes the file poll interval and the debounce quiet period);
-//! 6. prints the server's CPU time and peak RSS, a summary line and a markdown table row.
+//! 6. prints the server's CPU time and peak RSS, a summary line and a markdown table row. The
+//!    summary's `push_p50_ms`/`push_max_ms` are, per change, the convergence minus the time the
+//!    server's log says the snapshot was published: the push alone, from the published
+//!    snapshot to the last stream holding it (the figure `examples/rawlimit.rs` bounds).
 //!
 //! Every wait is bounded; a timeout, a stream error or a server exit ends the run non-zero.
 //! Responses are decoded with minimal messages (version, type, nonce, raw resources), so the
@@ -1064,6 +1067,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     let changes_start = Instant::now();
     let mut all = Vec::new();
     let mut publish_ms = Vec::new();
+    let mut push_ms = Vec::new();
     let (mut dup_total, mut missing_total) = (tally.duplicate_updates, 0usize);
     for k in 1..=args.changes {
         let generation = u32::try_from(k).context("too many changes")?;
@@ -1100,6 +1104,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         let breakdown = match published.first() {
             Some((ms, build)) => {
                 publish_ms.push(*ms);
+                push_ms.push(s.max - ms);
                 format!(
                     "; published +{ms:.1} ms (build {} ms{}), push to all +{:.1} ms",
                     build.map_or("?".into(), |b| b.to_string()),
@@ -1171,6 +1176,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     };
     let redundant: Vec<String> = tally.redundant.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let publish = stats(&publish_ms);
+    let push = stats(&push_ms);
     println!(
         "anomalies: stream failures {}, pushes without the new address {}, extra EDS pushes {}, EDS pushes before any change {}, redundant responses [{}]; avg resources per update push {avg_res:.2}",
         tally.failures,
@@ -1184,7 +1190,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         println!("  {l}");
     }
     println!(
-        "SUMMARY mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={:.1} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={:.1} heap_end_mib={:.1} heap_kib_per_stream={heap_per_stream:.1}",
+        "SUMMARY mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={:.1} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={:.1} heap_end_mib={:.1} heap_kib_per_stream={heap_per_stream:.1} push_p50_ms={:.1} push_max_ms={:.1}",
         args.mode.name(),
         args.clusters,
         args.endpoints,
@@ -1201,6 +1207,8 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         mib(lg_hwm),
         heap_base / 1024.0,
         heap_end / 1024.0,
+        push.p50,
+        push.max,
     );
     println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
