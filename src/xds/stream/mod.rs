@@ -361,18 +361,21 @@ pub fn share_names(set: std::collections::BTreeSet<Arc<str>>) -> NameSet {
 /// Whether `names` (a request's list, `*` aside) is exactly `set`, decided without building
 /// anything when the list is sorted and unique (as Envoy sends it), so an ACK that repeats the
 /// subscription costs no allocation. `None`: the list is unsorted, compare the built set.
+///
+/// A sorted list is walked beside the set's own order: one comparison per name (an EDS ACK
+/// repeats every subscribed name, so this runs for each stream on every push).
 pub fn same_names(set: &std::collections::BTreeSet<Arc<str>>, names: &[String]) -> Option<bool> {
-    let mut count = 0;
+    let mut expected = set.iter();
+    let mut equal = true;
     let mut prev: Option<&str> = None;
-    for n in names.iter().filter(|n| n.as_str() != "*") {
-        if prev.is_some_and(|p| p >= n.as_str()) {
+    for n in names.iter().map(String::as_str).filter(|n| *n != "*") {
+        if prev.is_some_and(|p| p >= n) {
             return None;
         }
-        if !set.contains(n.as_str()) {
-            return Some(false);
-        }
         prev = Some(n);
-        count += 1;
+        if equal && expected.next().map(|e| &**e) != Some(n) {
+            equal = false;
+        }
     }
-    Some(count == set.len())
+    Some(equal && expected.next().is_none())
 }

@@ -640,6 +640,22 @@ fn same_names_is_exact_for_sorted_lists_and_defers_otherwise() {
     );
     assert_eq!(super::same_names(&s, &l(&["b", "a"])), None);
     assert_eq!(super::same_names(&s, &l(&["*", "a", "b"])), Some(true));
+    assert_eq!(
+        super::same_names(&s, &l(&["a", "b", "c"])),
+        Some(false),
+        "one name more"
+    );
+    assert_eq!(
+        super::same_names(&s, &l(&["0", "a"])),
+        Some(false),
+        "a name before the set's first"
+    );
+    assert_eq!(super::same_names(&s, &l(&[])), Some(false));
+    assert_eq!(
+        super::same_names(&s, &l(&["c", "a"])),
+        None,
+        "unsorted after a mismatch still defers"
+    );
 }
 
 #[test]
