@@ -232,6 +232,15 @@ impl<T: Message + Default> Requests<T> {
 
     /// The next request; `Ok(None)` when the client closed its side.
     pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        match self.raw_message().await? {
+            Some(raw) => T::decode(&raw[..]).map(Some).map_err(undecodable),
+            None => Ok(None),
+        }
+    }
+
+    /// The next request's bytes (the gRPC message, without its 5-byte prefix), for the caller
+    /// to decode; `Ok(None)` when the client closed its side.
+    pub async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if let Some(msg) = self.take()? {
                 return Ok(Some(msg));
@@ -255,8 +264,8 @@ impl<T: Message + Default> Requests<T> {
         }
     }
 
-    /// Decodes one whole message from the buffer, if there is one.
-    fn take(&mut self) -> Result<Option<T>, Status> {
+    /// Takes one whole message from the buffer, if there is one.
+    fn take(&mut self) -> Result<Option<Bytes>, Status> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -275,18 +284,21 @@ impl<T: Message + Default> Requests<T> {
             self.buf.reserve(5 + len - self.buf.len());
             return Ok(None);
         }
-        let msg =
-            T::decode(&self.buf[5..5 + len]).map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")));
-        // Keep nothing of the allocation that held this message: `split_to` or `advance` would
-        // leave the rest of the buffer pinning all of it (an Envoy's EDS ACK is tens of KiB, on
-        // every stream), while the capacity the buffer reports looks small.
-        self.buf = if self.buf.len() == 5 + len {
-            BytesMut::new()
-        } else {
-            BytesMut::from(&self.buf[5 + len..])
-        };
-        msg.map(Some)
+        // The message keeps the buffer's allocation (freed when the caller drops it); the rest
+        // of the buffer moves to a new one. `split_to` would leave the rest pinning all of it (an
+        // Envoy's EDS ACK is tens of KiB, on every stream) while the capacity the buffer reports
+        // looks small.
+        let all = std::mem::take(&mut self.buf);
+        if all.len() > 5 + len {
+            self.buf = BytesMut::from(&all[5 + len..]);
+        }
+        Ok(Some(all.freeze().slice(5..5 + len)))
     }
+}
+
+/// The status for a request that does not decode.
+pub fn undecodable(e: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!("undecodable request: {e}"))
 }
 
 /// One xDS gRPC service: its name and how its methods map onto streams.

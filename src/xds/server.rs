@@ -158,7 +158,9 @@ impl XdsServer {
                 tokio::select! {
                     _ = this.shutdown.cancelled() => break,
                     _ = tx.closed() => break,
-                    msg = inbound.message() => match msg {
+                    msg = inbound.raw_message() => match msg.and_then(|raw| {
+                        raw.map(|raw| sm.decode(&raw).map_err(grpc::undecodable)).transpose()
+                    }) {
                         Ok(Some(req)) => {
                             if let Err(e) = sm.on_request(req) {
                                 this.metrics.bad_request();
@@ -258,6 +260,8 @@ trait Machine: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
     type Response: WireMessage;
     const API: &'static str;
+    /// Decodes a request, with whatever the stream already holds at hand.
+    fn decode(&mut self, raw: &[u8]) -> Result<Self::Request, prost::DecodeError>;
     fn on_request(&mut self, req: Self::Request) -> Result<(), StreamError>;
     fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>);
     fn poll(&mut self) -> Vec<Self::Response>;
@@ -265,11 +269,14 @@ trait Machine: Send + 'static {
 }
 
 macro_rules! machine {
-    ($sm:ty, $req:ty, $resp:ty, $api:expr) => {
+    ($sm:ty, $req:ty, $resp:ty, $api:expr, $decode:expr) => {
         impl Machine for $sm {
             type Request = $req;
             type Response = $resp;
             const API: &'static str = $api;
+            fn decode(&mut self, raw: &[u8]) -> Result<$req, prost::DecodeError> {
+                $decode(self, raw)
+            }
             fn on_request(&mut self, req: $req) -> Result<(), StreamError> {
                 <$sm>::on_request(self, req)
             }
@@ -286,5 +293,17 @@ macro_rules! machine {
     };
 }
 
-machine!(SotwStream, DiscoveryRequest, DiscoveryResponse, "sotw");
-machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse, "delta");
+machine!(
+    SotwStream,
+    DiscoveryRequest,
+    DiscoveryResponse,
+    "sotw",
+    SotwStream::decode
+);
+machine!(
+    DeltaStream,
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    "delta",
+    |_: &mut DeltaStream, raw: &[u8]| <DeltaDiscoveryRequest as prost::Message>::decode(raw)
+);

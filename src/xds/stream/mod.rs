@@ -379,3 +379,84 @@ pub fn same_names(set: &std::collections::BTreeSet<Arc<str>>, names: &[String]) 
     }
     Some(equal && expected.next().is_none())
 }
+
+/// A minimal protobuf wire reader: the top-level fields of a message, without decoding them.
+pub(crate) mod wire {
+    /// One field: its number, its bytes as they stand in the message (key included), and its
+    /// payload (for length-delimited fields, the bytes after the length).
+    pub struct Field<'a> {
+        pub tag: u32,
+        pub whole: &'a [u8],
+        pub payload: &'a [u8],
+    }
+
+    /// The fields of `msg` in order; `None` (and the end) at the first malformed field.
+    pub fn fields(msg: &[u8]) -> impl Iterator<Item = Option<Field<'_>>> {
+        let mut rest = msg;
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if rest.is_empty() || failed {
+                return None;
+            }
+            let field = next(rest);
+            match field {
+                Some((f, after)) => {
+                    rest = after;
+                    Some(Some(f))
+                }
+                None => {
+                    failed = true;
+                    Some(None)
+                }
+            }
+        })
+    }
+
+    fn next(buf: &[u8]) -> Option<(Field<'_>, &[u8])> {
+        let (key, mut at) = varint(buf)?;
+        let tag = u32::try_from(key >> 3).ok().filter(|t| *t > 0)?;
+        let payload = match key & 7 {
+            0 => {
+                let (_, n) = varint(&buf[at..])?;
+                let p = &buf[at..at + n];
+                at += n;
+                p
+            }
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                let p = buf.get(at..at.checked_add(n)?)?;
+                at += n;
+                p
+            }
+            2 => {
+                let (len, n) = varint(&buf[at..])?;
+                let start = at + n;
+                let end = start.checked_add(usize::try_from(len).ok()?)?;
+                let p = buf.get(start..end)?;
+                at = end;
+                p
+            }
+            _ => return None,
+        };
+        Some((
+            Field {
+                tag,
+                whole: &buf[..at],
+                payload,
+            },
+            &buf[at..],
+        ))
+    }
+
+    /// A base-128 varint: its value and how many bytes it took.
+    fn varint(buf: &[u8]) -> Option<(u64, usize)> {
+        let mut v: u64 = 0;
+        for (i, b) in buf.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some((v, i + 1));
+            }
+        }
+        None
+    }
+}

@@ -17,14 +17,20 @@ use std::time::Instant;
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use parking_lot::Mutex;
+use prost::Message;
 
 use super::{
-    error_text, same_names, share_names, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent, TypeCheck,
+    error_text, same_names, share_names, wire, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent,
+    TypeCheck,
 };
 use crate::xds::cache::{Snapshot, TypeSnapshot};
 use crate::xds::resources::{Resource, ResourceType};
 use crate::xds::status::ClientStatus;
 use crate::xds::wire::DiscoveryResponse;
+
+/// `DiscoveryRequest` field numbers (envoy/service/discovery/v3/discovery.proto).
+const DISCOVERY_REQUEST_RESOURCE_NAMES: u32 = 3;
+const DISCOVERY_REQUEST_TYPE_URL: u32 = 4;
 
 #[derive(Default)]
 struct TypeState {
@@ -51,6 +57,10 @@ pub struct SotwStream {
     types: [Option<TypeState>; 4],
     /// Answers to requests for types this server does not serve.
     unknown: Vec<DiscoveryResponse>,
+    /// Set by [`SotwStream::decode`] when the request repeats, name for name, the subscription
+    /// held for this type (its names were compared in place, not decoded); taken by the next
+    /// [`SotwStream::on_request`].
+    repeated: Option<ResourceType>,
 }
 
 impl SotwStream {
@@ -59,7 +69,64 @@ impl SotwStream {
             core: Core::new(scope, limits, status),
             types: Default::default(),
             unknown: Vec::new(),
+            repeated: None,
         }
+    }
+
+    /// Decodes a request. An Envoy re-sends its whole subscription with every ACK (for EDS, every
+    /// cluster name, on every push); a request whose names are exactly those this stream holds
+    /// for its type, in the held (sorted) order, is decoded without them, and `on_request` keeps
+    /// the held set. Any other request, or bytes that do not parse, take the full decode.
+    pub fn decode(&mut self, raw: &[u8]) -> Result<DiscoveryRequest, prost::DecodeError> {
+        self.repeated = None;
+        if let Some((ty, rest)) = self.repeats_held_names(raw) {
+            let req = DiscoveryRequest::decode(rest.as_slice())?;
+            self.repeated = Some(ty);
+            return Ok(req);
+        }
+        DiscoveryRequest::decode(raw)
+    }
+
+    /// The request's type and its bytes without the `resource_names` fields, when those names
+    /// are the held set's, in order.
+    fn repeats_held_names(&self, raw: &[u8]) -> Option<(ResourceType, Vec<u8>)> {
+        // One pass for the type and where the names lie (one run of fields, as every encoder
+        // writes a repeated field), one over the names.
+        let mut type_url: &[u8] = b"";
+        let (mut names_start, mut names_end) = (None, 0);
+        let mut at = 0;
+        for f in wire::fields(raw) {
+            let f = f?;
+            if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES {
+                if names_start.is_some() && names_end != at {
+                    return None;
+                }
+                names_start.get_or_insert(at);
+                names_end = at + f.whole.len();
+            } else if f.tag == DISCOVERY_REQUEST_TYPE_URL {
+                type_url = f.payload;
+            }
+            at += f.whole.len();
+        }
+        let names_start = names_start?;
+        let ty = match self.core.check_type(std::str::from_utf8(type_url).ok()?).ok()? {
+            TypeCheck::Known(t) => t,
+            TypeCheck::Unknown(_) => return None,
+        };
+        let held = &self.types[ty.index()].as_ref()?.names;
+        let mut expected = held.iter();
+        for f in wire::fields(&raw[names_start..names_end]) {
+            if expected.next().map(|n| n.as_bytes()) != Some(f?.payload) {
+                return None;
+            }
+        }
+        if expected.next().is_some() {
+            return None;
+        }
+        let mut rest = Vec::with_capacity(raw.len() - (names_end - names_start));
+        rest.extend_from_slice(&raw[..names_start]);
+        rest.extend_from_slice(&raw[names_end..]);
+        Some((ty, rest))
     }
 
     pub fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
@@ -71,6 +138,7 @@ impl SotwStream {
     }
 
     pub fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamError> {
+        let repeated = self.repeated.take();
         self.core.accept_node(req.node.as_ref())?;
         let ty = match self.core.check_type(&req.type_url)? {
             TypeCheck::Known(t) => t,
@@ -89,17 +157,25 @@ impl SotwStream {
                 return Ok(());
             }
         };
-        self.core.check_names(ty, req.resource_names.len())?;
+        let held = self.types[ty.index()].as_ref().map(|st| st.names.clone());
+        // The names as decoded, or (`decode` found them equal to the held set) that set.
+        let repeated = match (repeated == Some(ty), &held) {
+            (true, Some(h)) => Some(h.clone()),
+            _ => None,
+        };
+        let count = repeated.as_ref().map_or(req.resource_names.len(), |h| h.len());
+        self.core.check_names(ty, count)?;
+        let no_names = count == 0;
         let current = self.core.group.as_ref().map(|g| g.get(ty).clone());
         let intern = |n: &str| match &current {
             Some(ts) => ts.intern(n),
             None => Arc::from(n),
         };
         let star = req.resource_names.iter().any(|n| n == "*");
-        let held = self.types[ty.index()].as_ref().map(|st| st.names.clone());
-        let names: NameSet = match held {
-            Some(h) if same_names(&h, &req.resource_names) == Some(true) => h,
-            held => {
+        let names: NameSet = match (repeated, held) {
+            (Some(h), _) => h,
+            (None, Some(h)) if same_names(&h, &req.resource_names) == Some(true) => h,
+            (None, held) => {
                 let built: BTreeSet<Arc<str>> = req
                     .resource_names
                     .iter()
@@ -116,7 +192,7 @@ impl SotwStream {
         let slot = &mut self.types[ty.index()];
         match slot {
             None => {
-                let legacy = ty.is_wildcard_type() && req.resource_names.is_empty();
+                let legacy = ty.is_wildcard_type() && no_names;
                 let mut st = TypeState {
                     wildcard: star || legacy,
                     legacy_wildcard: legacy,
@@ -143,7 +219,7 @@ impl SotwStream {
                 if let Some(p) = st.pending.take_if(|p| p.nonce == req.response_nonce) {
                     self.core.record_answer(ty, &p, error_text(&req.error_detail));
                 }
-                let wildcard = star || (st.legacy_wildcard && req.resource_names.is_empty());
+                let wildcard = star || (st.legacy_wildcard && no_names);
                 if wildcard && !st.wildcard {
                     st.force = true;
                 }

@@ -738,3 +738,143 @@ fn a_long_nack_text_is_cut_at_a_character() {
     assert_eq!(super::error_text(&detail("short")).as_deref(), Some("short"));
     assert_eq!(super::error_text(&detail("")).as_deref(), Some("(code 3, no message)"));
 }
+
+#[test]
+fn an_ack_repeating_the_held_names_is_decoded_without_them_and_keeps_the_subscription() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
+    let mut s = sotw(&w);
+    let raw = |r: DiscoveryRequest| r.encode_to_vec();
+    // Nothing held yet: the names are decoded.
+    let first = s
+        .decode(&raw(sotw_req(EDS, &["a", "b", "c"], "", "")))
+        .expect("decodes");
+    assert_eq!(first.resource_names, vec!["a", "b", "c"]);
+    s.on_request(first).expect("ok");
+    let r1 = one(s.poll());
+    // The ACK repeats them: decoded without them, and the ACK is taken as one.
+    let ack = s
+        .decode(&raw(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce)))
+        .expect("decodes");
+    assert!(ack.resource_names.is_empty(), "{:?}", ack.resource_names);
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        (r1.version_info.as_str(), r1.nonce.as_str())
+    );
+    assert_eq!(ack.node, node("default"));
+    s.on_request(ack).expect("ok");
+    assert!(s
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Acked { ty, .. } if *ty == EDS)));
+    assert!(s.poll().is_empty());
+    // The held subscription is intact: a change to b is pushed.
+    let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1)]);
+    s.on_snapshot(Some(snap.clone()));
+    let r2 = one(s.poll());
+    assert_eq!(names_in(&r2, &snap), vec!["b"]);
+
+    // Other lists are decoded in full: fewer names, unsorted, a wildcard, one name more.
+    for names in [
+        &["a", "c"][..],
+        &["c", "a", "b"],
+        &["*", "a", "b", "c"],
+        &["a", "b", "c", "d"],
+    ] {
+        let got = s.decode(&raw(sotw_req(EDS, names, "", "x"))).expect("decodes");
+        assert_eq!(got.resource_names, names, "{names:?}");
+    }
+    // The held names, but split around other fields: decoded in full, still the same list.
+    let mut split = raw(sotw_req(EDS, &["a", "b"], "", "x"));
+    split.extend_from_slice(&[0x1a, 0x01, b'c']);
+    let got = s.decode(&split).expect("decodes");
+    assert_eq!(got.resource_names, vec!["a", "b", "c"]);
+    // Another type's request is not compared with EDS's names.
+    let cds = s
+        .decode(&raw(sotw_req(CDS, &["a", "b", "c"], "", "")))
+        .expect("decodes");
+    assert_eq!(cds.resource_names, vec!["a", "b", "c"]);
+
+    // Dropping b is seen (full decode), and b asked for again is sent again.
+    let ack2 = s
+        .decode(&raw(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce)))
+        .expect("decodes");
+    assert!(ack2.resource_names.is_empty());
+    s.on_request(ack2).expect("ok");
+    let drop_b = s
+        .decode(&raw(sotw_req(EDS, &["a", "c"], &r2.version_info, &r2.nonce)))
+        .expect("decodes");
+    s.on_request(drop_b).expect("ok");
+    assert!(s.poll().is_empty());
+    let again = s
+        .decode(&raw(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce)))
+        .expect("decodes");
+    assert_eq!(
+        again.resource_names,
+        vec!["a", "b", "c"],
+        "held is [a, c] now: decoded in full"
+    );
+    s.on_request(again).expect("ok");
+    assert_eq!(names_in(&one(s.poll()), &snap), vec!["b"]);
+}
+
+#[test]
+fn a_malformed_request_fails_to_decode_on_either_path() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(EDS, &["a"], "", "")).expect("ok");
+    let r = one(s.poll());
+    let good = sotw_req(EDS, &["a"], &r.version_info, &r.nonce).encode_to_vec();
+    // Truncated: the wire reader stops, the full decode reports the error.
+    let mut cut = good.clone();
+    cut.push(0x0a);
+    assert!(s.decode(&cut).is_err());
+    assert!(DiscoveryRequest::decode(cut.as_slice()).is_err());
+    // The names match but the node is garbage: the decode without names reports it.
+    let mut bad_node = good.clone();
+    bad_node.extend_from_slice(&[0x12, 0x01, 0xff]);
+    assert!(DiscoveryRequest::decode(bad_node.as_slice()).is_err());
+    assert!(s.decode(&bad_node).is_err());
+    // Not a message at all.
+    assert!(s.decode(&[0xff, 0xff, 0xff]).is_err());
+    // The stream still takes a good ACK afterwards.
+    let ack = s.decode(&good).expect("decodes");
+    s.on_request(ack).expect("ok");
+    assert!(s.poll().is_empty());
+}
+
+#[test]
+fn the_wire_reader_splits_fields_and_stops_at_malformed_bytes() {
+    let fields = |b: &[u8]| {
+        super::wire::fields(b)
+            .map(|f| f.map(|f| (f.tag, f.whole.to_vec(), f.payload.to_vec())))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fields(&[0x08, 0x96, 0x01, 0x1a, 0x02, b'h', b'i']),
+        vec![
+            Some((1, vec![0x08, 0x96, 0x01], vec![0x96, 0x01])),
+            Some((3, vec![0x1a, 0x02, b'h', b'i'], b"hi".to_vec()))
+        ]
+    );
+    assert_eq!(
+        fields(&[0x0d, 1, 2, 3, 4]),
+        vec![Some((1, vec![0x0d, 1, 2, 3, 4], vec![1, 2, 3, 4]))]
+    );
+    assert_eq!(fields(&[]), vec![]);
+    assert_eq!(fields(&[0x08]), vec![None], "varint cut short");
+    assert_eq!(fields(&[0x1a, 0x05, b'h']), vec![None], "length past the end");
+    assert_eq!(fields(&[0x00, 0x01]), vec![None], "field number 0");
+    assert_eq!(fields(&[0x0b]), vec![None], "groups are not read");
+    assert_eq!(
+        fields(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        vec![None],
+        "varint over 10 bytes"
+    );
+    assert_eq!(
+        fields(&[0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+        vec![None],
+        "a length no buffer holds"
+    );
+}
