@@ -31,7 +31,7 @@
 //! 5. reports per path: switch time p50/max, calls sent, failed (any error or deadline), served
 //!    by the old core after the change, Envoy processes started, and memory: the proportional
 //!    set size (PSS, so pages Envoy epochs share are counted once) of every Envoy process alive,
-//!    plus the voltha-xds server on the xDS path, sampled every 50 ms (peak and mean).
+//!    summed, sampled every 50 ms (peak and mean), and on the xDS path the server's own PSS.
 //!
 //! Envoy's own defaults (and envoyd's) are a 600 s drain and a 900 s parent shutdown: an old
 //! epoch would serve its connections with the old assignment for up to 10 minutes. The
@@ -367,9 +367,10 @@ fn start_traffic(
 /// completed.
 async fn first_served_by(calls: &Calls, t0: Instant, core: &str, limit: Duration) -> Option<Instant> {
     let deadline = t0 + limit;
+    // Records are pushed as calls complete: a call sent after t0 lands after those already there.
+    let from = calls.lock().len();
     loop {
-        let found = calls
-            .lock()
+        let found = calls.lock()[from..]
             .iter()
             .filter(|c| c.sent >= t0 && c.outcome.as_deref() == Ok(core))
             .map(|c| c.done)
@@ -406,8 +407,11 @@ async fn wait_serving(ch: &Channel, core: &str, limit: Duration, procs: &mut [&m
 
 #[derive(Default)]
 struct Memory {
-    peak_kib: u64,
-    sum_kib: u64,
+    /// Every Envoy process alive at the sample, summed.
+    envoy_peak_kib: u64,
+    envoy_sum_kib: u64,
+    /// The voltha-xds server (xDS path only).
+    server_peak_kib: u64,
     samples: u64,
     max_envoys: usize,
 }
@@ -421,10 +425,12 @@ fn start_sampler(
     std::thread::spawn(move || {
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let envoys: Vec<u64> = pids.lock().iter().map(|p| pss_kib(*p)).filter(|k| *k > 0).collect();
-            let total = envoys.iter().sum::<u64>() + server.map_or(0, pss_kib);
+            let total = envoys.iter().sum::<u64>();
+            let srv = server.map_or(0, pss_kib);
             let mut m = mem.lock();
-            m.peak_kib = m.peak_kib.max(total);
-            m.sum_kib += total;
+            m.envoy_peak_kib = m.envoy_peak_kib.max(total);
+            m.envoy_sum_kib += total;
+            m.server_peak_kib = m.server_peak_kib.max(srv);
             m.samples += 1;
             m.max_envoys = m.max_envoys.max(envoys.len());
             drop(m);
@@ -445,8 +451,9 @@ struct Report {
     errors: BTreeMap<String, usize>,
     envoys_started: usize,
     max_envoys: usize,
-    peak_mib: f64,
-    mean_mib: f64,
+    envoy_peak_mib: f64,
+    envoy_mean_mib: f64,
+    server_peak_mib: f64,
 }
 
 struct Setup {
@@ -699,8 +706,9 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
         errors,
         envoys_started: envoys.len(),
         max_envoys: m.max_envoys,
-        peak_mib: m.peak_kib as f64 / 1024.0,
-        mean_mib: m.sum_kib as f64 / m.samples.max(1) as f64 / 1024.0,
+        envoy_peak_mib: m.envoy_peak_kib as f64 / 1024.0,
+        envoy_mean_mib: m.envoy_sum_kib as f64 / m.samples.max(1) as f64 / 1024.0,
+        server_peak_mib: m.server_peak_kib as f64 / 1024.0,
     };
     drop(m);
     drop(envoys);
@@ -730,13 +738,13 @@ fn print_reports(args: &Args, reports: &[Report]) {
         "{} changes, {} calls/s, {} ms apart; hot restart with --drain-time-s {} --parent-shutdown-time-s {}",
         args.changes, args.rate, args.interval_ms, args.drain_time_s, args.parent_shutdown_time_s
     );
-    println!("| path | switch p50 ms | switch max ms | no switch within interval | calls sent | calls failed | served by the old core after the change | Envoy processes started | Envoys alive at once (max) | PSS peak MiB | PSS mean MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| path | switch p50 ms | switch max ms | no switch within interval | calls sent | calls failed | served by the old core after the change | Envoy processes started | Envoys alive at once (max) | Envoy PSS peak MiB | Envoy PSS mean MiB | voltha-xds PSS peak MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
         let mut s = r.switch_ms.clone();
         s.sort_by(f64::total_cmp);
         println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
             r.path,
             percentile(&s, 0.5),
             s.last().copied().unwrap_or(f64::NAN),
@@ -746,8 +754,13 @@ fn print_reports(args: &Args, reports: &[Report]) {
             r.stale,
             r.envoys_started,
             r.max_envoys,
-            r.peak_mib,
-            r.mean_mib
+            r.envoy_peak_mib,
+            r.envoy_mean_mib,
+            if r.server_peak_mib > 0.0 {
+                format!("{:.1}", r.server_peak_mib)
+            } else {
+                "—".into()
+            }
         );
     }
     for r in reports {
