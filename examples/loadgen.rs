@@ -28,6 +28,14 @@
 //! Every wait is bounded; a timeout, a stream error or a server exit ends the run non-zero.
 //! Responses are decoded with minimal messages (version, type, nonce, raw resources), so the
 //! load generator stays cheap next to the server (they share the machine's cores).
+//!
+//! Another xDS server (for comparison, see scripts/bench-peers.sh) is driven with
+//! `--peer-cmd BINARY`: the load generator runs `BINARY --listen 127.0.0.1:PORT --endpoints FILE`
+//! directly (so RSS and CPU are that process's own), with `LOADGEN_STREAMS=N` in its environment
+//! (the streams' node ids are `sim-0` .. `sim-{N-1}`, node cluster `bench`). Such a server must
+//! serve ADS on the address and follow the endpoints file (a JSON object: set name -> array of
+//! "ip:port"), one EDS cluster per set. It is ready when the xDS port accepts a TCP connection;
+//! it has no heap metric and no log to parse (reported as n/a); everything else is the same.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -82,8 +90,14 @@ struct Args {
     changes: usize,
     /// The voltha-xds binary [default: next to this example's directory, else
     /// $CARGO_TARGET_DIR/release/voltha-xds, else target/release/voltha-xds].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "peer_cmd")]
     server_bin: Option<PathBuf>,
+    /// Drive another xDS server instead of voltha-xds: run `PEER_CMD --listen ADDR --endpoints FILE`.
+    #[arg(long)]
+    peer_cmd: Option<PathBuf>,
+    /// The server's name in the report [default: voltha-xds, or the --peer-cmd file name].
+    #[arg(long)]
+    server_name: Option<String>,
     /// The file source's poll interval.
     #[arg(long, default_value = "10ms")]
     poll_interval: String,
@@ -925,26 +939,51 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     };
     let xds_addr = format!("127.0.0.1:{xds_port}");
     let admin_addr = format!("127.0.0.1:{admin_port}");
-    std::fs::write(
-        &config_file,
-        config_yaml(args, &endpoints_file, &xds_addr, &admin_addr)?,
-    )
-    .context("writing the configuration")?;
+    // Another xDS server (--peer-cmd): no configuration, no admin port, no heap metric, no log to parse.
+    let peer = args.peer_cmd.as_deref();
+    let server_name = match (&args.server_name, peer) {
+        (Some(name), _) => name.clone(),
+        (None, Some(p)) => p
+            .file_name()
+            .map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned()),
+        (None, None) => "voltha-xds".into(),
+    };
+    if peer.is_none() {
+        std::fs::write(
+            &config_file,
+            config_yaml(args, &endpoints_file, &xds_addr, &admin_addr)?,
+        )
+        .context("writing the configuration")?;
+    }
 
     // 2. The server.
-    let bin = args.server_bin.clone().unwrap_or_else(default_server_bin);
+    let bin = match peer {
+        Some(p) => p.to_path_buf(),
+        None => args.server_bin.clone().unwrap_or_else(default_server_bin),
+    };
     if !bin.is_file() {
+        if peer.is_some() {
+            bail!("peer server binary {} not found", bin.display());
+        }
         bail!(
             "server binary {} not found (build it: cargo build --release --bin voltha-xds, or pass --server-bin)",
             bin.display()
         );
     }
     let log = File::create(&log_file).context("creating the server log")?;
-    let child = Command::new(&bin)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config_file)
-        .args(["--xds-listen", &xds_addr, "--admin-listen", &admin_addr])
-        .env("RUST_LOG", &args.server_log)
+    let mut command = Command::new(&bin);
+    match peer {
+        None => command
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&config_file)
+            .args(["--xds-listen", &xds_addr, "--admin-listen", &admin_addr])
+            .env("RUST_LOG", &args.server_log),
+        Some(_) => command
+            .args(["--listen", &xds_addr, "--endpoints"])
+            .arg(&endpoints_file)
+            .env("LOADGEN_STREAMS", n.to_string()),
+    };
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -956,7 +995,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     };
     let pid = server.pid();
     println!(
-        "loadgen: {} streams ({}), {} clusters x {} endpoints, {} per connection; server {} pid {pid}; dir {}",
+        "loadgen: {} streams ({}), {} clusters x {} endpoints, {} per connection; server {server_name} ({}) pid {pid}; dir {}",
         n,
         args.mode.name(),
         args.clusters,
@@ -970,12 +1009,26 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     let started = Instant::now();
     loop {
         server.check_alive()?;
-        if let Ok(Ok(200)) = tokio::time::timeout(Duration::from_secs(2), http_status(&admin_addr, "/readyz")).await {
+        let ready = match peer {
+            None => matches!(
+                tokio::time::timeout(Duration::from_secs(2), http_status(&admin_addr, "/readyz")).await,
+                Ok(Ok(200))
+            ),
+            Some(_) => matches!(
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&xds_addr)).await,
+                Ok(Ok(_))
+            ),
+        };
+        if ready {
             break;
         }
         if Instant::now() > ready_deadline {
+            let what = match peer {
+                None => format!("/readyz on {admin_addr}"),
+                Some(_) => format!("a TCP connection to {xds_addr}"),
+            };
             bail!(
-                "timeout after {}s waiting for /readyz on {admin_addr}; log tail:\n{}",
+                "timeout after {}s waiting for {what}; log tail:\n{}",
                 args.ready_timeout,
                 tail(&log_file, 20)
             );
@@ -985,7 +1038,11 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     println!("server ready in {:.2}s", started.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_base = status_kib(Some(pid), "VmRSS")?;
-    let heap_base = heap_kib(&admin_addr).await;
+    let heap_base = if peer.is_none() {
+        Some(heap_kib(&admin_addr).await)
+    } else {
+        None
+    };
     let cpu_base = cpu_seconds(pid, ticks)?;
     let self_pid = std::process::id();
     let lg_cpu_base = cpu_seconds(self_pid, ticks)?;
@@ -1100,7 +1157,11 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         // Where the time went: file poll + debounce + build (until the snapshot is published),
         // then the push to every stream.
         let window = (s.max / 1000.0 + args.pause_ms as f64 / 1000.0).max(0.5);
-        let published = published_after(&server.log, t0_wall, window);
+        let published = if peer.is_none() {
+            published_after(&server.log, t0_wall, window)
+        } else {
+            Vec::new()
+        };
         let breakdown = match published.first() {
             Some((ms, build)) => {
                 publish_ms.push(*ms);
@@ -1116,6 +1177,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
                     s.max - ms
                 )
             }
+            None if peer.is_some() => String::new(),
             None => "; no \"snapshot published\" log line found".into(),
         };
         println!(
@@ -1152,21 +1214,36 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     );
     let cpu_total = cpu_end - cpu_base;
     let rss_end = status_kib(Some(pid), "VmRSS")?;
-    let heap_end = heap_kib(&admin_addr).await;
-    let heap_per_stream = (heap_end - heap_base) / n as f64;
+    // The live heap (voltha-xds only): base, end, per stream, as printed.
+    let heap = match heap_base {
+        Some(base) => {
+            let end = heap_kib(&admin_addr).await;
+            [
+                format!("{:.1}", base / 1024.0),
+                format!("{:.1}", end / 1024.0),
+                format!("{:.1}", (end - base) / n as f64),
+            ]
+        }
+        None => ["n/a".to_string(), "n/a".to_string(), "n/a".to_string()],
+    };
     println!(
-        "steady state after the changes: server RSS {:.1} MiB = {:.1} KiB/stream over the baseline; live heap {:.1} -> {:.1} MiB = {heap_per_stream:.1} KiB/stream",
+        "steady state after the changes: server RSS {:.1} MiB = {:.1} KiB/stream over the baseline; live heap {} -> {} MiB = {} KiB/stream",
         mib(rss_end),
         (rss_end as f64 - rss_base as f64) / n as f64,
-        heap_base / 1024.0,
-        heap_end / 1024.0
+        heap[0],
+        heap[1],
+        heap[2]
     );
     let hwm = status_kib(Some(pid), "VmHWM")?;
     let lg_hwm = status_kib(None, "VmHWM")?;
 
     // 6. Report.
     let o = stats(&all);
-    let log_text = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let log_text = if peer.is_none() {
+        std::fs::read_to_string(&log_file).unwrap_or_default()
+    } else {
+        String::new()
+    };
     let warns: Vec<&str> = log_text.lines().filter(|l| l.contains("\"level\":\"WARN\"")).collect();
     let errors: Vec<&str> = log_text.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).collect();
     let avg_res = if tally.update_pushes > 0 {
@@ -1185,12 +1262,16 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         tally.updates_before_change,
         redundant.join(" ")
     );
-    println!("server log: {} WARN, {} ERROR lines", warns.len(), errors.len());
+    if peer.is_none() {
+        println!("server log: {} WARN, {} ERROR lines", warns.len(), errors.len());
+    } else {
+        println!("server log: n/a ({})", log_file.display());
+    }
     for l in warns.iter().chain(errors.iter()).take(5) {
         println!("  {l}");
     }
     println!(
-        "SUMMARY mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={:.1} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={:.1} heap_end_mib={:.1} heap_kib_per_stream={heap_per_stream:.1} push_p50_ms={:.1} push_max_ms={:.1}",
+        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={}",
         args.mode.name(),
         args.clusters,
         args.endpoints,
@@ -1202,13 +1283,26 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         o.p50,
         o.p99,
         o.max,
-        publish.p50,
+        if peer.is_none() {
+            format!("{:.1}", publish.p50)
+        } else {
+            "n/a".into()
+        },
         mib(lg_rss),
         mib(lg_hwm),
-        heap_base / 1024.0,
-        heap_end / 1024.0,
-        push.p50,
-        push.max,
+        heap[0],
+        heap[1],
+        heap[2],
+        if peer.is_none() {
+            format!("{:.1}", push.p50)
+        } else {
+            "n/a".into()
+        },
+        if peer.is_none() {
+            format!("{:.1}", push.max)
+        } else {
+            "n/a".into()
+        },
     );
     println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
