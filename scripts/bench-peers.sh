@@ -24,7 +24,10 @@
 # Environment: CARGO_TARGET_DIR (voltha-xds; default $HOME/.cache/voltha-xds/target),
 #   PEERS_TARGET_DIR (default $HOME/.cache/voltha-xds/peers-target), RUNS, SERVERS (default
 #   "voltha-xds nebucloud-xds rust-control-plane"), CLUSTERS, ENDPOINTS, CHANGES,
-#   CONVERGE_TIMEOUT (s, default 30), SYNC_TIMEOUT (s; default 60, 300 from 5000 streams).
+#   CONVERGE_TIMEOUT (s, default 30), SYNC_TIMEOUT (s; default 60, 300 from 5000 streams),
+#   READY_TIMEOUT (s, default 300: a peer wrapper sets one snapshot per node id before it
+#   listens, which takes rust-control-plane tens of seconds at 1000 node ids), PEER_RSS_CAP_MIB
+#   (default 12288: a wrapper whose RSS passes it while setting its per-node snapshots stops).
 #   Extra arguments are passed to every loadgen run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -507,9 +510,10 @@ for run in $runs; do
   streams="${run##*:}"
   sync_timeout="${SYNC_TIMEOUT:-$([ "$streams" -ge 5000 ] && echo 300 || echo 60)}"
   converge_timeout="${CONVERGE_TIMEOUT:-30}"
+  ready_timeout="${READY_TIMEOUT:-300}"
   changes="${CHANGES:-5}"
   # The whole run, bounded: readiness, sync, settle, the changes and their pauses, a margin.
-  limit=$((30 + sync_timeout + changes * (converge_timeout + 1) + 60))
+  limit=$((ready_timeout + sync_timeout + changes * (converge_timeout + 1) + 60))
   base_p50=""
   base_kib=""
   for name in $servers; do
@@ -526,7 +530,8 @@ for run in $runs; do
     set +e
     timeout --kill-after=10 "$limit" "$loadgen" "${target[@]}" --mode "$mode" --streams "$streams" \
       --clusters "${CLUSTERS:-1000}" --endpoints "${ENDPOINTS:-10}" --changes "$changes" \
-      --sync-timeout "$sync_timeout" --converge-timeout "$converge_timeout" "$@" 2>&1 | tee "$out"
+      --ready-timeout "$ready_timeout" --sync-timeout "$sync_timeout" --converge-timeout "$converge_timeout" \
+      "$@" 2>&1 | tee "$out"
     code="${PIPESTATUS[0]}"
     set -e
     if [ "$code" -eq 0 ]; then
@@ -538,12 +543,12 @@ for run in $runs; do
       fi
       rows+=("| $name | $mode | $streams | $(summary sync_s) | $p50 | $(summary conv_p99_ms) | $(summary conv_max_ms) | $(summary cpu_total_s) | $(summary rss_base_mib) | $(summary peak_rss_mib) | $kib | $(ratio "$p50" "$base_p50") | $(ratio "$kib" "$base_kib") |")
     else
-      why="$(grep -m1 '^loadgen: error:' "$out" | sed 's/^loadgen: error: //' | cut -c1-300)"
+      why="$(grep -m1 '^loadgen: error:' "$out" | sed 's/^loadgen: error: //' | cut -c1-300 || true)"
       [ "$code" -eq 124 ] && why="killed after ${limit}s${why:+; $why}"
       # The server's own last word, if it panicked or the wrapper stopped itself.
-      kept="$(sed -n 's/^kept \([^ ]*\) .*/\1/p' "$out" | tail -1)"
+      kept="$(sed -n 's/^kept \([^ ]*\) .*/\1/p' "$out" | tail -1 || true)"
       if [ -n "$kept" ] && [ -f "$kept/server.log" ]; then
-        said="$(grep -m1 -A1 -E 'panicked at|^peer wrapper:' "$kept/server.log" | tr '\n' ' ' | cut -c1-300)"
+        said="$(grep -m1 -A1 -E 'panicked at|^peer wrapper:' "$kept/server.log" | tr '\n' ' ' | cut -c1-300 || true)"
         [ -n "$said" ] && why="$why; server: $said"
       fi
       echo "!!! $name $mode/$streams failed (exit $code)" >&2
