@@ -206,7 +206,7 @@ async fn main() {
         let snap = snapshot(sets, &cds.0, &counter.to_string());
         for (i, h) in node_hashes.iter().enumerate() {
             cache.set_snapshot(*h, snap.clone());
-            if i % 256 == 255 {
+            if i % 32 == 31 {
                 check_rss(i + 1, node_hashes.len());
             }
         }
@@ -407,7 +407,7 @@ async fn main() {
         async move {
             for (i, id) in node_ids.iter().enumerate() {
                 cache.set_snapshot(id, snap.clone()).await;
-                if i % 256 == 255 {
+                if i % 32 == 31 {
                     check_rss(i + 1, node_ids.len());
                 }
             }
@@ -543,16 +543,20 @@ for run in $runs; do
       fi
       rows+=("| $name | $mode | $streams | $(summary sync_s) | $p50 | $(summary conv_p99_ms) | $(summary conv_max_ms) | $(summary cpu_total_s) | $(summary rss_base_mib) | $(summary peak_rss_mib) | $kib | $(ratio "$p50" "$base_p50") | $(ratio "$kib" "$base_kib") |")
     else
-      why="$(grep -m1 '^loadgen: error:' "$out" | sed 's/^loadgen: error: //' | cut -c1-300 || true)"
+      why="$(grep -m1 '^loadgen: error:' "$out" | sed 's/^loadgen: error: //; s/, source: .*//; s/; log tail:$//' | cut -c1-200 || true)"
       [ "$code" -eq 124 ] && why="killed after ${limit}s${why:+; $why}"
       # The server's own last word, if it panicked or the wrapper stopped itself.
       kept="$(sed -n 's/^kept \([^ ]*\) .*/\1/p' "$out" | tail -1 || true)"
       if [ -n "$kept" ] && [ -f "$kept/server.log" ]; then
-        said="$(grep -m1 -A1 -E 'panicked at|^peer wrapper:' "$kept/server.log" | tr '\n' ' ' | cut -c1-300 || true)"
+        said="$(grep -m1 -A1 -E 'panicked at|^peer wrapper:' "$kept/server.log" | tr '\n' ' ' \
+          | sed 's|/[^ ]*/registry/src/[^/]*/||; s/ *$//' | cut -c1-200 || true)"
         [ -n "$said" ] && why="$why; server: $said"
       fi
       echo "!!! $name $mode/$streams failed (exit $code)" >&2
-      rows+=("| $name | $mode | $streams | FAILED: ${why:-exit $code} ||||||||||")
+      # A run that synced before it failed still tells its sync time and memory per stream.
+      sync="$(sed -n 's/^initial sync: .* in \([0-9.]*\)s; server RSS \([0-9.]*\) -> [0-9.]* MiB = \([0-9.-]*\) KiB\/stream.*/\1 \2 \3/p' "$out" | tail -1 || true)"
+      read -r f_sync f_base f_kib <<< "${sync:-- - -}"
+      rows+=("| $name | $mode | $streams | $f_sync | FAILED: ${why:-exit $code} | | | | $f_base | | $f_kib | | $(ratio "$f_kib" "$base_kib") |")
       failed=1
     fi
     echo
