@@ -500,7 +500,9 @@ done
 
 # summary KEY: the value of KEY= on loadgen's SUMMARY line in $out.
 summary() { grep '^SUMMARY ' "$out" | tail -1 | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "" && b != "") printf "%.2f", a / b; else printf "n/a" }'; }
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^-?[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }'
+}
 
 out="$work/run.out"
 rows=()
