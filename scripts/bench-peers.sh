@@ -492,7 +492,7 @@ for peer in nebucloud-xds rust-control-plane; do
     peer_error[$peer]="build failed: $(grep -m1 '^error' "$work/$peer.build.log" || tail -1 "$work/$peer.build.log")"
     echo "!!! $peer: ${peer_error[$peer]}" >&2
   fi
-  peer_version[$peer]="$(grep -A1 "^name = \"$peer\"" "$work/$peer/Cargo.lock" 2>/dev/null | sed -n 's/^version = "\(.*\)"/\1/p')"
+  peer_version[$peer]="$(grep -A1 "^name = \"$peer\"" "$work/$peer/Cargo.lock" 2>/dev/null | sed -n 's/^version = "\(.*\)"/\1/p' || true)"
   echo "$peer ${peer_version[$peer]:-?}"
 done
 
