@@ -200,9 +200,19 @@ async fn run(args: Args) -> Result<()> {
     println!("| layout | streams | sockets | bytes per socket | round p50 ms | round max ms |");
     println!("|---|---|---|---|---|---|");
     let layouts = [(n, 1usize), (n.div_ceil(per), per)];
+    let fd_limit = open_files_limit();
     for (sockets, streams_per) in layouts {
         let payload: Vec<u8> = one.repeat(streams_per);
         let bytes = payload.len();
+        // Both ends of every socket are in this process.
+        let needed = 2 * sockets as u64 + 64;
+        if fd_limit.is_some_and(|l| needed > l) {
+            println!(
+                "| {streams_per} per socket | {n} | {sockets} | {bytes} | skipped: needs {needed} file descriptors, the limit is {} | |",
+                fd_limit.unwrap_or_default()
+            );
+            continue;
+        }
         let mut t = layout(sockets, payload, args.rounds).await?;
         t.sort_by(f64::total_cmp);
         println!(
@@ -218,6 +228,17 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The soft limit on open files (`/proc/self/limits`), if it says.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn main() -> std::process::ExitCode {

@@ -62,8 +62,8 @@ echo "|---|---|---|---|---|---|---|---|"
 for p in "${pushes[@]}"; do
   read -r mode streams push50 pushmax <<<"$p"
   raw="$("$rawlimit" --streams "$streams" --endpoints "${ENDPOINTS:-10}" || true)"
-  r100="$(grep '^SUMMARY' <<<"$raw" | grep 'streams_per_socket=100 ' | grep -o 'p50_ms=[^ ]*' | cut -d= -f2)"
-  r1="$(grep '^SUMMARY' <<<"$raw" | grep 'streams_per_socket=1 ' | grep -o 'p50_ms=[^ ]*' | cut -d= -f2)"
+  r100="$(grep '^SUMMARY' <<<"$raw" | grep 'streams_per_socket=100 ' | grep -o 'p50_ms=[^ ]*' | cut -d= -f2 || true)"
+  r1="$(grep '^SUMMARY' <<<"$raw" | grep 'streams_per_socket=1 ' | grep -o 'p50_ms=[^ ]*' | cut -d= -f2 || true)"
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }'; }
   echo "| $mode | $streams | $push50 | $pushmax | ${r100:-n/a} | ${r1:-n/a} | $(ratio "$push50" "${r100:-0}") | $(ratio "$push50" "${r1:-0}") |"
 done
