@@ -19,7 +19,8 @@
 # times out gives a FAILED row (with loadgen's error) and the script goes on.
 #
 # Needs protoc (rust-control-plane's data-plane-api compiles the Envoy protos at build time):
-#   apt-get install protobuf-compiler
+# installed with apt-get (Debian's protobuf-compiler) when it is not on PATH and rust-control-plane
+# is among SERVERS.
 #
 # Environment: CARGO_TARGET_DIR (voltha-xds; default $HOME/.cache/voltha-xds/target),
 #   PEERS_TARGET_DIR (default $HOME/.cache/voltha-xds/peers-target), RUNS, SERVERS (default
@@ -38,6 +39,12 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 runs="${RUNS:-sotw:100 delta:100 sotw:1000 delta:1000 sotw:10000 delta:10000}"
 servers="${SERVERS:-voltha-xds nebucloud-xds rust-control-plane}"
+if [[ " $servers " == *" rust-control-plane "* ]] && ! command -v protoc >/dev/null; then
+  echo "== installing protobuf-compiler (apt-get) for rust-control-plane's build"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq protobuf-compiler >/dev/null ||
+    echo "!!! could not install protoc: the rust-control-plane wrapper will fail to build" >&2
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
