@@ -13,8 +13,8 @@
 //!    no listeners) serving them all;
 //! 2. starts the server on free loopback ports, waits for `/readyz`, reads its RSS (baseline);
 //! 3. opens ceil(N / streams-per-conn) HTTP/2 connections and N ADS streams over them; each
-//!    stream subscribes to CDS (wildcard), then to EDS for every cluster CDS named, and ACKs
-//!    every response;
+//!    stream subscribes to CDS (wildcard), then to EDS for every cluster CDS named (in a hash
+//!    order, not sorted, as Envoy sends them), and ACKs every response;
 //! 4. waits until every stream holds the endpoints of every cluster (initial sync), then reads
 //!    the server's RSS again (idle cost per stream);
 //! 5. K times: changes one endpoint of one cluster (write + rename) and waits until every stream
@@ -226,7 +226,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn intern_names(&self, names: Vec<String>) -> Arc<Vec<String>> {
+    /// The EDS subscription every stream sends, in a hash order rather than sorted: Envoy sends
+    /// its EDS names in the order of a hash set, the same order in every request of a stream.
+    fn intern_names(&self, mut names: Vec<String>) -> Arc<Vec<String>> {
+        let fnv = |n: &str| {
+            n.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        names.sort_by_key(|n| fnv(n));
         let mut cached = self.names.lock();
         match cached.as_ref() {
             Some(c) if **c == names => c.clone(),

@@ -359,11 +359,11 @@ pub fn share_names(set: std::collections::BTreeSet<Arc<str>>) -> NameSet {
 }
 
 /// Whether `names` (a request's list, `*` aside) is exactly `set`, decided without building
-/// anything when the list is sorted and unique (as Envoy sends it), so an ACK that repeats the
-/// subscription costs no allocation. `None`: the list is unsorted, compare the built set.
+/// anything when the list is sorted and unique. `None`: the list is unsorted, compare the built
+/// set. (An ACK that repeats the held names usually never gets here: [`SotwStream::decode`]
+/// recognises it before decoding, in any order.)
 ///
-/// A sorted list is walked beside the set's own order: one comparison per name (an EDS ACK
-/// repeats every subscribed name, so this runs for each stream on every push).
+/// A sorted list is walked beside the set's own order: one comparison per name.
 pub fn same_names(set: &std::collections::BTreeSet<Arc<str>>, names: &[String]) -> Option<bool> {
     let mut expected = set.iter();
     let mut equal = true;
@@ -386,9 +386,14 @@ pub(crate) mod wire {
     /// payload (for length-delimited fields, the bytes after the length).
     pub struct Field<'a> {
         pub tag: u32,
+        /// 0 varint, 1 fixed 64-bit, 2 length-delimited ([`LEN`]), 5 fixed 32-bit.
+        pub wire_type: u8,
         pub whole: &'a [u8],
         pub payload: &'a [u8],
     }
+
+    /// The wire type of strings, bytes and messages.
+    pub const LEN: u8 = 2;
 
     /// The fields of `msg` in order; `None` (and the end) at the first malformed field.
     pub fn fields(msg: &[u8]) -> impl Iterator<Item = Option<Field<'_>>> {
@@ -414,8 +419,11 @@ pub(crate) mod wire {
 
     fn next(buf: &[u8]) -> Option<(Field<'_>, &[u8])> {
         let (key, mut at) = varint(buf)?;
-        let tag = u32::try_from(key >> 3).ok().filter(|t| *t > 0)?;
-        let payload = match key & 7 {
+        // As prost: a key over 32 bits, or field number 0, is malformed.
+        let key = u32::try_from(key).ok()?;
+        let tag = Some(key >> 3).filter(|t| *t > 0)?;
+        let wire_type = (key & 7) as u8;
+        let payload = match wire_type {
             0 => {
                 let (_, n) = varint(&buf[at..])?;
                 let p = &buf[at..at + n];
@@ -423,7 +431,7 @@ pub(crate) mod wire {
                 p
             }
             1 | 5 => {
-                let n = if key & 7 == 1 { 8 } else { 4 };
+                let n = if wire_type == 1 { 8 } else { 4 };
                 let p = buf.get(at..at.checked_add(n)?)?;
                 at += n;
                 p
@@ -441,6 +449,7 @@ pub(crate) mod wire {
         Some((
             Field {
                 tag,
+                wire_type,
                 whole: &buf[..at],
                 payload,
             },
@@ -448,10 +457,14 @@ pub(crate) mod wire {
         ))
     }
 
-    /// A base-128 varint: its value and how many bytes it took.
+    /// A base-128 varint: its value and how many bytes it took. As prost: at most 10 bytes, and
+    /// a 10th byte over 1 (bits past 64) is malformed.
     fn varint(buf: &[u8]) -> Option<(u64, usize)> {
         let mut v: u64 = 0;
         for (i, b) in buf.iter().take(10).enumerate() {
+            if i == 9 && *b > 1 {
+                return None;
+            }
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Some((v, i + 1));

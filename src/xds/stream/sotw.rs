@@ -74,9 +74,10 @@ impl SotwStream {
     }
 
     /// Decodes a request. An Envoy re-sends its whole subscription with every ACK (for EDS, every
-    /// cluster name, on every push); a request whose names are exactly those this stream holds
-    /// for its type, in the held (sorted) order, is decoded without them, and `on_request` keeps
-    /// the held set. Any other request, or bytes that do not parse, take the full decode.
+    /// cluster name, on every push, in its own order, which is not sorted); a request whose
+    /// names are exactly those this stream holds for its type, in any order, is decoded without
+    /// them, and `on_request` keeps the held set. Any other request, or bytes that do not parse,
+    /// take the full decode, which reports what is malformed.
     pub fn decode(&mut self, raw: &[u8]) -> Result<DiscoveryRequest, prost::DecodeError> {
         self.repeated = None;
         if let Some((ty, rest)) = self.repeats_held_names(raw) {
@@ -88,7 +89,8 @@ impl SotwStream {
     }
 
     /// The request's type and its bytes without the `resource_names` fields, when those names
-    /// are the held set's, in order.
+    /// are the held set's (each once, in any order). The names are compared as slices of the
+    /// request: one allocation for the list of slices, none per name.
     fn repeats_held_names(&self, raw: &[u8]) -> Option<(ResourceType, Vec<u8>)> {
         // One pass for the type and where the names lie (one run of fields, as every encoder
         // writes a repeated field), one over the names.
@@ -97,6 +99,11 @@ impl SotwStream {
         let mut at = 0;
         for f in wire::fields(raw) {
             let f = f?;
+            if (f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES || f.tag == DISCOVERY_REQUEST_TYPE_URL)
+                && f.wire_type != wire::LEN
+            {
+                return None;
+            }
             if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES {
                 if names_start.is_some() && names_end != at {
                     return None;
@@ -114,13 +121,22 @@ impl SotwStream {
             TypeCheck::Unknown(_) => return None,
         };
         let held = &self.types[ty.index()].as_ref()?.names;
-        let mut expected = held.iter();
+        let mut names: Vec<&[u8]> = Vec::with_capacity(held.len());
         for f in wire::fields(&raw[names_start..names_end]) {
-            if expected.next().map(|n| n.as_bytes()) != Some(f?.payload) {
+            if names.len() == held.len() {
                 return None;
             }
+            names.push(f?.payload);
         }
-        if expected.next().is_some() {
+        if names.len() != held.len() {
+            return None;
+        }
+        // Byte order is `str` order, the held set's. A duplicate, once sorted, sits beside its
+        // twin and fails the comparison with the held set, which has none.
+        if !names.windows(2).all(|w| w[0] < w[1]) {
+            names.sort_unstable();
+        }
+        if !names.iter().zip(held.iter()).all(|(n, h)| *n == h.as_bytes()) {
             return None;
         }
         let mut rest = Vec::with_capacity(raw.len() - (names_end - names_start));

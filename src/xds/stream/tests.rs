@@ -774,10 +774,17 @@ fn an_ack_repeating_the_held_names_is_decoded_without_them_and_keeps_the_subscri
     let r2 = one(s.poll());
     assert_eq!(names_in(&r2, &snap), vec!["b"]);
 
-    // Other lists are decoded in full: fewer names, unsorted, a wildcard, one name more.
+    // The same names in another order (Envoy does not sort its list): decoded without them.
+    let unsorted = s
+        .decode(&raw(sotw_req(EDS, &["c", "a", "b"], "", "x")))
+        .expect("decodes");
+    assert!(unsorted.resource_names.is_empty());
+    // Other lists are decoded in full: fewer names, a duplicate in place of a name, a duplicate
+    // more, a wildcard, one name more.
     for names in [
         &["a", "c"][..],
-        &["c", "a", "b"],
+        &["a", "a", "c"],
+        &["c", "b", "a", "b"],
         &["*", "a", "b", "c"],
         &["a", "b", "c", "d"],
     ] {
@@ -838,6 +845,40 @@ fn a_malformed_request_fails_to_decode_on_either_path() {
     assert!(s.decode(&bad_node).is_err());
     // Not a message at all.
     assert!(s.decode(&[0xff, 0xff, 0xff]).is_err());
+    // The held name, but as a varint, a fixed32 or a fixed64 field 3: not a string.
+    let empty_ack = sotw_req(EDS, &[], &r.version_info, &r.nonce).encode_to_vec();
+    for field in [
+        &[0x18, 0x61][..],
+        &[0x1d, b'a', 0, 0, 0],
+        &[0x19, b'a', 0, 0, 0, 0, 0, 0, 0],
+    ] {
+        let mut bad = empty_ack.clone();
+        bad.extend_from_slice(field);
+        assert!(DiscoveryRequest::decode(bad.as_slice()).is_err(), "{field:?}");
+        assert!(s.decode(&bad).is_err(), "{field:?}");
+    }
+    // A varint with bits past 64 ahead of a good ACK's names.
+    let mut long = vec![0x9a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, 0x01, b'a'];
+    long.extend_from_slice(&good);
+    assert!(DiscoveryRequest::decode(long.as_slice()).is_err());
+    assert!(s.decode(&long).is_err());
+    // Whatever the bytes, both paths agree on whether they decode.
+    for at in 0..good.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut m = good.clone();
+            m[at] ^= flip;
+            assert_eq!(
+                s.decode(&m).is_ok(),
+                DiscoveryRequest::decode(m.as_slice()).is_ok(),
+                "byte {at} ^ {flip:#x}"
+            );
+        }
+        assert_eq!(
+            s.decode(&good[..at]).is_ok(),
+            DiscoveryRequest::decode(&good[..at]).is_ok(),
+            "cut at {at}"
+        );
+    }
     // The stream still takes a good ACK afterwards.
     let ack = s.decode(&good).expect("decodes");
     s.on_request(ack).expect("ok");
@@ -867,6 +908,22 @@ fn the_wire_reader_splits_fields_and_stops_at_malformed_bytes() {
     assert_eq!(fields(&[0x1a, 0x05, b'h']), vec![None], "length past the end");
     assert_eq!(fields(&[0x00, 0x01]), vec![None], "field number 0");
     assert_eq!(fields(&[0x0b]), vec![None], "groups are not read");
+    assert_eq!(
+        fields(&[0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]),
+        vec![None],
+        "a 10th varint byte over 1"
+    );
+    assert_eq!(
+        fields(&[0x80, 0x80, 0x80, 0x80, 0x10, 0x00]),
+        vec![None],
+        "a key over 32 bits"
+    );
+    assert_eq!(
+        super::wire::fields(&[0x1d, 1, 2, 3, 4])
+            .map(|f| f.map(|f| f.wire_type))
+            .collect::<Vec<_>>(),
+        vec![Some(5)]
+    );
     assert_eq!(
         fields(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
         vec![None],
