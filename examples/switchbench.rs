@@ -365,10 +365,10 @@ fn start_traffic(
 
 /// Waits (bounded) until a call sent at or after `t0` was served by `core`; returns when it
 /// completed.
-async fn first_served_by(calls: &Calls, t0: Instant, core: &str, limit: Duration) -> Option<Instant> {
+/// `from`: the number of records before `t0` (records are pushed as calls complete, so a call
+/// sent after `t0` lands after them).
+async fn first_served_by(calls: &Calls, from: usize, t0: Instant, core: &str, limit: Duration) -> Option<Instant> {
     let deadline = t0 + limit;
-    // Records are pushed as calls complete: a call sent after t0 lands after those already there.
-    let from = calls.lock().len();
     loop {
         let found = calls.lock()[from..]
             .iter()
@@ -626,6 +626,7 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
     let result: Result<()> = async {
         for i in 1..=args.changes {
             let core = CORES[i % 2].0;
+            let from = calls.lock().len();
             let t0 = write_atomically(&s.assignment, assignment(i).as_bytes())?;
             changes_at.push((t0, CORES[(i + 1) % 2].0));
             if hot_restart {
@@ -635,6 +636,9 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
                 while k >= 2 && envoys[k - 2].exited().is_none() && Instant::now() < busy {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                // An exited epoch's pid may be reused: stop sampling it.
+                let gone: Vec<u32> = envoys.iter_mut().filter_map(|p| p.exited().map(|_| p.pid())).collect();
+                pids.lock().retain(|p| !gone.contains(p));
                 let bs = s.dir.join(format!("envoy-epoch-{i}.json"));
                 render_static(&s.server_bin, &s.config, &bs, admin_port)?;
                 let mut cmd = envoy_cmd(&s, &bs);
@@ -647,7 +651,7 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
                 pids.lock().push(p.pid());
                 envoys.push(p);
             }
-            match first_served_by(&calls, t0, core, interval).await {
+            match first_served_by(&calls, from, t0, core, interval).await {
                 Some(done) => switch_ms.push((done - t0).as_secs_f64() * 1e3),
                 None => missed += 1,
             }
