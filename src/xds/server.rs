@@ -269,13 +269,13 @@ trait Machine: Send + 'static {
 }
 
 macro_rules! machine {
-    ($sm:ty, $req:ty, $resp:ty, $api:expr, $decode:expr) => {
+    ($sm:ty, $req:ty, $resp:ty, $api:expr) => {
         impl Machine for $sm {
             type Request = $req;
             type Response = $resp;
             const API: &'static str = $api;
             fn decode(&mut self, raw: &[u8]) -> Result<$req, prost::DecodeError> {
-                $decode(self, raw)
+                <$sm>::decode(self, raw)
             }
             fn on_request(&mut self, req: $req) -> Result<(), StreamError> {
                 <$sm>::on_request(self, req)
@@ -293,17 +293,5 @@ macro_rules! machine {
     };
 }
 
-machine!(
-    SotwStream,
-    DiscoveryRequest,
-    DiscoveryResponse,
-    "sotw",
-    SotwStream::decode
-);
-machine!(
-    DeltaStream,
-    DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse,
-    "delta",
-    |_: &mut DeltaStream, raw: &[u8]| <DeltaDiscoveryRequest as prost::Message>::decode(raw)
-);
+machine!(SotwStream, DiscoveryRequest, DiscoveryResponse, "sotw");
+machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse, "delta");

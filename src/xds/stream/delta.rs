@@ -48,6 +48,12 @@ pub struct DeltaStream {
 }
 
 impl DeltaStream {
+    /// Decodes a request. A Delta request carries only what changed, so there is nothing held
+    /// to compare with: the plain decode.
+    pub fn decode(&mut self, raw: &[u8]) -> Result<DeltaDiscoveryRequest, prost::DecodeError> {
+        <DeltaDiscoveryRequest as prost::Message>::decode(raw)
+    }
+
     pub fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
         DeltaStream {
             core: Core::new(scope, limits, status),
