@@ -37,6 +37,8 @@
 //! "ip:port"), one EDS cluster per set. It is ready when the xDS port accepts a TCP connection;
 //! it has no heap metric and no log to parse (reported as n/a); everything else is the same.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -49,6 +51,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
+use common::{free_port, percentile, tail};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::Message;
@@ -656,12 +659,6 @@ impl Drop for ServerProc {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 fn status_kib(pid: Option<u32>, key: &str) -> Result<u64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/status"),
@@ -701,11 +698,6 @@ fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|t| *t > 0.0)
         .unwrap_or(100.0)
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
 }
 
 fn default_server_bin() -> PathBuf {
@@ -860,14 +852,6 @@ fn published_after(log: &Path, t0: SystemTime, window: f64) -> Vec<(f64, Option<
 
 // ---- Statistics. ----
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 struct Stats {
     p50: f64,
     p99: f64,
@@ -891,21 +875,7 @@ fn mib(kib: u64) -> f64 {
 // ---- Main. ----
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("loadgen: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("loadgen: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with("loadgen", None, run(Args::parse()))
 }
 
 async fn run(args: Args) -> Result<()> {

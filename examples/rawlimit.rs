@@ -20,10 +20,13 @@
 //! Writer and readers share one tokio runtime with two worker threads, as the server and the
 //! load generator share the machine's two cores.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use common::percentile;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -98,14 +101,6 @@ fn push_bytes(endpoints: usize) -> Vec<u8> {
     out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     out.extend_from_slice(&msg);
     out
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// One layout: `sockets` connections, each receiving `payload` once per round. Returns the round
@@ -242,23 +237,5 @@ fn open_files_limit() -> Option<u64> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rawlimit: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rawlimit: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_with("rawlimit", Some(2), run(Args::parse()))
 }

@@ -40,6 +40,8 @@
 //!
 //! Every wait is bounded; a process that dies or a switch that does not happen is reported.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
@@ -50,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use common::{free_port, percentile, tail};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
@@ -154,12 +157,6 @@ impl Drop for Proc {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Proportional set size of a process in KiB (0 once it is gone).
 fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
@@ -170,11 +167,6 @@ fn pss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
 }
 
 fn sibling_bin(name: &str) -> PathBuf {
@@ -728,14 +720,6 @@ fn hot_restart_flags(cmd: &mut Command, args: &Args, base_id: u32, epoch: usize)
         .args(["--parent-shutdown-time-s", &args.parent_shutdown_time_s.to_string()]);
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn print_reports(args: &Args, reports: &[Report]) {
     println!();
     println!(
@@ -778,25 +762,7 @@ fn print_reports(args: &Args, reports: &[Report]) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchbench: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("switchbench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main_with("switchbench", Some(2), run(Args::parse()))
 }
 
 async fn run(args: Args) -> Result<()> {
