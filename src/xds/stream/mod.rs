@@ -395,7 +395,9 @@ pub(crate) mod wire {
     /// The wire type of strings, bytes and messages.
     pub const LEN: u8 = 2;
 
-    /// The fields of `msg` in order; `None` (and the end) at the first malformed field.
+    /// The fields of `msg` in order; `None` (and the end) at the first malformed field. (The
+    /// server reads one field at a time with [`field_at`]; the tests read whole messages.)
+    #[cfg(test)]
     pub fn fields(msg: &[u8]) -> impl Iterator<Item = Option<Field<'_>>> {
         let mut rest = msg;
         let mut failed = false;
@@ -415,6 +417,11 @@ pub(crate) mod wire {
                 }
             }
         })
+    }
+
+    /// The field at the start of `buf`; `None` if it is malformed (or `buf` is empty).
+    pub fn field_at(buf: &[u8]) -> Option<Field<'_>> {
+        next(buf).map(|(f, _)| f)
     }
 
     fn next(buf: &[u8]) -> Option<(Field<'_>, &[u8])> {

@@ -31,6 +31,8 @@ use crate::xds::wire::DiscoveryResponse;
 /// `DiscoveryRequest` field numbers (envoy/service/discovery/v3/discovery.proto).
 const DISCOVERY_REQUEST_RESOURCE_NAMES: u32 = 3;
 const DISCOVERY_REQUEST_TYPE_URL: u32 = 4;
+/// The key of a `resource_names` field: field 3, length-delimited, in its one-byte form.
+const NAMES_KEY: u8 = (3 << 3) | 2;
 
 #[derive(Default)]
 struct TypeState {
@@ -39,6 +41,10 @@ struct TypeState {
     /// The first request had no names: an empty list keeps meaning "everything".
     legacy_wildcard: bool,
     names: NameSet,
+    /// The order in which the client last listed `names`, when it was not sorted: `order[j]`
+    /// is the position in its list of the held set's `j`-th name. Checked name by name before
+    /// use, never trusted.
+    order: Option<Box<[u16]>>,
     /// Names subscribed since the last response; sent even if unchanged.
     added: Vec<Arc<str>>,
     /// The snapshot of this type the client holds (last sent, or claimed on reconnect).
@@ -80,38 +86,68 @@ impl SotwStream {
     /// take the full decode, which reports what is malformed.
     pub fn decode(&mut self, raw: &[u8]) -> Result<DiscoveryRequest, prost::DecodeError> {
         self.repeated = None;
-        if let Some((ty, rest)) = self.repeats_held_names(raw) {
-            let req = DiscoveryRequest::decode(rest.as_slice())?;
+        if let Some((ty, names)) = self.repeats_held_names(raw) {
+            // The request without its names: the bytes before and after them.
+            let req = DiscoveryRequest::decode(bytes::Buf::chain(&raw[..names.start], &raw[names.end..]))?;
             self.repeated = Some(ty);
             return Ok(req);
         }
         DiscoveryRequest::decode(raw)
     }
 
-    /// The request's type and its bytes without the `resource_names` fields, when those names
+    /// The request's type and where its `resource_names` fields lie, when those names
     /// are the held set's (each once, in any order). The names are compared as slices of the
-    /// request: one allocation for the list of slices, none per name.
-    fn repeats_held_names(&self, raw: &[u8]) -> Option<(ResourceType, Vec<u8>)> {
-        // One pass for the type and where the names lie (one run of fields, as every encoder
-        // writes a repeated field), one over the names.
+    /// request: one allocation for the list of slices, none per name, and one pass over the
+    /// request's fields.
+    ///
+    /// An Envoy sends its names in the same order in every request of a stream, so the order
+    /// that matched last time is kept (as positions, [`TypeState::order`]) and tried first: one
+    /// comparison per name, no sort. Any other order is sorted once, compared, and kept if it
+    /// matches.
+    fn repeats_held_names(&mut self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
+        // No held set has more names than this: a longer list is not a repeat.
+        let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
         let mut type_url: &[u8] = b"";
         let (mut names_start, mut names_end) = (None, 0);
+        let mut names: Vec<&[u8]> = Vec::with_capacity(most);
         let mut at = 0;
-        for f in wire::fields(raw) {
-            let f = f?;
-            if (f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES || f.tag == DISCOVERY_REQUEST_TYPE_URL)
-                && f.wire_type != wire::LEN
-            {
-                return None;
+        while at < raw.len() {
+            // The names are one run of fields (as every encoder writes a repeated field). Most
+            // are short: key 0x1a (field 3, length-delimited) and a one-byte length, read here
+            // without the general field reader; anything else goes through it.
+            if names_start.is_none_or(|_| names_end == at) {
+                while let [NAMES_KEY, len, tail @ ..] = &raw[at..] {
+                    let len = usize::from(*len);
+                    if len >= 0x80 || tail.len() < len {
+                        break;
+                    }
+                    if names.len() == most {
+                        return None;
+                    }
+                    names_start.get_or_insert(at);
+                    names.push(&tail[..len]);
+                    at += 2 + len;
+                    names_end = at;
+                }
+                if at == raw.len() {
+                    break;
+                }
             }
-            if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES {
-                if names_start.is_some() && names_end != at {
+            let f = wire::field_at(&raw[at..])?;
+            if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES || f.tag == DISCOVERY_REQUEST_TYPE_URL {
+                if f.wire_type != wire::LEN {
                     return None;
                 }
-                names_start.get_or_insert(at);
-                names_end = at + f.whole.len();
-            } else if f.tag == DISCOVERY_REQUEST_TYPE_URL {
-                type_url = f.payload;
+                if f.tag == DISCOVERY_REQUEST_TYPE_URL {
+                    type_url = f.payload;
+                } else {
+                    if (names_start.is_some() && names_end != at) || names.len() == most {
+                        return None;
+                    }
+                    names_start.get_or_insert(at);
+                    names_end = at + f.whole.len();
+                    names.push(f.payload);
+                }
             }
             at += f.whole.len();
         }
@@ -120,29 +156,14 @@ impl SotwStream {
             TypeCheck::Known(t) => t,
             TypeCheck::Unknown(_) => return None,
         };
-        let held = &self.types[ty.index()].as_ref()?.names;
-        let mut names: Vec<&[u8]> = Vec::with_capacity(held.len());
-        for f in wire::fields(&raw[names_start..names_end]) {
-            if names.len() == held.len() {
-                return None;
-            }
-            names.push(f?.payload);
-        }
-        if names.len() != held.len() {
+        let st = self.types[ty.index()].as_mut()?;
+        if names.len() != st.names.len() {
             return None;
         }
-        // Byte order is `str` order, the held set's. A duplicate, once sorted, sits beside its
-        // twin and fails the comparison with the held set, which has none.
-        if !names.windows(2).all(|w| w[0] < w[1]) {
-            names.sort_unstable();
-        }
-        if !names.iter().zip(held.iter()).all(|(n, h)| *n == h.as_bytes()) {
+        if !same_set_in_any_order(&st.names, &names, &mut st.order) {
             return None;
         }
-        let mut rest = Vec::with_capacity(raw.len() - (names_end - names_start));
-        rest.extend_from_slice(&raw[..names_start]);
-        rest.extend_from_slice(&raw[names_end..]);
-        Some((ty, rest))
+        Some((ty, names_start..names_end))
     }
 
     pub fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
@@ -246,6 +267,7 @@ impl SotwStream {
                         st.force = true;
                     }
                     st.names = names;
+                    st.order = None;
                 }
             }
         }
@@ -314,6 +336,63 @@ impl SotwStream {
         }
         out
     }
+}
+
+/// Byte equality, inlined for the short names a subscription holds (a call to `memcmp` per name
+/// costs more than comparing a dozen bytes).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && if a.len() > 32 {
+            a == b
+        } else {
+            a.iter().zip(b).all(|(x, y)| x == y)
+        }
+}
+
+/// Whether `names` (slices of a request, as many as `held` has) are the names of `held`, each
+/// once, in any order. `order` is the client's order from the last match: tried first (one
+/// comparison per name), replaced when another order matches, cleared when a sorted list does.
+pub(super) fn same_set_in_any_order(
+    held: &BTreeSet<Arc<str>>,
+    names: &[&[u8]],
+    order: &mut Option<Box<[u16]>>,
+) -> bool {
+    let equal_at = |positions: &[u16]| {
+        positions.len() == held.len()
+            && held
+                .iter()
+                .zip(positions)
+                .all(|(h, &i)| names.get(usize::from(i)).is_some_and(|n| same_bytes(n, h.as_bytes())))
+    };
+    // The held order, then the kept one. The positions are a permutation of 0..n (they come
+    // from one), so n equal names at n distinct positions means no duplicate and none missing.
+    if names.len() != held.len() {
+        return false;
+    }
+    if order.as_deref().is_some_and(equal_at) {
+        return true;
+    }
+    if names.windows(2).all(|w| w[0] < w[1]) {
+        // Byte order is `str` order, the held set's.
+        *order = None;
+        return names.iter().zip(held.iter()).all(|(n, h)| same_bytes(n, h.as_bytes()));
+    }
+    let Ok(n) = u16::try_from(names.len().saturating_sub(1)) else {
+        // Too many names for 16-bit positions: sort the slices themselves, keep nothing.
+        let mut sorted = names.to_vec();
+        sorted.sort_unstable();
+        return sorted.iter().zip(held.iter()).all(|(n, h)| *n == h.as_bytes());
+    };
+    let mut positions: Vec<u16> = (0..=n).collect();
+    // A duplicate, once sorted, sits beside its twin and fails the comparison with the held
+    // set, which has none.
+    positions.sort_unstable_by_key(|&i| names[usize::from(i)]);
+    if !equal_at(&positions) {
+        return false;
+    }
+    *order = Some(positions.into_boxed_slice());
+    true
 }
 
 /// The resources of a response for this type now, or `None` when no response is due.

@@ -935,3 +935,69 @@ fn the_wire_reader_splits_fields_and_stops_at_malformed_bytes() {
         "a length no buffer holds"
     );
 }
+
+#[test]
+fn a_repeated_subscription_in_the_clients_own_order_is_matched_by_the_kept_positions() {
+    use super::sotw::same_set_in_any_order;
+    let held: std::collections::BTreeSet<Arc<str>> = ["a", "b", "c", "d"].into_iter().map(Arc::from).collect();
+    let list = |ns: &[&'static str]| ns.iter().map(|n| n.as_bytes()).collect::<Vec<&[u8]>>();
+    let mut order = None;
+    // An unsorted list: sorted once, matched, its positions kept (held's j-th name is at order[j]).
+    assert!(same_set_in_any_order(&held, &list(&["c", "a", "d", "b"]), &mut order));
+    assert_eq!(order.as_deref(), Some(&[1u16, 3, 0, 2][..]));
+    // The same order again: matched by the kept positions, which stay.
+    assert!(same_set_in_any_order(&held, &list(&["c", "a", "d", "b"]), &mut order));
+    assert_eq!(order.as_deref(), Some(&[1u16, 3, 0, 2][..]));
+    // In the kept order but one name differs, or a name twice in place of another: no match,
+    // whichever path looks at it, and the kept positions are not changed by a failed match.
+    for names in [&["c", "a", "d", "x"][..], &["c", "a", "d", "a"], &["c", "c", "d", "b"]] {
+        assert!(!same_set_in_any_order(&held, &list(names), &mut order), "{names:?}");
+        assert_eq!(order.as_deref(), Some(&[1u16, 3, 0, 2][..]), "{names:?}");
+    }
+    // Fewer or more names: no match.
+    assert!(!same_set_in_any_order(&held, &list(&["c", "a", "d"]), &mut order));
+    assert!(!same_set_in_any_order(
+        &held,
+        &list(&["c", "a", "d", "b", "e"]),
+        &mut order
+    ));
+    // Another order of the same names: matched, and it becomes the kept one.
+    assert!(same_set_in_any_order(&held, &list(&["d", "c", "b", "a"]), &mut order));
+    assert_eq!(order.as_deref(), Some(&[3u16, 2, 1, 0][..]));
+    // A sorted list: matched in the held order, nothing kept.
+    assert!(same_set_in_any_order(&held, &list(&["a", "b", "c", "d"]), &mut order));
+    assert!(order.is_none());
+    // Sorted but not the held set: no match.
+    assert!(!same_set_in_any_order(&held, &list(&["a", "b", "c", "e"]), &mut order));
+}
+
+#[test]
+fn names_too_long_for_the_short_form_are_matched_as_well_in_any_order() {
+    let w = World::new();
+    let long = "l".repeat(200);
+    w.publish(&[(EDS, "a", 1), (EDS, &long, 1), (EDS, "c", 1)]);
+    let mut s = sotw(&w);
+    let raw = |r: DiscoveryRequest| r.encode_to_vec();
+    s.on_request(sotw_req(EDS, &["a", &long, "c"], "", "")).expect("ok");
+    let r = one(s.poll());
+    // Short and long names mixed, in an order that is not sorted (the long name needs a
+    // two-byte length, read by the general field reader in the middle of the run).
+    for order in [
+        [long.as_str(), "c", "a"],
+        ["c", long.as_str(), "a"],
+        ["c", "a", long.as_str()],
+    ] {
+        let ack = s
+            .decode(&raw(sotw_req(EDS, &order, &r.version_info, &r.nonce)))
+            .expect("decodes");
+        assert!(ack.resource_names.is_empty(), "{order:?}: {:?}", ack.resource_names);
+    }
+    // A long name in place of another, or the long name cut short: decoded in full.
+    let other = "m".repeat(200);
+    for order in [[other.as_str(), "c", "a"], [&long[..199], "c", "a"]] {
+        let got = s
+            .decode(&raw(sotw_req(EDS, &order, &r.version_info, &r.nonce)))
+            .expect("decodes");
+        assert_eq!(got.resource_names, order);
+    }
+}
