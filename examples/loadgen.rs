@@ -128,6 +128,16 @@ struct Args {
     /// Keep the temporary directory (configuration, endpoints file, server log).
     #[arg(long)]
     keep: bool,
+    /// Diagnostic: hold each EDS ACK after the initial sync back this long (the response is
+    /// timed when it arrives, before the wait). With a wait longer than the push, the clients'
+    /// ACKs (SotW: every subscribed name again) no longer share the machine with the push, which
+    /// shows what they cost it. 0 (the default) ACKs at once, as Envoy does.
+    #[arg(long, default_value_t = 0)]
+    ack_delay_ms: u64,
+    /// The load generator's own worker threads [default: one per core]. With 1, it runs on one
+    /// thread and leaves the rest of the machine to the server.
+    #[arg(long)]
+    client_threads: Option<usize>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -224,14 +234,25 @@ enum Event {
 struct Shared {
     /// The change in progress (0: none yet).
     generation: AtomicU32,
-    /// One copy of the cluster name list for all streams (they all get the same one).
-    names: parking_lot::Mutex<Option<Arc<Vec<String>>>>,
+    /// `--ack-delay-ms`.
+    ack_delay: Duration,
+    /// One copy of the cluster name list for all streams (they all get the same one), with its
+    /// `resource_names` fields encoded once.
+    names: parking_lot::Mutex<Option<Subscription>>,
+}
+
+/// The EDS subscription every stream sends: the names, and their `resource_names` fields
+/// encoded (shared by every SotW request that repeats them).
+#[derive(Clone)]
+struct Subscription {
+    names: Arc<Vec<String>>,
+    encoded: Bytes,
 }
 
 impl Shared {
     /// The EDS subscription every stream sends, in a hash order rather than sorted: Envoy sends
     /// its EDS names in the order of a hash set, the same order in every request of a stream.
-    fn intern_names(&self, mut names: Vec<String>) -> Arc<Vec<String>> {
+    fn intern_names(&self, mut names: Vec<String>) -> Subscription {
         let fnv = |n: &str| {
             n.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -240,13 +261,116 @@ impl Shared {
         names.sort_by_key(|n| fnv(n));
         let mut cached = self.names.lock();
         match cached.as_ref() {
-            Some(c) if **c == names => c.clone(),
+            Some(c) if *c.names == names => c.clone(),
             _ => {
-                let a = Arc::new(names);
-                *cached = Some(a.clone());
-                a
+                let mut encoded = Vec::new();
+                for n in &names {
+                    prost::encoding::string::encode(3, n, &mut encoded);
+                }
+                let sub = Subscription {
+                    names: Arc::new(names),
+                    encoded: encoded.into(),
+                };
+                *cached = Some(sub.clone());
+                sub
             }
         }
+    }
+}
+
+/// A SotW `DiscoveryRequest` encoded ahead: its fields before `resource_names` (1, 2), the
+/// names (3, shared by every stream), and the fields after them (4 onwards). On the wire it is
+/// byte for byte what prost writes for the whole request (fields in number order), but an ACK
+/// that repeats 1,000 names costs one copy of the shared bytes, not 1,000 strings cloned and
+/// encoded: the load generator stands in for Envoys that run on their own machines, so it
+/// should take as little of the shared cores as it can.
+#[derive(Debug, Default)]
+struct SotwRequest {
+    before: Vec<u8>,
+    names: Bytes,
+    after: Vec<u8>,
+}
+
+impl SotwRequest {
+    /// `req` (whose `resource_names` must be empty) with `names` as its names.
+    fn new(req: &DiscoveryRequest, names: Option<&Bytes>) -> SotwRequest {
+        let before = DiscoveryRequest {
+            version_info: req.version_info.clone(),
+            node: req.node.clone(),
+            ..Default::default()
+        };
+        let after = DiscoveryRequest {
+            type_url: req.type_url.clone(),
+            response_nonce: req.response_nonce.clone(),
+            error_detail: req.error_detail.clone(),
+            ..Default::default()
+        };
+        debug_assert!(req.resource_names.is_empty() && req.resource_locators.is_empty());
+        SotwRequest {
+            before: before.encode_to_vec(),
+            names: names.cloned().unwrap_or_default(),
+            after: after.encode_to_vec(),
+        }
+    }
+}
+
+/// The requests encoded ahead must be the bytes prost writes for the same request: checked on
+/// every start, on a first request and an ACK, so the server sees what an encoder sends.
+fn check_pre_encoded_requests() -> Result<()> {
+    let shared = Shared {
+        generation: AtomicU32::new(0),
+        ack_delay: Duration::ZERO,
+        names: parking_lot::Mutex::new(None),
+    };
+    let sub = shared.intern_names(vec!["c0002".into(), "c0000".into(), "c0001".into()]);
+    let node = Node {
+        id: "sim-0".into(),
+        cluster: "bench".into(),
+        ..Default::default()
+    };
+    for (version, nonce, node) in [("", "", Some(node)), ("v1", "7", None)] {
+        let req = DiscoveryRequest {
+            version_info: version.into(),
+            node,
+            type_url: EDS.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        let whole = DiscoveryRequest {
+            resource_names: sub.names.to_vec(),
+            ..req.clone()
+        };
+        if SotwRequest::new(&req, Some(&sub.encoded)).encode_to_vec() != whole.encode_to_vec() {
+            bail!("the load generator's pre-encoded request differs from prost's encoding of it");
+        }
+    }
+    Ok(())
+}
+
+impl Message for SotwRequest {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.before);
+        buf.put_slice(&self.names);
+        buf.put_slice(&self.after);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever encoded.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.before.len() + self.names.len() + self.after.len()
+    }
+
+    fn clear(&mut self) {
+        *self = SotwRequest::default();
     }
 }
 
@@ -278,6 +402,13 @@ impl StreamCtx {
             id: format!("sim-{}", self.idx),
             cluster: "bench".into(),
             ..Default::default()
+        }
+    }
+
+    /// Waits `--ack-delay-ms` before an EDS ACK after the initial sync (no wait by default).
+    async fn hold_ack(&self) {
+        if !self.shared.ack_delay.is_zero() {
+            tokio::time::sleep(self.shared.ack_delay).await;
         }
     }
 
@@ -313,17 +444,18 @@ async fn run_stream(ctx: StreamCtx, mode: Mode) {
 }
 
 async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(8);
-    tx.send(DiscoveryRequest {
+    let (tx, rx) = mpsc::channel::<SotwRequest>(8);
+    let first = DiscoveryRequest {
         node: Some(ctx.node()),
         type_url: CDS.into(),
         ..Default::default()
-    })
-    .await
-    .context("queueing the first request")?;
+    };
+    tx.send(SotwRequest::new(&first, None))
+        .await
+        .context("queueing the first request")?;
     let mut grpc = Grpc::new(ctx.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     grpc.ready().await.context("connection not ready")?;
-    let codec = ProstCodec::<DiscoveryRequest, SotwResponse>::default();
+    let codec = ProstCodec::<SotwRequest, SotwResponse>::default();
     let mut inbound = grpc
         .streaming(
             tonic::Request::new(ReceiverStream::new(rx)),
@@ -334,7 +466,7 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
         .context("opening the SotW ADS stream")?
         .into_inner();
 
-    let mut names: Option<Arc<Vec<String>>> = None;
+    let mut names: Option<Subscription> = None;
     let mut eds_version: Option<String> = None;
     let mut received = 0usize;
     let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
@@ -342,16 +474,13 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
         let at = Instant::now();
         match r.type_url.as_str() {
             CDS => {
-                send(
-                    &tx,
-                    DiscoveryRequest {
-                        version_info: r.version_info.clone(),
-                        response_nonce: r.nonce.clone(),
-                        type_url: CDS.into(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                let ack = DiscoveryRequest {
+                    version_info: r.version_info.clone(),
+                    response_nonce: r.nonce.clone(),
+                    type_url: CDS.into(),
+                    ..Default::default()
+                };
+                send(&tx, SotwRequest::new(&ack, None)).await?;
                 if names.is_some() {
                     ctx.emit(Event::Redundant { kind: "cds" });
                     continue;
@@ -363,37 +492,32 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                     list.push(ClusterName::decode(any.value).context("decoding a Cluster")?.name);
                 }
                 let list = ctx.shared.intern_names(list);
-                send(
-                    &tx,
-                    DiscoveryRequest {
-                        type_url: EDS.into(),
-                        resource_names: list.to_vec(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                let subscribe = DiscoveryRequest {
+                    type_url: EDS.into(),
+                    ..Default::default()
+                };
+                send(&tx, SotwRequest::new(&subscribe, Some(&list.encoded))).await?;
                 names = Some(list);
             }
             EDS => {
                 let Some(list) = &names else {
                     bail!("an EDS response before any EDS request");
                 };
-                send(
-                    &tx,
-                    DiscoveryRequest {
-                        version_info: r.version_info.clone(),
-                        response_nonce: r.nonce.clone(),
-                        type_url: EDS.into(),
-                        resource_names: list.to_vec(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                let ack = DiscoveryRequest {
+                    version_info: r.version_info.clone(),
+                    response_nonce: r.nonce.clone(),
+                    type_url: EDS.into(),
+                    ..Default::default()
+                };
+                if eds_version.is_some() {
+                    ctx.hold_ack().await;
+                }
+                send(&tx, SotwRequest::new(&ack, Some(&list.encoded))).await?;
                 match &eds_version {
                     None => {
                         received += r.resources.len();
                         eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
-                        if received >= list.len() {
+                        if received >= list.names.len() {
                             eds_version = Some(r.version_info);
                             ctx.emit(Event::Synced {
                                 at,
@@ -440,12 +564,15 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
         .context("opening the Delta ADS stream")?
         .into_inner();
 
-    let mut names: Option<Arc<Vec<String>>> = None;
+    let mut names: Option<Subscription> = None;
     let mut synced = false;
     let mut received = 0usize;
     let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
     while let Some(r) = inbound.message().await.context("Delta ADS stream")? {
         let at = Instant::now();
+        if synced && r.type_url == EDS {
+            ctx.hold_ack().await;
+        }
         send(
             &tx,
             DeltaDiscoveryRequest {
@@ -475,7 +602,7 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
                     &tx,
                     DeltaDiscoveryRequest {
                         type_url: EDS.into(),
-                        resource_names_subscribe: list.to_vec(),
+                        resource_names_subscribe: list.names.to_vec(),
                         ..Default::default()
                     },
                 )
@@ -491,7 +618,7 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
                 } else {
                     received += r.resources.len();
                     eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
-                    if received >= list.len() {
+                    if received >= list.names.len() {
                         synced = true;
                         ctx.emit(Event::Synced {
                             at,
@@ -875,7 +1002,8 @@ fn mib(kib: u64) -> f64 {
 // ---- Main. ----
 
 fn main() -> ExitCode {
-    common::main_with("loadgen", None, run(Args::parse()))
+    let args = Args::parse();
+    common::main_with("loadgen", args.client_threads, run(args))
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -885,6 +1013,7 @@ async fn run(args: Args) -> Result<()> {
     if args.clusters > 65536 || args.endpoints == 0 || args.endpoints > 254 {
         bail!("--clusters must be at most 65536 and --endpoints between 1 and 254");
     }
+    check_pre_encoded_requests()?;
     let dir = tempfile::Builder::new()
         .prefix("voltha-loadgen-")
         .tempdir()
@@ -1042,6 +1171,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     }
     let shared = Arc::new(Shared {
         generation: AtomicU32::new(0),
+        ack_delay: Duration::from_millis(args.ack_delay_ms),
         names: parking_lot::Mutex::new(None),
     });
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
@@ -1249,7 +1379,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         println!("  {l}");
     }
     println!(
-        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={}",
+        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={} ack_delay_ms={}",
         args.mode.name(),
         args.clusters,
         args.endpoints,
@@ -1281,6 +1411,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         } else {
             "n/a".into()
         },
+        args.ack_delay_ms,
     );
     println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
