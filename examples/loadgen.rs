@@ -26,8 +26,11 @@
 //!    snapshot to the last stream holding it (the figure `examples/rawlimit.rs` bounds).
 //!
 //! Every wait is bounded; a timeout, a stream error or a server exit ends the run non-zero.
-//! Responses are decoded with minimal messages (version, type, nonce, raw resources), so the
-//! load generator stays cheap next to the server (they share the machine's cores).
+//! Responses are decoded with minimal messages (version, type, nonce, raw resources), and a SotW
+//! request's names are encoded once and shared by every stream (an ACK copies them: the bytes
+//! are prost's, checked at start), so the load generator stays cheap next to the server (they
+//! share the machine's cores). `--client-threads 1` keeps it to one thread. `--ack-delay-ms`
+//! (a diagnostic) holds each EDS ACK after the sync back, to show what the ACKs cost the push.
 //!
 //! Another xDS server (for comparison, see scripts/bench-peers.sh) is driven with
 //! `--peer-cmd BINARY`: the load generator runs `BINARY --listen 127.0.0.1:PORT --endpoints FILE`
