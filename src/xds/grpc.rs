@@ -104,7 +104,20 @@ impl Framed {
         if self.resources.len() == 0 {
             return head;
         }
-        buf.reserve(CHUNK);
+        // Exactly what this chunk will hold: a push of one small resource is a few hundred
+        // bytes, and a chunk-sized allocation for each would be mostly untouched memory.
+        let mut want = head.as_ref().map_or(0, Bytes::len);
+        for r in self.resources.as_slice() {
+            if want >= CHUNK {
+                break;
+            }
+            want += 1 + prost::encoding::encoded_len_varint(r.len() as u64);
+            if r.len() > INLINE_MAX {
+                break;
+            }
+            want += r.len();
+        }
+        buf.reserve(want);
         if let Some(h) = head {
             buf.put_slice(&h);
         }
@@ -119,6 +132,7 @@ impl Framed {
                 break;
             }
         }
+        debug_assert_eq!(buf.len(), want, "chunk size foreseen");
         Some(buf.freeze())
     }
 }
@@ -488,6 +502,24 @@ mod tests {
         assert_eq!(got.version_info, "v");
         assert_eq!(got.nonce, "3");
         assert_eq!(got.resources, vec![small.clone(), large, small]);
+    }
+
+    #[test]
+    fn a_push_of_one_small_resource_is_one_chunk_of_its_own_size() {
+        let msg = DiscoveryResponse {
+            version_info: "v".into(),
+            resources: vec![Bytes::from(vec![7u8; 400])],
+            type_url: "t".into(),
+            nonce: "1".into(),
+            ..Default::default()
+        };
+        let whole = 5 + msg.encoded_len();
+        let mut f = Framed::new(msg).expect("framed");
+        let chunk = f.next_chunk().expect("a chunk");
+        // One chunk, sized to the message (`next_chunk` reserves what it will write, and checks
+        // it in debug builds), not a whole 16 KiB chunk.
+        assert_eq!(chunk.len(), whole);
+        assert!(f.next_chunk().is_none());
     }
 
     #[test]

@@ -154,10 +154,14 @@ impl XdsServer {
             let mut push = PendingPush::default();
             let mut current = snaps.borrow_and_update().clone();
             sm.on_snapshot(current.clone());
+            // Made once, not on every turn of the loop (each registers a waiter).
+            let shutdown = this.shutdown.clone().cancelled_owned();
+            let closed = tx.closed();
+            tokio::pin!(shutdown, closed);
             loop {
                 tokio::select! {
-                    _ = this.shutdown.cancelled() => break,
-                    _ = tx.closed() => break,
+                    _ = &mut shutdown => break,
+                    _ = &mut closed => break,
                     msg = inbound.raw_message() => match msg.and_then(|raw| {
                         raw.map(|raw| sm.decode(&raw).map_err(grpc::undecodable)).transpose()
                     }) {
@@ -199,7 +203,7 @@ impl XdsServer {
                     let failed = framed.is_err();
                     // A client that does not read must not hold up shutdown.
                     let sent = tokio::select! {
-                        _ = this.shutdown.cancelled() => return,
+                        _ = &mut shutdown => return,
                         sent = tx.send(framed) => sent.is_ok(),
                     };
                     if !sent || failed {
