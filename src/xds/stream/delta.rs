@@ -20,7 +20,9 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use parking_lot::Mutex;
 
-use super::{error_text, share_names, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent, TypeCheck};
+use super::{
+    error_text, share_names, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
+};
 use crate::xds::cache::{Snapshot, TypeSnapshot};
 use crate::xds::resources::{parse_version, Resource, ResourceType};
 use crate::xds::status::ClientStatus;
@@ -122,7 +124,9 @@ impl DeltaStream {
             .any(|n| n != "*");
         // The set may be shared with other streams: edit a copy, then share the result.
         let mut names = match changes_names {
-            true => Arc::try_unwrap(std::mem::take(&mut st.names)).unwrap_or_else(|shared| (*shared).clone()),
+            true => {
+                Arc::try_unwrap(std::mem::take(&mut st.names)).map_or_else(|shared| (**shared).clone(), Names::into_set)
+            }
             false => BTreeSet::new(),
         };
         for n in &req.resource_names_subscribe {

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use super::{
-    error_text, same_names, share_names, wire, Core, Limits, NameSet, Pending, Scope, StreamError, StreamEvent,
+    error_text, same_names, share_names, wire, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent,
     TypeCheck,
 };
 use crate::xds::cache::{Snapshot, TypeSnapshot};
@@ -41,9 +41,8 @@ struct TypeState {
     /// The first request had no names: an empty list keeps meaning "everything".
     legacy_wildcard: bool,
     names: NameSet,
-    /// The order in which the client last listed `names`, when it was not sorted: `order[j]`
-    /// is the position in its list of the held set's `j`-th name. Checked name by name before
-    /// use, never trusted.
+    /// The order in which the client last listed `names`, when it was not sorted: its `k`-th
+    /// name is the held set's `order[k]`-th. Checked name by name before use, never trusted.
     order: Option<Box<[u16]>>,
     /// Names subscribed since the last response; sent even if unchanged.
     added: Vec<Arc<str>>,
@@ -101,9 +100,9 @@ impl SotwStream {
     /// request's fields.
     ///
     /// An Envoy sends its names in the same order in every request of a stream, so the order
-    /// that matched last time is kept (as positions, [`TypeState::order`]) and tried first: one
-    /// comparison per name, no sort. Any other order is sorted once, compared, and kept if it
-    /// matches.
+    /// that matched last time is kept (each name's place in the held set,
+    /// [`TypeState::order`]) and tried first: one comparison per name, no sort. Any other order
+    /// is sorted once, compared, and kept if it matches.
     fn repeats_held_names(&mut self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
         // No held set has more names than this: a longer list is not a repeat.
         let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
@@ -352,25 +351,26 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `names` (slices of a request, as many as `held` has) are the names of `held`, each
 /// once, in any order. `order` is the client's order from the last match: tried first (one
-/// comparison per name), replaced when another order matches, cleared when a sorted list does.
-pub(super) fn same_set_in_any_order(
-    held: &BTreeSet<Arc<str>>,
-    names: &[&[u8]],
-    order: &mut Option<Box<[u16]>>,
-) -> bool {
-    let equal_at = |positions: &[u16]| {
-        positions.len() == held.len()
-            && held
-                .iter()
-                .zip(positions)
-                .all(|(h, &i)| names.get(usize::from(i)).is_some_and(|n| same_bytes(n, h.as_bytes())))
-    };
-    // The held order, then the kept one. The positions are a permutation of 0..n (they come
-    // from one), so n equal names at n distinct positions means no duplicate and none missing.
+/// comparison per name, the request's names in turn against the held names laid end to end),
+/// replaced when another order matches, cleared when a sorted list does.
+pub(super) fn same_set_in_any_order(held: &Names, names: &[&[u8]], order: &mut Option<Box<[u16]>>) -> bool {
     if names.len() != held.len() {
         return false;
     }
-    if order.as_deref().is_some_and(equal_at) {
+    // The request's `k`-th name is `held`'s `order[k]`-th. (A set that cannot be laid out, past
+    // 4 GiB of names, matches nothing here: such a request takes the full decode.)
+    let in_order = |order: &[u16]| {
+        order.len() == names.len()
+            && held.flat().is_some_and(|flat| {
+                names
+                    .iter()
+                    .zip(order)
+                    .all(|(n, &j)| flat.get(usize::from(j)).is_some_and(|h| same_bytes(n, h)))
+            })
+    };
+    // The kept order first. It is a permutation of 0..n (it comes from one), so n equal names
+    // at n distinct places means no duplicate and none missing.
+    if order.as_deref().is_some_and(in_order) {
         return true;
     }
     if names.windows(2).all(|w| w[0] < w[1]) {
@@ -378,20 +378,25 @@ pub(super) fn same_set_in_any_order(
         *order = None;
         return names.iter().zip(held.iter()).all(|(n, h)| same_bytes(n, h.as_bytes()));
     }
-    let Ok(n) = u16::try_from(names.len().saturating_sub(1)) else {
-        // Too many names for 16-bit positions: sort the slices themselves, keep nothing.
+    let Ok(last) = u16::try_from(names.len().saturating_sub(1)) else {
+        // Too many names for 16-bit places: sort the slices themselves, keep nothing.
         let mut sorted = names.to_vec();
         sorted.sort_unstable();
-        return sorted.iter().zip(held.iter()).all(|(n, h)| *n == h.as_bytes());
+        return sorted.iter().zip(held.iter()).all(|(n, h)| same_bytes(n, h.as_bytes()));
     };
-    let mut positions: Vec<u16> = (0..=n).collect();
-    // A duplicate, once sorted, sits beside its twin and fails the comparison with the held
-    // set, which has none.
-    positions.sort_unstable_by_key(|&i| names[usize::from(i)]);
-    if !equal_at(&positions) {
+    // The request's positions sorted by name: the `j`-th is where the `j`-th smallest name
+    // stands, so it goes to place `j` in the held order. (A duplicate, once sorted, sits
+    // beside its twin and fails the comparison with the held set, which has none.)
+    let mut by_name: Vec<u16> = (0..=last).collect();
+    by_name.sort_unstable_by_key(|&k| names[usize::from(k)]);
+    let mut kept = vec![0u16; by_name.len()];
+    for (j, &k) in (0u16..).zip(&by_name) {
+        kept[usize::from(k)] = j;
+    }
+    if !in_order(&kept) {
         return false;
     }
-    *order = Some(positions.into_boxed_slice());
+    *order = Some(kept.into_boxed_slice());
     true
 }
 

@@ -939,20 +939,20 @@ fn the_wire_reader_splits_fields_and_stops_at_malformed_bytes() {
 #[test]
 fn a_repeated_subscription_in_the_clients_own_order_is_matched_by_the_kept_positions() {
     use super::sotw::same_set_in_any_order;
-    let held: std::collections::BTreeSet<Arc<str>> = ["a", "b", "c", "d"].into_iter().map(Arc::from).collect();
+    let held = Names::new(["a", "b", "c", "d"].into_iter().map(Arc::from).collect());
     let list = |ns: &[&'static str]| ns.iter().map(|n| n.as_bytes()).collect::<Vec<&[u8]>>();
     let mut order = None;
-    // An unsorted list: sorted once, matched, its positions kept (held's j-th name is at order[j]).
+    // An unsorted list: sorted once, matched, its order kept (its k-th name is held's order[k]-th).
     assert!(same_set_in_any_order(&held, &list(&["c", "a", "d", "b"]), &mut order));
-    assert_eq!(order.as_deref(), Some(&[1u16, 3, 0, 2][..]));
-    // The same order again: matched by the kept positions, which stay.
+    assert_eq!(order.as_deref(), Some(&[2u16, 0, 3, 1][..]));
+    // The same order again: matched by the kept order, which stays.
     assert!(same_set_in_any_order(&held, &list(&["c", "a", "d", "b"]), &mut order));
-    assert_eq!(order.as_deref(), Some(&[1u16, 3, 0, 2][..]));
+    assert_eq!(order.as_deref(), Some(&[2u16, 0, 3, 1][..]));
     // In the kept order but one name differs, or a name twice in place of another: no match,
     // whichever path looks at it, and the kept positions are not changed by a failed match.
     for names in [&["c", "a", "d", "x"][..], &["c", "a", "d", "a"], &["c", "c", "d", "b"]] {
         assert!(!same_set_in_any_order(&held, &list(names), &mut order), "{names:?}");
-        assert_eq!(order.as_deref(), Some(&[1u16, 3, 0, 2][..]), "{names:?}");
+        assert_eq!(order.as_deref(), Some(&[2u16, 0, 3, 1][..]), "{names:?}");
     }
     // Fewer or more names: no match.
     assert!(!same_set_in_any_order(&held, &list(&["c", "a", "d"]), &mut order));
@@ -962,8 +962,8 @@ fn a_repeated_subscription_in_the_clients_own_order_is_matched_by_the_kept_posit
         &mut order
     ));
     // Another order of the same names: matched, and it becomes the kept one.
-    assert!(same_set_in_any_order(&held, &list(&["d", "c", "b", "a"]), &mut order));
-    assert_eq!(order.as_deref(), Some(&[3u16, 2, 1, 0][..]));
+    assert!(same_set_in_any_order(&held, &list(&["d", "c", "a", "b"]), &mut order));
+    assert_eq!(order.as_deref(), Some(&[3u16, 2, 0, 1][..]));
     // A sorted list: matched in the held order, nothing kept.
     assert!(same_set_in_any_order(&held, &list(&["a", "b", "c", "d"]), &mut order));
     assert!(order.is_none());
@@ -1000,4 +1000,15 @@ fn names_too_long_for_the_short_form_are_matched_as_well_in_any_order() {
             .expect("decodes");
         assert_eq!(got.resource_names, order);
     }
+}
+
+#[test]
+fn a_name_set_laid_end_to_end_gives_back_each_name_in_order() {
+    let names = Names::new(["ccc", "a", "bb", ""].into_iter().map(Arc::from).collect());
+    let flat = names.flat().expect("laid out");
+    let got: Vec<&[u8]> = (0..names.len()).map(|i| flat.get(i).expect("in range")).collect();
+    assert_eq!(got, vec![&b""[..], b"a", b"bb", b"ccc"]);
+    assert_eq!(flat.get(4), None);
+    let empty = Names::new(Default::default());
+    assert_eq!(empty.flat().expect("laid out").get(0), None);
 }
