@@ -389,7 +389,12 @@ fn changed_ip(generation: u32) -> String {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    // The first byte is checked before the window is compared: one byte test per position,
+    // rather than a call to compare a whole window.
+    let Some(&first) = needle.first() else {
+        return false;
+    };
+    hay.windows(needle.len()).any(|w| w[0] == first && w == needle)
 }
 
 struct StreamCtx {
