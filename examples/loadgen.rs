@@ -1011,6 +1011,10 @@ fn mib(kib: u64) -> f64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.client_threads == Some(0) {
+        eprintln!("loadgen: error: --client-threads must be at least 1");
+        return ExitCode::FAILURE;
+    }
     common::main_with("loadgen", args.client_threads, run(args))
 }
 

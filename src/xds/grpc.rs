@@ -505,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn a_push_of_one_small_resource_is_one_chunk_of_its_own_size() {
+    fn a_push_of_one_small_resource_is_one_chunk() {
         let msg = DiscoveryResponse {
             version_info: "v".into(),
             resources: vec![Bytes::from(vec![7u8; 400])],
@@ -516,8 +516,8 @@ mod tests {
         let whole = 5 + msg.encoded_len();
         let mut f = Framed::new(msg).expect("framed");
         let chunk = f.next_chunk().expect("a chunk");
-        // One chunk, sized to the message (`next_chunk` reserves what it will write, and checks
-        // it in debug builds), not a whole 16 KiB chunk.
+        // One chunk holding the whole message. (That `next_chunk` allocates just this size, not
+        // a 16 KiB chunk, is its debug assertion that it wrote what it reserved.)
         assert_eq!(chunk.len(), whole);
         assert!(f.next_chunk().is_none());
     }

@@ -108,7 +108,9 @@ impl SotwStream {
         let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
         let mut type_url: &[u8] = b"";
         let (mut names_start, mut names_end) = (None, 0);
-        let mut names: Vec<&[u8]> = Vec::with_capacity(most);
+        // Room for every name at once; a name takes at least two bytes, so a small request
+        // (another type's ACK) gets a small list.
+        let mut names: Vec<&[u8]> = Vec::with_capacity(most.min(raw.len() / 2));
         let mut at = 0;
         while at < raw.len() {
             // The names are one run of fields (as every encoder writes a repeated field). Most
@@ -375,8 +377,11 @@ pub(super) fn same_set_in_any_order(held: &Names, names: &[&[u8]], order: &mut O
     }
     if names.windows(2).all(|w| w[0] < w[1]) {
         // Byte order is `str` order, the held set's.
-        *order = None;
-        return names.iter().zip(held.iter()).all(|(n, h)| same_bytes(n, h.as_bytes()));
+        let same = names.iter().zip(held.iter()).all(|(n, h)| same_bytes(n, h.as_bytes()));
+        if same {
+            *order = None;
+        }
+        return same;
     }
     let Ok(last) = u16::try_from(names.len().saturating_sub(1)) else {
         // Too many names for 16-bit places: sort the slices themselves, keep nothing.
@@ -390,7 +395,7 @@ pub(super) fn same_set_in_any_order(held: &Names, names: &[&[u8]], order: &mut O
     let mut by_name: Vec<u16> = (0..=last).collect();
     by_name.sort_unstable_by_key(|&k| names[usize::from(k)]);
     let mut kept = vec![0u16; by_name.len()];
-    for (j, &k) in (0u16..).zip(&by_name) {
+    for (j, &k) in (0..=last).zip(&by_name) {
         kept[usize::from(k)] = j;
     }
     if !in_order(&kept) {

@@ -967,8 +967,31 @@ fn a_repeated_subscription_in_the_clients_own_order_is_matched_by_the_kept_posit
     // A sorted list: matched in the held order, nothing kept.
     assert!(same_set_in_any_order(&held, &list(&["a", "b", "c", "d"]), &mut order));
     assert!(order.is_none());
-    // Sorted but not the held set: no match.
+    // Sorted but not the held set: no match, and a kept order stays.
+    assert!(same_set_in_any_order(&held, &list(&["d", "c", "a", "b"]), &mut order));
     assert!(!same_set_in_any_order(&held, &list(&["a", "b", "c", "e"]), &mut order));
+    assert_eq!(order.as_deref(), Some(&[3u16, 2, 0, 1][..]));
+}
+
+#[test]
+fn the_largest_subscriptions_are_matched_in_any_order_too() {
+    use super::sotw::same_set_in_any_order;
+    // 65,536 names: the most that 16-bit places can number (0 to 65,535). One more, and the
+    // slices are sorted each time instead, with no order kept.
+    for n in [65_536usize, 65_537] {
+        let all: Vec<String> = (0..n).map(|i| format!("n{i:06}")).collect();
+        let held = Names::new(all.iter().map(|s| Arc::from(s.as_str())).collect());
+        let mut reversed: Vec<&[u8]> = all.iter().map(|s| s.as_bytes()).collect();
+        reversed.reverse();
+        let mut order = None;
+        assert!(same_set_in_any_order(&held, &reversed, &mut order), "{n}");
+        assert_eq!(order.is_some(), n == 65_536, "{n}");
+        // Again (through the kept order at 65,536), and with one name replaced: no match.
+        assert!(same_set_in_any_order(&held, &reversed, &mut order), "{n}");
+        let other = b"x".to_vec();
+        reversed[n / 2] = &other;
+        assert!(!same_set_in_any_order(&held, &reversed, &mut order), "{n}");
+    }
 }
 
 #[test]
@@ -992,6 +1015,23 @@ fn names_too_long_for_the_short_form_are_matched_as_well_in_any_order() {
             .expect("decodes");
         assert!(ack.resource_names.is_empty(), "{order:?}: {:?}", ack.resource_names);
     }
+    // Names of 127 and 128 bytes, the last with a one-byte length and the first with two.
+    let (n127, n128) = ("p".repeat(127), "q".repeat(128));
+    w.publish(&[
+        (EDS, "a", 1),
+        (EDS, &long, 1),
+        (EDS, "c", 1),
+        (EDS, &n127, 1),
+        (EDS, &n128, 1),
+    ]);
+    let mut s = sotw(&w);
+    let all = [n128.as_str(), "c", &n127, "a", &long];
+    s.on_request(sotw_req(EDS, &all, "", "")).expect("ok");
+    let r = one(s.poll());
+    let ack = s
+        .decode(&raw(sotw_req(EDS, &all, &r.version_info, &r.nonce)))
+        .expect("decodes");
+    assert!(ack.resource_names.is_empty(), "{:?}", ack.resource_names);
     // A long name in place of another, or the long name cut short: decoded in full.
     let other = "m".repeat(200);
     for order in [[other.as_str(), "c", "a"], [&long[..199], "c", "a"]] {
