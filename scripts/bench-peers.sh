@@ -10,7 +10,9 @@
 # ClusterLoadAssignment per set, puts them in the peer's snapshot cache for the load generator's
 # node ids (sim-0 .. sim-{N-1}, N from LOADGEN_STREAMS, which loadgen sets), serves ADS on the
 # address, and polls the file every 10 ms, setting a new snapshot (EDS version = a counter) on
-# change. No peer code is kept in the repository.
+# change. What the two wrappers share (arguments, the endpoints file, the RSS cap, the Cluster and
+# ClusterLoadAssignment builders) is written once, as shared.rs, and included by both. No peer
+# code is kept in the repository.
 #
 # Then, for every "mode:streams" in RUNS (default: sotw and delta at 100, 1000 and 10000
 # streams), runs voltha-xds (release) and each peer with the same loadgen arguments (1000
@@ -51,73 +53,11 @@ trap 'rm -rf "$work"' EXIT
 # ---- The wrappers. ----
 
 mkdir -p "$work/nebucloud-xds/src" "$work/rust-control-plane/src"
-cat > "$work/nebucloud-xds/Cargo.toml" <<'EOF'
-[package]
-name = "peer-nebucloud-xds"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-nebucloud-xds = { version = "=0.1.0", default-features = false }
-prost = "0.13"
-prost-types = "0.13"
-serde_json = "1"
-tokio = { version = "1", features = ["full"] }
-
-[profile.release]
-debug = 1
-EOF
-cat > "$work/nebucloud-xds/src/main.rs" <<'EOF'
-//! nebucloud-xds behind the load generator's peer interface:
-//! `peer-nebucloud-xds --listen ADDR --endpoints FILE` (node ids sim-0.. sim-{LOADGEN_STREAMS-1}).
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::sync::Arc;
-use std::time::Duration;
-
-use nebucloud_xds::prelude::*;
-use nebucloud_xds::types::envoy::config::cluster::v3::{cluster, Cluster};
-use nebucloud_xds::types::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, AggregatedConfigSource, ConfigSource, SocketAddress,
-};
-use nebucloud_xds::types::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
-use prost::Message;
+cat > "$work/shared.rs" <<'EOF'
+// What both wrappers share, included by each (`include!`) after its own `use` lines, which
+// bring the Envoy message types of its peer's crate into scope under the same names.
 
 type Sets = BTreeMap<String, Vec<String>>;
-
-/// A resource as nebucloud-xds wants it: name, type and the encoded message.
-#[derive(Debug)]
-struct Encoded {
-    name: String,
-    any: prost_types::Any,
-}
-
-impl Resource for Encoded {
-    fn type_url(&self) -> &str {
-        &self.any.type_url
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn encode(&self) -> Result<prost_types::Any, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self.any.clone())
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-fn boxed(type_url: &str, name: &str, value: Vec<u8>) -> BoxResource {
-    Arc::new(Encoded {
-        name: name.to_string(),
-        any: prost_types::Any {
-            type_url: type_url.to_string(),
-            value,
-        },
-    })
-}
 
 fn cluster(name: &str) -> Cluster {
     Cluster {
@@ -163,6 +103,117 @@ fn load_assignment(name: &str, endpoints: &[String]) -> ClusterLoadAssignment {
     }
 }
 
+fn args() -> (SocketAddr, String) {
+    let a: Vec<String> = std::env::args().collect();
+    let get = |k: &str| a.iter().position(|x| x == k).and_then(|i| a.get(i + 1)).cloned();
+    let listen = get("--listen").and_then(|l| l.parse().ok());
+    match (listen, get("--endpoints")) {
+        (Some(l), Some(e)) => (l, e),
+        _ => {
+            eprintln!("usage: {} --listen ADDR --endpoints FILE", a[0]);
+            std::process::exit(2)
+        }
+    }
+}
+
+/// The file's identity (inode, size, mtime); its content when that differs from `last`.
+fn read(path: &str, last: Option<(u64, u64, i64, i64)>) -> Option<((u64, u64, i64, i64), Sets)> {
+    let m = std::fs::metadata(path).ok()?;
+    let st = (m.ino(), m.size(), m.mtime(), m.mtime_nsec());
+    if Some(st) == last {
+        return None;
+    }
+    let sets = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some((st, sets))
+}
+
+/// Resident memory in MiB; the wrapper stops (exit 3) past PEER_RSS_CAP_MIB (default 12288),
+/// so that per-node snapshot copies cannot take the machine's memory.
+fn check_rss(done: usize, nodes: usize) {
+    let cap: u64 = std::env::var("PEER_RSS_CAP_MIB").ok().and_then(|c| c.parse().ok()).unwrap_or(12288);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    if kib / 1024 > cap {
+        eprintln!(
+            "peer wrapper: RSS {} MiB after {done} of {nodes} node snapshots exceeds the cap of {cap} MiB (PEER_RSS_CAP_MIB)",
+            kib / 1024
+        );
+        std::process::exit(3);
+    }
+}
+EOF
+cat > "$work/nebucloud-xds/Cargo.toml" <<'EOF'
+[package]
+name = "peer-nebucloud-xds"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+nebucloud-xds = { version = "=0.1.0", default-features = false }
+prost = "0.13"
+prost-types = "0.13"
+serde_json = "1"
+tokio = { version = "1", features = ["full"] }
+
+[profile.release]
+debug = 1
+EOF
+cat > "$work/nebucloud-xds/src/main.rs" <<'EOF'
+//! nebucloud-xds behind the load generator's peer interface:
+//! `peer-nebucloud-xds --listen ADDR --endpoints FILE` (node ids sim-0.. sim-{LOADGEN_STREAMS-1}).
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nebucloud_xds::prelude::*;
+use nebucloud_xds::types::envoy::config::cluster::v3::{cluster, Cluster};
+use nebucloud_xds::types::envoy::config::core::v3::{
+    address, config_source, socket_address, Address, AggregatedConfigSource, ConfigSource, SocketAddress,
+};
+use nebucloud_xds::types::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints};
+use prost::Message;
+
+include!("../../shared.rs");
+
+/// A resource as nebucloud-xds wants it: name, type and the encoded message.
+#[derive(Debug)]
+struct Encoded {
+    name: String,
+    any: prost_types::Any,
+}
+
+impl Resource for Encoded {
+    fn type_url(&self) -> &str {
+        &self.any.type_url
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn encode(&self) -> Result<prost_types::Any, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.any.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn boxed(type_url: &str, name: &str, value: Vec<u8>) -> BoxResource {
+    Arc::new(Encoded {
+        name: name.to_string(),
+        any: prost_types::Any {
+            type_url: type_url.to_string(),
+            value,
+        },
+    })
+}
+
 /// One snapshot for every node: CDS keeps its version while the set of clusters is unchanged,
 /// EDS takes the counter.
 fn snapshot(sets: &Sets, cds_version: &str, eds_version: &str) -> Snapshot {
@@ -179,19 +230,6 @@ fn snapshot(sets: &Sets, cds_version: &str, eds_version: &str) -> Snapshot {
         .resources_with_version(TypeUrl::CLUSTER.into(), cds_version, clusters)
         .resources_with_version(TypeUrl::ENDPOINT.into(), eds_version, cla)
         .build()
-}
-
-fn args() -> (SocketAddr, String) {
-    let a: Vec<String> = std::env::args().collect();
-    let get = |k: &str| a.iter().position(|x| x == k).and_then(|i| a.get(i + 1)).cloned();
-    let listen = get("--listen").and_then(|l| l.parse().ok());
-    match (listen, get("--endpoints")) {
-        (Some(l), Some(e)) => (l, e),
-        _ => {
-            eprintln!("usage: {} --listen ADDR --endpoints FILE", a[0]);
-            std::process::exit(2)
-        }
-    }
 }
 
 #[tokio::main]
@@ -252,35 +290,6 @@ async fn main() {
     }
 }
 
-/// The file's identity (inode, size, mtime); its content when that differs from `last`.
-fn read(path: &str, last: Option<(u64, u64, i64, i64)>) -> Option<((u64, u64, i64, i64), Sets)> {
-    let m = std::fs::metadata(path).ok()?;
-    let st = (m.ino(), m.size(), m.mtime(), m.mtime_nsec());
-    if Some(st) == last {
-        return None;
-    }
-    let sets = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    Some((st, sets))
-}
-
-/// Resident memory in MiB; the wrapper stops (exit 3) past PEER_RSS_CAP_MIB (default 12288),
-/// so that per-node snapshot copies cannot take the machine's memory.
-fn check_rss(done: usize, nodes: usize) {
-    let cap: u64 = std::env::var("PEER_RSS_CAP_MIB").ok().and_then(|c| c.parse().ok()).unwrap_or(12288);
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    if kib / 1024 > cap {
-        eprintln!(
-            "peer wrapper: RSS {} MiB after {done} of {nodes} node snapshots exceeds the cap of {cap} MiB (PEER_RSS_CAP_MIB)",
-            kib / 1024
-        );
-        std::process::exit(3);
-    }
-}
 EOF
 cat > "$work/rust-control-plane/Cargo.toml" <<'EOF'
 [package]
@@ -318,51 +327,7 @@ use rust_control_plane::cache::Cache;
 use rust_control_plane::service::common::Service;
 use rust_control_plane::snapshot::{type_url, Resource, Resources, Snapshot};
 
-type Sets = BTreeMap<String, Vec<String>>;
-
-fn cluster(name: &str) -> Cluster {
-    Cluster {
-        name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: Some(ConfigSource {
-                resource_api_version: 2, // V3
-                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-                ..Default::default()
-            }),
-            service_name: String::new(),
-        }),
-        ..Default::default()
-    }
-}
-
-fn load_assignment(name: &str, endpoints: &[String]) -> ClusterLoadAssignment {
-    let lb_endpoints = endpoints
-        .iter()
-        .filter_map(|e| e.parse::<SocketAddr>().ok())
-        .map(|sa| LbEndpoint {
-            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: sa.ip().to_string(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(sa.port()))),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        })
-        .collect();
-    ClusterLoadAssignment {
-        cluster_name: name.to_string(),
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
+include!("../../shared.rs");
 
 /// One snapshot for every node: CDS keeps its version while the set of clusters is unchanged,
 /// EDS takes the counter.
@@ -377,19 +342,6 @@ fn snapshot(sets: &Sets, cds_version: &str, eds_version: &str) -> Snapshot {
     s.insert(type_url::CLUSTER.to_string(), clusters);
     s.insert(type_url::ENDPOINT.to_string(), cla);
     s
-}
-
-fn args() -> (SocketAddr, String) {
-    let a: Vec<String> = std::env::args().collect();
-    let get = |k: &str| a.iter().position(|x| x == k).and_then(|i| a.get(i + 1)).cloned();
-    let listen = get("--listen").and_then(|l| l.parse().ok());
-    match (listen, get("--endpoints")) {
-        (Some(l), Some(e)) => (l, e),
-        _ => {
-            eprintln!("usage: {} --listen ADDR --endpoints FILE", a[0]);
-            std::process::exit(2)
-        }
-    }
 }
 
 #[tokio::main]
@@ -452,35 +404,6 @@ async fn main() {
     }
 }
 
-/// The file's identity (inode, size, mtime); its content when that differs from `last`.
-fn read(path: &str, last: Option<(u64, u64, i64, i64)>) -> Option<((u64, u64, i64, i64), Sets)> {
-    let m = std::fs::metadata(path).ok()?;
-    let st = (m.ino(), m.size(), m.mtime(), m.mtime_nsec());
-    if Some(st) == last {
-        return None;
-    }
-    let sets = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    Some((st, sets))
-}
-
-/// Resident memory in MiB; the wrapper stops (exit 3) past PEER_RSS_CAP_MIB (default 12288),
-/// so that per-node snapshot copies cannot take the machine's memory.
-fn check_rss(done: usize, nodes: usize) {
-    let cap: u64 = std::env::var("PEER_RSS_CAP_MIB").ok().and_then(|c| c.parse().ok()).unwrap_or(12288);
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    if kib / 1024 > cap {
-        eprintln!(
-            "peer wrapper: RSS {} MiB after {done} of {nodes} node snapshots exceeds the cap of {cap} MiB (PEER_RSS_CAP_MIB)",
-            kib / 1024
-        );
-        std::process::exit(3);
-    }
-}
 EOF
 
 # ---- Builds. ----
