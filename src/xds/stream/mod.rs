@@ -442,28 +442,6 @@ pub fn share_names(set: std::collections::BTreeSet<Arc<str>>) -> NameSet {
     shared
 }
 
-/// Whether `names` (a request's list, `*` aside) is exactly `set`, decided without building
-/// anything when the list is sorted and unique. `None`: the list is unsorted, compare the built
-/// set. (An ACK that repeats the held names usually never gets here: [`SotwStream::decode`]
-/// recognises it before decoding, in any order.)
-///
-/// A sorted list is walked beside the set's own order: one comparison per name.
-pub fn same_names(set: &std::collections::BTreeSet<Arc<str>>, names: &[String]) -> Option<bool> {
-    let mut expected = set.iter();
-    let mut equal = true;
-    let mut prev: Option<&str> = None;
-    for n in names.iter().map(String::as_str).filter(|n| *n != "*") {
-        if prev.is_some_and(|p| p >= n) {
-            return None;
-        }
-        prev = Some(n);
-        if equal && expected.next().map(|e| &**e) != Some(n) {
-            equal = false;
-        }
-    }
-    Some(equal && expected.next().is_none())
-}
-
 /// A minimal protobuf wire reader: the top-level fields of a message, without decoding them.
 pub(crate) mod wire {
     /// One field: its number, its bytes as they stand in the message (key included), and its

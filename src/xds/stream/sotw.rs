@@ -20,8 +20,7 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use super::{
-    error_text, same_names, share_names, wire, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent,
-    TypeCheck,
+    error_text, share_names, wire, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
 };
 use crate::xds::cache::{Snapshot, TypeSnapshot};
 use crate::xds::resources::{Resource, ResourceType};
@@ -212,7 +211,6 @@ impl SotwStream {
         let star = req.resource_names.iter().any(|n| n == "*");
         let names: NameSet = match (repeated, held) {
             (Some(h), _) => h,
-            (None, Some(h)) if same_names(&h, &req.resource_names) == Some(true) => h,
             (None, held) => {
                 let built: BTreeSet<Arc<str>> = req
                     .resource_names

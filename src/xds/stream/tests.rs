@@ -627,38 +627,6 @@ fn equal_subscriptions_share_one_name_set() {
 }
 
 #[test]
-fn same_names_is_exact_for_sorted_lists_and_defers_otherwise() {
-    let s: std::collections::BTreeSet<Arc<str>> = ["a", "b"].iter().map(|n| Arc::<str>::from(*n)).collect();
-    let l = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    assert_eq!(super::same_names(&s, &l(&["a", "b"])), Some(true));
-    assert_eq!(super::same_names(&s, &l(&["a"])), Some(false));
-    assert_eq!(super::same_names(&s, &l(&["a", "c"])), Some(false));
-    assert_eq!(
-        super::same_names(&s, &l(&["a", "a"])),
-        None,
-        "duplicates are not sorted-unique"
-    );
-    assert_eq!(super::same_names(&s, &l(&["b", "a"])), None);
-    assert_eq!(super::same_names(&s, &l(&["*", "a", "b"])), Some(true));
-    assert_eq!(
-        super::same_names(&s, &l(&["a", "b", "c"])),
-        Some(false),
-        "one name more"
-    );
-    assert_eq!(
-        super::same_names(&s, &l(&["0", "a"])),
-        Some(false),
-        "a name before the set's first"
-    );
-    assert_eq!(super::same_names(&s, &l(&[])), Some(false));
-    assert_eq!(
-        super::same_names(&s, &l(&["c", "a"])),
-        None,
-        "unsorted after a mismatch still defers"
-    );
-}
-
-#[test]
 fn sotw_ads_routes_do_not_run_ahead_of_clusters_waiting_for_an_ack() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
