@@ -127,6 +127,16 @@ fn read(path: &str, last: Option<(u64, u64, i64, i64)>) -> Option<((u64, u64, i6
     Some((st, sets))
 }
 
+/// The file's first content, waited for (every 10 ms).
+async fn first_read(path: &str) -> ((u64, u64, i64, i64), Sets) {
+    loop {
+        if let Some(r) = read(path, None) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Resident memory in MiB; the wrapper stops (exit 3) past PEER_RSS_CAP_MIB (default 12288),
 /// so that per-node snapshot copies cannot take the machine's memory.
 fn check_rss(done: usize, nodes: usize) {
@@ -257,12 +267,7 @@ async fn main() {
         }
     };
     // The first snapshot before serving.
-    let (first, sets) = loop {
-        if let Some(r) = read(&file, None) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (first, sets) = first_read(&file).await;
     counter += 1;
     publish(&sets, counter, &mut cds);
     let mut stamp = Some(first);
@@ -373,12 +378,7 @@ async fn main() {
         }
     };
     // The first snapshot before serving.
-    let (first, sets) = loop {
-        if let Some(r) = read(&file, None) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (first, sets) = first_read(&file).await;
     counter += 1;
     publish(sets, counter, &mut cds).await;
     let mut stamp = Some(first);
