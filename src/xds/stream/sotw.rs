@@ -95,21 +95,23 @@ impl SotwStream {
 
     /// The request's type and where its `resource_names` fields lie, when those names
     /// are the held set's (each once, in any order). The names are compared as slices of the
-    /// request: one allocation for the list of slices, none per name, and one pass over the
-    /// request's fields.
+    /// request, with no allocation on the usual path.
     ///
     /// An Envoy sends its names in the same order in every request of a stream, so the order
     /// that matched last time is kept (each name's place in the held set,
-    /// [`TypeState::order`]) and tried first: one comparison per name, no sort. Any other order
-    /// is sorted once, compared, and kept if it matches.
+    /// [`TypeState::order`]) and tried first: one pass over the request's fields to find the
+    /// names and the type, then one over the names, each compared in turn with the held name
+    /// at its kept place. Anything else (no kept order, a mismatch, a name field in an unusual
+    /// form) collects the names and sorts them once ([`same_set_in_any_order`]), keeping the
+    /// new order if they match.
     fn repeats_held_names(&mut self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
         // No held set has more names than this: a longer list is not a repeat.
         let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
         let mut type_url: &[u8] = b"";
         let (mut names_start, mut names_end) = (None, 0);
-        // Room for every name at once; a name takes at least two bytes, so a small request
-        // (another type's ACK) gets a small list.
-        let mut names: Vec<&[u8]> = Vec::with_capacity(most.min(raw.len() / 2));
+        let mut count = 0usize;
+        // Every name so far had key 0x1a and a one-byte length (what the fast walk reads).
+        let mut usual = true;
         let mut at = 0;
         while at < raw.len() {
             // The names are one run of fields (as every encoder writes a repeated field). Most
@@ -121,11 +123,11 @@ impl SotwStream {
                     if len >= 0x80 || tail.len() < len {
                         break;
                     }
-                    if names.len() == most {
+                    if count == most {
                         return None;
                     }
                     names_start.get_or_insert(at);
-                    names.push(&tail[..len]);
+                    count += 1;
                     at += 2 + len;
                     names_end = at;
                 }
@@ -141,12 +143,13 @@ impl SotwStream {
                 if f.tag == DISCOVERY_REQUEST_TYPE_URL {
                     type_url = f.payload;
                 } else {
-                    if (names_start.is_some() && names_end != at) || names.len() == most {
+                    if (names_start.is_some() && names_end != at) || count == most {
                         return None;
                     }
                     names_start.get_or_insert(at);
                     names_end = at + f.whole.len();
-                    names.push(f.payload);
+                    count += 1;
+                    usual = false;
                 }
             }
             at += f.whole.len();
@@ -157,8 +160,26 @@ impl SotwStream {
             TypeCheck::Unknown(_) => return None,
         };
         let st = self.types[ty.index()].as_mut()?;
-        if names.len() != st.names.len() {
+        if count != st.names.len() {
             return None;
+        }
+        let region = &raw[names_start..names_end];
+        if usual
+            && st
+                .order
+                .as_deref()
+                .is_some_and(|order| in_kept_order(&st.names, region, order))
+        {
+            return Some((ty, names_start..names_end));
+        }
+        // The names as slices, for the comparison in any order. The run holds name fields only
+        // (each was read above), so the general reader takes them one by one.
+        let mut names: Vec<&[u8]> = Vec::with_capacity(count);
+        let mut rest = region;
+        while !rest.is_empty() {
+            let f = wire::field_at(rest)?;
+            names.push(f.payload);
+            rest = &rest[f.whole.len()..];
         }
         if !same_set_in_any_order(&st.names, &names, &mut st.order) {
             return None;
@@ -338,15 +359,62 @@ impl SotwStream {
 }
 
 /// Byte equality, inlined for the short names a subscription holds (a call to `memcmp` per name
-/// costs more than comparing a dozen bytes).
+/// costs more than comparing a few words): up to 32 bytes, two overlapping loads from each end.
 #[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && if a.len() > 32 {
-            a == b
-        } else {
-            a.iter().zip(b).all(|(x, y)| x == y)
+pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    macro_rules! ends {
+        ($w:literal, $t:ty) => {
+            match (
+                a.first_chunk::<$w>(),
+                a.last_chunk::<$w>(),
+                b.first_chunk::<$w>(),
+                b.last_chunk::<$w>(),
+            ) {
+                (Some(a0), Some(a1), Some(b0), Some(b1)) => {
+                    <$t>::from_ne_bytes(*a0) == <$t>::from_ne_bytes(*b0)
+                        && <$t>::from_ne_bytes(*a1) == <$t>::from_ne_bytes(*b1)
+                }
+                _ => a == b,
+            }
+        };
+    }
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => ends!(4, u32),
+        9..=16 => ends!(8, u64),
+        17..=32 => ends!(16, u128),
+        _ => a == b,
+    }
+}
+
+/// Whether the run of name fields `region` (each with key 0x1a and a one-byte length, as many
+/// as `held` has names) lists `held`'s names in the kept order: its `k`-th name is `held`'s
+/// `order[k]`-th. `order` is a permutation of `0..n` (it comes from one), so n equal names at n
+/// distinct places means no duplicate and none missing.
+fn in_kept_order(held: &Names, region: &[u8], order: &[u16]) -> bool {
+    if order.len() != held.len() {
+        return false;
+    }
+    let Some(flat) = held.flat() else { return false };
+    let mut rest = region;
+    for &j in order {
+        let [NAMES_KEY, len, tail @ ..] = rest else {
+            return false;
+        };
+        let len = usize::from(*len);
+        let (Some(name), Some(want)) = (tail.get(..len), flat.get(usize::from(j))) else {
+            return false;
+        };
+        if !same_bytes(name, want) {
+            return false;
         }
+        rest = &tail[len..];
+    }
+    rest.is_empty()
 }
 
 /// Whether `names` (slices of a request, as many as `held` has) are the names of `held`, each
