@@ -47,7 +47,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -242,6 +242,8 @@ struct Shared {
     /// One copy of the cluster name list for all streams (they all get the same one), with its
     /// `resource_names` fields encoded once.
     names: parking_lot::Mutex<Option<Subscription>>,
+    /// The size of the last EDS ACK sent (the gRPC message, without its 5-byte prefix).
+    eds_ack_bytes: AtomicUsize,
 }
 
 /// The EDS subscription every stream sends: the names, and their `resource_names` fields
@@ -295,6 +297,11 @@ struct SotwRequest {
 }
 
 impl SotwRequest {
+    /// The encoded request's size.
+    fn len(&self) -> usize {
+        self.before.len() + self.names.len() + self.after.len()
+    }
+
     /// `req` (whose `resource_names` must be empty) with `names` as its names.
     fn new(req: &DiscoveryRequest, names: Option<&Bytes>) -> SotwRequest {
         let before = DiscoveryRequest {
@@ -324,6 +331,7 @@ fn check_pre_encoded_requests() -> Result<()> {
         generation: AtomicU32::new(0),
         ack_delay: Duration::ZERO,
         names: parking_lot::Mutex::new(None),
+        eds_ack_bytes: AtomicUsize::new(0),
     };
     let sub = shared.intern_names(vec!["c0002".into(), "c0000".into(), "c0001".into()]);
     let node = Node {
@@ -520,7 +528,9 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                 if eds_version.is_some() {
                     ctx.hold_ack().await;
                 }
-                send(&tx, SotwRequest::new(&ack, Some(&list.encoded))).await?;
+                let ack = SotwRequest::new(&ack, Some(&list.encoded));
+                ctx.shared.eds_ack_bytes.store(ack.len(), Ordering::Relaxed);
+                send(&tx, ack).await?;
                 match &eds_version {
                     None => {
                         received += r.resources.len();
@@ -581,15 +591,15 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
         if synced && r.type_url == EDS {
             ctx.hold_ack().await;
         }
-        send(
-            &tx,
-            DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ack = DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        };
+        if r.type_url == EDS {
+            ctx.shared.eds_ack_bytes.store(ack.encoded_len(), Ordering::Relaxed);
+        }
+        send(&tx, ack).await?;
         match r.type_url.as_str() {
             CDS => {
                 if names.is_some() {
@@ -1185,6 +1195,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         generation: AtomicU32::new(0),
         ack_delay: Duration::from_millis(args.ack_delay_ms),
         names: parking_lot::Mutex::new(None),
+        eds_ack_bytes: AtomicUsize::new(0),
     });
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(n);
@@ -1391,7 +1402,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         println!("  {l}");
     }
     println!(
-        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={} ack_delay_ms={}",
+        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={} ack_delay_ms={} eds_ack_bytes={}",
         args.mode.name(),
         args.clusters,
         args.endpoints,
@@ -1424,6 +1435,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
             "n/a".into()
         },
         args.ack_delay_ms,
+        shared.eds_ack_bytes.load(Ordering::Relaxed),
     );
     println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
