@@ -99,19 +99,20 @@ impl SotwStream {
     ///
     /// An Envoy sends its names in the same order in every request of a stream, so the order
     /// that matched last time is kept (each name's place in the held set,
-    /// [`TypeState::order`]) and tried first: one pass over the request's fields to find the
-    /// names and the type, then one over the names, each compared in turn with the held name
+    /// [`TypeState::order`]) and tried first, in one pass over the request
+    /// ([`SotwStream::repeats_in_kept_order`]): each name compared in turn with the held name
     /// at its kept place. Anything else (no kept order, a mismatch, a name field in an unusual
-    /// form) collects the names and sorts them once ([`same_set_in_any_order`]), keeping the
-    /// new order if they match.
+    /// form) is read field by field, its names collected and sorted once
+    /// ([`same_set_in_any_order`]), and the new order kept if they match.
     fn repeats_held_names(&mut self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
+        if let Some(found) = self.repeats_in_kept_order(raw) {
+            return Some(found);
+        }
         // No held set has more names than this: a longer list is not a repeat.
         let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
         let mut type_url: &[u8] = b"";
         let (mut names_start, mut names_end) = (None, 0);
         let mut count = 0usize;
-        // Every name so far had key 0x1a and a one-byte length (what the fast walk reads).
-        let mut usual = true;
         let mut at = 0;
         while at < raw.len() {
             // The names are one run of fields (as every encoder writes a repeated field). Most
@@ -149,7 +150,6 @@ impl SotwStream {
                     names_start.get_or_insert(at);
                     names_end = at + f.whole.len();
                     count += 1;
-                    usual = false;
                 }
             }
             at += f.whole.len();
@@ -164,14 +164,6 @@ impl SotwStream {
             return None;
         }
         let region = &raw[names_start..names_end];
-        if usual
-            && st
-                .order
-                .as_deref()
-                .is_some_and(|order| in_kept_order(&st.names, region, order))
-        {
-            return Some((ty, names_start..names_end));
-        }
         // The names as slices, for the comparison in any order. The run holds name fields only
         // (each was read above), so the general reader takes them one by one.
         let mut names: Vec<&[u8]> = Vec::with_capacity(count);
@@ -185,6 +177,46 @@ impl SotwStream {
             return None;
         }
         Some((ty, names_start..names_end))
+    }
+
+    /// The usual ACK, in one pass: the fields before the names, then the names compared in turn
+    /// with a held set in its kept order (each type that keeps one is tried at the first name),
+    /// then the fields after them, which must hold no other name and give that type. `None`
+    /// leaves the request to the general path.
+    fn repeats_in_kept_order(&self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
+        let mut at = 0;
+        while raw.get(at) != Some(&NAMES_KEY) {
+            let f = wire::field_at(raw.get(at..)?)?;
+            if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES || f.tag == DISCOVERY_REQUEST_TYPE_URL {
+                return None;
+            }
+            at += f.whole.len();
+        }
+        let start = at;
+        let (ty, len) = ResourceType::ALL.into_iter().find_map(|ty| {
+            let st = self.types[ty.index()].as_ref()?;
+            Some((ty, kept_order_run(&st.names, &raw[start..], st.order.as_deref()?)?))
+        })?;
+        let end = start + len;
+        at = end;
+        let mut type_url = None;
+        while at < raw.len() {
+            let f = wire::field_at(&raw[at..])?;
+            if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES {
+                return None;
+            }
+            if f.tag == DISCOVERY_REQUEST_TYPE_URL {
+                if f.wire_type != wire::LEN {
+                    return None;
+                }
+                type_url = Some(f.payload);
+            }
+            at += f.whole.len();
+        }
+        match self.core.check_type(std::str::from_utf8(type_url?).ok()?).ok()? {
+            TypeCheck::Known(t) if t == ty => Some((ty, start..end)),
+            _ => None,
+        }
     }
 
     pub fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
@@ -391,30 +423,34 @@ pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// Whether the run of name fields `region` (each with key 0x1a and a one-byte length, as many
-/// as `held` has names) lists `held`'s names in the kept order: its `k`-th name is `held`'s
-/// `order[k]`-th. `order` is a permutation of `0..n` (it comes from one), so n equal names at n
-/// distinct places means no duplicate and none missing.
-fn in_kept_order(held: &Names, region: &[u8], order: &[u16]) -> bool {
+/// How many bytes at the start of `bytes` are a run of name fields that lists `held`'s names
+/// in the kept order: the run's `k`-th name is `held`'s `order[k]`-th, each field with key 0x1a
+/// and a one-byte length. `None` at the first field that differs. `order` is a permutation of
+/// `0..n` (it comes from one), so n equal names at n distinct places means no duplicate and
+/// none missing.
+fn kept_order_run(held: &Names, bytes: &[u8], order: &[u16]) -> Option<usize> {
     if order.len() != held.len() {
-        return false;
+        return None;
     }
-    let Some(flat) = held.flat() else { return false };
-    let mut rest = region;
+    let flat = held.flat()?;
+    let mut rest = bytes;
     for &j in order {
         let [NAMES_KEY, len, tail @ ..] = rest else {
-            return false;
+            return None;
         };
+        if *len >= 0x80 {
+            return None;
+        }
         let len = usize::from(*len);
         let (Some(name), Some(want)) = (tail.get(..len), flat.get(usize::from(j))) else {
-            return false;
+            return None;
         };
         if !same_bytes(name, want) {
-            return false;
+            return None;
         }
         rest = &tail[len..];
     }
-    rest.is_empty()
+    Some(bytes.len() - rest.len())
 }
 
 /// Whether `names` (slices of a request, as many as `held` has) are the names of `held`, each

@@ -1105,6 +1105,22 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
     let ack = s.decode(&two_byte_key).expect("decodes");
     assert!(ack.resource_names.is_empty(), "{:?}", ack.resource_names);
     assert_eq!(ack.version_info, r.version_info);
+    // The same names in the kept order for another type: not compared with EDS's.
+    let cds = s
+        .decode(&sotw_req(CDS, &order, &r.version_info, &r.nonce).encode_to_vec())
+        .expect("decodes");
+    assert_eq!(cds.resource_names, order);
+    // The held names in the kept order, then after the other fields one name more (a new one,
+    // or one of them again): not a repeat, decoded in full.
+    for extra in ["q", order[0]] {
+        let mut more = good.clone();
+        more.extend_from_slice(&[0x1a, extra.len() as u8]);
+        more.extend_from_slice(extra.as_bytes());
+        let got = s.decode(&more).expect("decodes");
+        let mut want: Vec<&str> = order.clone();
+        want.push(extra);
+        assert_eq!(got.resource_names, want, "{extra}");
+    }
     // One name swapped for another of the same length, in the kept order: decoded in full.
     let mut other = order.clone();
     let swapped = format!("z{}", &other[4][1..]);
