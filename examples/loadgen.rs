@@ -24,6 +24,8 @@
 //!    summary's `push_p50_ms`/`push_max_ms` are, per change, the convergence minus the time the
 //!    server's log says the snapshot was published: the push alone, from the published
 //!    snapshot to the last stream holding it (the figure `examples/rawlimit.rs` bounds).
+//!    `eds_ack_bytes` is the size of an EDS ACK (the gRPC message): for SotW it repeats every
+//!    subscribed name.
 //!
 //! Every wait is bounded; a timeout, a stream error or a server exit ends the run non-zero.
 //! Responses are decoded with minimal messages (version, type, nonce, raw resources), and a SotW
