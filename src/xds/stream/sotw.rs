@@ -41,7 +41,8 @@ struct TypeState {
     legacy_wildcard: bool,
     names: NameSet,
     /// The order in which the client last listed `names`, when it was not sorted: its `k`-th
-    /// name is the held set's `order[k]`-th. Checked name by name before use, never trusted.
+    /// name is the held set's `order[k]`-th. Every name is compared before a request is taken
+    /// for a repeat; only its being a permutation (it was made as one) is relied on.
     order: Option<Box<[u16]>>,
     /// Names subscribed since the last response; sent even if unchanged.
     added: Vec<Arc<str>>,
@@ -95,15 +96,16 @@ impl SotwStream {
 
     /// The request's type and where its `resource_names` fields lie, when those names
     /// are the held set's (each once, in any order). The names are compared as slices of the
-    /// request, with no allocation on the usual path.
+    /// request, with no allocation on the usual path and one list of slices on the other.
     ///
     /// An Envoy sends its names in the same order in every request of a stream, so the order
     /// that matched last time is kept (each name's place in the held set,
     /// [`TypeState::order`]) and tried first, in one pass over the request
     /// ([`SotwStream::repeats_in_kept_order`]): each name compared in turn with the held name
-    /// at its kept place. Anything else (no kept order, a mismatch, a name field in an unusual
-    /// form) is read field by field, its names collected and sorted once
-    /// ([`same_set_in_any_order`]), and the new order kept if they match.
+    /// at its kept place (a sorted list, with none kept, in the held order). Anything else (a
+    /// new order, a mismatch, a name field in an unusual form) is read field by field, its names
+    /// collected and sorted once ([`same_set_in_any_order`]), and the new order kept if they
+    /// match.
     fn repeats_held_names(&mut self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
         if let Some(found) = self.repeats_in_kept_order(raw) {
             return Some(found);
@@ -112,7 +114,9 @@ impl SotwStream {
         let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
         let mut type_url: &[u8] = b"";
         let (mut names_start, mut names_end) = (None, 0);
-        let mut count = 0usize;
+        // Room for every name at once; a name takes at least two bytes, so a small request
+        // (another type's ACK) gets a small list.
+        let mut names: Vec<&[u8]> = Vec::with_capacity(most.min(raw.len() / 2));
         let mut at = 0;
         while at < raw.len() {
             // The names are one run of fields (as every encoder writes a repeated field). Most
@@ -124,11 +128,11 @@ impl SotwStream {
                     if len >= 0x80 || tail.len() < len {
                         break;
                     }
-                    if count == most {
+                    if names.len() == most {
                         return None;
                     }
                     names_start.get_or_insert(at);
-                    count += 1;
+                    names.push(&tail[..len]);
                     at += 2 + len;
                     names_end = at;
                 }
@@ -144,12 +148,12 @@ impl SotwStream {
                 if f.tag == DISCOVERY_REQUEST_TYPE_URL {
                     type_url = f.payload;
                 } else {
-                    if (names_start.is_some() && names_end != at) || count == most {
+                    if (names_start.is_some() && names_end != at) || names.len() == most {
                         return None;
                     }
                     names_start.get_or_insert(at);
                     names_end = at + f.whole.len();
-                    count += 1;
+                    names.push(f.payload);
                 }
             }
             at += f.whole.len();
@@ -160,18 +164,8 @@ impl SotwStream {
             TypeCheck::Unknown(_) => return None,
         };
         let st = self.types[ty.index()].as_mut()?;
-        if count != st.names.len() {
+        if names.len() != st.names.len() {
             return None;
-        }
-        let region = &raw[names_start..names_end];
-        // The names as slices, for the comparison in any order. The run holds name fields only
-        // (each was read above), so the general reader takes them one by one.
-        let mut names: Vec<&[u8]> = Vec::with_capacity(count);
-        let mut rest = region;
-        while !rest.is_empty() {
-            let f = wire::field_at(rest)?;
-            names.push(f.payload);
-            rest = &rest[f.whole.len()..];
         }
         if !same_set_in_any_order(&st.names, &names, &mut st.order) {
             return None;
@@ -180,10 +174,10 @@ impl SotwStream {
     }
 
     /// The usual ACK, in one pass: the fields before the names, then the names compared in turn
-    /// with a held set in its kept order (each type that keeps one is tried at the first name),
-    /// then the fields after them, which must hold no other name and give that type. `None`
-    /// leaves the request to the general path.
-    fn repeats_in_kept_order(&self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
+    /// with a held set in its kept order (or in its own order, when none is kept), then the
+    /// fields after them, which must hold no other name and give that set's type. `None` leaves
+    /// the request to the general path.
+    pub(super) fn repeats_in_kept_order(&self, raw: &[u8]) -> Option<(ResourceType, std::ops::Range<usize>)> {
         let mut at = 0;
         while raw.get(at) != Some(&NAMES_KEY) {
             let f = wire::field_at(raw.get(at..)?)?;
@@ -193,15 +187,21 @@ impl SotwStream {
             at += f.whole.len();
         }
         let start = at;
-        let (ty, len) = ResourceType::ALL.into_iter().find_map(|ty| {
+        ResourceType::ALL.into_iter().find_map(|ty| {
             let st = self.types[ty.index()].as_ref()?;
-            Some((ty, kept_order_run(&st.names, &raw[start..], st.order.as_deref()?)?))
-        })?;
-        let end = start + len;
-        at = end;
+            if st.names.is_empty() {
+                return None;
+            }
+            let end = start + kept_order_run(&st.names, &raw[start..], st.order.as_deref())?;
+            (self.type_after_names(&raw[end..])? == ty).then_some((ty, start..end))
+        })
+    }
+
+    /// The type named by `rest`, the fields after a run of names, if they hold no other name.
+    fn type_after_names(&self, mut rest: &[u8]) -> Option<ResourceType> {
         let mut type_url = None;
-        while at < raw.len() {
-            let f = wire::field_at(&raw[at..])?;
+        while !rest.is_empty() {
+            let f = wire::field_at(rest)?;
             if f.tag == DISCOVERY_REQUEST_RESOURCE_NAMES {
                 return None;
             }
@@ -211,11 +211,11 @@ impl SotwStream {
                 }
                 type_url = Some(f.payload);
             }
-            at += f.whole.len();
+            rest = &rest[f.whole.len()..];
         }
         match self.core.check_type(std::str::from_utf8(type_url?).ok()?).ok()? {
-            TypeCheck::Known(t) if t == ty => Some((ty, start..end)),
-            _ => None,
+            TypeCheck::Known(t) => Some(t),
+            TypeCheck::Unknown(_) => None,
         }
     }
 
@@ -391,50 +391,42 @@ impl SotwStream {
 }
 
 /// Byte equality, inlined for the short names a subscription holds (a call to `memcmp` per name
-/// costs more than comparing a few words): up to 32 bytes, two overlapping loads from each end.
+/// costs more than comparing a few words): up to 32 bytes, one load from each end.
 #[inline]
 pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
+    /// The first and the last `W` bytes of each (for `W <= len <= 2 * W`, every byte).
+    #[inline]
+    fn ends<const W: usize>(a: &[u8], b: &[u8]) -> bool {
+        a.first_chunk::<W>() == b.first_chunk::<W>() && a.last_chunk::<W>() == b.last_chunk::<W>()
+    }
+    if a.len() != b.len() {
         return false;
     }
-    macro_rules! ends {
-        ($w:literal, $t:ty) => {
-            match (
-                a.first_chunk::<$w>(),
-                a.last_chunk::<$w>(),
-                b.first_chunk::<$w>(),
-                b.last_chunk::<$w>(),
-            ) {
-                (Some(a0), Some(a1), Some(b0), Some(b1)) => {
-                    <$t>::from_ne_bytes(*a0) == <$t>::from_ne_bytes(*b0)
-                        && <$t>::from_ne_bytes(*a1) == <$t>::from_ne_bytes(*b1)
-                }
-                _ => a == b,
-            }
-        };
-    }
-    match n {
+    match a.len() {
         0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
-        4..=8 => ends!(4, u32),
-        9..=16 => ends!(8, u64),
-        17..=32 => ends!(16, u128),
+        4..=8 => ends::<4>(a, b),
+        9..=16 => ends::<8>(a, b),
+        17..=32 => ends::<16>(a, b),
         _ => a == b,
     }
 }
 
 /// How many bytes at the start of `bytes` are a run of name fields that lists `held`'s names
-/// in the kept order: the run's `k`-th name is `held`'s `order[k]`-th, each field with key 0x1a
-/// and a one-byte length. `None` at the first field that differs. `order` is a permutation of
-/// `0..n` (it comes from one), so n equal names at n distinct places means no duplicate and
-/// none missing.
-fn kept_order_run(held: &Names, bytes: &[u8], order: &[u16]) -> Option<usize> {
-    if order.len() != held.len() {
+/// in the kept order: the run's `k`-th name is `held`'s `order[k]`-th (`held`'s own, sorted,
+/// order when none is kept), each field with key 0x1a and a one-byte length. `None` at the
+/// first field that differs. The order is a permutation of `0..n` (it was made as one, and the
+/// identity is one), so n equal names at n distinct places means no duplicate and none missing.
+fn kept_order_run(held: &Names, bytes: &[u8], order: Option<&[u16]>) -> Option<usize> {
+    if order.is_some_and(|o| o.len() != held.len()) {
         return None;
     }
     let flat = held.flat()?;
     let mut rest = bytes;
-    for &j in order {
+    for k in 0..held.len() {
+        let j = match order {
+            Some(o) => usize::from(*o.get(k)?),
+            None => k,
+        };
         let [NAMES_KEY, len, tail @ ..] = rest else {
             return None;
         };
@@ -442,7 +434,7 @@ fn kept_order_run(held: &Names, bytes: &[u8], order: &[u16]) -> Option<usize> {
             return None;
         }
         let len = usize::from(*len);
-        let (Some(name), Some(want)) = (tail.get(..len), flat.get(usize::from(j))) else {
+        let (Some(name), Some(want)) = (tail.get(..len), flat.get(j)) else {
             return None;
         };
         if !same_bytes(name, want) {

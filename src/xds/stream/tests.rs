@@ -1062,11 +1062,14 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
     let r = one(s.poll());
     let good = sotw_req(EDS, &order, &r.version_info, &r.nonce).encode_to_vec();
     // The first ACK keeps the order, the second is matched through it.
+    assert!(s.repeats_in_kept_order(&good).is_none(), "no order kept yet");
     for _ in 0..2 {
         let ack = s.decode(&good).expect("decodes");
         assert!(ack.resource_names.is_empty(), "{:?}", ack.resource_names);
         s.on_request(ack).expect("ok");
     }
+    let fast = |s: &SotwStream, m: &[u8]| s.repeats_in_kept_order(m).map(|(ty, _)| ty);
+    assert_eq!(fast(&s, &good), Some(EDS), "the kept order is used");
     let mut sorted_held = held.clone();
     sorted_held.sort();
     // Whatever the bytes: both decodes agree on whether they decode, and a request taken as a
@@ -1080,6 +1083,13 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
                 let mut names = full.resource_names.clone();
                 names.sort();
                 assert_eq!(names, sorted_held, "{what}: taken as a repeat");
+                assert_eq!(full.type_url, EDS.type_url(), "{what}");
+                // Every other field as the full decode reads it.
+                let rest = DiscoveryRequest {
+                    resource_names: Vec::new(),
+                    ..full
+                };
+                assert_eq!(got, rest, "{what}");
             } else {
                 assert_eq!(got.resource_names, full.resource_names, "{what}");
             }
@@ -1094,17 +1104,46 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
         check(&mut s, &good[..at], &format!("cut at {at}"));
     }
     // The kept order still holds: the good ACK is a repeat.
+    assert_eq!(fast(&s, &good), Some(EDS));
     assert!(s.decode(&good).expect("decodes").resource_names.is_empty());
-    // A name whose key is written in two bytes (0x9a 0x00, still field 3): not the usual form,
-    // so compared the general way, and still the held set.
-    let mut two_byte_key = sotw_req(EDS, &[], &r.version_info, &r.nonce).encode_to_vec();
-    for n in &order {
-        two_byte_key.extend_from_slice(&[0x9a, 0x00, n.len() as u8]);
-        two_byte_key.extend_from_slice(n.as_bytes());
-    }
+    // The request as an encoder writes it, with `names` (raw name fields) between the node
+    // and the type: fields 1, 2, 3, 4, 5.
+    let with_names = |names: &[u8]| {
+        let mut m = DiscoveryRequest {
+            version_info: r.version_info.clone(),
+            node: node("default"),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        m.extend_from_slice(names);
+        let after = DiscoveryRequest {
+            type_url: EDS.type_url().to_string(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        };
+        m.extend_from_slice(&after.encode_to_vec());
+        m
+    };
+    let field = |key: &[u8], n: &str| [key, &[n.len() as u8], n.as_bytes()].concat();
+    let usual: Vec<u8> = order.iter().flat_map(|n| field(&[0x1a], n)).collect();
+    assert_eq!(with_names(&usual), good, "the fields in an encoder's order");
+    // One name in the run with its key written in two bytes (0x9a 0x00, still field 3): not
+    // the usual form, so the one pass gives up, and the general way still finds the held set.
+    let mut mixed: Vec<u8> = order[..5].iter().flat_map(|n| field(&[0x1a], n)).collect();
+    mixed.extend(field(&[0x9a, 0x00], order[5]));
+    mixed.extend(order[6..].iter().flat_map(|n| field(&[0x1a], n)));
+    let two_byte_key = with_names(&mixed);
+    assert_eq!(fast(&s, &two_byte_key), None);
     let ack = s.decode(&two_byte_key).expect("decodes");
     assert!(ack.resource_names.is_empty(), "{:?}", ack.resource_names);
     assert_eq!(ack.version_info, r.version_info);
+    // A name in that form before the usual run: one name more than held, decoded in full.
+    let before = with_names(&[field(&[0x9a, 0x00], "q"), usual.clone()].concat());
+    assert_eq!(fast(&s, &before), None);
+    let got = s.decode(&before).expect("decodes");
+    let mut want = vec!["q"];
+    want.extend(&order);
+    assert_eq!(got.resource_names, want);
     // The same names in the kept order for another type: not compared with EDS's.
     let cds = s
         .decode(&sotw_req(CDS, &order, &r.version_info, &r.nonce).encode_to_vec())
@@ -1116,6 +1155,7 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
         let mut more = good.clone();
         more.extend_from_slice(&[0x1a, extra.len() as u8]);
         more.extend_from_slice(extra.as_bytes());
+        assert_eq!(fast(&s, &more), None, "{extra}");
         let got = s.decode(&more).expect("decodes");
         let mut want: Vec<&str> = order.clone();
         want.push(extra);
@@ -1125,8 +1165,28 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
     let mut other = order.clone();
     let swapped = format!("z{}", &other[4][1..]);
     other[4] = &swapped;
-    let got = s
-        .decode(&sotw_req(EDS, &other, &r.version_info, &r.nonce).encode_to_vec())
-        .expect("decodes");
+    let swapped_req = sotw_req(EDS, &other, &r.version_info, &r.nonce).encode_to_vec();
+    assert_eq!(fast(&s, &swapped_req), None);
+    let got = s.decode(&swapped_req).expect("decodes");
     assert_eq!(got.resource_names, other);
+}
+
+#[test]
+fn a_client_that_lists_its_names_sorted_is_matched_in_one_pass_too() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
+    let mut s = sotw(&w);
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
+    let r = one(s.poll());
+    let sorted = sotw_req(EDS, &["a", "b", "c"], &r.version_info, &r.nonce).encode_to_vec();
+    // No order kept: the held set's own order is tried, and matches.
+    assert_eq!(s.repeats_in_kept_order(&sorted).map(|(ty, _)| ty), Some(EDS));
+    assert!(s.decode(&sorted).expect("decodes").resource_names.is_empty());
+    // Another order is not taken for it.
+    let unsorted = sotw_req(EDS, &["b", "a", "c"], &r.version_info, &r.nonce).encode_to_vec();
+    assert_eq!(s.repeats_in_kept_order(&unsorted), None);
+    assert!(s.decode(&unsorted).expect("decodes").resource_names.is_empty());
+    // Once that order is kept, it is the one tried.
+    assert_eq!(s.repeats_in_kept_order(&unsorted).map(|(ty, _)| ty), Some(EDS));
+    assert_eq!(s.repeats_in_kept_order(&sorted), None);
 }
