@@ -299,11 +299,6 @@ struct SotwRequest {
 }
 
 impl SotwRequest {
-    /// The encoded request's size.
-    fn len(&self) -> usize {
-        self.before.len() + self.names.len() + self.after.len()
-    }
-
     /// `req` (whose `resource_names` must be empty) with `names` as its names.
     fn new(req: &DiscoveryRequest, names: Option<&Bytes>) -> SotwRequest {
         let before = DiscoveryRequest {
@@ -531,7 +526,7 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                     ctx.hold_ack().await;
                 }
                 let ack = SotwRequest::new(&ack, Some(&list.encoded));
-                ctx.shared.eds_ack_bytes.store(ack.len(), Ordering::Relaxed);
+                ctx.shared.eds_ack_bytes.store(ack.encoded_len(), Ordering::Relaxed);
                 send(&tx, ack).await?;
                 match &eds_version {
                     None => {
