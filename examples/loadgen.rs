@@ -1040,18 +1040,18 @@ async fn run(args: Args) -> Result<()> {
     // The coordinator runs as a task on the runtime's workers, not on the thread that started
     // the runtime: each stream's event then schedules it on a worker instead of waking a third
     // thread (a futex wake and a context switch per event, on two cores the server shares).
+    let keep = args.keep;
     let path = dir.path().to_path_buf();
-    let result = match tokio::spawn(async move { bench(&args, &path).await.map(|()| args) }).await {
+    let result = match tokio::spawn(async move { bench(&args, &path).await }).await {
         Ok(r) => r,
         Err(e) => Err(anyhow!("the coordinator task failed: {e}")),
     };
-    let keep = result.as_ref().map_or(true, |a| a.keep);
     // On failure the directory (with the server's log) is kept for a look.
-    if keep {
+    if keep || result.is_err() {
         let kept = dir.keep();
         println!("kept {} (config.yaml, endpoints.json, server.log)", kept.display());
     }
-    result.map(|_| ())
+    result
 }
 
 async fn bench(args: &Args, dir: &Path) -> Result<()> {
