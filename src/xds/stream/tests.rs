@@ -118,6 +118,15 @@ fn sotw(world: &World) -> SotwStream {
     s
 }
 
+/// A SotW stream subscribed to EDS `a`, `b` and `c` (all published), and its first response.
+fn sotw_holding_abc(w: &World) -> (SotwStream, DiscoveryResponse) {
+    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
+    let mut s = sotw(w);
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
+    let r = one(s.poll());
+    (s, r)
+}
+
 fn one(mut v: Vec<DiscoveryResponse>) -> DiscoveryResponse {
     assert_eq!(v.len(), 1, "expected exactly one response, got {v:?}");
     v.remove(0)
@@ -245,10 +254,7 @@ fn nonces_are_per_type() {
 #[test]
 fn eds_sends_only_changed_resources() {
     let w = World::new();
-    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
-    let mut s = sotw(&w);
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
-    let r1 = one(s.poll());
+    let (mut s, r1) = sotw_holding_abc(&w);
     assert_eq!(r1.resources.len(), 3);
     s.on_request(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce))
         .expect("ok");
@@ -1174,10 +1180,7 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
 #[test]
 fn a_client_that_lists_its_names_sorted_is_matched_in_one_pass_too() {
     let w = World::new();
-    w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
-    let mut s = sotw(&w);
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
-    let r = one(s.poll());
+    let (mut s, r) = sotw_holding_abc(&w);
     let sorted = sotw_req(EDS, &["a", "b", "c"], &r.version_info, &r.nonce).encode_to_vec();
     // No order kept: the held set's own order is tried, and matches.
     assert_eq!(s.repeats_in_kept_order(&sorted).map(|(ty, _)| ty), Some(EDS));
