@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The bytes per receiver are those of a State of the World push of one endpoint change in the
-//! load generator's scenario (`examples/loadgen.rs`): one gRPC message holding a
+//! load generator's scenario (`examples/loadgen/main.rs`): one gRPC message holding a
 //! `DiscoveryResponse` with one `ClusterLoadAssignment` of `--endpoints` endpoints (a 16-digit
 //! version, a short nonce), plus a 9-byte HTTP/2 DATA frame header. Two layouts are measured,
 //! each `--rounds` times:

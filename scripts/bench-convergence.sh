@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Convergence benchmark: builds voltha-xds and the load generator (examples/loadgen.rs) in
+# Convergence benchmark: builds voltha-xds and the load generator (examples/loadgen/main.rs) in
 # release, then runs the standard set of simulated-Envoy loads against a fresh server each:
 #   sotw 1000, delta 10000, sotw 100, delta 100 (1000 clusters x 10 endpoints, 5 changes).
 # Prints each run's report, then one markdown table of all runs. Then, for each load, the push

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Comparison against other Rust xDS servers from crates.io, with the project's load generator
-# (examples/loadgen.rs) driving each in turn with the same streams and the same changes.
+# (examples/loadgen/main.rs) driving each in turn with the same streams and the same changes.
 #
 # Peers: nebucloud-xds and rust-control-plane. For each, a small wrapper project is written into
 # a temporary directory (removed at exit) that depends on the peer crate from crates.io; it is

@@ -42,14 +42,16 @@
 //! "ip:port"), one EDS cluster per set. It is ready when the xDS port accepts a TCP connection;
 //! it has no heap metric and no log to parse (reported as n/a); everything else is the same.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod restart;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -143,6 +145,12 @@ struct Args {
     /// thread and leaves the rest of the machine to the server.
     #[arg(long)]
     client_threads: Option<usize>,
+    /// After the initial sync, stop the server with SIGTERM while every stream is open, start
+    /// it again on the same ports, and measure the reconnect storm: each stream reconnects as
+    /// Envoy does (jittered backoff from 500 ms, its held versions in its first requests). See
+    /// `restart.rs`. The changes then run against the new server.
+    #[arg(long)]
+    restart: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,11 +212,13 @@ struct ClusterName {
     name: String,
 }
 
-/// `envoy.service.discovery.v3.Resource`, name only.
+/// `envoy.service.discovery.v3.Resource`, name and version only.
 #[derive(Clone, PartialEq, prost::Message)]
 struct ResourceName {
     #[prost(string, tag = "3")]
     name: String,
+    #[prost(string, tag = "1")]
+    version: String,
 }
 
 // ---- What the streams tell the coordinator. ----
@@ -233,6 +243,16 @@ enum Event {
     Redundant { kind: &'static str },
     /// The stream failed or the server ended it.
     Failed { idx: usize, error: String },
+    /// `--restart`: the stream ended while reconnecting is expected (the server was stopped).
+    Disconnected,
+    /// `--restart`: a reconnect attempt was refused with RESOURCE_EXHAUSTED.
+    Refused,
+    /// `--restart`: the stream is in sync with the new server (SotW: the stream is open again;
+    /// Delta: the first response of each type has come).
+    Reconnected { at: Instant },
+    /// `--restart`: a response to a reconnected stream before the first change: `resources`
+    /// sent again, and whether its version differs from the one held.
+    Resent { resources: usize, version_changed: bool },
 }
 
 /// State the coordinator shares with every stream.
@@ -246,6 +266,10 @@ struct Shared {
     names: parking_lot::Mutex<Option<Subscription>>,
     /// The size of the last EDS ACK sent (the gRPC message, without its 5-byte prefix).
     eds_ack_bytes: AtomicUsize,
+    /// `--restart`: a stream that ends reconnects (with backoff) instead of failing the run.
+    reconnect: AtomicBool,
+    /// `--restart` was given: Delta streams keep every resource's version from the start.
+    restart: bool,
 }
 
 /// The EDS subscription every stream sends: the names, and their `resource_names` fields
@@ -329,6 +353,8 @@ fn check_pre_encoded_requests() -> Result<()> {
         ack_delay: Duration::ZERO,
         names: parking_lot::Mutex::new(None),
         eds_ack_bytes: AtomicUsize::new(0),
+        reconnect: AtomicBool::new(false),
+        restart: false,
     };
     let sub = shared.intern_names(vec!["c0002".into(), "c0000".into(), "c0001".into()]);
     let node = Node {
@@ -445,27 +471,82 @@ impl StreamCtx {
 }
 
 async fn run_stream(ctx: StreamCtx, mode: Mode) {
-    let r = match mode {
-        Mode::Sotw => sotw_stream(&ctx).await,
-        Mode::Delta => delta_stream(&ctx).await,
-    };
-    let error = match r {
-        Ok(()) => "the server ended the stream (OK status)".to_string(),
-        Err(e) => format!("{e:#}"),
-    };
-    ctx.emit(Event::Failed { idx: ctx.idx, error });
+    let mut held = Held::default();
+    let mut attempt = 0u32;
+    loop {
+        let r = match mode {
+            Mode::Sotw => sotw_stream(&ctx, &mut held).await,
+            Mode::Delta => delta_stream(&ctx, &mut held).await,
+        };
+        if held.opened_again {
+            held.opened_again = false;
+            attempt = 0;
+        }
+        let refused = r.as_ref().err().is_some_and(|e| {
+            e.chain()
+                .filter_map(|c| c.downcast_ref::<tonic::Status>())
+                .any(|s| s.code() == tonic::Code::ResourceExhausted)
+        });
+        let error = match r {
+            Ok(()) => "the server ended the stream (OK status)".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        attempt += 1;
+        if !ctx.shared.reconnect.load(Ordering::SeqCst) || attempt > restart::MAX_ATTEMPTS {
+            ctx.emit(Event::Failed { idx: ctx.idx, error });
+            return;
+        }
+        if refused {
+            ctx.emit(Event::Refused);
+        }
+        if !held.disconnected {
+            held.disconnected = true;
+            ctx.emit(Event::Disconnected);
+        }
+        tokio::time::sleep(restart::envoy_backoff(ctx.idx, attempt)).await;
+    }
 }
 
-async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
+/// What a simulated Envoy holds across reconnects.
+#[derive(Default)]
+struct Held {
+    /// The EDS subscription (after the first CDS response).
+    names: Option<Subscription>,
+    /// SotW: the versions last received, sent again in the first requests after a reconnect.
+    cds_version: Option<String>,
+    eds_version: Option<String>,
+    /// Delta, with `--restart`: the version of every resource held, by type (CDS, EDS), sent as
+    /// `initial_resource_versions` after a reconnect.
+    delta_versions: [BTreeMap<String, String>; 2],
+    /// The stream ended and has not been in sync with the server since.
+    disconnected: bool,
+    /// A stream opened after a disconnect (resets the backoff).
+    opened_again: bool,
+}
+
+async fn sotw_stream(ctx: &StreamCtx, held: &mut Held) -> Result<()> {
     let (tx, rx) = mpsc::channel::<SotwRequest>(8);
+    let resync = held.disconnected;
+    // Envoy's first requests on a new stream: every type it watches, with the version it holds.
     let first = DiscoveryRequest {
         node: Some(ctx.node()),
         type_url: CDS.into(),
+        version_info: held.cds_version.clone().unwrap_or_default(),
         ..Default::default()
     };
     tx.send(SotwRequest::new(&first, None))
         .await
         .context("queueing the first request")?;
+    if let (true, Some(list)) = (resync, &held.names) {
+        let eds = DiscoveryRequest {
+            version_info: held.eds_version.clone().unwrap_or_default(),
+            type_url: EDS.into(),
+            ..Default::default()
+        };
+        tx.send(SotwRequest::new(&eds, Some(&list.encoded)))
+            .await
+            .context("queueing the EDS request")?;
+    }
     let mut grpc = Grpc::new(ctx.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     grpc.ready().await.context("connection not ready")?;
     let codec = ProstCodec::<SotwRequest, SotwResponse>::default();
@@ -478,13 +559,18 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
         .await
         .context("opening the SotW ADS stream")?
         .into_inner();
+    if resync {
+        // Open again, with the versions it holds: in sync unless the server sends otherwise.
+        held.disconnected = false;
+        held.opened_again = true;
+        ctx.emit(Event::Reconnected { at: Instant::now() });
+    }
 
-    let mut names: Option<Subscription> = None;
-    let mut eds_version: Option<String> = None;
     let mut received = 0usize;
     let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
     while let Some(r) = inbound.message().await.context("SotW ADS stream")? {
         let at = Instant::now();
+        let restarting = resync && ctx.shared.reconnect.load(Ordering::SeqCst);
         match r.type_url.as_str() {
             CDS => {
                 let ack = DiscoveryRequest {
@@ -494,8 +580,17 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                     ..Default::default()
                 };
                 send(&tx, SotwRequest::new(&ack, None)).await?;
-                if names.is_some() {
-                    ctx.emit(Event::Redundant { kind: "cds" });
+                let version_changed = held.cds_version.as_deref() != Some(r.version_info.as_str());
+                held.cds_version = Some(r.version_info);
+                if held.names.is_some() {
+                    ctx.emit(if restarting {
+                        Event::Resent {
+                            resources: r.resources.len(),
+                            version_changed,
+                        }
+                    } else {
+                        Event::Redundant { kind: "cds" }
+                    });
                     continue;
                 }
                 cds_bytes = r.resources.iter().map(Bytes::len).sum();
@@ -510,10 +605,10 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                     ..Default::default()
                 };
                 send(&tx, SotwRequest::new(&subscribe, Some(&list.encoded))).await?;
-                names = Some(list);
+                held.names = Some(list);
             }
             EDS => {
-                let Some(list) = &names else {
+                let Some(list) = &held.names else {
                     bail!("an EDS response before any EDS request");
                 };
                 let ack = DiscoveryRequest {
@@ -522,18 +617,18 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                     type_url: EDS.into(),
                     ..Default::default()
                 };
-                if eds_version.is_some() {
+                if held.eds_version.is_some() {
                     ctx.hold_ack().await;
                 }
                 let ack = SotwRequest::new(&ack, Some(&list.encoded));
                 ctx.shared.eds_ack_bytes.store(ack.encoded_len(), Ordering::Relaxed);
                 send(&tx, ack).await?;
-                match &eds_version {
+                match &held.eds_version {
                     None => {
                         received += r.resources.len();
                         eds_bytes += r.resources.iter().map(Bytes::len).sum::<usize>();
                         if received >= list.names.len() {
-                            eds_version = Some(r.version_info);
+                            held.eds_version = Some(r.version_info);
                             ctx.emit(Event::Synced {
                                 at,
                                 cds_bytes,
@@ -541,12 +636,19 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
                             });
                         }
                     }
+                    Some(v) if restarting => {
+                        ctx.emit(Event::Resent {
+                            resources: r.resources.len(),
+                            version_changed: *v != r.version_info,
+                        });
+                        held.eds_version = Some(r.version_info);
+                    }
                     Some(v) if *v == r.version_info => ctx.emit(Event::Redundant {
                         kind: "eds-same-version",
                     }),
                     Some(_) => {
                         ctx.update(at, &r.resources);
-                        eds_version = Some(r.version_info);
+                        held.eds_version = Some(r.version_info);
                     }
                 }
             }
@@ -556,16 +658,35 @@ async fn sotw_stream(ctx: &StreamCtx) -> Result<()> {
     Ok(())
 }
 
-async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
+async fn delta_stream(ctx: &StreamCtx, held: &mut Held) -> Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
+    let resync = held.disconnected;
+    let keep_versions = ctx.shared.restart;
+    let initial = |i: usize| -> std::collections::HashMap<String, String> {
+        held.delta_versions[i]
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
     tx.send(DeltaDiscoveryRequest {
         node: Some(ctx.node()),
         type_url: CDS.into(),
         resource_names_subscribe: vec!["*".into()],
+        initial_resource_versions: if resync { initial(0) } else { Default::default() },
         ..Default::default()
     })
     .await
     .context("queueing the first request")?;
+    if let (true, Some(list)) = (resync, &held.names) {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: EDS.into(),
+            resource_names_subscribe: list.names.to_vec(),
+            initial_resource_versions: initial(1),
+            ..Default::default()
+        })
+        .await
+        .context("queueing the EDS subscription")?;
+    }
     let mut grpc = Grpc::new(ctx.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
     grpc.ready().await.context("connection not ready")?;
     let codec = ProstCodec::<DeltaDiscoveryRequest, DeltaResponse>::default();
@@ -578,9 +699,13 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
         .await
         .context("opening the Delta ADS stream")?
         .into_inner();
+    if resync {
+        held.opened_again = true;
+    }
 
-    let mut names: Option<Subscription> = None;
-    let mut synced = false;
+    let mut synced = held.names.is_some() && !resync;
+    // After a reconnect: the types whose first response has come (CDS, EDS).
+    let mut answered = [false; 2];
     let mut received = 0usize;
     let (mut cds_bytes, mut eds_bytes) = (0usize, 0usize);
     while let Some(r) = inbound.message().await.context("Delta ADS stream")? {
@@ -597,22 +722,51 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
             ctx.shared.eds_ack_bytes.store(ack.encoded_len(), Ordering::Relaxed);
         }
         send(&tx, ack).await?;
+        let slot = usize::from(r.type_url == EDS);
+        // Names (and versions) are decoded only where they are needed: the first CDS response,
+        // and every response with --restart.
+        let mut decoded = Vec::new();
+        if keep_versions || (r.type_url == CDS && held.names.is_none()) {
+            decoded.reserve(r.resources.len());
+            for res in &r.resources {
+                decoded.push(ResourceName::decode(res.clone()).context("decoding a delta Resource")?);
+            }
+        }
+        let mut version_changed = false;
+        if keep_versions {
+            let held_versions = &mut held.delta_versions[slot];
+            for res in &decoded {
+                let old = held_versions.insert(res.name.clone(), res.version.clone());
+                version_changed |= old.as_deref() != Some(res.version.as_str());
+            }
+            for name in &r.removed_resources {
+                version_changed |= held_versions.remove(name).is_some();
+            }
+        }
+        if resync && held.disconnected {
+            if r.type_url != CDS && r.type_url != EDS {
+                bail!("a response of unexpected type {:?}", r.type_url);
+            }
+            ctx.emit(Event::Resent {
+                resources: decoded.len(),
+                version_changed,
+            });
+            answered[slot] = true;
+            if answered == [true, true] {
+                held.disconnected = false;
+                synced = true;
+                ctx.emit(Event::Reconnected { at });
+            }
+            continue;
+        }
         match r.type_url.as_str() {
             CDS => {
-                if names.is_some() {
+                if held.names.is_some() {
                     ctx.emit(Event::Redundant { kind: "cds" });
                     continue;
                 }
                 cds_bytes = r.resources.iter().map(Bytes::len).sum();
-                let mut list = Vec::with_capacity(r.resources.len());
-                for res in &r.resources {
-                    list.push(
-                        ResourceName::decode(res.clone())
-                            .context("decoding a delta Resource")?
-                            .name,
-                    );
-                }
-                let list = ctx.shared.intern_names(list);
+                let list = ctx.shared.intern_names(decoded.into_iter().map(|d| d.name).collect());
                 send(
                     &tx,
                     DeltaDiscoveryRequest {
@@ -622,10 +776,10 @@ async fn delta_stream(ctx: &StreamCtx) -> Result<()> {
                     },
                 )
                 .await?;
-                names = Some(list);
+                held.names = Some(list);
             }
             EDS => {
-                let Some(list) = &names else {
+                let Some(list) = &held.names else {
                     bail!("an EDS response before any EDS subscription");
                 };
                 if synced {
@@ -676,6 +830,8 @@ struct Tally {
     redundant: BTreeMap<&'static str, usize>,
     failures: usize,
     first_failure: Option<(usize, String)>,
+    /// `--restart` (see `restart.rs`).
+    storm: restart::StormTally,
 }
 
 impl Tally {
@@ -717,6 +873,20 @@ impl Tally {
                 if self.first_failure.is_none() {
                     self.first_failure = Some((idx, error));
                 }
+            }
+            Event::Disconnected => self.storm.disconnected += 1,
+            Event::Refused => self.storm.refused += 1,
+            Event::Reconnected { at } => {
+                self.storm.reconnected += 1;
+                self.storm.last_reconnected = Some(self.storm.last_reconnected.map_or(at, |l| l.max(at)));
+            }
+            Event::Resent {
+                resources,
+                version_changed,
+            } => {
+                self.storm.responses += 1;
+                self.storm.resources += resources;
+                self.storm.version_changes += usize::from(version_changed);
             }
         }
     }
@@ -791,6 +961,75 @@ impl ServerProc {
             bail!("the server exited ({status}); log tail:\n{}", tail(&self.log, 20));
         }
         Ok(())
+    }
+}
+
+/// How to start the server and tell that it is ready; `--restart` starts it a second time.
+struct Launch {
+    command: Command,
+    /// The server's output, appended (a restarted server's lines follow the first one's).
+    log: PathBuf,
+    ready: Ready,
+    timeout: Duration,
+}
+
+enum Ready {
+    /// voltha-xds: `/readyz` on its admin address answers 200.
+    Admin(String),
+    /// Another server: its xDS port accepts a TCP connection.
+    Tcp(String),
+}
+
+impl Launch {
+    fn start(&mut self) -> Result<ServerProc> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .context("opening the server log")?;
+        let child = self
+            .command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.command.get_program()))?;
+        Ok(ServerProc {
+            child,
+            log: self.log.clone(),
+        })
+    }
+
+    async fn wait_ready(&self, server: &mut ServerProc) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            server.check_alive()?;
+            let ready = match &self.ready {
+                Ready::Admin(a) => matches!(
+                    tokio::time::timeout(Duration::from_secs(2), http_status(a, "/readyz")).await,
+                    Ok(Ok(200))
+                ),
+                Ready::Tcp(a) => matches!(
+                    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(a)).await,
+                    Ok(Ok(_))
+                ),
+            };
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let what = match &self.ready {
+                    Ready::Admin(a) => format!("/readyz on {a}"),
+                    Ready::Tcp(a) => format!("a TCP connection to {a}"),
+                };
+                bail!(
+                    "timeout after {}s waiting for {what}; log tail:\n{}",
+                    self.timeout.as_secs(),
+                    tail(&self.log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -1104,30 +1343,32 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
             bin.display()
         );
     }
-    let log = File::create(&log_file).context("creating the server log")?;
-    let mut command = Command::new(&bin);
-    match peer {
-        None => command
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(&config_file)
-            .args(["--xds-listen", &xds_addr, "--admin-listen", &admin_addr])
-            .env("RUST_LOG", &args.server_log),
-        Some(_) => command
-            .args(["--listen", &xds_addr, "--endpoints"])
-            .arg(&endpoints_file)
-            .env("LOADGEN_STREAMS", n.to_string()),
-    };
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut server = ServerProc {
-        child,
+    let mut launch = Launch {
+        command: {
+            let mut c = Command::new(&bin);
+            match peer {
+                None => c
+                    .args(["--log-format", "json", "serve", "--config"])
+                    .arg(&config_file)
+                    .args(["--xds-listen", &xds_addr, "--admin-listen", &admin_addr])
+                    .env("RUST_LOG", &args.server_log),
+                Some(_) => c
+                    .args(["--listen", &xds_addr, "--endpoints"])
+                    .arg(&endpoints_file)
+                    .env("LOADGEN_STREAMS", n.to_string()),
+            };
+            c
+        },
         log: log_file.clone(),
+        ready: match peer {
+            None => Ready::Admin(admin_addr.clone()),
+            Some(_) => Ready::Tcp(xds_addr.clone()),
+        },
+        timeout: Duration::from_secs(args.ready_timeout),
     };
-    let pid = server.pid();
+    File::create(&log_file).context("creating the server log")?;
+    let mut server = launch.start()?;
+    let mut pid = server.pid();
     println!(
         "loadgen: {} streams ({}), {} clusters x {} endpoints, {} per connection; server {server_name} ({}) pid {pid}; dir {}",
         n,
@@ -1138,37 +1379,8 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         bin.display(),
         dir.display()
     );
-
-    let ready_deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
     let started = Instant::now();
-    loop {
-        server.check_alive()?;
-        let ready = match peer {
-            None => matches!(
-                tokio::time::timeout(Duration::from_secs(2), http_status(&admin_addr, "/readyz")).await,
-                Ok(Ok(200))
-            ),
-            Some(_) => matches!(
-                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&xds_addr)).await,
-                Ok(Ok(_))
-            ),
-        };
-        if ready {
-            break;
-        }
-        if Instant::now() > ready_deadline {
-            let what = match peer {
-                None => format!("/readyz on {admin_addr}"),
-                Some(_) => format!("a TCP connection to {xds_addr}"),
-            };
-            bail!(
-                "timeout after {}s waiting for {what}; log tail:\n{}",
-                args.ready_timeout,
-                tail(&log_file, 20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    launch.wait_ready(&mut server).await?;
     println!("server ready in {:.2}s", started.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_base = status_kib(Some(pid), "VmRSS")?;
@@ -1177,7 +1389,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     } else {
         None
     };
-    let cpu_base = cpu_seconds(pid, ticks)?;
+    let mut cpu_base = cpu_seconds(pid, ticks)?;
     let self_pid = std::process::id();
     let lg_cpu_base = cpu_seconds(self_pid, ticks)?;
 
@@ -1201,6 +1413,8 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         ack_delay: Duration::from_millis(args.ack_delay_ms),
         names: parking_lot::Mutex::new(None),
         eds_ack_bytes: AtomicUsize::new(0),
+        reconnect: AtomicBool::new(false),
+        restart: args.restart,
     });
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(n);
@@ -1253,6 +1467,17 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         tally.payload.1 as f64 / 1024.0,
         args.settle_ms
     );
+
+    // 4b. With --restart: SIGTERM with every stream open, the same server again, the storm.
+    let storm = if args.restart {
+        let report = restart::storm(&mut launch, &mut server, &shared, &mut ev_rx, &mut tally, n, ticks).await?;
+        // From here on the figures are the new server's (its CPU counted from its start).
+        pid = server.pid();
+        cpu_base = 0.0;
+        Some(report)
+    } else {
+        None
+    };
 
     // 5. Changes.
     let cpu_changes_start = cpu_seconds(pid, ticks)?;
@@ -1442,6 +1667,9 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         args.ack_delay_ms,
         shared.eds_ack_bytes.load(Ordering::Relaxed),
     );
+    if let Some(storm) = &storm {
+        println!("{}", storm.summary(args.mode.name(), n, conns));
+    }
     println!("| mode | streams | conns | clusters x eps | sync s | RSS base MiB | KiB/stream | peak RSS MiB | conv p50 ms | p99 ms | max ms | CPU s sync/changes | loadgen RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
