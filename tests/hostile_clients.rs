@@ -203,11 +203,16 @@ async fn hostile_stream(ch: Channel, path: &'static str, requests: Vec<Bytes>) -
 }
 
 fn hosts(r: &DiscoveryResponse) -> Vec<String> {
+    hosts_of(r, "voltha-grpc")
+}
+
+/// The endpoint addresses of `cluster` in an EDS response, sorted.
+fn hosts_of(r: &DiscoveryResponse, cluster: &str) -> Vec<String> {
     let mut out: Vec<String> = r
         .resources
         .iter()
         .filter_map(|a| ClusterLoadAssignment::decode(a.value.as_slice()).ok())
-        .filter(|c| c.cluster_name == "voltha-grpc")
+        .filter(|c| c.cluster_name == cluster)
         .flat_map(|c| c.endpoints)
         .flat_map(|l| l.lb_endpoints)
         .filter_map(|e| {
@@ -370,4 +375,134 @@ groups:
     })
     .await;
     drop(tx);
+}
+
+/// An endpoints file (`format: endpoints`) with one set `big` of `n` endpoints, the first one
+/// carrying `generation` in its address.
+fn big_set(n: usize, generation: u32) -> String {
+    let mut eps: Vec<String> = (0..n)
+        .map(|i| format!("\"10.{}.{}.{}:50556\"", (i >> 16) & 255, (i >> 8) & 255, i & 255))
+        .collect();
+    eps[0] = format!("\"11.0.{}.{}:50556\"", (generation >> 8) & 255, generation & 255);
+    format!("{{\"big\": [{}]}}", eps.join(","))
+}
+
+/// A client that stops reading holds the server to the newest state, not a queue: while it
+/// stalls, 30 changes of a response larger than HTTP/2's default window are pushed to a good
+/// client; when it reads again it gets a few responses at most, the last one the newest.
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_the_newest_state_not_a_backlog() {
+    const CHANGES: u32 = 30;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("endpoints.json");
+    std::fs::write(&file, big_set(3000, 0)).expect("write");
+    let yaml = format!(
+        r#"
+default_group: g
+debounce: {{ quiet: 5ms, max_delay: 100ms }}
+sources: [{{ name: eps, type: file, path: "{}", format: endpoints, poll_interval: 10ms }}]
+clusters:
+  - {{ name: big, endpoints: {{ source: eps, set: big }} }}
+groups:
+  - {{ name: g, clusters: [big] }}
+"#,
+        file.display()
+    );
+    let server = start_server(&yaml).await;
+    let admin = format!("http://{}", server.admin_addr);
+    wait_for(WAIT, "readiness", || {
+        let url = format!("{admin}/readyz");
+        async move { (get_json(&url).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let uri = format!("http://{}", server.xds_addr);
+
+    // Opens an EDS stream for `big` and returns it after its first response (ACKed).
+    let open = |uri: String| async move {
+        let ch = Channel::from_shared(uri)
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let (tx, rx) = mpsc::channel(64);
+        let mut rx_stream = AggregatedDiscoveryServiceClient::new(ch)
+            .max_decoding_message_size(16 << 20)
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        tx.send(DiscoveryRequest {
+            node: node(),
+            type_url: EDS.into(),
+            resource_names: vec!["big".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+        let first = tokio::time::timeout(WAIT, rx_stream.message())
+            .await
+            .expect("time")
+            .expect("ok")
+            .expect("open");
+        assert!(
+            first.encoded_len() > 65_535,
+            "a response must exceed the window: {}",
+            first.encoded_len()
+        );
+        (tx, rx_stream, first)
+    };
+    let ack = |r: &DiscoveryResponse| DiscoveryRequest {
+        version_info: r.version_info.clone(),
+        response_nonce: r.nonce.clone(),
+        type_url: EDS.into(),
+        resource_names: vec!["big".into()],
+        ..Default::default()
+    };
+    let (good_tx, mut good, first) = open(uri.clone()).await;
+    good_tx.send(ack(&first)).await.expect("ack");
+    let (stalled_tx, mut stalled, first) = open(uri.clone()).await;
+    stalled_tx.send(ack(&first)).await.expect("ack");
+
+    // The one address of the set that is not 10.x.y.z: the change's mark.
+    let first_host = |r: &DiscoveryResponse| -> String {
+        hosts_of(r, "big")
+            .into_iter()
+            .find(|h| h.starts_with("11."))
+            .unwrap_or_default()
+    };
+    // The stalled client reads nothing while the good one follows every change.
+    for g in 1..=CHANGES {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, big_set(3000, g)).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+        let want = format!("11.0.{}.{}", (g >> 8) & 255, g & 255);
+        loop {
+            let r = tokio::time::timeout(WAIT, good.message())
+                .await
+                .expect("the good client's update in time")
+                .expect("ok")
+                .expect("open");
+            good_tx.send(ack(&r)).await.expect("ack");
+            if first_host(&r) == want {
+                break;
+            }
+        }
+    }
+    // Reading again: what was buffered, then the newest; far fewer responses than changes.
+    let newest = format!("11.0.0.{CHANGES}");
+    let mut got = 0u32;
+    loop {
+        let r = tokio::time::timeout(WAIT, stalled.message())
+            .await
+            .expect("the stalled client's update in time")
+            .expect("ok")
+            .expect("open");
+        got += 1;
+        stalled_tx.send(ack(&r)).await.expect("ack");
+        if first_host(&r) == newest {
+            break;
+        }
+    }
+    eprintln!("stalled client: {got} responses after {CHANGES} changes");
+    assert!(got <= 3, "{got} responses queued for a client that stopped reading");
 }
