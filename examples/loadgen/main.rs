@@ -27,6 +27,13 @@
 //!    `eds_ack_bytes` is the size of an EDS ACK (the gRPC message): for SotW it repeats every
 //!    subscribed name.
 //!
+//! With `--restart`, between 4 and 5 the server gets SIGTERM with every stream open and is
+//! started again on the same ports; the streams reconnect as Envoy does and the storm is
+//! measured (`restart.rs`, the `STORM` line). A soak is a long `--changes` run: its summary
+//! has the RSS and live heap right after the sync (`rss_idle_mib`, `heap_idle_mib`) and at
+//! the end (`rss_end_mib`, `heap_end_mib`), and a change that does not reach every stream in
+//! `--converge-timeout` ends the run non-zero.
+//!
 //! Every wait is bounded; a timeout, a stream error or a server exit ends the run non-zero.
 //! Responses are decoded with minimal messages (version, type, nonce, raw resources), and a SotW
 //! request's names are encoded once and shared by every stream (an ACK copies them: the bytes
@@ -1455,8 +1462,13 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
     let rss_idle = status_kib(Some(pid), "VmRSS")?;
     let per_stream_kib = (rss_idle as f64 - rss_base as f64) / n as f64;
     let lg_rss = status_kib(None, "VmRSS")?;
+    // The live heap right after the sync (voltha-xds only): the start of a soak.
+    let heap_idle = match heap_base {
+        Some(_) => format!("{:.1}", heap_kib(&admin_addr).await / 1024.0),
+        None => "n/a".into(),
+    };
     println!(
-        "initial sync: {n} streams on {conns} connections in {sync_s:.2}s; server RSS {:.1} -> {:.1} MiB = {per_stream_kib:.1} KiB/stream; server CPU {cpu_sync:.2}s (loadgen {lg_cpu_sync:.2}s); loadgen RSS {:.1} MiB",
+        "initial sync: {n} streams on {conns} connections in {sync_s:.2}s; server RSS {:.1} -> {:.1} MiB = {per_stream_kib:.1} KiB/stream, live heap {heap_idle} MiB; server CPU {cpu_sync:.2}s (loadgen {lg_cpu_sync:.2}s); loadgen RSS {:.1} MiB",
         mib(rss_base),
         mib(rss_idle),
         mib(lg_rss)
@@ -1632,7 +1644,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
         println!("  {l}");
     }
     println!(
-        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={} ack_delay_ms={} eds_ack_bytes={}",
+        "SUMMARY server={server_name} mode={} streams={n} conns={conns} clusters={} endpoints={} sync_s={sync_s:.2} rss_base_mib={:.1} rss_idle_mib={:.1} kib_per_stream={per_stream_kib:.1} rss_end_mib={:.1} peak_rss_mib={:.1} changes={} conv_p50_ms={:.1} conv_p99_ms={:.1} conv_max_ms={:.1} publish_p50_ms={} cpu_sync_s={cpu_sync:.2} cpu_changes_s={cpu_changes:.2} cpu_total_s={cpu_total:.2} idle_cpu_pct={idle_cpu_pct:.1} loadgen_rss_mib={:.1} loadgen_peak_mib={:.1} heap_base_mib={} heap_idle_mib={heap_idle} heap_end_mib={} heap_kib_per_stream={} push_p50_ms={} push_max_ms={} ack_delay_ms={} eds_ack_bytes={}",
         args.mode.name(),
         args.clusters,
         args.endpoints,
