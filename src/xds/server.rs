@@ -43,7 +43,9 @@ pub struct XdsServer {
 impl From<StreamError> for Status {
     fn from(e: StreamError) -> Self {
         match e {
-            StreamError::TooManyNames { .. } => Status::resource_exhausted(e.to_string()),
+            StreamError::TooManyNames { .. } | StreamError::TooManyInitialVersions { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
             _ => Status::invalid_argument(e.to_string()),
         }
     }
