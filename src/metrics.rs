@@ -90,6 +90,7 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabel, Counter>,
     streams_refused: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
+    logs_suppressed: Family<ReasonLabel, Counter>,
 }
 
 /// Decrements the stream gauge when the stream ends.
@@ -133,6 +134,7 @@ impl Metrics {
             connections_refused: Family::default(),
             streams_refused: Counter::default(),
             tls_reloads: Family::default(),
+            logs_suppressed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -234,6 +236,11 @@ impl Metrics {
             "tls_reloads",
             "Reloads of the xDS TLS files after a change, by result (ok, error)",
             m.tls_reloads.clone(),
+        );
+        registry.register(
+            "stream_logs_suppressed",
+            "Client-caused log lines not written because their stream had already logged its share of that reason (unknown_type, nack); the events are counted in their own metrics",
+            m.logs_suppressed.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -344,6 +351,10 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" },
             })
             .inc();
+    }
+
+    pub fn log_suppressed(&self, reason: &'static str) {
+        self.logs_suppressed.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn coalesced(&self, n: u64) {

@@ -95,8 +95,11 @@ async fn etcd_out_of_reach_keeps_the_last_good_state_and_replays_missed_writes()
     assert_eq!(s.source_state().await, (200, "ok".to_string()));
 }
 
+/// Every session reads the key before it watches, so history compacted while etcd was out of
+/// reach costs nothing: the value is read, and the watch starts after the read's revision (a
+/// watch cancelled for compaction would read again, kind `compacted`).
 #[tokio::test]
-async fn a_watch_resumed_past_compaction_reads_the_key_again() {
+async fn a_compaction_while_out_of_reach_does_not_stop_the_value_being_read() {
     let etcd = Etcd::start().await;
     etcd.put(KEY, TWO);
     let proxy = Proxy::start(etcd.client).await;
@@ -109,7 +112,11 @@ async fn a_watch_resumed_past_compaction_reads_the_key_again() {
     etcd.compact();
     proxy.restore();
     s.wait_hosts(&["10.0.0.7"], "the value read after the compaction").await;
-    assert_eq!(s.errors("compacted").await, 1);
+    s.wait_state((200, "ok"), "the source healthy").await;
+    assert_eq!(s.errors("compacted").await, 0, "the watch starts after the read");
+    etcd.put(KEY, TWO);
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "a write after the compaction")
+        .await;
 }
 
 #[tokio::test]
@@ -197,4 +204,82 @@ async fn mutual_tls_with_the_configured_ca_and_client_certificate() {
     })
     .await;
     assert_eq!(get_json(&bad.url("/readyz")).await.0, 503);
+}
+
+/// etcd killed and started again empty on the same address: its revisions start again from 1.
+/// The source must read the key again instead of waiting, silently, for the new store to
+/// reach the revision it had seen.
+async fn recreated(new_cluster: bool, kind: &str) {
+    let mut etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    let s = Server::start(&config(&etcd.client.to_string(), "")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    // The source sees the store's revision through the key's events: write the key itself.
+    for i in 0..30 {
+        etcd.put(KEY, if i % 2 == 0 { OTHER } else { TWO });
+    }
+    etcd.put(KEY, WITH_NULL);
+    s.wait_hosts(&["10.0.0.2"], "the last write before etcd is re-created")
+        .await;
+    assert!(etcd.revision() > 30);
+    etcd.recreate(new_cluster).await;
+    assert!(etcd.revision() < 5, "a fresh store");
+    etcd.put(KEY, OTHER);
+    wait_for(
+        Duration::from_secs(5),
+        "the value written to the new etcd applied",
+        || async { (s.hosts().await == Some(vec!["10.0.0.7".to_string()])).then_some(()) },
+    )
+    .await;
+    s.wait_state((200, "ok"), "the source healthy").await;
+    assert_eq!(s.errors(kind).await, 1, "{kind} counted once");
+}
+
+#[tokio::test]
+async fn etcd_recreated_empty_on_the_same_address_is_read_again() {
+    recreated(false, "revision_reset").await;
+}
+
+#[tokio::test]
+async fn etcd_replaced_by_another_cluster_on_the_same_address_is_read_again() {
+    recreated(true, "cluster_changed").await;
+}
+
+/// A value over `max_value_bytes`: refused (kind `too_large`), the last good state served.
+/// Just over the cap it is decoded and checked; far over it, the gRPC client refuses the
+/// message. etcd's own limit is 1.5 MiB a request, hence the small cap.
+#[tokio::test]
+async fn a_value_over_max_value_bytes_is_refused_and_the_last_good_state_kept() {
+    let etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    let s = Server::start(&config(&etcd.client.to_string(), ", max_value_bytes: 1024")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    // Valid JSON, 2 KiB: only its size is wrong.
+    let padded = format!("{OTHER}{}", " ".repeat(2048));
+    etcd.put(KEY, &padded);
+    wait_for(WAIT, "the value too large counted", || async {
+        (s.errors("too_large").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.source_state().await, (200, "error".to_string()));
+    assert_eq!(
+        s.hosts().await,
+        Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])
+    );
+    // 300 KiB: over the cap plus the clients' headroom.
+    let huge = format!("{OTHER}{}", " ".repeat(300 * 1024));
+    etcd.put_stdin(KEY, huge.as_bytes());
+    wait_for(WAIT, "the oversized message refused", || async {
+        (s.errors("too_large").await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(s.source_state().await, (200, "error".to_string()));
+    assert_eq!(
+        s.hosts().await,
+        Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])
+    );
+    // A value within the cap is applied again.
+    etcd.put(KEY, OTHER);
+    s.wait_hosts(&["10.0.0.7"], "the next good value").await;
+    s.wait_state((200, "ok"), "the source healthy").await;
 }

@@ -233,10 +233,19 @@ pub struct EtcdSource {
     pub dial_timeout: Dur,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// The largest value accepted for the key, in bytes; a larger one is an error of kind
+    /// `too_large` and the last good state is kept.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
 }
 
 fn default_dial_timeout() -> Dur {
     Dur(Duration::from_secs(5))
+}
+
+/// The default cap on a source value: 4 MiB.
+pub(crate) fn default_max_value_bytes() -> usize {
+    4 << 20
 }
 
 /// A Consul KV source (`type: consul`).

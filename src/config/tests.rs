@@ -189,7 +189,7 @@ fn every_shipped_config_validates() {
 fn etcd_source_errors_are_named() {
     let yaml = format!(
         "{MINIMAL}{}",
-        r#"sources: [{ name: kv, type: etcd, endpoints: ["etcd", "http://:1"], key: "", password: x, cert_file: /c, dial_timeout: 0s, backoff: { initial: 2s, max: 1s } }]"#
+        r#"sources: [{ name: kv, type: etcd, endpoints: ["etcd", "http://:1"], key: "", password: x, cert_file: /c, dial_timeout: 0s, backoff: { initial: 2s, max: 1s }, max_value_bytes: 0 }]"#
     );
     let e = errors_of(&yaml);
     for want in [
@@ -200,6 +200,7 @@ fn etcd_source_errors_are_named() {
         "source \"kv\": cert_file and key_file go together",
         "source \"kv\": dial_timeout must be above zero",
         "source \"kv\": backoff.initial must be above zero and at most backoff.max",
+        "source \"kv\": max_value_bytes must be above zero",
     ] {
         assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:?}");
     }

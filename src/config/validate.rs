@@ -396,6 +396,9 @@ fn etcd(e: &mut Vec<String>, x: &super::EtcdSource) {
             "{at}: backoff.initial must be above zero and at most backoff.max"
         ));
     }
+    if x.max_value_bytes == 0 {
+        e.push(format!("{at}: max_value_bytes must be above zero"));
+    }
 }
 
 /// A request header name as a route may read it: lowercase (HTTP/2), no pseudo-header.

@@ -1,13 +1,21 @@
 //! The etcd source: one etcd v3 key holding the VOLTHA core assignment (VOLTHA's later KV
 //! store; envoyd's `-kv etcd`).
 //!
-//! The first session reads the key (`KV.Range`), delivers it, then watches it from the next
-//! revision (`Watch.Watch`), so no write between the read and the watch is missed. A later
-//! session resumes the watch after the last revision seen, so writes made while etcd was out
-//! of reach are replayed in order. A watch cancelled because that revision was compacted reads
-//! the key again at once. Any other failure (connection refused, authentication, a broken
-//! stream) is counted by kind, logged, and retried with capped exponential backoff and jitter,
-//! while the last good state keeps being served.
+//! Every session reads the key (`KV.Range`), delivers it, then watches it from the next
+//! revision (`Watch.Watch`), so no write between the read and the watch is missed, whatever
+//! happened to etcd while it was out of reach. The read's response header says which cluster
+//! answered and its revision: a cluster id that changed, or a revision below the last one
+//! seen (etcd re-created on the same address with a new data dir), is logged and counted
+//! (kinds `cluster_changed`, `revision_reset`). Resuming the watch after the last revision
+//! seen would wait, silently, for the new cluster to reach the old revision. A watch cancelled
+//! because its revision was compacted reads the key again at once. Any other failure
+//! (connection refused, authentication, a broken stream) is counted by kind, logged, and
+//! retried with capped exponential backoff and jitter, while the last good state keeps being
+//! served.
+//!
+//! A value over `max_value_bytes` is an error of kind `too_large` and the last good state is
+//! kept: the gRPC clients refuse messages over the cap plus [`HEADROOM`], and a value between
+//! the two is checked explicitly.
 //!
 //! Values follow the assignment rules of [`super::assignment`]. A key that does not exist at
 //! the first read means "no cores yet". A key deleted after it had a value keeps the last good
@@ -47,7 +55,13 @@ pub struct Settings {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub dial_timeout: Duration,
+    /// The largest value accepted, in bytes.
+    pub max_value_bytes: usize,
 }
+
+/// What a Range or Watch response may carry besides the value (header, key, revisions, a few
+/// events): the gRPC clients accept `max_value_bytes` plus this.
+pub(crate) const HEADROOM: usize = 64 * 1024;
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -91,6 +105,7 @@ impl Settings {
             cert_file: path(&c.cert_file, "ETCDCTL_CERT"),
             key_file: path(&c.key_file, "ETCDCTL_KEY"),
             dial_timeout: c.dial_timeout.0,
+            max_value_bytes: c.max_value_bytes,
         };
         for ep in &s.endpoints {
             endpoint_uri(ep, s.ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}"))?;
@@ -129,6 +144,16 @@ fn failure(kind: &'static str, message: impl std::fmt::Display) -> Failure {
 
 fn grpc_failure(what: &str, s: &Status) -> Failure {
     let kind = match s.code() {
+        // tonic refuses a message over the client's decoding limit with OUT_OF_RANGE.
+        tonic::Code::OutOfRange => {
+            return failure(
+                "too_large",
+                format!(
+                    "{what}: {} (a value over max_value_bytes; the last good state is kept)",
+                    s.message()
+                ),
+            )
+        }
         tonic::Code::Unavailable => "connect",
         tonic::Code::DeadlineExceeded => "timeout",
         // etcd answers a wrong password with INVALID_ARGUMENT.
@@ -143,14 +168,52 @@ fn grpc_failure(what: &str, s: &Status) -> Failure {
 #[derive(Default)]
 struct State {
     key: KeyState,
-    /// The store revision this source has seen everything up to: a new session resumes the
-    /// watch after it instead of reading again (`None`: read first).
+    /// The highest store revision seen (`None`: never read).
     revision: Option<i64>,
+    /// The id of the cluster that answered the last read.
+    cluster_id: Option<u64>,
 }
 
 impl State {
     fn apply(&mut self, p: &Publisher, s: &Settings, value: Option<&[u8]>) {
+        if let Some(v) = value.filter(|v| v.len() > s.max_value_bytes) {
+            p.fail(
+                "too_large",
+                format!(
+                    "etcd key {:?}: the value is {} bytes, over max_value_bytes ({}); keeping the last good state",
+                    s.key,
+                    v.len(),
+                    s.max_value_bytes
+                ),
+            );
+            self.key.value_ok = false;
+            return;
+        }
         self.key.apply(p, s.format, &format!("etcd key {:?}", s.key), value);
+    }
+
+    /// Takes a read's header: reports a cluster that is not the one read before, or a store
+    /// whose revision went back (etcd re-created with a new data dir), and remembers both.
+    fn observe(&mut self, p: &Publisher, s: &Settings, r: &Read) {
+        let kind = match (self.cluster_id, self.revision) {
+            (Some(c), _) if c != r.cluster_id => Some("cluster_changed"),
+            (_, Some(rev)) if r.revision < rev => Some("revision_reset"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            tracing::warn!(
+                key = ?s.key,
+                kind,
+                cluster_before = ?self.cluster_id.map(|c| format!("{c:x}")),
+                cluster_now = %format!("{:x}", r.cluster_id),
+                revision_before = ?self.revision,
+                revision_now = r.revision,
+                "etcd is not the store read before (re-created?); the key was read again and is watched from its new revision"
+            );
+            p.count_error(kind);
+        }
+        self.cluster_id = Some(r.cluster_id);
+        self.revision = Some(r.revision);
     }
 }
 
@@ -257,7 +320,8 @@ async fn open(s: &Settings) -> Result<(Channel, Token), Failure> {
         name: user.clone(),
         password: password.clone(),
     };
-    let resp = tokio::time::timeout(s.dial_timeout, AuthClient::new(channel.clone()).authenticate(req))
+    let mut auth = AuthClient::new(channel.clone()).max_decoding_message_size(HEADROOM);
+    let resp = tokio::time::timeout(s.dial_timeout, auth.authenticate(req))
         .await
         .map_err(|_| failure("timeout", "authenticate: no answer in time"))?
         .map_err(|e| grpc_failure("authenticate", &e))?
@@ -267,9 +331,25 @@ async fn open(s: &Settings) -> Result<(Channel, Token), Failure> {
     Ok((channel, Token(Some(value))))
 }
 
-/// Reads the key: the store's revision and the value, `None` when the key does not exist.
-async fn read(channel: &Channel, token: &Token, s: &Settings) -> Result<(i64, Option<Vec<u8>>), Failure> {
-    let mut kv = KvClient::new(InterceptedService::new(channel.clone(), token.clone()));
+/// One read of the key.
+struct Read {
+    /// The store's revision when it was read.
+    revision: i64,
+    /// The id of the cluster that answered.
+    cluster_id: u64,
+    /// `None` when the key does not exist.
+    value: Option<Vec<u8>>,
+}
+
+/// The largest gRPC message the clients accept.
+fn decode_limit(s: &Settings) -> usize {
+    s.max_value_bytes.saturating_add(HEADROOM)
+}
+
+/// Reads the key, with the store's revision and cluster id.
+async fn read(channel: &Channel, token: &Token, s: &Settings) -> Result<Read, Failure> {
+    let mut kv = KvClient::new(InterceptedService::new(channel.clone(), token.clone()))
+        .max_decoding_message_size(decode_limit(s));
     let req = RangeRequest {
         key: s.key.as_bytes().to_vec(),
         ..Default::default()
@@ -279,8 +359,12 @@ async fn read(channel: &Channel, token: &Token, s: &Settings) -> Result<(i64, Op
         .map_err(|_| failure("timeout", "range: no answer in time"))?
         .map_err(|e| grpc_failure("range", &e))?
         .into_inner();
-    let revision = resp.header.map(|h| h.revision).unwrap_or_default();
-    Ok((revision, resp.kvs.into_iter().next().map(|kv| kv.value)))
+    let (revision, cluster_id) = resp.header.map(|h| (h.revision, h.cluster_id)).unwrap_or_default();
+    Ok(Read {
+        revision,
+        cluster_id,
+        value: resp.kvs.into_iter().next().map(|kv| kv.value),
+    })
 }
 
 async fn session_inner(
@@ -290,17 +374,15 @@ async fn session_inner(
     backoff: &mut Backoff,
 ) -> Result<Outcome, Failure> {
     let (channel, token) = open(s).await?;
-    let revision = match state.revision {
-        Some(r) => r,
-        None => {
-            let (revision, value) = read(&channel, &token, s).await?;
-            state.apply(p, s, value.as_deref());
-            state.revision = Some(revision);
-            revision
-        }
-    };
+    // Read on every session: resuming after the last revision seen would follow a store that
+    // may have been re-created meanwhile (its revisions start again from 1).
+    let r = read(&channel, &token, s).await?;
+    state.observe(p, s, &r);
+    state.apply(p, s, r.value.as_deref());
+    let revision = r.revision;
 
-    let mut watch = WatchClient::new(InterceptedService::new(channel, token));
+    let mut watch =
+        WatchClient::new(InterceptedService::new(channel, token)).max_decoding_message_size(decode_limit(s));
     let (tx, rx) = mpsc::channel(1);
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
@@ -326,7 +408,6 @@ async fn session_inner(
             if w.compact_revision > 0 {
                 tracing::warn!(key = %s.key, from = revision + 1, compacted_to = w.compact_revision, "etcd watch revision compacted; reading the key again");
                 p.count_error("compacted");
-                state.revision = None;
                 return Ok(Outcome::Relist);
             }
             return Err(failure(
@@ -341,6 +422,9 @@ async fn session_inner(
                 p.healthy();
             }
             tracing::info!(key = %s.key, revision, "watching etcd key");
+        }
+        if let Some(h) = &w.header {
+            state.revision = state.revision.max(Some(h.revision));
         }
         for ev in w.events {
             if let Some(kv) = &ev.kv {
@@ -358,8 +442,14 @@ async fn session_inner(
 /// Reads the key once (for `render`).
 pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let (channel, token) = open(s).await.map_err(|f| f.message)?;
-    match read(&channel, &token, s).await.map_err(|f| f.message)?.1 {
+    match read(&channel, &token, s).await.map_err(|f| f.message)?.value {
         None => Ok(SourceData::default()),
+        Some(v) if v.len() > s.max_value_bytes => Err(format!(
+            "etcd key {:?}: the value is {} bytes, over max_value_bytes ({})",
+            s.key,
+            v.len(),
+            s.max_value_bytes
+        )),
         Some(v) => parse(s.format, &v).map_err(|e| format!("etcd key {:?}: {e}", s.key)),
     }
 }

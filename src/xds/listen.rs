@@ -288,7 +288,7 @@ pub fn accept(
                             }
                             Ok(Err(e)) => {
                                 metrics.connection_refused("tls_handshake");
-                                info!(%remote, error = %e, "xDS TLS handshake failed");
+                                info!(%remote, error = %super::logsafe::Safe(&e), "xDS TLS handshake failed");
                             }
                             Err(_) => {
                                 metrics.connection_refused("tls_handshake_timeout");

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod csds;
 pub mod grpc;
 pub mod listen;
+pub(crate) mod logsafe;
 pub mod resources;
 pub mod server;
 pub mod status;

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::cache::Cache;
 use super::cache::Snapshot;
 use super::grpc::{self, Framed, GrpcService, Outbound, Requests, WireMessage};
+use super::logsafe::{LogBudget, Noise, Safe, Verdict};
 use super::resources::ResourceType;
 use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
@@ -43,7 +44,9 @@ pub struct XdsServer {
 impl From<StreamError> for Status {
     fn from(e: StreamError) -> Self {
         match e {
-            StreamError::TooManyNames { .. } => Status::resource_exhausted(e.to_string()),
+            StreamError::TooManyNames { .. } | StreamError::TooManyInitialVersions { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
             _ => Status::invalid_argument(e.to_string()),
         }
     }
@@ -64,7 +67,9 @@ impl XdsServer {
             .add_service(GrpcService::<grpc::Rds>::new(self))
     }
 
-    fn observe(&self, events: Vec<StreamEvent>, api: &'static str, push: &mut PendingPush) {
+    /// Counts and logs what a stream's machine reports. Client-supplied strings are logged
+    /// through [`Safe`]; client-caused lines are limited per stream by `budget`.
+    fn observe(&self, events: Vec<StreamEvent>, api: &'static str, push: &mut PendingPush, budget: &mut LogBudget) {
         for e in events {
             match e {
                 StreamEvent::Sent {
@@ -88,7 +93,13 @@ impl XdsServer {
                     if let Some(ty) = ty {
                         self.metrics.nacked(ty);
                     }
-                    warn!(node = %n.node_id, cluster = %n.node_cluster, r#type = n.ty, version = %n.version, error = %n.error, "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
+                    let verdict = budget.take(Noise::Nack, &self.metrics);
+                    if verdict != Verdict::Suppressed {
+                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), r#type = n.ty, version = %n.version, error = %Safe(&n.error), "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
+                    }
+                    if verdict == Verdict::LogLast {
+                        warn!(node = %Safe(&n.node_id), "further NACKs on this stream are not logged (see voltha_xds_nacks_total and the status page)");
+                    }
                     self.clients.record_nack(*n);
                 }
                 StreamEvent::Stale { ty } => {
@@ -97,7 +108,13 @@ impl XdsServer {
                 }
                 StreamEvent::UnknownType { type_url } => {
                     self.metrics.unknown_type();
-                    info!(%type_url, "request for a type this server does not serve; answered empty");
+                    let verdict = budget.take(Noise::UnknownType, &self.metrics);
+                    if verdict != Verdict::Suppressed {
+                        info!(type_url = %Safe(&type_url), "request for a type this server does not serve; answered empty");
+                    }
+                    if verdict == Verdict::LogLast {
+                        info!("further requests for unknown types on this stream are not logged (see voltha_xds_unknown_type_requests_total)");
+                    }
                 }
             }
         }
@@ -152,6 +169,7 @@ impl XdsServer {
             let _gauge = this.metrics.stream_opened(M::API, scope.name());
             let mut snaps = this.cache.subscribe();
             let mut push = PendingPush::default();
+            let mut budget = LogBudget::default();
             let mut current = snaps.borrow_and_update().clone();
             sm.on_snapshot(current.clone());
             // Made once, not on every turn of the loop (each registers a waiter).
@@ -168,20 +186,20 @@ impl XdsServer {
                         Ok(Some(req)) => {
                             if let Err(e) = sm.on_request(req) {
                                 this.metrics.bad_request();
-                                warn!(stream = _reg.id, error = %e, "ending stream on a bad request");
+                                warn!(stream = _reg.id, error = %Safe(&e), "ending stream on a bad request");
                                 let _ = tx.send(Err(Box::new(e.into()))).await;
                                 break;
                             }
                         }
                         Ok(None) => break,
                         Err(status) if matches!(status.code(), Code::Cancelled | Code::Unknown | Code::Unavailable) => {
-                            debug!(stream = _reg.id, %status, "stream ended by the client");
+                            debug!(stream = _reg.id, status = %Safe(&status), "stream ended by the client");
                             break;
                         }
                         Err(status) => {
                             // A request we could not decode (too large, malformed protobuf).
                             this.metrics.bad_request();
-                            warn!(stream = _reg.id, %status, "ending stream on an undecodable request");
+                            warn!(stream = _reg.id, status = %Safe(&status), "ending stream on an undecodable request");
                             let _ = tx.send(Err(Box::new(status))).await;
                             break;
                         }
@@ -195,7 +213,7 @@ impl XdsServer {
                     }
                 }
                 let out = sm.poll();
-                this.observe(sm.take_events(), M::API, &mut push);
+                this.observe(sm.take_events(), M::API, &mut push, &mut budget);
                 for r in out {
                     let framed = Framed::new(r)
                         .map(Box::new)
@@ -299,3 +317,164 @@ macro_rules! machine {
 
 machine!(SotwStream, DiscoveryRequest, DiscoveryResponse, "sotw");
 machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse, "delta");
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::SystemTime;
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::xds::logsafe::LOGGED_PER_STREAM;
+    use crate::xds::status::Nack;
+
+    const FORGED: &str = "type.googleapis.com/x\n2099-01-01T00:00:00Z ERROR voltha_xds::reconcile: FORGED";
+
+    /// The log lines written while a test runs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// Runs `f` with the human log format writing to a buffer; returns the log.
+    fn logged(f: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let bytes = out.0.lock().clone();
+        String::from_utf8(bytes).expect("utf-8 log")
+    }
+
+    fn server() -> XdsServer {
+        XdsServer {
+            cache: Cache::new(),
+            clients: Arc::new(ClientTable::default()),
+            metrics: Arc::new(Metrics::new()),
+            limits: Limits::default(),
+            shutdown: CancellationToken::new(),
+            stream_slots: Arc::new(Semaphore::new(10)),
+            max_request_bytes: 4 << 20,
+        }
+    }
+
+    /// `n` requests for `type_url` on one ADS stream, fed and observed as the stream task does.
+    fn unknown_type_requests(srv: &XdsServer, type_url: &str, n: usize) -> String {
+        logged(|| {
+            let reg = srv.clients.register("sotw", "ads");
+            let mut sm = SotwStream::new(Scope::Ads, srv.limits, reg.status.clone());
+            sm.on_snapshot(srv.cache.current());
+            let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
+            for _ in 0..n {
+                let req = DiscoveryRequest {
+                    node: Some(Node {
+                        id: "envoy-1".into(),
+                        ..Default::default()
+                    }),
+                    type_url: type_url.into(),
+                    ..Default::default()
+                };
+                sm.on_request(req).expect("an unknown type is answered, not an error");
+                assert_eq!(sm.poll().len(), 1, "answered empty");
+                srv.observe(sm.take_events(), "sotw", &mut push, &mut budget);
+            }
+        })
+    }
+
+    fn metric(srv: &XdsServer, sample: &str) -> Option<u64> {
+        srv.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn a_type_url_with_a_newline_makes_one_escaped_line() {
+        let log = unknown_type_requests(&server(), FORGED, 1);
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(r#"type_url="type.googleapis.com/x\n2099-01-01T00:00:00Z ERROR"#),
+            "{log}"
+        );
+        assert!(!log.lines().any(|l| l.starts_with("2099")), "{log}");
+    }
+
+    #[test]
+    fn a_64_kib_type_url_is_cut_in_the_log() {
+        let url = format!("type.googleapis.com/{}", "x".repeat(64 * 1024));
+        let log = unknown_type_requests(&server(), &url, 1);
+        assert_eq!(log.lines().count(), 1);
+        assert!(log.len() < 1024, "a line of {} bytes", log.len());
+        assert!(log.contains(&format!("… ({} bytes in all)", url.len())), "{log}");
+    }
+
+    #[test]
+    fn unknown_type_requests_on_one_stream_log_a_bounded_number_of_lines_and_count_all() {
+        let srv = server();
+        let log = unknown_type_requests(&srv, "type.googleapis.com/unknown", 20_000);
+        assert_eq!(
+            log.lines().count(),
+            LOGGED_PER_STREAM as usize + 1,
+            "the first ones and a note that the rest are only counted"
+        );
+        assert_eq!(metric(&srv, "voltha_xds_unknown_type_requests_total"), Some(20_000));
+        assert_eq!(
+            metric(&srv, "voltha_xds_stream_logs_suppressed_total{reason=\"unknown_type\"}"),
+            Some(20_000 - u64::from(LOGGED_PER_STREAM))
+        );
+        // Another stream has its own budget.
+        let log = unknown_type_requests(&srv, "type.googleapis.com/unknown", 1);
+        assert_eq!(log.lines().count(), 1);
+    }
+
+    #[test]
+    fn nack_fields_from_the_client_are_escaped_and_nacks_are_budgeted() {
+        let srv = server();
+        let nack = Nack {
+            node_id: "envoy\n2099-01-01T00:00:00Z ERROR x: FORGED".into(),
+            node_cluster: "c\r\u{1b}[2J".into(),
+            ty: "cds",
+            version: "v1".into(),
+            nonce: "1".into(),
+            error: format!("bad\n{}", "e".repeat(10_000)),
+            at: SystemTime::now(),
+        };
+        let log = logged(|| {
+            let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
+            for _ in 0..100 {
+                let e = StreamEvent::Nacked(Box::new(nack.clone()));
+                srv.observe(vec![e], "sotw", &mut push, &mut budget);
+            }
+        });
+        assert_eq!(log.lines().count(), LOGGED_PER_STREAM as usize + 1, "{log}");
+        assert!(log.lines().all(|l| l.len() < 2048), "lines are capped");
+        assert!(log.contains(r#"node="envoy\n2099"#), "{log}");
+        assert!(log.contains(r#"cluster="c\r\u{1b}[2J""#), "{log}");
+        assert!(!log.contains('\r') && !log.contains('\u{1b}'));
+        assert_eq!(metric(&srv, "voltha_xds_nacks_total{type=\"cds\"}"), Some(100));
+        assert_eq!(
+            metric(&srv, "voltha_xds_stream_logs_suppressed_total{reason=\"nack\"}"),
+            Some(100 - u64::from(LOGGED_PER_STREAM))
+        );
+    }
+}

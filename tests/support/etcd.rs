@@ -23,6 +23,8 @@ pub struct Etcd {
     root: Option<String>,
     /// Client TLS with client certificates required.
     pub tls: Option<Pki>,
+    /// `--initial-cluster-token`: with the member's name and peer URL, it makes the cluster id.
+    token: String,
 }
 
 impl Etcd {
@@ -45,9 +47,24 @@ impl Etcd {
             child: None,
             root: None,
             tls,
+            token: "etcd-cluster".into(),
         };
         e.resume().await;
         e
+    }
+
+    /// Stops etcd and starts a new one on the same ports with an empty data dir: its revisions
+    /// start again from 1. With `new_cluster`, it also gets another cluster id (another
+    /// `--initial-cluster-token`); without, the same id as before (the id derives from the
+    /// member's name, peer URL and token).
+    pub async fn recreate(&mut self, new_cluster: bool) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.path().join("data")).expect("remove the data dir");
+        if new_cluster {
+            self.token.push_str("-new");
+        }
+        self.root = None;
+        self.resume().await;
     }
 
     /// Starts (again) on the same ports and data.
@@ -74,6 +91,8 @@ impl Etcd {
             .args([
                 "--initial-cluster",
                 &format!("t={p}"),
+                "--initial-cluster-token",
+                &self.token,
                 "--logger",
                 "zap",
                 "--log-level",
@@ -133,6 +152,29 @@ impl Etcd {
 
     pub fn put(&self, key: &str, value: &str) {
         self.ctl(&["put", key, "--", value]);
+    }
+
+    /// Writes a value through etcdctl's standard input (for values too long for an argument).
+    pub fn put_stdin(&self, key: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client))
+            .args(["--command-timeout=5s", "put", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(value).expect("write to etcdctl");
+        }
+        let out = child.wait_with_output().expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl put: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn del(&self, key: &str) {

@@ -3,7 +3,9 @@
 //! - The server tracks, per type, the subscription (wildcard and/or names) and the version of
 //!   every resource the client holds (`known`, stored as "this snapshot, except these names"),
 //!   seeded from `initial_resource_versions` on the first request so a reconnecting client is
-//!   not sent what it already has.
+//!   not sent what it already has. Only entries the first request subscribes to are kept (all
+//!   of them under a wildcard subscription, where the client may hold any resource of the type
+//!   and those gone are sent as removed); a map larger than `max_names` ends the stream.
 //! - A response carries the subscribed resources whose version differs from what the client
 //!   holds and, in `removed_resources`, those it holds that no longer exist.
 //! - Subscribe and unsubscribe are applied from every request, whatever its nonce (they are
@@ -94,6 +96,11 @@ impl DeltaStream {
             Some(ts) => ts.intern(n),
             None => Arc::from(n),
         };
+        if self.types[ty.index()].is_none() {
+            // Over the limit: the stream ends, and nothing of the map is stored.
+            self.core
+                .check_initial_versions(ty, req.initial_resource_versions.len())?;
+        }
         let slot = &mut self.types[ty.index()];
         let st = match slot {
             Some(st) => st,
@@ -105,8 +112,18 @@ impl DeltaStream {
                     wildcard: ty.is_wildcard_type() && req.resource_names_subscribe.is_empty(),
                     ..Default::default()
                 };
+                // What the client says it holds matters only for what it subscribes to: under
+                // a wildcard, anything of the type; otherwise the names it subscribes to now.
+                // Other entries would be kept for the stream's life and never looked at.
+                let wildcard = st.wildcard || req.resource_names_subscribe.iter().any(|n| n == "*");
+                let subscribed: std::collections::HashSet<&str> = match wildcard {
+                    true => Default::default(),
+                    false => req.resource_names_subscribe.iter().map(String::as_str).collect(),
+                };
                 for (name, version) in &req.initial_resource_versions {
-                    st.known.insert(intern(name), parse_version(version));
+                    if wildcard || subscribed.contains(name.as_str()) {
+                        st.known.insert(intern(name), parse_version(version));
+                    }
                 }
                 slot.insert(st)
             }
@@ -158,6 +175,12 @@ impl DeltaStream {
         let (wildcard, names) = (st.wildcard, st.names.clone());
         self.core.record_subscription(ty, wildcard, &names);
         Ok(())
+    }
+
+    /// How many resources the stream records the client as holding, for `ty`.
+    #[cfg(test)]
+    pub(super) fn held_count(&self, ty: ResourceType) -> usize {
+        self.types[ty.index()].as_ref().map_or(0, |st| st.known.held().len())
     }
 
     /// The responses to send now, in push order.

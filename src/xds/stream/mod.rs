@@ -79,6 +79,12 @@ pub enum StreamError {
         count: usize,
         limit: usize,
     },
+    #[error("{ty} initial_resource_versions of {count} entries exceeds the limit of {limit}")]
+    TooManyInitialVersions {
+        ty: &'static str,
+        count: usize,
+        limit: usize,
+    },
 }
 
 /// What happened on a stream, for metrics and logs (the server drains these after each input).
@@ -189,6 +195,19 @@ impl Core {
     fn check_names(&self, ty: ResourceType, count: usize) -> Result<(), StreamError> {
         if count > self.limits.max_names {
             return Err(StreamError::TooManyNames {
+                ty: ty.short(),
+                count,
+                limit: self.limits.max_names,
+            });
+        }
+        Ok(())
+    }
+
+    /// A Delta stream's first request for a type may list at most `max_names` resources the
+    /// client holds.
+    fn check_initial_versions(&self, ty: ResourceType, count: usize) -> Result<(), StreamError> {
+        if count > self.limits.max_names {
+            return Err(StreamError::TooManyInitialVersions {
                 ty: ty.short(),
                 count,
                 limit: self.limits.max_names,

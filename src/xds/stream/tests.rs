@@ -521,6 +521,75 @@ fn delta_initial_resource_versions_are_not_resent() {
     assert_eq!(resp.removed_resources, vec!["gone"]);
 }
 
+/// `initial_resource_versions` entries for names the first request does not subscribe to are
+/// not kept: 200,000 of them on one stream used to stay for the stream's life.
+#[test]
+fn delta_initial_versions_of_names_not_subscribed_are_not_kept() {
+    let w = World::new();
+    let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 1)]);
+    let va = snap.groups["default"].get(EDS).resources["a"].version_string();
+    let mut s = delta(&w);
+    let mut r = delta_req(EDS, &["a"], &[], "");
+    r.initial_resource_versions = (0..5_000)
+        .map(|i| (format!("never-subscribed-{i}"), "0123456789abcdef".to_string()))
+        .collect();
+    r.initial_resource_versions.insert("a".into(), va);
+    s.on_request(r).expect("ok");
+    assert_eq!(s.held_count(EDS), 1, "only the subscribed name is kept");
+    let resp = one_d(s.poll());
+    assert!(resp.resources.is_empty(), "a is held at the current version");
+    assert!(resp.removed_resources.is_empty());
+    assert_eq!(s.held_count(EDS), 1);
+    // Subscribing to b later sends it: nothing said about b was kept.
+    s.on_request(delta_req(EDS, &["b"], &[], &resp.nonce)).expect("ok");
+    assert_eq!(just_names(&one_d(s.poll())), vec!["b"]);
+    assert_eq!(s.held_count(EDS), 2);
+}
+
+/// Under a wildcard the client may hold anything of the type: every entry counts, and those
+/// gone are removed (then forgotten).
+#[test]
+fn delta_initial_versions_under_a_wildcard_are_kept_until_compared() {
+    let w = World::new();
+    w.publish(&[(EDS, "a", 1)]);
+    let mut s = delta(&w);
+    let mut r = delta_req(EDS, &["*"], &[], "");
+    r.initial_resource_versions = (0..100)
+        .map(|i| (format!("old-{i:03}"), "0123456789abcdef".to_string()))
+        .collect();
+    s.on_request(r).expect("ok");
+    assert_eq!(s.held_count(EDS), 100);
+    let resp = one_d(s.poll());
+    assert_eq!(just_names(&resp), vec!["a"]);
+    assert_eq!(resp.removed_resources.len(), 100);
+    assert_eq!(s.held_count(EDS), 1);
+}
+
+#[test]
+fn delta_initial_versions_over_the_limit_end_the_stream_and_are_not_stored() {
+    let w = World::new();
+    w.publish(&[(CDS, "a", 1)]);
+    let mut s = DeltaStream::new(Scope::Ads, Limits { max_names: 10 }, status());
+    s.on_snapshot(w.cache.current());
+    let mut r = delta_req(CDS, &["*"], &[], "");
+    r.initial_resource_versions = (0..11)
+        .map(|i| (format!("c{i}"), "0123456789abcdef".to_string()))
+        .collect();
+    assert_eq!(
+        s.on_request(r.clone()),
+        Err(StreamError::TooManyInitialVersions {
+            ty: "cds",
+            count: 11,
+            limit: 10
+        })
+    );
+    assert_eq!(s.held_count(CDS), 0);
+    // At the limit: accepted.
+    r.initial_resource_versions.remove("c0");
+    s.on_request(r).expect("ten entries");
+    assert_eq!(s.held_count(CDS), 10);
+}
+
 #[test]
 fn delta_first_request_is_answered_even_when_empty() {
     let w = World::new();
