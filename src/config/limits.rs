@@ -324,7 +324,7 @@ impl Scanner<'_> {
 
     fn run(&mut self) {
         while self.over.is_none() {
-            self.to_next_token();
+            self.skip_to_token();
             self.unroll_indent(self.col as isize);
             if self.end() {
                 return;
@@ -334,7 +334,7 @@ impl Scanner<'_> {
     }
 
     /// Skips blanks, comments and line breaks.
-    fn to_next_token(&mut self) {
+    fn skip_to_token(&mut self) {
         loop {
             if self.col == 0 && self.b[self.i..].starts_with(&[0xEF, 0xBB, 0xBF]) {
                 self.i += 3;
