@@ -16,6 +16,7 @@ use serde::Deserialize;
 pub use duration::{parse_duration, Dur, Timeout};
 pub use kubernetes::{check_api_server, KubernetesSource, PodPort, Readiness, DEFAULT_POD_PORT};
 use limits::MAX_CONFIG_BYTES;
+pub(crate) use validate::same_port;
 pub use validate::{is_host, parse_host_port, parse_static};
 
 /// The configuration `serve` runs when no `--config` is given: `config/voltha-xds.yaml`.
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     pub xds_listen: String,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// The debug API (`/debug/*`, the status page): every resource and every client.
+    #[serde(default = "default_admin_debug_listen")]
+    pub admin_debug_listen: String,
     /// The most resource names one stream may subscribe to, per type.
     #[serde(default = "default_max_names")]
     pub max_names_per_type: usize,
@@ -122,6 +126,9 @@ fn default_xds_listen() -> String {
 fn default_admin_listen() -> String {
     "127.0.0.1:18080".into()
 }
+fn default_admin_debug_listen() -> String {
+    "127.0.0.1:18081".into()
+}
 fn default_max_names() -> usize {
     100_000
 }
@@ -131,6 +138,7 @@ impl Default for ServerConfig {
         ServerConfig {
             xds_listen: default_xds_listen(),
             admin_listen: default_admin_listen(),
+            admin_debug_listen: default_admin_debug_listen(),
             max_names_per_type: default_max_names(),
             max_streams: default_max_streams(),
             max_connections: default_max_connections(),
