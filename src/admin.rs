@@ -1,10 +1,16 @@
-//! The admin HTTP API (loopback by default): health, readiness, metrics and debug views. It
-//! reads handles (cache, stream table, metrics, source states); it never drives anything.
+//! The admin HTTP API: health, readiness, metrics and debug views, on two listeners. It reads
+//! handles (cache, stream table, metrics, source states); it never drives anything.
 //!
+//! The admin listener (`server.admin_listen`, [`public_router`]) serves what probes and
+//! scrapers need, and a deployment may expose it:
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 once every source has delivered once and a snapshot exists, else 503;
 //!   the body says each source's state.
 //! - `GET /metrics`: Prometheus text.
+//!
+//! Anything else there is 404. The debug listener (`server.admin_debug_listen`, loopback by
+//! default, [`debug_router`]) serves those three and what shows every resource and every
+//! client:
 //! - `GET /debug/snapshot[?group=NAME]`: versions and resources (Envoy JSON) per group.
 //! - `GET /debug/clients`: each connected stream (node, group, per type the last sent and last
 //!   ACKed version, the last NACK and its error), and the recent NACKs.
@@ -51,23 +57,43 @@ struct Shared {
     pushes: Arc<PushLog>,
 }
 
-/// The admin routes. Starts the task that keeps the push log (it follows the cache and ends
-/// with it), so call it within a Tokio runtime.
-pub fn router(state: AdminState) -> Router {
-    let pushes = Arc::new(PushLog::default());
-    tokio::spawn(pushes.clone().follow(state.cache.subscribe()));
-    let inner = Router::new()
+/// What the admin listener answers for any path but its three.
+const NOT_HERE: &str = "not found: this admin listener serves /healthz, /readyz and /metrics; \
+/debug/* and the status page are served on server.admin_debug_listen \
+(--admin-debug-listen, 127.0.0.1:18081 by default)\n";
+
+fn probe_routes<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S> {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The admin listener's routes: `/healthz`, `/readyz`, `/metrics`; 404 for anything else.
+pub fn public_router(state: AdminState) -> Router {
+    probe_routes(state).fallback(|| async { (StatusCode::NOT_FOUND, NOT_HERE) })
+}
+
+/// The debug listener's routes: those of [`public_router`], `/debug/*` and the status page.
+/// Starts the task that keeps the push log (it follows the cache and ends with it), so call it
+/// within a Tokio runtime.
+pub fn debug_router(state: AdminState) -> Router {
+    let pushes = Arc::new(PushLog::default());
+    tokio::spawn(pushes.clone().follow(state.cache.subscribe()));
+    let debug = Router::new()
         .route("/debug/snapshot", get(snapshot))
         .route("/debug/clients", get(clients))
         .with_state(state.clone());
     Router::new()
         .route("/", get(page))
         .route("/debug/status", get(status))
-        .with_state(Shared { s: state, pushes })
-        .merge(inner)
+        .with_state(Shared {
+            s: state.clone(),
+            pushes,
+        })
+        .merge(debug)
+        .merge(probe_routes(state))
 }
 
 impl AdminState {

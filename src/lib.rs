@@ -7,7 +7,8 @@
 //! - [`translate`]: the pure function model + config → Envoy resources.
 //! - [`xds`]: snapshot cache, per-stream protocol state machines, gRPC services; serves opaque
 //!   typed resources and imports neither `model`, `sources` nor `translate`.
-//! - [`admin`]: the admin HTTP API; reads handles only.
+//! - [`admin`]: the admin HTTP API (probes and metrics; debug views on a loopback listener
+//!   of their own); reads handles only.
 //! - [`reconcile`]: debounce, translate, publish.
 //! - This file wires them together ([`start`]); `main.rs` parses the command line.
 
@@ -43,7 +44,10 @@ use crate::xds::stream::Limits;
 /// A running server.
 pub struct Running {
     pub xds_addr: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: SocketAddr,
+    /// Those, `/debug/*` and the status page.
+    pub admin_debug_addr: SocketAddr,
     pub cache: Cache,
     pub clients: Arc<ClientTable>,
     pub metrics: Arc<Metrics>,
@@ -60,8 +64,21 @@ impl Running {
     }
 }
 
-/// Binds both ports and starts sources, reconciler, xDS and admin servers.
-pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<Running> {
+/// Binds the three ports (xDS, admin, admin debug) and starts sources, reconciler, xDS and
+/// admin servers.
+pub async fn start(
+    config: Config,
+    xds_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    admin_debug_listen: SocketAddr,
+) -> anyhow::Result<Running> {
+    if config::same_port(admin_listen, admin_debug_listen) {
+        anyhow::bail!(
+            "the admin debug listener ({admin_debug_listen}) must not share the admin listener's \
+             address ({admin_listen}): /debug and the status page are served only on their own \
+             listener; give server.admin_debug_listen (--admin-debug-listen) another port"
+        );
+    }
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
@@ -78,8 +95,19 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen for admin on {admin_listen}"))?;
+    let debug_listener = TcpListener::bind(admin_debug_listen)
+        .await
+        .with_context(|| format!("cannot listen for the admin debug API on {admin_debug_listen}"))?;
     let xds_addr = xds_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let admin_debug_addr = debug_listener.local_addr()?;
+    if !admin_debug_addr.ip().is_loopback() {
+        tracing::warn!(
+            %admin_debug_addr,
+            "the admin debug API (every resource, every client, the status page) listens beyond \
+             loopback: anything that reaches this address can read it"
+        );
+    }
 
     let sources = sources::spawn_all(&config, metrics.clone(), shutdown.clone());
     let mut tasks = Vec::new();
@@ -126,26 +154,38 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
         }
     }));
 
-    let admin = admin::router(admin::AdminState {
+    let state = admin::AdminState {
         cache: cache.clone(),
         clients: clients.clone(),
         metrics: metrics.clone(),
         sources,
-    });
-    let sd = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(sd.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    }));
+    };
+    for (listener, router, what) in [
+        (admin_listener, admin::public_router(state.clone()), "admin"),
+        (debug_listener, admin::debug_router(state), "admin debug"),
+    ] {
+        let sd = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(sd.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "{what} server failed");
+            }
+        }));
+    }
 
-    tracing::info!(%xds_addr, %admin_addr, groups = config.groups.len(), "voltha-xds serving");
+    tracing::info!(
+        %xds_addr,
+        %admin_addr,
+        %admin_debug_addr,
+        groups = config.groups.len(),
+        "voltha-xds serving"
+    );
     Ok(Running {
         xds_addr,
         admin_addr,
+        admin_debug_addr,
         cache,
         clients,
         metrics,
@@ -156,9 +196,14 @@ pub async fn start(config: Config, xds_listen: SocketAddr, admin_listen: SocketA
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully: stops accepting, ends every
 /// stream after the responses already queued, and waits at most `server.shutdown_grace`.
-pub async fn serve(config: Config, xds_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    xds_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    admin_debug_listen: SocketAddr,
+) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace.0;
-    let running = start(config, xds_listen, admin_listen).await?;
+    let running = start(config, xds_listen, admin_listen, admin_debug_listen).await?;
     wait_for_signal().await;
     tracing::info!(
         streams = running.clients.len(),

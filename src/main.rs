@@ -44,9 +44,14 @@ enum Command {
         /// xDS gRPC address [default: server.xds_listen, 0.0.0.0:18000].
         #[arg(long)]
         xds_listen: Option<SocketAddr>,
-        /// Admin HTTP address [default: server.admin_listen, 127.0.0.1:18080].
+        /// Admin HTTP address: /healthz, /readyz, /metrics [default: server.admin_listen,
+        /// 127.0.0.1:18080].
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+        /// Admin debug HTTP address: /debug/*, the status page, and the admin routes; keep it
+        /// on loopback [default: server.admin_debug_listen, 127.0.0.1:18081].
+        #[arg(long)]
+        admin_debug_listen: Option<SocketAddr>,
     },
     /// Check a configuration; print a summary or every error.
     Validate {
@@ -90,10 +95,10 @@ enum Command {
         tls_key: Option<String>,
     },
     /// Show each connected Envoy's sync state per type (SYNCED, STALE, NACKED, NOT SENT),
-    /// read from a running server's admin API.
+    /// read from a running server's admin debug API.
     Status {
-        /// The admin API's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:18080")]
+        /// The admin debug API's base URL (server.admin_debug_listen).
+        #[arg(long, default_value = "http://127.0.0.1:18081")]
         admin: String,
         /// Print the admin's JSON document instead of the table.
         #[arg(long)]
@@ -138,6 +143,7 @@ fn run(cli: Cli) -> Result<(), String> {
             config,
             xds_listen,
             admin_listen,
+            admin_debug_listen,
         } => {
             init_logs(cli.log_format);
             let config = load(&config)?;
@@ -157,8 +163,16 @@ fn run(cli: Cli) -> Result<(), String> {
                     .parse()
                     .map_err(|e| format!("server.admin_listen: {e}"))?,
             };
+            let admin_debug = match admin_debug_listen {
+                Some(a) => a,
+                None => config
+                    .server
+                    .admin_debug_listen
+                    .parse()
+                    .map_err(|e| format!("server.admin_debug_listen: {e}"))?,
+            };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(voltha_xds::serve(config, xds, admin))
+            rt.block_on(voltha_xds::serve(config, xds, admin, admin_debug))
                 .map_err(|e| format!("{e:#}"))
         }
         Command::Validate { config } => {
@@ -238,7 +252,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// `voltha-xds status`: reads `GET /debug/status` and prints the table.
+/// `voltha-xds status`: reads `GET /debug/status` from the debug listener and prints the table.
 fn status(admin: &str, json: bool) -> Result<(), String> {
     let url = format!("{}/debug/status", admin.trim_end_matches('/'));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -251,10 +265,20 @@ fn status(admin: &str, json: bool) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         let r = client.get(&url).send().await.map_err(|e| {
-            format!("cannot reach the admin API at {admin} ({url}): {e}; is voltha-xds serving there? (--admin URL)")
+            format!(
+                "cannot reach the admin debug API at {admin} ({url}): {e}; is voltha-xds serving \
+                 there? (--admin URL, the address of server.admin_debug_listen)"
+            )
         })?;
         let code = r.status();
         let text = r.text().await.map_err(|e| format!("{url}: {e}"))?;
+        if code == reqwest::StatusCode::NOT_FOUND {
+            return Err(format!(
+                "{url} answered 404: {admin} is not an admin debug API; give --admin the address \
+                 of server.admin_debug_listen (127.0.0.1:18081 by default), not of \
+                 server.admin_listen"
+            ));
+        }
         if !code.is_success() {
             return Err(format!("{url} answered {code}: {}", text.trim()));
         }

@@ -1,6 +1,7 @@
 //! The deployment files agree with the code and with each other: the ConfigMap holds a
 //! configuration the loader accepts; the Deployment's arguments, ports and probes match the
-//! Service, the configuration and the admin API; the RBAC is pods read-only for the
+//! Service, the configuration and the admin API; the debug API stays on the pod's loopback
+//! and off every Service; the RBAC is pods read-only for the
 //! ServiceAccount the Deployment runs as; the example Envoy's bootstrap step points at the
 //! Service; docker-compose.yml's assignment key, core names and ports match the configuration
 //! it runs; the Dockerfile copies everything the build reads. Schema validity is checked
@@ -255,6 +256,75 @@ fn deployment_args_ports_and_probes_agree_with_service_and_config() {
     let min = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
     let replicas = d["spec"]["replicas"].as_u64().expect("replicas");
     assert!((1..replicas).contains(&min), "minAvailable {min} of {replicas}");
+}
+
+/// `/debug/*` and the status page (every resource, every client) are on the debug listener:
+/// the Deployment binds it to the pod's loopback (reached with `kubectl port-forward`), names
+/// no container port for it, and no Service, probe or scrape annotation points at it.
+#[test]
+fn the_debug_api_stays_on_the_pods_loopback_and_off_the_service() {
+    let all = manifests();
+    let config = deployed_config(&all);
+    let d = find(&all, "Deployment", "voltha-xds");
+    let c = container(d, "voltha-xds");
+    let args = strings(&c["args"]);
+    let admin: SocketAddr = flag(&args, "--admin-listen")
+        .expect("--admin-listen")
+        .parse()
+        .expect("admin addr");
+    let debug: SocketAddr = flag(&args, "--admin-debug-listen")
+        .expect("--admin-debug-listen: the default would do, but the Deployment says it")
+        .parse()
+        .expect("debug addr");
+    assert!(debug.ip().is_loopback(), "{debug}");
+    assert_ne!(debug.port(), admin.port());
+    assert_eq!(
+        config
+            .server
+            .admin_debug_listen
+            .parse::<SocketAddr>()
+            .expect("config debug"),
+        debug,
+        "the ConfigMap says the same"
+    );
+
+    let ports = container_ports(c);
+    assert!(
+        !ports.values().any(|p| *p == debug.port()),
+        "a container port names the debug port: {ports:?}"
+    );
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_ne!(
+            resolve_port(&c[probe]["httpGet"]["port"], &ports),
+            debug.port(),
+            "{probe}"
+        );
+    }
+    let annotations = &d["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(str_of(&annotations["prometheus.io/port"]), admin.port().to_string());
+
+    // Every Service that selects these pods publishes only xDS and the admin listener.
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let services: Vec<&Value> = all
+        .iter()
+        .filter(|v| v["kind"] == "Service" && labels_match(&v["spec"]["selector"], labels))
+        .collect();
+    assert!(!services.is_empty());
+    for svc in services {
+        let targets: BTreeSet<u16> = svc["spec"]["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .map(|p| resolve_port(&p["targetPort"], &ports))
+            .collect();
+        let xds = port_of(flag(&args, "--xds-listen").expect("--xds-listen"));
+        assert_eq!(
+            targets,
+            BTreeSet::from([xds, admin.port()]),
+            "{:?}",
+            svc["metadata"]["name"]
+        );
+    }
 }
 
 #[test]
@@ -587,6 +657,18 @@ fn compose_wiring_agrees_with_the_configuration() {
     let xds_port = port_of(flag(&xds_args, "--xds-listen").expect("--xds-listen"));
     let admin_addr = flag(&xds_args, "--admin-listen").expect("--admin-listen");
     assert!(admin_addr.starts_with("0.0.0.0:"), "{admin_addr}");
+    // The debug API is published on the host's loopback only.
+    let debug_port = port_of(flag(&xds_args, "--admin-debug-listen").expect("--admin-debug-listen"));
+    assert_ne!(debug_port, port_of(admin_addr));
+    let mappings = strings(&svc("voltha-xds")["ports"]);
+    let debug_maps: Vec<&String> = mappings
+        .iter()
+        .filter(|m| m.rsplit(':').next() == Some(&debug_port.to_string()))
+        .collect();
+    assert!(!debug_maps.is_empty(), "{mappings:?}");
+    for m in debug_maps {
+        assert!(m.starts_with("127.0.0.1:"), "published beyond the host's loopback: {m}");
+    }
 
     // Its Consul source's key is the one the one-shot step writes, at the Consul service.
     let consul = config

@@ -101,7 +101,7 @@ impl E2e {
     }
 
     fn admin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.admin_addr)
+        format!("http://{}{path}", self.server.admin_debug_addr)
     }
 }
 

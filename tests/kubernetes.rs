@@ -118,7 +118,10 @@ async fn pods_become_one_cluster_per_group_a_read_only_cluster_and_a_rw_cluster(
     let api = KubeApi::start().await;
     populate(&api);
     let server = start_server(&shipped_config(&api, 50057, free_port())).await;
-    let (s, _) = wait_served(server.admin_addr, "the pods' clusters", |s| s.contains_key("vcore2")).await;
+    let (s, _) = wait_served(server.admin_debug_addr, "the pods' clusters", |s| {
+        s.contains_key("vcore2")
+    })
+    .await;
     let mut want = BTreeMap::new();
     want.insert("vcore1".to_string(), eps(&["127.0.0.11:50057", "127.0.0.12:50057"]));
     want.insert("vcore2".to_string(), eps(&["127.0.0.21:50057", "127.0.0.22:50057"]));
@@ -135,7 +138,7 @@ async fn pods_become_one_cluster_per_group_a_read_only_cluster_and_a_rw_cluster(
     // Label selectors are honoured (no kafka), and only the configured namespace is watched.
     assert_eq!(s, want);
 
-    let (code, r) = readyz(server.admin_addr).await;
+    let (code, r) = readyz(server.admin_debug_addr).await;
     assert_eq!(code, 200, "{r}");
     for src in ["rw-cores", "ro-cores"] {
         assert_eq!(r["sources"][src]["state"], "ok", "{r}");
@@ -151,7 +154,7 @@ async fn pod_events_update_endpoints_and_clusters_at_once_without_polling() {
     let api = KubeApi::start().await;
     populate(&api);
     let server = start_server(&shipped_config(&api, 50057, free_port())).await;
-    let admin = server.admin_addr;
+    let admin = server.admin_debug_addr;
     wait_served(admin, "the pods' clusters", |s| s.contains_key("vcore2")).await;
     api.bookmark();
 
@@ -215,7 +218,7 @@ async fn gone_410_relists_and_no_endpoint_is_lost_in_between() {
     let api = KubeApi::start().await;
     populate(&api);
     let server = start_server(&shipped_config(&api, 50057, free_port())).await;
-    let admin = server.admin_addr;
+    let admin = server.admin_debug_addr;
     let (before, _) = wait_served(admin, "the pods' clusters", |s| s.contains_key("vcore2")).await;
     let lists = api.lists();
 
@@ -280,7 +283,7 @@ async fn gone_as_an_http_410_also_relists_at_once() {
     api.set_http_gone(true);
     populate(&api);
     let server = start_server(&shipped_config(&api, 50057, free_port())).await;
-    let admin = server.admin_addr;
+    let admin = server.admin_debug_addr;
     wait_served(admin, "the pods' clusters", |s| s.contains_key("vcore2")).await;
     let lists = api.lists();
     // The watches end without an event; re-watching from their version gets HTTP 410.
@@ -331,7 +334,7 @@ async fn api_server_unreachable_keeps_the_last_state_reports_it_and_recovers() {
     let api = KubeApi::start().await;
     populate(&api);
     let server = start_server(&shipped_config(&api, 50057, free_port())).await;
-    let admin = server.admin_addr;
+    let admin = server.admin_debug_addr;
     let (before, _) = wait_served(admin, "the pods' clusters", |s| s.contains_key("vcore2")).await;
 
     api.stop();
@@ -406,7 +409,7 @@ async fn unreachable_at_start_is_not_ready_until_the_api_server_answers() {
     populate(&api);
     api.stop();
     let server = start_server(&shipped_config(&api, 50057, free_port())).await;
-    let admin = server.admin_addr;
+    let admin = server.admin_debug_addr;
     let url = format!("http://{admin}/readyz");
     let r = wait_for(WAIT, "the list failure to be reported", || {
         let u = url.clone();
@@ -479,7 +482,7 @@ groups: [{{ name: voltha, listeners: [nbi] }}]
         free_port()
     );
     let server = start_server(&yaml).await;
-    let (s, _) = wait_served(server.admin_addr, "both namespaces", |s| {
+    let (s, _) = wait_served(server.admin_debug_addr, "both namespaces", |s| {
         s.get("cores").is_some_and(|e| e.len() == 2)
     })
     .await;

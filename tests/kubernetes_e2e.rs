@@ -260,7 +260,7 @@ async fn affinity_routing_through_envoy(delta: bool) {
     assert_eq!(e.envoy.stat("cluster_manager.cds.update_rejected").await, Some(0));
     assert!(e.envoy.stat("cluster_manager.cluster_removed").await >= Some(1));
     assert_eq!(e.envoy.stat("cluster_manager.warming_clusters").await, Some(0));
-    let (_, clients) = get_json(&format!("http://{}/debug/clients", e.server.admin_addr)).await;
+    let (_, clients) = get_json(&format!("http://{}/debug/clients", e.server.admin_debug_addr)).await;
     let c = &clients["clients"][0];
     for ty in ["cds", "eds", "lds", "rds"] {
         let t = &c["types"][ty];

@@ -85,7 +85,7 @@ async fn an_envoy_moving_between_replicas_gets_no_update() {
             .then(|| types.map(|t| c["types"][t]["last_acked_version"].clone()))
     };
     let from_a = wait_for(Duration::from_secs(10), "Envoy to ACK every type from A", || {
-        acked(a.admin_addr)
+        acked(a.admin_debug_addr)
     })
     .await;
     let before = change_stats(&envoy).await;
@@ -95,12 +95,12 @@ async fn an_envoy_moving_between_replicas_gets_no_update() {
     proxy.retarget(b.xds_addr);
     a.stop(Duration::from_secs(5)).await;
     let from_b = wait_for(Duration::from_secs(30), "Envoy to reconnect to B and ACK", || {
-        acked(b.admin_addr)
+        acked(b.admin_debug_addr)
     })
     .await;
     assert_eq!(from_a, from_b, "B's versions differ from A's");
     // B resumed the stream at the versions Envoy holds: it sent nothing.
-    let (_, v) = get_json(&format!("http://{}/debug/clients", b.admin_addr)).await;
+    let (_, v) = get_json(&format!("http://{}/debug/clients", b.admin_debug_addr)).await;
     for t in ["cds", "eds", "lds", "rds"] {
         assert_eq!(v["clients"][0]["types"][t]["responses"], 0, "B sent {t}: {v}");
     }

@@ -1,6 +1,7 @@
-//! The status views against a known set of connected xDS clients: the status page at admin `/`
-//! rendered by headless Chromium (Debian's `chromium`, or `$CHROMIUM_BIN`), and the
-//! `voltha-xds status` command.
+//! The status views against a known set of connected xDS clients: the status page at `/` of
+//! the admin debug listener rendered by headless Chromium (Debian's `chromium`, or
+//! `$CHROMIUM_BIN`), and the `voltha-xds status` command. The admin listener (the one a
+//! deployment exposes for probes and scraping) serves neither.
 
 #[path = "support/status_clients.rs"]
 mod status_clients;
@@ -232,7 +233,7 @@ async fn the_status_command_prints_a_table_of_the_connected_envoys() {
         ],
     )
     .await;
-    let (ok, out, err) = run_status(&format!("http://{}", s.server.admin_addr)).await;
+    let (ok, out, err) = run_status(&format!("http://{}", s.server.admin_debug_addr)).await;
     assert!(ok, "status failed: {err}");
     let words = |prefix: &str| -> Vec<String> {
         let line = out
@@ -311,7 +312,107 @@ async fn the_status_command_prints_a_table_of_the_connected_envoys() {
     let (ok, out, err) = run_status(&closed).await;
     assert!(!ok, "status succeeded against {closed}: {out}");
     assert!(
-        err.contains(&format!("cannot reach the admin API at {closed}")),
+        err.contains(&format!("cannot reach the admin debug API at {closed}")),
         "stderr: {err}"
+    );
+
+    // The admin listener is not the debug API: the error says which address to give.
+    let public = format!("http://{}", s.server.admin_addr);
+    let (ok, out, err) = run_status(&public).await;
+    assert!(!ok, "status succeeded against the admin listener: {out}");
+    assert!(
+        err.contains(&format!("{public}/debug/status answered 404"))
+            && err.contains("give --admin the address of server.admin_debug_listen"),
+        "stderr: {err}"
+    );
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("reachable");
+    let code = r.status().as_u16();
+    (code, r.text().await.expect("body"))
+}
+
+/// The admin listener (bound to every address by the Kubernetes Deployment, for the kubelet's
+/// probes and Prometheus) answers `/healthz`, `/readyz` and `/metrics` and nothing that shows
+/// resources or clients; the debug listener (loopback) serves all of it.
+#[tokio::test]
+async fn the_admin_listener_serves_probes_and_metrics_and_the_debug_listener_the_rest() {
+    let s = Setup::new().await;
+    let _clients = connect_known_clients(&s).await;
+    wait_states(
+        &s,
+        &[
+            ("olt-delta-1", ["SYNCED", "NOT SENT", "SYNCED", "NOT SENT"]),
+            ("olt-sotw-1", ["SYNCED", "SYNCED", "SYNCED", "SYNCED"]),
+            ("olt-sotw-2", ["NACKED", "NOT SENT", "NOT SENT", "NOT SENT"]),
+        ],
+    )
+    .await;
+    assert_ne!(s.server.admin_addr, s.server.admin_debug_addr);
+    let public = |p: &str| format!("http://{}{p}", s.server.admin_addr);
+    let debug = |p: &str| format!("http://{}{p}", s.server.admin_debug_addr);
+
+    for base in [&public as &dyn Fn(&str) -> String, &debug] {
+        assert_eq!(get(&base("/healthz")).await, (200, "ok\n".to_string()));
+        let (code, ready) = get(&base("/readyz")).await;
+        assert_eq!(code, 200, "{ready}");
+        assert!(ready.contains(r#""ready":true"#), "{ready}");
+        let (code, metrics) = get(&base("/metrics")).await;
+        assert_eq!(code, 200);
+        assert!(metrics.contains("voltha_xds_streams{"), "{metrics}");
+    }
+
+    for path in [
+        "/",
+        "/debug/clients",
+        "/debug/snapshot",
+        "/debug/snapshot?group=nbi",
+        "/debug/status",
+        "/debug",
+        "/index.html",
+    ] {
+        let (code, body) = get(&public(path)).await;
+        assert_eq!(code, 404, "admin listener {path}: {body}");
+        assert!(
+            !body.contains("olt-sotw-1") && !body.contains("10.0.0.1"),
+            "{path}: {body}"
+        );
+        assert!(body.contains("server.admin_debug_listen"), "{path}: {body}");
+    }
+
+    let (code, clients) = get(&debug("/debug/clients")).await;
+    assert_eq!(code, 200);
+    assert!(clients.contains("olt-sotw-1"), "{clients}");
+    let (code, snapshot) = get(&debug("/debug/snapshot?group=nbi")).await;
+    assert_eq!(code, 200);
+    assert!(snapshot.contains("10.0.0.1"), "{snapshot}");
+    let (code, status) = get(&debug("/debug/status")).await;
+    assert_eq!(code, 200);
+    assert!(status.contains("olt-sotw-1"), "{status}");
+    let (code, page) = get(&debug("/")).await;
+    assert_eq!(code, 200);
+    assert!(page.contains(r#"fetch("debug/status""#), "the page reads debug/status");
+}
+
+/// One address for both listeners is refused with a clear error, not served half.
+#[tokio::test]
+async fn the_admin_and_debug_listeners_may_not_share_an_address() {
+    let config = voltha_xds::config::Config::from_yaml(
+        "default_group: g\ngroups: [{ name: g, clusters: [c] }]\nclusters: [{ name: c, endpoints: { static: [\"127.0.0.1:1\"] } }]\n",
+    )
+    .expect("config");
+    let taken: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().expect("addr");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let err = voltha_xds::start(config, any, taken, taken)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "the admin debug listener ({taken}) must not share the admin listener's address ({taken})"
+        )),
+        "{err}"
     );
 }

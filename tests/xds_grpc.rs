@@ -65,7 +65,7 @@ groups:
     }
 
     fn admin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.admin_addr)
+        format!("http://{}{path}", self.server.admin_debug_addr)
     }
 
     async fn wait_ready(&self) {
@@ -774,7 +774,7 @@ default_group: only
         path.display()
     );
     let server = start_server(&yaml).await;
-    let url = |p: &str| format!("http://{}{p}", server.admin_addr);
+    let url = |p: &str| format!("http://{}{p}", server.admin_debug_addr);
     let served = |want: &'static str| {
         let u = url("/debug/snapshot");
         async move {

@@ -191,6 +191,7 @@ async fn signal_ends_streams_and_exits_zero(signal: &str, log_format: &str) {
         .arg(&path)
         .args(["--xds-listen", &format!("127.0.0.1:{xds_port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--admin-debug-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -155,7 +155,7 @@ async fn envoy_over_mtls_gets_its_config_and_keeps_its_stream_through_a_certific
     assert_eq!(envoy.stat("control_plane.connected_state").await, Some(1));
     let xds_connections = envoy.stat("cluster.voltha_xds.upstream_cx_total").await;
     assert_eq!(xds_connections, Some(1));
-    let (_, clients) = get_json(&format!("http://{}/debug/clients", server.admin_addr)).await;
+    let (_, clients) = get_json(&format!("http://{}/debug/clients", server.admin_debug_addr)).await;
     assert_eq!(clients["clients"][0]["node_id"], "mtls-envoy");
 
     // A client with the CA but without a client certificate is refused, and so is plain text.
@@ -226,7 +226,7 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named() {
     let missing = dir.path().join("missing.pem");
     let config = voltha_xds::config::Config::from_yaml(&yaml(&missing.display().to_string())).expect("config");
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let err = voltha_xds::start(config, addr, addr)
+    let err = voltha_xds::start(config, addr, addr, addr)
         .await
         .err()
         .expect("refused")
@@ -238,7 +238,7 @@ async fn unusable_tls_files_stop_the_start_with_the_file_named() {
 
     // The client certificate (another key) with the server key: refused too.
     let config = voltha_xds::config::Config::from_yaml(&yaml(&pki.client_cert.display().to_string())).expect("config");
-    let err = voltha_xds::start(config, addr, addr)
+    let err = voltha_xds::start(config, addr, addr, addr)
         .await
         .err()
         .expect("refused")

@@ -1358,6 +1358,7 @@ async fn bench(args: &Args, dir: &Path) -> Result<()> {
                     .args(["--log-format", "json", "serve", "--config"])
                     .arg(&config_file)
                     .args(["--xds-listen", &xds_addr, "--admin-listen", &admin_addr])
+                    .args(["--admin-debug-listen", "127.0.0.1:0"])
                     .env("RUST_LOG", &args.server_log),
                 Some(_) => c
                     .args(["--listen", &xds_addr, "--endpoints"])

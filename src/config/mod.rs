@@ -5,6 +5,7 @@
 
 mod duration;
 mod kubernetes;
+mod limits;
 mod validate;
 
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use serde::Deserialize;
 
 pub use duration::{parse_duration, Dur, Timeout};
 pub use kubernetes::{check_api_server, KubernetesSource, PodPort, Readiness, DEFAULT_POD_PORT};
+use limits::MAX_CONFIG_BYTES;
+pub(crate) use validate::same_port;
 pub use validate::{is_host, parse_host_port, parse_static};
 
 /// The configuration `serve` runs when no `--config` is given: `config/voltha-xds.yaml`.
@@ -44,6 +47,9 @@ pub struct ServerConfig {
     pub xds_listen: String,
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// The debug API (`/debug/*`, the status page): every resource and every client.
+    #[serde(default = "default_admin_debug_listen")]
+    pub admin_debug_listen: String,
     /// The most resource names one stream may subscribe to, per type.
     #[serde(default = "default_max_names")]
     pub max_names_per_type: usize,
@@ -120,6 +126,9 @@ fn default_xds_listen() -> String {
 fn default_admin_listen() -> String {
     "127.0.0.1:18080".into()
 }
+fn default_admin_debug_listen() -> String {
+    "127.0.0.1:18081".into()
+}
 fn default_max_names() -> usize {
     100_000
 }
@@ -129,6 +138,7 @@ impl Default for ServerConfig {
         ServerConfig {
             xds_listen: default_xds_listen(),
             admin_listen: default_admin_listen(),
+            admin_debug_listen: default_admin_debug_listen(),
             max_names_per_type: default_max_names(),
             max_streams: default_max_streams(),
             max_connections: default_max_connections(),
@@ -574,11 +584,31 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<String>),
+    /// Larger than 4 MiB; refused before parsing.
+    #[error("{origin} is {size} bytes, more than the {limit} bytes (4 MiB) a configuration may have")]
+    TooLarge { origin: String, size: u64, limit: u64 },
+    /// Collections nested more than 64 deep; refused before parsing.
+    #[error(
+        "{origin}, line {line}, column {column}: collections nested more than {limit} deep \
+         (a configuration may nest mappings and lists at most {limit} levels)"
+    )]
+    TooDeep {
+        origin: String,
+        line: usize,
+        column: usize,
+        limit: usize,
+    },
 }
 
 impl Config {
     /// Parses and validates a YAML configuration.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_named(text, "the configuration")
+    }
+
+    /// [`Config::from_yaml`], with `origin` naming the text in a limit's error.
+    fn from_yaml_named(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        limits::check(text, origin)?;
         let mut config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut errors = config.read_files();
         errors.extend(validate::validate(&config));
@@ -610,12 +640,32 @@ impl Config {
     }
 
     /// Reads, parses and validates a configuration file.
+    /// A file larger than 4 MiB is refused without reading it all.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        use std::io::Read;
+        let read_error = |error| ConfigError::Read {
             path: path.display().to_string(),
             error,
-        })?;
-        Self::from_yaml(&text).map_err(|e| match e {
+        };
+        let too_large = |size| ConfigError::TooLarge {
+            origin: path.display().to_string(),
+            size,
+            limit: MAX_CONFIG_BYTES as u64,
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        if len > MAX_CONFIG_BYTES as u64 {
+            return Err(too_large(len));
+        }
+        // The file may grow between the two calls: read one byte past the limit at most.
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(read_error)?;
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(too_large(text.len() as u64));
+        }
+        Self::from_yaml_named(&text, &path.display().to_string()).map_err(|e| match e {
             ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
             other => other,
         })

@@ -344,3 +344,35 @@ clusters:
         assert!(e.iter().any(|m| m.contains(w)), "missing error {w:?} in {e:#?}");
     }
 }
+
+#[test]
+fn the_debug_api_has_a_listener_of_its_own() {
+    let c = Config::from_yaml(MINIMAL).expect("valid");
+    assert_eq!(c.server.admin_listen, "127.0.0.1:18080");
+    assert_eq!(c.server.admin_debug_listen, "127.0.0.1:18081");
+    let with = |admin: &str, debug: &str| {
+        errors_of(&format!(
+            "{MINIMAL}server: {{ admin_listen: \"{admin}\", admin_debug_listen: \"{debug}\" }}\n"
+        ))
+    };
+    for (admin, debug) in [("127.0.0.1:9000", "127.0.0.1:9000"), ("0.0.0.0:9000", "127.0.0.1:9000")] {
+        assert_eq!(
+            with(admin, debug),
+            vec![format!(
+                "server.admin_debug_listen ({debug}) must not share server.admin_listen's address \
+                 ({admin}): the debug API has a listener of its own"
+            )]
+        );
+    }
+    for (admin, debug) in [
+        ("0.0.0.0:18080", "127.0.0.1:18081"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        ("10.0.0.1:9000", "127.0.0.1:9000"),
+    ] {
+        assert_eq!(with(admin, debug), Vec::<String>::new(), "{admin} {debug}");
+    }
+    assert_eq!(
+        with("127.0.0.1:18080", "localhost:18081"),
+        vec!["server.admin_debug_listen: bad address \"localhost:18081\" (expected ip:port, e.g. 0.0.0.0:18000)"]
+    );
+}

@@ -5,6 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::{ClusterConfig, Config, LbPolicy, SourceConfig, Timeout};
 
+/// Whether two listeners would take the same port: one port (not 0, which picks a free one)
+/// on the same address, or on every address and one of them.
+pub(crate) fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 pub(super) fn validate(c: &Config) -> Vec<String> {
     let mut errors = Vec::new();
     let e = &mut errors;
@@ -12,10 +18,22 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     for (what, addr) in [
         ("server.xds_listen", &c.server.xds_listen),
         ("server.admin_listen", &c.server.admin_listen),
+        ("server.admin_debug_listen", &c.server.admin_debug_listen),
     ] {
         if addr.parse::<SocketAddr>().is_err() {
             e.push(format!(
                 "{what}: bad address {addr:?} (expected ip:port, e.g. 0.0.0.0:18000)"
+            ));
+        }
+    }
+    if let (Ok(admin), Ok(debug)) = (
+        c.server.admin_listen.parse::<SocketAddr>(),
+        c.server.admin_debug_listen.parse::<SocketAddr>(),
+    ) {
+        if same_port(admin, debug) {
+            e.push(format!(
+                "server.admin_debug_listen ({debug}) must not share server.admin_listen's address \
+                 ({admin}): the debug API has a listener of its own"
             ));
         }
     }

@@ -48,6 +48,7 @@ pub async fn start_server(yaml: &str) -> voltha_xds::Running {
         config,
         "127.0.0.1:0".parse().expect("addr"),
         "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
     )
     .await
     .expect("server starts")
@@ -214,7 +215,7 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.running.admin_addr)
+        format!("http://{}{path}", self.running.admin_debug_addr)
     }
 
     /// The hosts of the served `voltha-grpc` endpoints, sorted; `None` before a snapshot.

@@ -71,7 +71,7 @@ groups:
     }
 
     pub fn admin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.server.admin_addr)
+        format!("http://{}{path}", self.server.admin_debug_addr)
     }
 
     pub async fn channel(&self) -> Channel {
