@@ -551,7 +551,13 @@ async fn csds_streams_and_fetches_count_against_max_streams() {
     let err = match third {
         Err(s) => s,
         Ok(r) => {
-            let _ = third_tx.send(DiscoveryRequest::default()).await;
+            let _ = third_tx
+                .send(DiscoveryRequest {
+                    node: node("envoy-2", "g"),
+                    type_url: CDS.into(),
+                    ..Default::default()
+                })
+                .await;
             let mut rx = r.into_inner();
             tokio::time::timeout(WAIT, rx.message())
                 .await
