@@ -70,7 +70,7 @@ use crate::config::CsdsConfig;
 use crate::metrics::StreamGauge;
 
 /// The gRPC service name.
-pub const NAME: &str = "envoy.service.status.v3.ClientStatusDiscoveryService";
+const NAME: &str = "envoy.service.status.v3.ClientStatusDiscoveryService";
 
 /// How often a refused CSDS request is logged as a warning (the others are logged at debug).
 const WARN_EVERY: Duration = Duration::from_secs(10);
