@@ -551,7 +551,7 @@ async fn csds_calls_hold_max_streams_slots() {
     let held = call(&mut csds, STREAM, open).await;
     assert!(refused(&held).is_none());
     // The only slot is the CSDS stream's: an xDS stream and a fetch are refused.
-    let status = s.stream_slot().err().expect("no slot left");
+    let status = s.stream_slot().expect_err("no slot left");
     assert_eq!(status.code(), Code::ResourceExhausted);
     let fetch = call(&mut csds, FETCH, grpc_body(&[ClientStatusRequest::default()])).await;
     let status = refused(&fetch).expect("refused");
