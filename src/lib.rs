@@ -129,6 +129,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         max_request_bytes: config.server.max_request_bytes,
+        csds: xds::csds::CsdsLimits::from(&config.server.csds),
     };
     let s = &config.server;
     let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);

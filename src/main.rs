@@ -8,12 +8,49 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use voltha_xds::config::Config;
 
-/// mimalloc returns freed memory to the system promptly; with glibc's allocator the transient
-/// buffers of a push to thousands of streams stay resident long after they are freed.
-/// Wrapped in a counter of live heap bytes (`voltha_xds_heap_bytes`): one relaxed atomic add
-/// per allocation.
+/// mimalloc returns freed memory to the system promptly (with [`ALLOCATOR_ENV`]); with glibc's
+/// allocator the transient buffers of a push to thousands of streams stay resident long after
+/// they are freed. Wrapped in a counter of live heap bytes (`voltha_xds_heap_bytes`): one
+/// relaxed atomic add per allocation.
 #[global_allocator]
 static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+
+/// mimalloc's settings for `serve`. mimalloc reads them from the environment when the process
+/// loads, before `main`, so `serve` restarts itself with them ([`with_allocator_env`]).
+/// - `MIMALLOC_PURGE_DELAY=0`: memory freed back to mimalloc's arenas goes back to the system
+///   at once. With the default (1 s), a purge happens only when later allocations find the
+///   delay expired, so a server that goes quiet after a burst keeps the burst's pages.
+/// - `MIMALLOC_ALLOW_THP=0`: no transparent huge pages for the heap; with them a few live bytes
+///   keep a whole 2 MiB page resident.
+///
+/// An operator's own value of either variable is kept. `docs/deploy.md` has the figures.
+const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")];
+
+/// Restarts this process (same pid, arguments and environment) with the [`ALLOCATOR_ENV`]
+/// variables that are not set. Returns only when there is nothing to do, or when the restart
+/// failed (said on stderr): the server then runs with mimalloc's defaults.
+fn with_allocator_env() {
+    let missing: Vec<(&str, &str)> = ALLOCATOR_ENV
+        .into_iter()
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let arg0 = args.next().unwrap_or_default();
+        // The running executable itself, even if its file has been replaced since.
+        let err = std::process::Command::new("/proc/self/exe")
+            .arg0(arg0)
+            .args(args)
+            .envs(missing.iter().copied())
+            .exec();
+        eprintln!("voltha-xds: cannot restart with {missing:?} ({err}); the allocator keeps its defaults");
+    }
+}
 
 fn heap_bytes() -> usize {
     ALLOCATOR.allocated()
@@ -128,6 +165,9 @@ fn load(config: &Option<PathBuf>) -> Result<Config, String> {
 fn main() -> ExitCode {
     voltha_xds::metrics::set_heap_probe(heap_bytes);
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        with_allocator_env();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -91,6 +91,9 @@ pub struct Metrics {
     streams_refused: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
     logs_suppressed: Family<ReasonLabel, Counter>,
+    csds_requests: Family<ResultLabel, Counter>,
+    csds_rate_limited: Counter,
+    csds_in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 /// Decrements the stream gauge when the stream ends.
@@ -135,6 +138,9 @@ impl Metrics {
             streams_refused: Counter::default(),
             tls_reloads: Family::default(),
             logs_suppressed: Family::default(),
+            csds_requests: Family::default(),
+            csds_rate_limited: Counter::default(),
+            csds_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -241,6 +247,21 @@ impl Metrics {
             "stream_logs_suppressed",
             "Client-caused log lines not written because their stream had already logged its share of that reason (unknown_type, nack); the events are counted in their own metrics",
             m.logs_suppressed.clone(),
+        );
+        registry.register(
+            "csds_requests",
+            "CSDS requests, by result (ok, invalid, busy, too_large, max_streams)",
+            m.csds_requests.clone(),
+        );
+        registry.register(
+            "csds_rate_limited",
+            "StreamClientStatus requests held back by server.csds.stream_requests_per_second",
+            m.csds_rate_limited.clone(),
+        );
+        registry.register(
+            "csds_responses_in_flight",
+            "CSDS responses being built or sent (at most server.csds.max_concurrent_requests)",
+            m.csds_in_flight.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -355,6 +376,21 @@ impl Metrics {
 
     pub fn log_suppressed(&self, reason: &'static str) {
         self.logs_suppressed.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// One CSDS request's outcome: `ok`, `invalid`, `busy`, `too_large` or `max_streams`.
+    pub fn csds_request(&self, result: &'static str) {
+        self.csds_requests.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn csds_rate_limited(&self) {
+        self.csds_rate_limited.inc();
+    }
+
+    /// A CSDS response started; the gauge goes down when the guard is dropped.
+    pub fn csds_response_started(&self) -> StreamGauge {
+        self.csds_in_flight.inc();
+        StreamGauge(self.csds_in_flight.clone())
     }
 
     pub fn coalesced(&self, n: u64) {

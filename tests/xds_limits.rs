@@ -386,3 +386,39 @@ async fn shutdown_delivers_the_response_in_flight() {
     stopping.await.expect("stop");
     assert!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());
 }
+
+/// `serve` runs with the allocator settings that return memory after a burst
+/// (`MIMALLOC_PURGE_DELAY=0`, `MIMALLOC_ALLOW_THP=0`), set in its own environment from the
+/// start (same pid), and keeps an operator's value of either.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn serve_runs_with_the_allocator_settings_and_keeps_an_operators_value() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (xds_port, admin_port) = (free_port(), free_port());
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config("")).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .args(["--xds-listen", &format!("127.0.0.1:{xds_port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .env_remove("MIMALLOC_PURGE_DELAY")
+        .env("MIMALLOC_ALLOW_THP", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("voltha-xds starts");
+    wait_listening(format!("127.0.0.1:{xds_port}").parse().expect("addr")).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).expect("the process's environment");
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| v.starts_with("MIMALLOC_"))
+        .collect();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(vars.contains(&"MIMALLOC_PURGE_DELAY=0".to_string()), "{vars:?}");
+    assert!(vars.contains(&"MIMALLOC_ALLOW_THP=1".to_string()), "{vars:?}");
+    assert_eq!(vars.len(), 2, "{vars:?}");
+}

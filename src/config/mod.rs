@@ -77,6 +77,52 @@ pub struct ServerConfig {
     /// TLS (and, with `client_ca_file`, mutual TLS) on the xDS port.
     #[serde(default)]
     pub tls: Option<XdsTlsConfig>,
+    /// The bounds of CSDS (client status) requests on the xDS port.
+    #[serde(default)]
+    pub csds: CsdsConfig,
+}
+
+/// CSDS bounds: how many answers are built or sent at once, how large one may be, and how
+/// often one `StreamClientStatus` stream may ask.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsdsConfig {
+    /// CSDS answers being built or sent at once, over every client.
+    #[serde(default = "default_csds_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// The largest CSDS response message, in bytes.
+    #[serde(default = "default_csds_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Requests one `StreamClientStatus` stream may make per second, on average...
+    #[serde(default = "default_csds_rate")]
+    pub stream_requests_per_second: f64,
+    /// ...and at once after a quiet period (the token bucket's size).
+    #[serde(default = "default_csds_burst")]
+    pub stream_burst: u32,
+}
+
+fn default_csds_concurrent() -> usize {
+    4
+}
+fn default_csds_response_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_csds_rate() -> f64 {
+    1.0
+}
+fn default_csds_burst() -> u32 {
+    5
+}
+
+impl Default for CsdsConfig {
+    fn default() -> Self {
+        CsdsConfig {
+            max_concurrent_requests: default_csds_concurrent(),
+            max_response_bytes: default_csds_response_bytes(),
+            stream_requests_per_second: default_csds_rate(),
+            stream_burst: default_csds_burst(),
+        }
+    }
 }
 
 /// TLS on the xDS port. The files are re-read when they change; open streams keep going.
@@ -148,6 +194,7 @@ impl Default for ServerConfig {
             keepalive_timeout: default_keepalive_timeout(),
             shutdown_grace: default_shutdown_grace(),
             tls: None,
+            csds: CsdsConfig::default(),
         }
     }
 }

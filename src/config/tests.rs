@@ -324,6 +324,7 @@ server:
   max_connections: 9999999999999999999
   max_streams_per_connection: 0
   max_request_bytes: 10
+  csds: { max_concurrent_requests: 0, max_response_bytes: 10, stream_requests_per_second: 0, stream_burst: 0 }
   keepalive_interval: 10s
   keepalive_timeout: 0s
   tls: { cert_file: " ", key_file: k.pem, reload_interval: 1ms }
@@ -336,6 +337,10 @@ clusters:
         "server.max_connections (9999999999999999999) must be at most",
         "server.max_streams_per_connection must be at least 1",
         "server.max_request_bytes (10) must be between 1024 and",
+        "server.csds.max_concurrent_requests (0) must be between 1 and",
+        "server.csds.max_response_bytes (10) must be between 1024 and",
+        "server.csds.stream_requests_per_second (0) must be above 0",
+        "server.csds.stream_burst (0) must be between 1 and 1000",
         "server.keepalive_timeout must be above zero when keepalive_interval is set",
         "server.tls.cert_file must not be empty",
         "server.tls.reload_interval (1ms) must be at least 10ms",

@@ -64,6 +64,33 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
             u32::MAX
         ));
     }
+    let csds = &c.server.csds;
+    if csds.max_concurrent_requests == 0 || csds.max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS {
+        e.push(format!(
+            "server.csds.max_concurrent_requests ({}) must be between 1 and {}",
+            csds.max_concurrent_requests,
+            tokio::sync::Semaphore::MAX_PERMITS
+        ));
+    }
+    if csds.max_response_bytes < 1024 || csds.max_response_bytes > u32::MAX as usize {
+        e.push(format!(
+            "server.csds.max_response_bytes ({}) must be between 1024 and {} (gRPC's frame limit)",
+            csds.max_response_bytes,
+            u32::MAX
+        ));
+    }
+    if !(csds.stream_requests_per_second > 0.0 && csds.stream_requests_per_second <= 1000.0) {
+        e.push(format!(
+            "server.csds.stream_requests_per_second ({}) must be above 0 and at most 1000",
+            csds.stream_requests_per_second
+        ));
+    }
+    if csds.stream_burst == 0 || csds.stream_burst > 1000 {
+        e.push(format!(
+            "server.csds.stream_burst ({}) must be between 1 and 1000",
+            csds.stream_burst
+        ));
+    }
     if !c.server.keepalive_interval.0.is_zero() && c.server.keepalive_timeout.0.is_zero() {
         e.push("server.keepalive_timeout must be above zero when keepalive_interval is set".into());
     }

@@ -166,7 +166,7 @@ impl ResponseBody {
     }
 }
 
-fn trailers(status: &Status) -> http::HeaderMap {
+pub(super) fn trailers(status: &Status) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     if status.add_header(&mut h).is_err() {
         h.insert("grpc-status", http::HeaderValue::from(status.code() as i32));

@@ -39,6 +39,8 @@ pub struct XdsServer {
     pub stream_slots: Arc<Semaphore>,
     /// The largest request message accepted (`server.max_request_bytes`).
     pub max_request_bytes: usize,
+    /// CSDS's bounds (`server.csds`).
+    pub csds: super::csds::CsdsLimits,
 }
 
 impl From<StreamError> for Status {
@@ -61,9 +63,7 @@ impl XdsServer {
             .add_service(GrpcService::<grpc::Cds>::new(self.clone()))
             .add_service(GrpcService::<grpc::Eds>::new(self.clone()))
             .add_service(GrpcService::<grpc::Lds>::new(self.clone()))
-            .add_service(
-                super::csds::Csds::new(self.clients.clone(), self.cache.clone(), self.shutdown.clone()).into_service(),
-            )
+            .add_service(super::csds::Csds::new(self.clone()))
             .add_service(GrpcService::<grpc::Rds>::new(self))
     }
 
@@ -121,7 +121,7 @@ impl XdsServer {
     }
 
     /// A slot of `server.max_streams`, or RESOURCE_EXHAUSTED (counted and logged).
-    fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+    pub(super) fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.stream_slots.clone().try_acquire_owned().map_err(|_| {
             self.metrics.stream_refused();
             warn!("xDS stream refused: server.max_streams streams are open");
