@@ -162,7 +162,13 @@ async fn run(args: Args) -> Result<()> {
     let mut config = Config::from_yaml(&yaml).map_err(|e| anyhow!("{e}"))?;
     config.server.csds.max_concurrent_requests = args.fetches.max(1);
     config.server.csds.max_response_bytes = u32::MAX as usize;
-    let running = voltha_xds::start(config, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
+    let running = voltha_xds::start(
+        config,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
     let addr = running.xds_addr;
     let started = Instant::now();
     while running.cache.current().is_none() {

@@ -375,6 +375,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             stream_slots: Arc::new(Semaphore::new(10)),
             max_request_bytes: 4 << 20,
+            csds: Default::default(),
         }
     }
 
