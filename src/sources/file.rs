@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::assignment::{check_size, parse};
+use super::assignment::{self, check_size, parse};
 use super::{KeyState, Publisher};
 use crate::config::FileFormat;
 use crate::model::SourceData;
@@ -158,7 +158,8 @@ impl Watcher {
         let max = self.key.max_value_bytes();
         if check_size(stamp.len, max).is_err() {
             if self.seen != Seen::TooLarge(stamp) {
-                self.key.too_large(p, &self.what, stamp.len);
+                let e = assignment::ParseError::TooLarge { len: stamp.len, max };
+                self.key.too_large(p, &self.what, e.to_string());
                 self.seen = Seen::TooLarge(stamp);
             }
             return;
@@ -170,7 +171,8 @@ impl Watcher {
         }
         if bytes.len() > max {
             // It grew past the limit while being read.
-            self.key.too_large(p, &self.what, bytes.len() as u64);
+            let why = format!("grew over the limit of {max} bytes (max_value_bytes) while being read");
+            self.key.too_large(p, &self.what, why);
             self.seen = Seen::TooLarge(stamp);
             return;
         }

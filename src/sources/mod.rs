@@ -265,14 +265,10 @@ impl KeyState {
         };
     }
 
-    /// A value that was not read because it is larger than `max_value_bytes` (`len`: its size,
-    /// or how much of it was seen before reading stopped).
-    pub(crate) fn too_large(&mut self, p: &Publisher, what: &str, len: u64) {
-        let e = assignment::ParseError::TooLarge {
-            len,
-            max: self.max_value_bytes,
-        };
-        p.fail(e.kind(), format!("{what}: {e}; {}", self.consequence()));
+    /// A value that was not read because it is larger than `max_value_bytes`; `why` says how
+    /// that is known.
+    pub(crate) fn too_large(&mut self, p: &Publisher, what: &str, why: String) {
+        p.fail("too_large", format!("{what}: {why}; {}", self.consequence()));
         self.value_ok = false;
     }
 
@@ -444,11 +440,11 @@ mod key_state_tests {
         big.push(b' ');
         apply(&mut k, &p, Some(&big));
         assert_eq!((hosts(&h), m.source_error_count("k", "too_large")), (Some(2), 1));
-        k.too_large(&p, "key \"k\"", 1 << 30);
+        k.too_large(&p, "key \"k\"", "the answer is over 1 MiB".into());
         assert_eq!((hosts(&h), m.source_error_count("k", "too_large")), (Some(2), 2));
         assert!(!k.value_ok);
         let e = h.rx.borrow().health.last_error.clone().unwrap_or_default();
-        assert!(e.contains("1073741824 bytes, over the limit of"), "{e}");
+        assert_eq!(e, "key \"k\": the answer is over 1 MiB; keeping the last good state");
         assert_eq!(KeyState::default().max_value_bytes(), 4 << 20);
     }
 }
