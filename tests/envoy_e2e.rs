@@ -184,6 +184,101 @@ async fn delta_assignment_change_reaches_new_cores_without_restart() {
     assignment_change_reaches_new_cores(true).await;
 }
 
+/// Editors' saves of the assignment file, under a continuous stream of calls through Envoy:
+/// truncate then write after a pause, a half-written file completed later, a rename into
+/// place, and a delete then write. Polls (every 50 ms) land in the empty, half-written and
+/// missing windows; none of them may drop a call, and every save's content is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editor_saves_of_the_file_source_never_drop_a_call() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let e = E2e::start(false, &["127.0.0.1"], "").await;
+    let held = e.channel().await;
+    e.wait_serving(&held, &["vcore-0"]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let (ch, stop, ok, failed) = (held.clone(), stop.clone(), ok.clone(), failed.clone());
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match which_core(ch.clone()).await {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(st) => failed.lock().push(format!("{:?}: {}", st.code(), st.message())),
+                }
+            }
+        }));
+    }
+    // Long enough for several polls (50 ms apart) to see the intermediate state.
+    let pause = Duration::from_millis(300);
+    let path = e.assignment.clone();
+
+    // 1. Truncate, then write after a pause.
+    std::fs::File::create(&path).expect("truncate");
+    tokio::time::sleep(pause).await;
+    std::fs::write(&path, assignment(&["127.0.0.2"])).expect("write");
+    e.wait_serving(&held, &["vcore-1"]).await;
+
+    // 2. Truncate, write half, the rest after a pause.
+    let next = assignment(&["127.0.0.3"]);
+    let (head, tail) = next.split_at(next.len() / 2);
+    std::fs::write(&path, head).expect("write half");
+    tokio::time::sleep(pause).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(tail.as_bytes()).expect("write rest");
+    }
+    e.wait_serving(&held, &["vcore-2"]).await;
+
+    // 3. Rename into place.
+    e.write_assignment(&["127.0.0.1"]);
+    e.wait_serving(&held, &["vcore-0"]).await;
+
+    // 4. Delete, then write after a pause.
+    std::fs::remove_file(&path).expect("rm");
+    tokio::time::sleep(pause).await;
+    std::fs::write(&path, assignment(&["127.0.0.2", "127.0.0.3"])).expect("write");
+    e.wait_serving(&held, &["vcore-1", "vcore-2"]).await;
+    // Every call now reaches the new set only.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(which_core(held.clone()).await.expect("call"));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["vcore-1", "vcore-2"]);
+
+    stop.store(true, Ordering::SeqCst);
+    for c in callers {
+        c.await.expect("caller");
+    }
+    let failed = failed.lock().clone();
+    let ok = ok.load(Ordering::SeqCst);
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 100, "only {ok} calls were made across the saves");
+    // The polls did see the windows: counted as errors, the last good state served meanwhile.
+    let metrics = get_text(&e.admin("/metrics")).await;
+    for kind in ["empty", "malformed_json", "deleted"] {
+        let line = format!("voltha_xds_source_errors_total{{source=\"assignment\",kind=\"{kind}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "no {kind} window seen by a poll");
+    }
+}
+
 /// A listener Envoy rejects (its certificate file does not exist): the NACK is recorded with its
 /// error, the rejected listener is not sent again, and everything else keeps working.
 async fn rejected_listener_is_recorded_and_not_resent(delta: bool) {

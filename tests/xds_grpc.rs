@@ -540,10 +540,16 @@ async fn a_deleted_file_keeps_the_cores_an_empty_object_removes_them_and_streams
     .await;
     assert_eq!(eds_hosts().await, 2, "a deleted file must not remove the cores");
     let (code, ready) = get_json(&s.admin("/readyz")).await;
-    assert_eq!((code, ready["sources"]["assignment"]["state"].as_str()), (200, Some("error")));
+    assert_eq!(
+        (code, ready["sources"]["assignment"]["state"].as_str()),
+        (200, Some("error"))
+    );
     // Only a well-formed empty value empties the cluster.
     std::fs::write(&s.assignment, "{}").expect("write");
-    wait_for(WAIT, "empty endpoints", || async { (eds_hosts().await == 0).then_some(()) }).await;
+    wait_for(WAIT, "empty endpoints", || async {
+        (eds_hosts().await == 0).then_some(())
+    })
+    .await;
     let mut streams = Vec::new();
     for _ in 0..5 {
         let mut c = Sotw::open(s.channel().await).await;
