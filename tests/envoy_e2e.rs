@@ -30,10 +30,15 @@ const CORES: [(&str, &str); 3] = [
 
 impl E2e {
     async fn start(delta: bool, hosts: &[&str], extra_listener: &str) -> E2e {
+        E2e::start_with(delta, &assignment(hosts), extra_listener).await
+    }
+
+    /// Started with this content in the assignment file.
+    async fn start_with(delta: bool, content: &str, extra_listener: &str) -> E2e {
         let dir = tempfile::tempdir().expect("tmp");
         let (grpc, rest, core_port, admin) = (free_port(), free_port(), free_port(), free_port());
         let assignment_path = dir.path().join("assignment.json");
-        std::fs::write(&assignment_path, assignment(hosts)).expect("write");
+        std::fs::write(&assignment_path, content).expect("write");
         let mut cores = Vec::new();
         for (id, ip) in CORES {
             let addr: SocketAddr = format!("{ip}:{core_port}").parse().expect("addr");
@@ -277,6 +282,43 @@ async fn editor_saves_of_the_file_source_never_drop_a_call() {
             .unwrap_or(0);
         assert!(n >= 1, "no {kind} window seen by a poll");
     }
+}
+
+/// Before the first good value (here an empty file) the server builds no snapshot: Envoy's
+/// stream is open but gets no response, so Envoy has no cluster and no listener (its port
+/// refuses connections) rather than an empty cluster. The first good value is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_first_good_value_envoy_gets_nothing_then_the_first_snapshot() {
+    let e = E2e::start_with(false, "", "").await;
+    let url = e.admin("/debug/clients");
+    wait_for(Duration::from_secs(20), "Envoy's stream", || {
+        let u = url.clone();
+        async move { (get_json(&u).await.1["clients"].as_array().map(|a| a.len()) == Some(1)).then_some(()) }
+    })
+    .await;
+    // Give Envoy time to have been answered, were there anything to answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, clients) = get_json(&url).await;
+    let cds = &clients["clients"][0]["types"]["cds"];
+    assert!(cds["last_sent_version"].is_null(), "nothing sent: {cds}");
+    assert_eq!(get_json(&e.admin("/readyz")).await.0, 503);
+    assert_eq!(get_json(&e.admin("/debug/snapshot")).await.0, 503);
+    let ready = reqwest::get(format!("{}/ready", e.envoy.admin))
+        .await
+        .expect("envoy admin");
+    let (code, text) = (ready.status().as_u16(), ready.text().await.unwrap_or_default());
+    assert_eq!(
+        (code, text.trim()),
+        (503, "PRE_INITIALIZING"),
+        "Envoy waits for its first CDS"
+    );
+    assert_eq!(e.envoy.stat("cluster_manager.cds.update_success").await, Some(0));
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", e.grpc)).await;
+    assert!(refused.is_err(), "no listener before the first snapshot");
+
+    std::fs::write(&e.assignment, assignment(&["127.0.0.1"])).expect("write");
+    let held = e.channel().await;
+    e.wait_serving(&held, &["vcore-0"]).await;
 }
 
 /// A listener Envoy rejects (its certificate file does not exist): the NACK is recorded with its
