@@ -237,6 +237,33 @@ fn a_transcoder_descriptor_file_is_read_once_at_load() {
 }
 
 #[test]
+fn file_source_defaults() {
+    let yaml = format!("{MINIMAL}sources: [{{ name: f, type: file, path: a.json }}]\n");
+    let c = Config::from_yaml(&yaml).expect("valid");
+    let SourceConfig::File {
+        poll_interval,
+        max_value_bytes,
+        ..
+    } = &c.sources[0]
+    else {
+        panic!("not a file source: {:?}", c.sources[0]);
+    };
+    assert_eq!(
+        (poll_interval.0, *max_value_bytes),
+        (Duration::from_millis(250), 4 << 20)
+    );
+    let yaml = format!("{MINIMAL}sources: [{{ name: f, type: file, path: a.json, max_value_bytes: 1024 }}]\n");
+    let c = Config::from_yaml(&yaml).expect("valid");
+    assert!(matches!(
+        &c.sources[0],
+        SourceConfig::File {
+            max_value_bytes: 1024,
+            ..
+        }
+    ));
+}
+
+#[test]
 fn consul_source_defaults() {
     let yaml = format!("{MINIMAL}sources: [{{ name: kv, type: consul }}]\n");
     let c = Config::from_yaml(&yaml).expect("valid");
