@@ -414,3 +414,35 @@ async fn an_oversized_value_is_too_large_and_the_last_good_state_stays() {
     s.wait_hosts(&["10.0.0.2"], "a value at the limit").await;
     assert_eq!(s.errors("too_large").await, 1);
 }
+
+#[tokio::test]
+async fn a_leaderless_consul_is_probed_and_followed_once_it_has_a_leader() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    let s = Server::start(&kv_config(&format!(
+        r#"type: consul, address: "{}", wait: 1s, min_interval: 50ms, backoff: {{ initial: 1s, max: 6s }}"#,
+        consul.addr
+    )))
+    .await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    // An election: KV reads answer 500 "No cluster leader", the probe answers "".
+    consul.set_leader("");
+    let t = Instant::now();
+    wait_for(Duration::from_secs(20), "four failed queries", || async {
+        (s.errors("http_status").await >= 4).then_some(())
+    })
+    .await;
+    // The queries kept the backoff's pace; the probes, not counted, went on in between.
+    assert!(
+        consul.reads_since(KEY, t).len() <= 5,
+        "{:?}",
+        consul.reads_since(KEY, t)
+    );
+    assert!(!consul.probes_since(t).is_empty());
+    consul.put(KEY, OTHER.as_bytes());
+    consul.set_leader("127.0.0.1:8300");
+    let back = Instant::now();
+    s.wait_hosts(&["10.0.0.7"], "the value once a leader is elected").await;
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(2), "applied {took:?} after the election");
+}

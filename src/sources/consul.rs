@@ -178,6 +178,8 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
     let mut last: Option<Got> = None;
     // Whether a query failed since the last answer.
     let mut query_failed = false;
+    // Whether Consul was seen down (no answer, a failed probe) since the last answer.
+    let mut down = false;
     loop {
         let started = Instant::now();
         let answer = tokio::select! {
@@ -215,6 +217,7 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
                     p.healthy();
                 }
                 query_failed = false;
+                down = false;
                 let pause = s.min_interval.saturating_sub(started.elapsed());
                 if !pause.is_zero() {
                     tokio::select! {
@@ -226,10 +229,11 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
             Err(f) => {
                 p.fail(f.kind, f.message);
                 query_failed = true;
+                down |= f.down;
                 let delay = backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = wait_to_retry(&client, &s, delay, f.down) => {}
+                    _ = wait_to_retry(&client, &s, delay, &mut down) => {}
                 }
             }
         }
@@ -237,14 +241,14 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
 }
 
 /// Waits `delay` (the backoff's) before a failed query is retried, but no longer than it takes
-/// Consul, once it has been seen down (`down`: the failed query saw it so), to answer a probe
-/// again: every `probe_interval`, `GET /v1/status/leader`. So a recovery after a long outage
-/// is followed within about one probe interval, whatever the backoff has grown to, while a
-/// Consul that answers but refuses (a wrong token, a bad answer) is still retried only at the
-/// backoff's pace. Probes are cheap (no KV read, no blocking) and are not counted as errors.
-async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, down: bool) {
+/// Consul, once it has been seen down (`down`: since the last answer, a query got no answer or
+/// a probe failed), to answer a probe again: every `probe_interval`, `GET /v1/status/leader`.
+/// So a recovery after a long outage is followed within about one probe interval, whatever the
+/// backoff has grown to, while a Consul that answers but refuses (a wrong token, a 5xx with a
+/// leader, a bad answer) is still retried only at the backoff's pace. Probes are cheap (no KV
+/// read, no blocking) and are not counted as errors.
+async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, down: &mut bool) {
     let deadline = tokio::time::Instant::now() + delay;
-    let mut down = down;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left <= s.probe_interval {
@@ -253,12 +257,14 @@ async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, 
         }
         tokio::time::sleep(s.probe_interval).await;
         if leader_known(client, s).await {
-            if down {
+            if *down {
+                // Acted on once: if the query fails again while probes pass, the backoff paces it.
+                *down = false;
                 tracing::info!(key = %s.key, "Consul answers again; querying at once");
                 return;
             }
         } else {
-            down = true;
+            *down = true;
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   (Go duration syntax, default 5m, at most 10m) runs out, then answers the current state.
 //! - `PUT` (body = value) and `DELETE` bump the one global index.
 //! - `GET /v1/status/leader`: the leader's `"ip:port"` as a JSON string (`""` while there is
-//!   none); like Consul's status endpoints it needs no ACL token and never blocks.
+//!   none); like Consul's status endpoints it needs no ACL token and never blocks. Without a
+//!   leader a KV read that is not `?stale` gets `500 No cluster leader`, as in Consul.
 //! - ACL: when a token is set, a KV request without the right `X-Consul-Token` gets `403`.
 //! - Bodies as Go's `net/http` sends them: one larger than 2048 bytes goes out chunked, without
 //!   `Content-Length` (Consul's KV handler writes JSON without declaring a length), so a
@@ -330,6 +331,10 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
     let Some(key) = path.strip_prefix("/v1/kv/").map(String::from) else {
         return (StatusCode::NOT_FOUND, "no such endpoint in this double").into_response();
     };
+    if leader.is_empty() && method == Method::GET && !params.contains_key("stale") {
+        // As Consul during an election: only a stale read is served without a leader.
+        return (StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader").into_response();
+    }
     let recurse = params.contains_key("recurse");
     match method {
         Method::PUT => {

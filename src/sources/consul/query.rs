@@ -12,8 +12,9 @@ use super::Settings;
 pub(super) struct Failure {
     pub kind: &'static str,
     pub message: String,
-    /// Consul did not answer, or answered that it cannot serve (5xx): worth probing for its
-    /// return rather than waiting out the backoff.
+    /// Consul did not answer: its return is worth probing for rather than waiting out the
+    /// backoff. (A 5xx is not: Consul answers; a probe that fails after it, say with no
+    /// leader, shows it down.)
     pub down: bool,
 }
 
@@ -168,10 +169,7 @@ pub(super) async fn query(client: &reqwest::Client, s: &Settings, index: Option<
             let text: String = String::from_utf8_lossy(&body).trim().chars().take(200).collect();
             match code {
                 401 | 403 => Err(failure("auth", format!("Consul refused the token: {status} {text:?}"))),
-                _ => Err(Failure {
-                    down: status.is_server_error(),
-                    ..failure("http_status", format!("Consul answered {status}: {text:?}"))
-                }),
+                _ => Err(failure("http_status", format!("Consul answered {status}: {text:?}"))),
             }
         }
     }
