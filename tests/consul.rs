@@ -28,8 +28,13 @@ fn config(addr: &str, extra: &str) -> String {
 async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
     let consul = ConsulDouble::start().await;
     let s = Server::start(&config(&consul.addr.to_string(), "")).await;
-    s.wait_hosts(&[], "no cores while the key is absent").await;
-    assert_eq!(s.source_state().await, (200, "ok".to_string()));
+    // Absent before any value: not ready, and no snapshot (no cluster served empty).
+    wait_for(WAIT, "the absent key reported", || async {
+        (s.errors("absent").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.source_state().await, (503, "error".to_string()));
+    assert_eq!(s.hosts().await, None, "no snapshot while not ready");
     // An absent key blocks like any other: a handful of queries per wait, not a busy loop.
     let t = Instant::now();
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -40,8 +45,10 @@ async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
         .iter()
         .all(|r| r.query.contains("index=") && r.query.contains("consistent")));
 
+    assert_eq!(s.errors("absent").await, 1, "reported once, not on every query");
     consul.put(KEY, TWO.as_bytes());
     s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the written assignment").await;
+    assert_eq!(s.source_state().await, (200, "ok".to_string()));
     consul.put(KEY, WITH_NULL.as_bytes());
     s.wait_hosts(&["10.0.0.2"], "the null slot skipped").await;
     consul.put(KEY, br#"{"0001": {"host": "#);
@@ -54,7 +61,7 @@ async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
     consul.put(KEY, OTHER.as_bytes());
     s.wait_hosts(&["10.0.0.7"], "the fixed value").await;
     assert_eq!(s.source_state().await, (200, "ok".to_string()));
-    // `{}` (10 bytes or fewer): no cores yet.
+    // `{}`, well-formed: no cores.
     consul.put(KEY, b"{}");
     s.wait_hosts(&[], "an empty assignment").await;
     consul.put(KEY, TWO.as_bytes());
@@ -237,4 +244,205 @@ async fn https_with_the_configured_ca() {
     })
     .await;
     assert_eq!(bad.source_state().await.0, 503);
+}
+
+/// The values that must never empty the cluster, with the kind each is counted as. An empty
+/// value is stored as such (the KV answer's `Value` is `null`).
+const BAD: [(&str, &str); 6] = [
+    ("{not json", "malformed_json"),
+    ("", "empty"),
+    ("   ", "empty"),
+    ("null", "wrong_shape"),
+    ("{", "malformed_json"),
+    (r#"{"0001": 5}"#, "wrong_shape"),
+];
+
+#[tokio::test]
+async fn short_or_malformed_values_keep_the_last_good_state() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    let s = Server::start(&config(&consul.addr.to_string(), "")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    for (v, kind) in BAD {
+        let before = s.errors(kind).await;
+        consul.put(KEY, v.as_bytes());
+        wait_for(WAIT, &format!("{v:?} counted as {kind}"), || async {
+            (s.errors(kind).await == before + 1).then_some(())
+        })
+        .await;
+        assert_eq!(
+            s.hosts().await,
+            Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]),
+            "{v:?} must not remove the cores"
+        );
+        assert_eq!(s.source_state().await, (200, "error".to_string()), "{v:?}");
+        let (_, status) = get_json(&s.url("/debug/status")).await;
+        assert_eq!(status["sources"][0]["state"], "error", "{v:?}: {status}");
+        consul.put(KEY, OTHER.as_bytes());
+        s.wait_hosts(&["10.0.0.7"], "a good value after the bad one").await;
+        s.wait_state((200, "ok"), "healthy again").await;
+        consul.put(KEY, TWO.as_bytes());
+        s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment again").await;
+    }
+    // Only a well-formed value empties it.
+    consul.put(KEY, br#"{"0001": null, "0002": null}"#);
+    s.wait_hosts(&[], "all slots null").await;
+}
+
+#[tokio::test]
+async fn a_malformed_value_at_start_is_not_ready() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, b"{");
+    let s = Server::start(&config(&consul.addr.to_string(), "")).await;
+    wait_for(WAIT, "the malformed value counted", || async {
+        (s.errors("malformed_json").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.source_state().await, (503, "error".to_string()));
+    assert_eq!(s.hosts().await, None, "no snapshot, no empty cluster");
+    consul.put(KEY, TWO.as_bytes());
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the first good value").await;
+    assert_eq!(s.source_state().await, (200, "ok".to_string()));
+}
+
+#[tokio::test]
+async fn a_recovery_is_followed_within_2s_whatever_the_backoff_has_grown_to() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    let proxy = Proxy::start(consul.addr).await;
+    // Backoff ceilings 1, 2, 4, 6 s: from the 4th failed query on, the wait before the next
+    // one is 3 to 6 s (jitter in the upper half), longer than the 2 s allowed.
+    let s = Server::start(&kv_config(&format!(
+        r#"type: consul, address: "{}", wait: 1s, min_interval: 50ms, backoff: {{ initial: 1s, max: 6s }}"#,
+        proxy.addr
+    )))
+    .await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    let cut = Instant::now();
+    proxy.cut();
+    wait_for(Duration::from_secs(20), "four failed queries", || async {
+        (s.errors("connect").await >= 4).then_some(())
+    })
+    .await;
+    let outage = cut.elapsed();
+    // Consul is back, with a value written at its recovery.
+    consul.put(KEY, OTHER.as_bytes());
+    proxy.restore();
+    let back = Instant::now();
+    s.wait_hosts(&["10.0.0.7"], "the value written at recovery").await;
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "applied {took:?} after Consul answered again"
+    );
+    assert_eq!(s.errors("connect").await, 4, "no failed query after the recovery");
+    // The probes were cheap and paced: about one per probe_interval (500 ms) of the outage.
+    let probes = consul.probes_since(cut).len();
+    let bound = (outage + took).as_millis() / 500 + 2;
+    assert!((1..=bound as usize).contains(&probes), "{probes} probes in {outage:?}");
+    s.wait_state((200, "ok"), "healthy again").await;
+}
+
+#[tokio::test]
+async fn a_zero_index_blocks_on_1_instead_of_polling() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    consul.zero_index(true);
+    let s = Server::start(&config(&consul.addr.to_string(), "")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment").await;
+    let t = Instant::now();
+    // Three queries that started after t, each held for its wait (1 s).
+    wait_for(Duration::from_secs(10), "three queries at index 1", || async {
+        (consul.reads_since(KEY, t).len() >= 3).then_some(())
+    })
+    .await;
+    let took = t.elapsed();
+    let reads = consul.reads_since(KEY, t);
+    assert!(
+        reads.iter().all(|r| r.query.starts_with("index=1&")),
+        "every query blocks at index 1: {reads:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "3 queries in {took:?}: they did not block"
+    );
+    // Still followed: a write is seen at the latest when the wait ends.
+    consul.put(KEY, OTHER.as_bytes());
+    s.wait_hosts(&["10.0.0.7"], "a write under the zero index").await;
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_a_timeout() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    consul.stall_body(Some(Duration::from_secs(30)));
+    // wait 1s: each query times out after 1s + 1s/16 + 5s.
+    let s = Server::start(&config(&consul.addr.to_string(), "")).await;
+    wait_for(WAIT, "the stalled body counted as a timeout", || async {
+        (s.errors("timeout").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.errors("connect").await, 0, "a stall is not a connection failure");
+    assert_eq!(s.source_state().await, (503, "error".to_string()));
+    consul.stall_body(None);
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the answer once it no longer stalls")
+        .await;
+}
+
+#[tokio::test]
+async fn an_oversized_value_is_too_large_and_the_last_good_state_stays() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    let s = Server::start(&config(&consul.addr.to_string(), ", max_value_bytes: 65536")).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    // A well-formed value, padded over the limit: refused for its size alone. The double
+    // sends it chunked (no Content-Length), so the limit holds while it streams in.
+    let big = format!("{OTHER}{}", " ".repeat(300 << 10));
+    consul.put(KEY, big.as_bytes());
+    wait_for(WAIT, "the value counted as too large", || async {
+        (s.errors("too_large").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.hosts().await,
+        Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])
+    );
+    assert_eq!(s.source_state().await, (200, "error".to_string()));
+    // Just under the limit: accepted.
+    let fits = format!("{WITH_NULL}{}", " ".repeat(65536 - WITH_NULL.len()));
+    consul.put(KEY, fits.as_bytes());
+    s.wait_hosts(&["10.0.0.2"], "a value at the limit").await;
+    assert_eq!(s.errors("too_large").await, 1);
+}
+
+#[tokio::test]
+async fn a_leaderless_consul_is_probed_and_followed_once_it_has_a_leader() {
+    let consul = ConsulDouble::start().await;
+    consul.put(KEY, TWO.as_bytes());
+    let s = Server::start(&kv_config(&format!(
+        r#"type: consul, address: "{}", wait: 1s, min_interval: 50ms, backoff: {{ initial: 1s, max: 6s }}"#,
+        consul.addr
+    )))
+    .await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    // An election: KV reads answer 500 "No cluster leader", the probe answers "".
+    consul.set_leader("");
+    let t = Instant::now();
+    wait_for(Duration::from_secs(20), "four failed queries", || async {
+        (s.errors("http_status").await >= 4).then_some(())
+    })
+    .await;
+    // The queries kept the backoff's pace; the probes, not counted, went on in between.
+    assert!(
+        consul.reads_since(KEY, t).len() <= 5,
+        "{:?}",
+        consul.reads_since(KEY, t)
+    );
+    assert!(!consul.probes_since(t).is_empty());
+    consul.put(KEY, OTHER.as_bytes());
+    consul.set_leader("127.0.0.1:8300");
+    let back = Instant::now();
+    s.wait_hosts(&["10.0.0.7"], "the value once a leader is elected").await;
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(2), "applied {took:?} after the election");
 }

@@ -30,10 +30,15 @@ const CORES: [(&str, &str); 3] = [
 
 impl E2e {
     async fn start(delta: bool, hosts: &[&str], extra_listener: &str) -> E2e {
+        E2e::start_with(delta, &assignment(hosts), extra_listener).await
+    }
+
+    /// Started with this content in the assignment file.
+    async fn start_with(delta: bool, content: &str, extra_listener: &str) -> E2e {
         let dir = tempfile::tempdir().expect("tmp");
         let (grpc, rest, core_port, admin) = (free_port(), free_port(), free_port(), free_port());
         let assignment_path = dir.path().join("assignment.json");
-        std::fs::write(&assignment_path, assignment(hosts)).expect("write");
+        std::fs::write(&assignment_path, content).expect("write");
         let mut cores = Vec::new();
         for (id, ip) in CORES {
             let addr: SocketAddr = format!("{ip}:{core_port}").parse().expect("addr");
@@ -182,6 +187,138 @@ async fn sotw_assignment_change_reaches_new_cores_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_assignment_change_reaches_new_cores_without_restart() {
     assignment_change_reaches_new_cores(true).await;
+}
+
+/// Editors' saves of the assignment file, under a continuous stream of calls through Envoy:
+/// truncate then write after a pause, a half-written file completed later, a rename into
+/// place, and a delete then write. Polls (every 50 ms) land in the empty, half-written and
+/// missing windows; none of them may drop a call, and every save's content is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editor_saves_of_the_file_source_never_drop_a_call() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let e = E2e::start(false, &["127.0.0.1"], "").await;
+    let held = e.channel().await;
+    e.wait_serving(&held, &["vcore-0"]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let (ch, stop, ok, failed) = (held.clone(), stop.clone(), ok.clone(), failed.clone());
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match which_core(ch.clone()).await {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(st) => failed.lock().push(format!("{:?}: {}", st.code(), st.message())),
+                }
+            }
+        }));
+    }
+    // Long enough for several polls (50 ms apart) to see the intermediate state.
+    let pause = Duration::from_millis(300);
+    let path = e.assignment.clone();
+
+    // 1. Truncate, then write after a pause.
+    std::fs::File::create(&path).expect("truncate");
+    tokio::time::sleep(pause).await;
+    std::fs::write(&path, assignment(&["127.0.0.2"])).expect("write");
+    e.wait_serving(&held, &["vcore-1"]).await;
+
+    // 2. Truncate, write half, the rest after a pause.
+    let next = assignment(&["127.0.0.3"]);
+    let (head, tail) = next.split_at(next.len() / 2);
+    std::fs::write(&path, head).expect("write half");
+    tokio::time::sleep(pause).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(tail.as_bytes()).expect("write rest");
+    }
+    e.wait_serving(&held, &["vcore-2"]).await;
+
+    // 3. Rename into place.
+    e.write_assignment(&["127.0.0.1"]);
+    e.wait_serving(&held, &["vcore-0"]).await;
+
+    // 4. Delete, then write after a pause.
+    std::fs::remove_file(&path).expect("rm");
+    tokio::time::sleep(pause).await;
+    std::fs::write(&path, assignment(&["127.0.0.2", "127.0.0.3"])).expect("write");
+    e.wait_serving(&held, &["vcore-1", "vcore-2"]).await;
+    // Every call now reaches the new set only.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(which_core(held.clone()).await.expect("call"));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["vcore-1", "vcore-2"]);
+
+    stop.store(true, Ordering::SeqCst);
+    for c in callers {
+        c.await.expect("caller");
+    }
+    let failed = failed.lock().clone();
+    let ok = ok.load(Ordering::SeqCst);
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 100, "only {ok} calls were made across the saves");
+    // The polls did see the windows: counted as errors, the last good state served meanwhile.
+    let metrics = get_text(&e.admin("/metrics")).await;
+    for kind in ["empty", "malformed_json", "deleted"] {
+        let line = format!("voltha_xds_source_errors_total{{source=\"assignment\",kind=\"{kind}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "no {kind} window seen by a poll");
+    }
+}
+
+/// Before the first good value (here an empty file) the server builds no snapshot: Envoy's
+/// stream is open but gets no response, so Envoy has no cluster and no listener (its port
+/// refuses connections) rather than an empty cluster. The first good value is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_first_good_value_envoy_gets_nothing_then_the_first_snapshot() {
+    let e = E2e::start_with(false, "", "").await;
+    let url = e.admin("/debug/clients");
+    wait_for(Duration::from_secs(20), "Envoy's stream", || {
+        let u = url.clone();
+        async move { (get_json(&u).await.1["clients"].as_array().map(|a| a.len()) == Some(1)).then_some(()) }
+    })
+    .await;
+    // Give Envoy time to have been answered, were there anything to answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, clients) = get_json(&url).await;
+    let cds = &clients["clients"][0]["types"]["cds"];
+    assert!(cds["last_sent_version"].is_null(), "nothing sent: {cds}");
+    assert_eq!(get_json(&e.admin("/readyz")).await.0, 503);
+    assert_eq!(get_json(&e.admin("/debug/snapshot")).await.0, 503);
+    let ready = reqwest::get(format!("{}/ready", e.envoy.admin))
+        .await
+        .expect("envoy admin");
+    let (code, text) = (ready.status().as_u16(), ready.text().await.unwrap_or_default());
+    assert_eq!(
+        (code, text.trim()),
+        (503, "PRE_INITIALIZING"),
+        "Envoy waits for its first CDS"
+    );
+    assert_eq!(e.envoy.stat("cluster_manager.cds.update_success").await, Some(0));
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", e.grpc)).await;
+    assert!(refused.is_err(), "no listener before the first snapshot");
+
+    std::fs::write(&e.assignment, assignment(&["127.0.0.1"])).expect("write");
+    let held = e.channel().await;
+    e.wait_serving(&held, &["vcore-0"]).await;
 }
 
 /// A listener Envoy rejects (its certificate file does not exist): the NACK is recorded with its

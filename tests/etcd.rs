@@ -26,9 +26,13 @@ fn config(endpoint: &str, extra: &str) -> String {
 async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
     let etcd = Etcd::start().await;
     let s = Server::start(&config(&etcd.client.to_string(), "")).await;
-    // Absent: ready with no cores.
-    s.wait_hosts(&[], "no cores while the key is absent").await;
-    assert_eq!(s.source_state().await, (200, "ok".to_string()));
+    // Absent before any value: not ready, and no snapshot (no cluster served empty).
+    wait_for(WAIT, "the absent key reported", || async {
+        (s.errors("absent").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.source_state().await, (503, "error".to_string()));
+    assert_eq!(s.hosts().await, None);
     etcd.put(KEY, TWO);
     s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the written assignment").await;
     etcd.put(KEY, WITH_NULL);
@@ -44,7 +48,7 @@ async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
     etcd.put(KEY, OTHER);
     s.wait_hosts(&["10.0.0.7"], "the fixed value").await;
     assert_eq!(s.source_state().await, (200, "ok".to_string()));
-    // `{}` (10 bytes or fewer): no cores yet.
+    // `{}`, well-formed: no cores.
     etcd.put(KEY, "{}");
     s.wait_hosts(&[], "an empty assignment").await;
     etcd.put(KEY, TWO);

@@ -510,19 +510,44 @@ async fn a_malformed_assignment_is_counted_and_the_last_good_state_is_served() {
 }
 
 #[tokio::test]
-async fn a_missing_file_means_no_cores_and_streams_are_forgotten_when_clients_leave() {
+async fn a_deleted_file_keeps_the_cores_an_empty_object_removes_them_and_streams_are_forgotten() {
     let s = Setup::new(TWO).await;
-    std::fs::remove_file(&s.assignment).expect("rm");
     let url = s.admin("/debug/snapshot");
-    wait_for(WAIT, "empty endpoints", || {
+    let eds_hosts = || {
         let u = url.clone();
         async move {
             let (_, v) = get_json(&u).await;
             let eds = &v["groups"]["nbi"]["types"]["eds"]["resources"][0];
-            (eds["clusterName"] == "voltha-grpc"
-                && eds.get("endpoints").is_none_or(|e| e[0].get("lbEndpoints").is_none()))
-            .then_some(())
+            assert_eq!(eds["clusterName"], "voltha-grpc");
+            eds.get("endpoints")
+                .and_then(|e| e[0].get("lbEndpoints"))
+                .and_then(|l| l.as_array())
+                .map_or(0, |l| l.len())
         }
+    };
+    // Deleted: an error, and the last good state stays (as for a deleted KV key).
+    std::fs::remove_file(&s.assignment).expect("rm");
+    let metrics = s.admin("/metrics");
+    wait_for(WAIT, "the deletion counted", || {
+        let u = metrics.clone();
+        async move {
+            get_text(&u)
+                .await
+                .contains("voltha_xds_source_errors_total{source=\"assignment\",kind=\"deleted\"} 1")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(eds_hosts().await, 2, "a deleted file must not remove the cores");
+    let (code, ready) = get_json(&s.admin("/readyz")).await;
+    assert_eq!(
+        (code, ready["sources"]["assignment"]["state"].as_str()),
+        (200, Some("error"))
+    );
+    // Only a well-formed empty value empties the cluster.
+    std::fs::write(&s.assignment, "{}").expect("write");
+    wait_for(WAIT, "empty endpoints", || async {
+        (eds_hosts().await == 0).then_some(())
     })
     .await;
     let mut streams = Vec::new();

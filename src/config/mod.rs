@@ -238,6 +238,9 @@ pub enum SourceConfig {
         format: FileFormat,
         #[serde(default = "default_poll")]
         poll_interval: Dur,
+        /// The largest file accepted, in bytes; a larger one is an error (`too_large`).
+        #[serde(default = "default_max_value_bytes")]
+        max_value_bytes: usize,
     },
     /// An etcd v3 key, read and then watched from the revision read.
     Etcd(EtcdSource),
@@ -249,6 +252,12 @@ pub enum SourceConfig {
 
 fn default_poll() -> Dur {
     Dur(Duration::from_millis(250))
+}
+
+/// The largest source value accepted (a file, a KV value): 4 MiB. A VOLTHA assignment is a few
+/// hundred bytes.
+pub(crate) fn default_max_value_bytes() -> usize {
+    4 << 20
 }
 
 /// The key VOLTHA's leader writes the core assignment to.
@@ -338,6 +347,13 @@ pub struct ConsulSource {
     pub min_interval: Dur,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// The largest value accepted, in bytes; a larger one is an error (`too_large`).
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// While the source is failing: how often Consul is asked whether it answers again
+    /// (`GET /v1/status/leader`), so a recovery is not waited out for a whole backoff.
+    #[serde(default = "default_consul_probe_interval")]
+    pub probe_interval: Dur,
 }
 
 fn default_consul_wait() -> Dur {
@@ -345,6 +361,9 @@ fn default_consul_wait() -> Dur {
 }
 fn default_consul_min_interval() -> Dur {
     Dur(Duration::from_millis(100))
+}
+fn default_consul_probe_interval() -> Dur {
+    Dur(Duration::from_millis(500))
 }
 
 /// Consul's read consistency modes.

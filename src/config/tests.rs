@@ -103,7 +103,7 @@ default_group: missing
 server: { xds_listen: "nope", max_names_per_type: 0 }
 debounce: { quiet: 2s, max_delay: 1s }
 sources:
-  - { name: s, type: file, path: "", poll_interval: 0s }
+  - { name: s, type: file, path: "", poll_interval: 0s, max_value_bytes: 0 }
 clusters:
   - name: rh
     lb_policy: ring_hash
@@ -137,6 +137,7 @@ groups:
         "debounce.quiet (2s) must not exceed debounce.max_delay (1s)",
         "source \"s\": path is empty",
         "source \"s\": poll_interval must be above zero",
+        "source \"s\": max_value_bytes must be above zero",
         "cluster \"rh\": lb_policy RingHash needs hash_header",
         "cluster \"rh\": unknown source \"nosuch\"",
         "cluster \"both\": hash_header only applies to ring_hash and maglev",
@@ -237,6 +238,33 @@ fn a_transcoder_descriptor_file_is_read_once_at_load() {
 }
 
 #[test]
+fn file_source_defaults() {
+    let yaml = format!("{MINIMAL}sources: [{{ name: f, type: file, path: a.json }}]\n");
+    let c = Config::from_yaml(&yaml).expect("valid");
+    let SourceConfig::File {
+        poll_interval,
+        max_value_bytes,
+        ..
+    } = &c.sources[0]
+    else {
+        panic!("not a file source: {:?}", c.sources[0]);
+    };
+    assert_eq!(
+        (poll_interval.0, *max_value_bytes),
+        (Duration::from_millis(250), 4 << 20)
+    );
+    let yaml = format!("{MINIMAL}sources: [{{ name: f, type: file, path: a.json, max_value_bytes: 1024 }}]\n");
+    let c = Config::from_yaml(&yaml).expect("valid");
+    assert!(matches!(
+        &c.sources[0],
+        SourceConfig::File {
+            max_value_bytes: 1024,
+            ..
+        }
+    ));
+}
+
+#[test]
 fn consul_source_defaults() {
     let yaml = format!("{MINIMAL}sources: [{{ name: kv, type: consul }}]\n");
     let c = Config::from_yaml(&yaml).expect("valid");
@@ -253,6 +281,8 @@ fn consul_source_defaults() {
         (s.backoff.initial.0, s.backoff.max.0),
         (Duration::from_millis(100), Duration::from_secs(30))
     );
+    assert_eq!(s.max_value_bytes, 4 << 20);
+    assert_eq!(s.probe_interval.0, Duration::from_millis(500));
     for (mode, want) in [
         ("default", ConsulConsistency::Default),
         ("consistent", ConsulConsistency::Consistent),
@@ -271,7 +301,7 @@ fn consul_source_defaults() {
 fn consul_source_errors_are_named() {
     let yaml = format!(
         "{MINIMAL}{}",
-        r#"sources: [{ name: kv, type: consul, address: "http://consul:8500/v1", key: "/", token: t, token_file: /t, wait: 20m, min_interval: 0s, backoff: { initial: 0s, max: 1s } }]"#
+        r#"sources: [{ name: kv, type: consul, address: "http://consul:8500/v1", key: "/", token: t, token_file: /t, wait: 20m, min_interval: 0s, backoff: { initial: 0s, max: 1s }, max_value_bytes: 0, probe_interval: 0s }]"#
     );
     let e = errors_of(&yaml);
     for want in [
@@ -281,6 +311,8 @@ fn consul_source_errors_are_named() {
         "source \"kv\": wait must be between 1s and 10m (Consul's limit)",
         "source \"kv\": min_interval must be above zero and at most wait",
         "source \"kv\": backoff.initial must be above zero and at most backoff.max",
+        "source \"kv\": max_value_bytes must be above zero",
+        "source \"kv\": probe_interval must be above zero",
     ] {
         assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:?}");
     }

@@ -127,6 +127,7 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 name,
                 path,
                 poll_interval,
+                max_value_bytes,
                 ..
             } => {
                 if path.as_os_str().is_empty() {
@@ -134,6 +135,9 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 }
                 if poll_interval.0.is_zero() {
                     e.push(format!("source {name:?}: poll_interval must be above zero"));
+                }
+                if *max_value_bytes == 0 {
+                    e.push(format!("source {name:?}: max_value_bytes must be above zero"));
                 }
             }
             SourceConfig::Etcd(x) => etcd(e, x),
@@ -505,5 +509,11 @@ fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
         e.push(format!(
             "{at}: backoff.initial must be above zero and at most backoff.max"
         ));
+    }
+    if x.max_value_bytes == 0 {
+        e.push(format!("{at}: max_value_bytes must be above zero"));
+    }
+    if x.probe_interval.0.is_zero() {
+        e.push(format!("{at}: probe_interval must be above zero"));
     }
 }

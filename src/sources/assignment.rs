@@ -1,10 +1,19 @@
-//! Parsing the values sources deliver.
+//! Parsing the values sources deliver, and the size limit they are held to.
 //!
 //! The VOLTHA core assignment (voltha.md §1) is a JSON object keyed by 4-hex-digit core-store
 //! ids: `{"0001": {"id": "vcore-0_…", "host": "10.233.102.5"}, "0003": null}`.
 //! - a `null` slot is a core that died: skipped;
-//! - `{}`, or a value of 10 bytes or fewer (envoyd's rule), means no core has registered yet;
-//! - anything else that is not that shape is an error, and the caller keeps its last good state.
+//! - only a well-formed value means "no cores": `{}`, or an object whose slots are all `null`;
+//! - anything else is an error, and the caller keeps its last good state: an empty or
+//!   all-whitespace value (kind `empty`: a value being written, a truncated file), a value
+//!   that is not JSON at any length (`malformed_json`), a value of the wrong shape, `null`
+//!   included (`wrong_shape`), and a value over the source's `max_value_bytes` (`too_large`).
+//!
+//! envoyd read a value of 10 bytes or fewer as "not ready yet: do not start Envoy, retry"; it
+//! never meant "remove every core", so no length rule is kept here.
+//!
+//! The `endpoints` format follows the same rules: `{}` (or sets that are empty arrays) is the
+//! only empty state; an empty value is an error.
 
 use std::collections::BTreeMap;
 
@@ -13,18 +22,19 @@ use serde_json::Value;
 use crate::config::{is_host, parse_host_port};
 use crate::model::{Backend, SourceData};
 
-/// envoyd treated a value this short as "not ready yet".
-const NOT_READY_MAX_LEN: usize = 10;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    #[error("the value is empty")]
+    Empty,
+    #[error("{len} bytes, over the limit of {max} bytes (max_value_bytes)")]
+    TooLarge { len: u64, max: usize },
     #[error("not valid JSON: {0}")]
     Json(String),
     #[error("expected a JSON object, got {0}")]
     NotAnObject(&'static str),
-    #[error("slot {slot:?}: {problem}")]
+    #[error("slot {:?}: {}", cap(.slot, 64), cap(.problem, 300))]
     Slot { slot: String, problem: String },
-    #[error("set {set:?}: {problem}")]
+    #[error("set {:?}: {}", cap(.set, 64), cap(.problem, 300))]
     Set { set: String, problem: String },
 }
 
@@ -32,10 +42,42 @@ impl ParseError {
     /// A short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            ParseError::Empty => "empty",
+            ParseError::TooLarge { .. } => "too_large",
             ParseError::Json(_) => "malformed_json",
             _ => "wrong_shape",
         }
     }
+}
+
+/// `s` cut to `max` characters (a source-supplied name or host may be megabytes long).
+fn cap(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// A value of `len` bytes against the limit `max`.
+pub fn check_size(len: u64, max: usize) -> Result<(), ParseError> {
+    if len > max as u64 {
+        Err(ParseError::TooLarge { len, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// A JSON error message, capped: serde_json's messages quote no input, but keep them short.
+fn json_error(e: &serde_json::Error) -> ParseError {
+    ParseError::Json(e.to_string().chars().take(200).collect())
+}
+
+/// The value parsed as JSON; empty or all-whitespace is [`ParseError::Empty`].
+fn json(bytes: &[u8]) -> Result<Value, ParseError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ParseError::Empty);
+    }
+    serde_json::from_slice(bytes).map_err(|e| json_error(&e))
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -49,7 +91,8 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// Parses a source value in the configured format.
+/// Parses a source value in the configured format. Size limits are the caller's
+/// ([`check_size`]): it knows the size before it reads.
 pub fn parse(format: crate::config::FileFormat, bytes: &[u8]) -> Result<SourceData, ParseError> {
     match format {
         crate::config::FileFormat::VolthaAssignment => parse_assignment(bytes),
@@ -59,12 +102,7 @@ pub fn parse(format: crate::config::FileFormat, bytes: &[u8]) -> Result<SourceDa
 
 /// Parses a VOLTHA core assignment into its backends (no ports: the cluster gives them).
 pub fn parse_assignment(bytes: &[u8]) -> Result<SourceData, ParseError> {
-    if bytes.iter().filter(|b| !b.is_ascii_whitespace()).count() <= NOT_READY_MAX_LEN
-        && serde_json::from_slice::<Value>(bytes).map_or(true, |v| v.is_object() || v.is_null())
-    {
-        return Ok(SourceData::single(Vec::new()));
-    }
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+    let v = json(bytes)?;
     let Value::Object(slots) = v else {
         return Err(ParseError::NotAnObject(kind_of(&v)));
     };
@@ -118,10 +156,7 @@ pub fn parse_assignment(bytes: &[u8]) -> Result<SourceData, ParseError> {
 
 /// Parses named endpoint sets: `{"set": ["host:port", "host", ...], ...}`.
 pub fn parse_endpoint_sets(bytes: &[u8]) -> Result<SourceData, ParseError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SourceData::default());
-    }
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
+    let v = json(bytes)?;
     let Value::Object(sets) = v else {
         return Err(ParseError::NotAnObject(kind_of(&v)));
     };
@@ -177,11 +212,58 @@ mod tests {
     }
 
     #[test]
-    fn empty_object_and_short_values_mean_no_cores_yet() {
-        for v in [&b"{}"[..], b"", b"  {}  \n", b"null", b"{ }"] {
-            let d = parse_assignment(v).expect("not ready is not an error");
+    fn only_a_well_formed_value_means_no_cores() {
+        for v in [&b"{}"[..], b"  {}  \n", b"{ }", br#"{"0001": null, "0002": null}"#] {
+            let d = parse_assignment(v).expect("a well-formed empty assignment");
             assert!(hosts(&d).is_empty(), "{:?}", String::from_utf8_lossy(v));
         }
+    }
+
+    #[test]
+    fn short_empty_and_malformed_values_are_errors_not_an_empty_assignment() {
+        // envoyd's "10 bytes or fewer" meant "not ready yet"; none of these may remove a core.
+        let cases: [(&[u8], &str); 9] = [
+            (b"", "empty"),
+            (b"   ", "empty"),
+            (b" \n\t\r ", "empty"),
+            (b"{not json", "malformed_json"),
+            (b"{", "malformed_json"),
+            (b"null", "wrong_shape"),
+            (br#"{"0001": 5}"#, "wrong_shape"),
+            (b"[]", "wrong_shape"),
+            (b"\"x\"", "wrong_shape"),
+        ];
+        for (input, kind) in cases {
+            let e = parse_assignment(input).expect_err(&String::from_utf8_lossy(input));
+            assert_eq!(e.kind(), kind, "{:?}: {e}", String::from_utf8_lossy(input));
+        }
+        // Unparseable at any length.
+        let long = format!("{{\"0001\": {{\"host\": \"10.0.0.1\"}}, {}", " ".repeat(1000));
+        assert_eq!(
+            parse_assignment(long.as_bytes()).map_err(|e| e.kind()),
+            Err("malformed_json")
+        );
+    }
+
+    #[test]
+    fn sizes_over_the_limit_are_too_large() {
+        assert_eq!(check_size(4 << 20, 4 << 20), Ok(()));
+        let e = check_size((4 << 20) + 1, 4 << 20).expect_err("over");
+        assert_eq!(e.kind(), "too_large");
+        assert_eq!(
+            e.to_string(),
+            "4194305 bytes, over the limit of 4194304 bytes (max_value_bytes)"
+        );
+    }
+
+    #[test]
+    fn source_supplied_names_are_capped_in_messages() {
+        let slot = "s".repeat(10_000);
+        let host = "h!".repeat(10_000);
+        let v = format!("{{\"{slot}\": {{\"host\": \"{host}\"}}}}");
+        let msg = parse_assignment(v.as_bytes()).expect_err("bad host").to_string();
+        assert!(msg.len() < 500, "{} bytes", msg.len());
+        assert!(msg.starts_with("slot \"sss") && msg.contains('…'), "{msg}");
     }
 
     #[test]
@@ -221,5 +303,22 @@ mod tests {
         assert!(parse_endpoint_sets(br#"{"a": "10.0.0.1:80"}"#).is_err());
         assert!(parse_endpoint_sets(br#"{"a": [1]}"#).is_err());
         assert!(parse_endpoint_sets(br#"{"a": ["bad host:1"]}"#).is_err());
+    }
+
+    #[test]
+    fn endpoint_sets_are_empty_only_when_well_formed() {
+        assert!(parse_endpoint_sets(b"{}").expect("valid").sets.is_empty());
+        assert!(parse_endpoint_sets(br#"{"a": []}"#).expect("valid").set("a").is_empty());
+        let cases: [(&[u8], &str); 5] = [
+            (b"", "empty"),
+            (b"  \n", "empty"),
+            (b"{", "malformed_json"),
+            (b"null", "wrong_shape"),
+            (br#"{"a": 5}"#, "wrong_shape"),
+        ];
+        for (input, kind) in cases {
+            let e = parse_endpoint_sets(input).expect_err(&String::from_utf8_lossy(input));
+            assert_eq!(e.kind(), kind, "{e}");
+        }
     }
 }

@@ -5,15 +5,23 @@
 //! passes `N` or `W` elapses. The rules of Consul's blocking-query documentation are followed:
 //! - every answer, a 404 included, carries `X-Consul-Index`, and the next query blocks on it,
 //!   so an absent key does not become a busy loop;
-//! - an index that goes backwards, or is 0, resets the query index to 0;
+//! - an index that goes backwards resets the query index to 0 (one query that returns at
+//!   once); an index of 0 resets it to 1, so the next query still blocks;
 //! - a query that returns sooner than `min_interval` waits out the rest of it before the next
 //!   one (a misbehaving server cannot make us spin).
 //!
-//! Failures (connection refused, timeouts, 5xx, ACL denials, undecodable answers) are counted
-//! by kind, logged, and retried with capped exponential backoff and jitter; the last good state
-//! keeps being served. Values follow the assignment rules of [`super::assignment`]. A key absent
-//! at the first answer means "no cores yet"; a key deleted after it had a value keeps the last
-//! good state and is reported as kind `deleted`.
+//! An answer's body is read as it streams in and abandoned once it is larger than a value of
+//! `max_value_bytes` can make it (kind `too_large`); the answer's index is still followed.
+//!
+//! Failures (connection refused, timeouts, a body that stalls, 5xx, ACL denials, undecodable
+//! answers) are counted by kind, logged, and retried with capped exponential backoff and
+//! jitter; the last good state keeps being served. While Consul is down, a cheap probe
+//! (`GET /v1/status/leader`, every `probe_interval`) ends the backoff as soon as it answers
+//! again, so a recovery is followed at once, not after up to `backoff.max`.
+//!
+//! Values follow the rules of [`super::KeyState`]: only a well-formed value is delivered; a key
+//! absent before the first good value leaves the source not ready (kind `absent`), and a key
+//! deleted after it keeps the last good state (kind `deleted`).
 //!
 //! Thin HTTP client on reqwest: rs-consul turns a 404 into an error without its
 //! `X-Consul-Index`, which would make an absent key a busy loop.
@@ -21,13 +29,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
-use super::assignment::parse;
+use super::assignment::{check_size, parse};
 use super::{Backoff, KeyState, Publisher};
 use crate::config::{ConsulConsistency, ConsulSource, FileFormat};
 use crate::model::SourceData;
+
+mod query;
+use query::{kv_body_limit, leader_known, next_index, query, Got};
 
 /// Connection settings, with the environment fallbacks of Consul's own tools applied.
 #[derive(Debug, Clone)]
@@ -42,6 +52,8 @@ pub struct Settings {
     pub consistency: ConsulConsistency,
     pub wait: Duration,
     pub min_interval: Duration,
+    pub max_value_bytes: usize,
+    pub probe_interval: Duration,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -104,6 +116,8 @@ impl Settings {
             consistency: c.consistency,
             wait: c.wait.0,
             min_interval: c.min_interval.0,
+            max_value_bytes: c.max_value_bytes,
+            probe_interval: c.probe_interval.0,
         })
     }
 
@@ -148,111 +162,6 @@ impl Settings {
     }
 }
 
-/// A failure of one query, by kind (the label of `voltha_xds_source_errors_total`).
-#[derive(Debug)]
-struct Failure {
-    kind: &'static str,
-    message: String,
-}
-
-fn failure(kind: &'static str, message: impl std::fmt::Display) -> Failure {
-    Failure {
-        kind,
-        message: message.to_string(),
-    }
-}
-
-/// One answer: the index it carries and the value (`None`: no such key).
-#[derive(Debug, PartialEq)]
-struct Answer {
-    index: u64,
-    value: Option<Vec<u8>>,
-}
-
-#[derive(serde::Deserialize)]
-struct KvEntry {
-    #[serde(rename = "Key")]
-    key: String,
-    #[serde(rename = "Value")]
-    value: Option<String>,
-}
-
-/// Reads the value of `key` out of a `GET /v1/kv/<key>` body.
-fn decode_body(key: &str, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let entries: Vec<KvEntry> = serde_json::from_slice(body).map_err(|e| format!("the KV answer is not JSON: {e}"))?;
-    let Some(e) = entries.into_iter().find(|e| e.key == key) else {
-        return Err(format!("the KV answer does not hold key {key:?}"));
-    };
-    match e.value {
-        None => Ok(Some(Vec::new())),
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map(Some)
-            .map_err(|e| format!("the value of {key:?} is not base64: {e}")),
-    }
-}
-
-async fn query(client: &reqwest::Client, s: &Settings, index: Option<u64>) -> Result<Answer, Failure> {
-    let url = s.url(index).map_err(|e| failure("config", e))?;
-    let mut req = client.get(url);
-    if let Some(t) = &s.token {
-        req = req.header("X-Consul-Token", t);
-    }
-    // Consul holds a query up to `wait` plus up to wait/16 of jitter.
-    let limit = match index {
-        Some(_) => s.wait + s.wait / 16 + Duration::from_secs(5),
-        None => Duration::from_secs(10),
-    };
-    let resp = req.timeout(limit).send().await.map_err(|e| {
-        if e.is_timeout() {
-            failure("timeout", format!("no answer from Consul in {limit:?}"))
-        } else {
-            failure("connect", format!("Consul at {}: {e}", s.base))
-        }
-    })?;
-    let status = resp.status();
-    let index = resp
-        .headers()
-        .get("X-Consul-Index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| failure("connect", format!("reading the answer: {e}")))?;
-    let text = || {
-        String::from_utf8_lossy(&body)
-            .trim()
-            .chars()
-            .take(200)
-            .collect::<String>()
-    };
-    match status.as_u16() {
-        200 => Ok(Answer {
-            index: index.unwrap_or(0),
-            value: decode_body(&s.key, &body).map_err(|e| failure("decode", e))?,
-        }),
-        404 => Ok(Answer {
-            index: index.unwrap_or(0),
-            value: None,
-        }),
-        401 | 403 => Err(failure(
-            "auth",
-            format!("Consul refused the token: {status} {}", text()),
-        )),
-        _ => Err(failure("http_status", format!("Consul answered {status}: {}", text()))),
-    }
-}
-
-/// The next query index after an answer carrying `got`, following Consul's rules.
-fn next_index(current: u64, got: u64) -> u64 {
-    if got == 0 || got < current {
-        0
-    } else {
-        got
-    }
-}
-
 pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
     let client = match s.client() {
@@ -263,47 +172,99 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
             return;
         }
     };
-    let mut state = KeyState::default();
+    let mut state = KeyState::new(s.max_value_bytes);
     let what = format!("Consul key {:?}", s.key);
     let mut index = 0u64;
-    let mut last_value: Option<Option<Vec<u8>>> = None;
+    let mut last: Option<Got> = None;
     // Whether a query failed since the last answer.
     let mut query_failed = false;
+    // Whether Consul was seen down (no answer, a failed probe) since the last answer.
+    let mut down = false;
     loop {
         let started = Instant::now();
         let answer = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = query(&client, &s, Some(index)) => a,
         };
-        let pause = match answer {
+        match answer {
             Ok(a) => {
                 backoff.reset();
                 if a.index < index && a.index != 0 {
                     tracing::warn!(key = %s.key, from = index, to = a.index, "Consul index went backwards; starting over");
                 }
+                if a.index == 0 {
+                    tracing::debug!(key = %s.key, "Consul answered X-Consul-Index 0; blocking on 1");
+                }
                 index = next_index(index, a.index);
                 // The same answer again (a wait that ran out) is not news; after a failed query
                 // it means the source is healthy again (if its value was good).
-                if last_value.as_ref() != Some(&a.value) {
-                    state.apply(&p, s.format, &what, a.value.as_deref());
-                    last_value = Some(a.value);
+                if last.as_ref() != Some(&a.got) {
+                    match &a.got {
+                        Got::Absent => state.apply(&p, s.format, &what, None),
+                        Got::Value(v) => state.apply(&p, s.format, &what, Some(v)),
+                        Got::TooLarge => state.too_large(
+                            &p,
+                            &what,
+                            format!(
+                                "the KV answer is over {} bytes: its value is over max_value_bytes ({})",
+                                kv_body_limit(s.max_value_bytes, &s.key),
+                                s.max_value_bytes
+                            ),
+                        ),
+                    }
+                    last = Some(a.got);
                 } else if query_failed && state.value_ok {
                     p.healthy();
                 }
                 query_failed = false;
-                s.min_interval.saturating_sub(started.elapsed())
+                down = false;
+                let pause = s.min_interval.saturating_sub(started.elapsed());
+                if !pause.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
             Err(f) => {
                 p.fail(f.kind, f.message);
                 query_failed = true;
-                backoff.next_delay()
+                down |= f.down;
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = wait_to_retry(&client, &s, delay, &mut down) => {}
+                }
             }
-        };
-        if !pause.is_zero() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Waits `delay` (the backoff's) before a failed query is retried, but no longer than it takes
+/// Consul, once it has been seen down (`down`: since the last answer, a query got no answer or
+/// a probe failed), to answer a probe again: every `probe_interval`, `GET /v1/status/leader`.
+/// So a recovery after a long outage is followed within about one probe interval, whatever the
+/// backoff has grown to, while a Consul that answers but refuses (a wrong token, a 5xx with a
+/// leader, a bad answer) is still retried only at the backoff's pace. Probes are cheap (no KV
+/// read, no blocking) and are not counted as errors.
+async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, down: &mut bool) {
+    let deadline = tokio::time::Instant::now() + delay;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left <= s.probe_interval {
+            tokio::time::sleep(left).await;
+            return;
+        }
+        tokio::time::sleep(s.probe_interval).await;
+        if leader_known(client, s).await {
+            if *down {
+                // Acted on once: if the query fails again while probes pass, the backoff paces it.
+                *down = false;
+                tracing::info!(key = %s.key, "Consul answers again; querying at once");
+                return;
             }
+        } else {
+            *down = true;
         }
     }
 }
@@ -312,9 +273,13 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
 pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let client = s.client()?;
     let a = query(&client, s, None).await.map_err(|f| f.message)?;
-    match a.value {
-        None => Ok(SourceData::default()),
-        Some(v) => parse(s.format, &v).map_err(|e| format!("Consul key {:?}: {e}", s.key)),
+    let at = |e: String| format!("Consul key {:?}: {e}", s.key);
+    match a.got {
+        Got::Absent => Err(at("does not exist (serve would not be ready)".into())),
+        Got::TooLarge => Err(at(format!("the value is over max_value_bytes ({})", s.max_value_bytes))),
+        Got::Value(v) => check_size(v.len() as u64, s.max_value_bytes)
+            .and_then(|()| parse(s.format, &v))
+            .map_err(|e| at(e.to_string())),
     }
 }
 
@@ -411,27 +376,5 @@ mod tests {
         assert_eq!(s.url(None).expect("url").query(), Some("dc=dc2&stale="));
         let s = Settings::resolve_with(&source("consistency: default"), |_| None).expect("settings");
         assert_eq!(s.url(Some(1)).expect("url").query(), Some("index=1&wait=300000ms"));
-    }
-
-    #[test]
-    fn index_rules_follow_consuls_documentation() {
-        assert_eq!(next_index(0, 7), 7);
-        assert_eq!(next_index(7, 7), 7, "a wait that ran out keeps the index");
-        assert_eq!(next_index(7, 9), 9);
-        assert_eq!(next_index(9, 3), 0, "backwards: start over");
-        assert_eq!(next_index(9, 0), 0, "zero: start over");
-    }
-
-    #[test]
-    fn kv_answers_decode_base64_and_null_values() {
-        let body = br#"[{"Key": "a/b", "Value": "eyJ4IjoxfQ==", "ModifyIndex": 5}]"#;
-        assert_eq!(decode_body("a/b", body), Ok(Some(br#"{"x":1}"#.to_vec())));
-        assert_eq!(
-            decode_body("a/b", br#"[{"Key": "a/b", "Value": null}]"#),
-            Ok(Some(Vec::new()))
-        );
-        assert!(decode_body("a/b", br#"[{"Key": "a/b", "Value": "%%%"}]"#).is_err());
-        assert!(decode_body("a/b", br#"[{"Key": "other", "Value": null}]"#).is_err());
-        assert!(decode_body("a/b", b"<html>").is_err());
     }
 }

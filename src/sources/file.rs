@@ -1,22 +1,194 @@
-//! The file source: reads a file and re-reads it when its content changes (a short poll, which
-//! also sees atomic renames, editors' replace-on-save and files on network mounts).
+//! The file source: polls a file and re-reads it when it changed (a poll also sees atomic
+//! renames, editors' replace-on-save and files on network mounts).
 //!
-//! A missing file means "no backends yet" (an empty set), not an error.
+//! Each poll first compares the file's metadata with the last read: its size, modification
+//! time and, on unix, its change time (`ctime`, which no `touch` can set back), inode and
+//! device. Unchanged metadata means the content is not read again. A timestamp only moves
+//! by its filesystem's granularity (2 s on FAT, 1 s on some NFS servers), so a same-size
+//! rewrite right after a read could carry the very same metadata: a read is trusted only once
+//! the file's newest timestamp is [`SETTLE`] older than the start of the poll that read it.
+//! Until then every poll reads the file again. A file whose timestamps are in the future
+//! (clock skew) is re-read on every poll until they are [`SETTLE`] in the past.
+//!
+//! A file larger than `max_value_bytes` is not read (kind `too_large`); the size is checked
+//! before reading, and the read itself stops one byte past the limit (the file may grow).
+//!
+//! The value rules are [`super::KeyState`]'s, as for a KV key: an empty file (the window of
+//! an editor's truncate-then-write), a half-written or malformed one is an error and the last
+//! good state is kept; the next poll sees the complete file. A file that does not exist is
+//! "not ready" until a first good read (kind `absent`), and a file deleted after one keeps the
+//! last good state (kind `deleted`).
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::assignment::parse;
-use super::Publisher;
+use super::assignment::{self, check_size, parse};
+use super::{KeyState, Publisher};
 use crate::config::FileFormat;
 use crate::model::SourceData;
 
-pub async fn run(p: Publisher, path: PathBuf, format: FileFormat, poll: Duration, shutdown: CancellationToken) {
-    let mut last: Option<Option<Vec<u8>>> = None;
-    // A read error is reported once, not on every poll, until it changes or reading works.
-    let mut read_error: Option<String> = None;
+/// How long after its last change a file's metadata is trusted to reveal the next change.
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
+/// What identifies a version of the file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    changed: Option<SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            changed: u64::try_from(m.ctime()).ok().and_then(|s| {
+                SystemTime::UNIX_EPOCH.checked_add(Duration::new(s, m.ctime_nsec().clamp(0, 999_999_999) as u32))
+            }),
+            #[cfg(unix)]
+            inode: (m.dev(), m.ino()),
+        }
+    }
+
+    /// The newest of the file's timestamps.
+    fn last_change(&self) -> Option<SystemTime> {
+        #[cfg(unix)]
+        return self.modified.max(self.changed);
+        #[cfg(not(unix))]
+        return self.modified;
+    }
+
+    /// Whether a later change is sure to give another stamp, for a read that started at `now`.
+    fn settled(&self, now: SystemTime) -> bool {
+        self.last_change()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= SETTLE)
+    }
+}
+
+/// What the last poll saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Nothing,
+    Missing,
+    ReadError(String),
+    TooLarge(Stamp),
+    Content {
+        stamp: Stamp,
+        settled: bool,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The file source's state between polls.
+pub(crate) struct Watcher {
+    path: PathBuf,
+    format: FileFormat,
+    what: String,
+    key: KeyState,
+    seen: Seen,
+    /// How many times the content was read (a test checks unchanged files are not).
+    reads: u64,
+}
+
+impl Watcher {
+    pub(crate) fn new(path: PathBuf, format: FileFormat, max_value_bytes: usize) -> Watcher {
+        Watcher {
+            what: format!("file {:?}", path.display().to_string()),
+            path,
+            format,
+            key: KeyState::new(max_value_bytes),
+            seen: Seen::Nothing,
+            reads: 0,
+        }
+    }
+
+    /// Whether the content must be read: unless it was read with the same metadata, once
+    /// the metadata had settled.
+    fn unchanged(&self, stamp: &Stamp) -> bool {
+        matches!(&self.seen, Seen::Content { stamp: s, settled: true, .. } if s == stamp)
+            || matches!(&self.seen, Seen::TooLarge(s) if s == stamp)
+    }
+
+    fn read_error(&mut self, p: &Publisher, message: String) {
+        // Reported once, not on every poll, until it changes or reading works.
+        if !matches!(&self.seen, Seen::ReadError(m) if *m == message) {
+            p.fail("read", message.clone());
+            self.seen = Seen::ReadError(message);
+        }
+    }
+
+    fn missing(&mut self, p: &Publisher) {
+        if self.seen != Seen::Missing {
+            self.key.apply(p, self.format, &self.what, None);
+            self.seen = Seen::Missing;
+        }
+    }
+
+    /// One poll; `now` is taken before it starts.
+    pub(crate) async fn poll(&mut self, p: &Publisher, now: SystemTime) {
+        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", self.what);
+        match tokio::fs::metadata(&self.path).await {
+            Ok(m) if self.unchanged(&Stamp::of(&m)) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.missing(p),
+            Err(e) => return self.read_error(p, cannot(e)),
+        }
+        // The stamp kept is that of the file opened, which a rename may have replaced since.
+        let mut f = match tokio::fs::File::open(&self.path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.missing(p),
+            Err(e) => return self.read_error(p, cannot(e)),
+        };
+        let stamp = match f.metadata().await {
+            Ok(m) if !m.is_file() => return self.read_error(p, format!("{} is not a regular file", self.what)),
+            Ok(m) => Stamp::of(&m),
+            Err(e) => return self.read_error(p, cannot(e)),
+        };
+        let max = self.key.max_value_bytes();
+        if check_size(stamp.len, max).is_err() {
+            if self.seen != Seen::TooLarge(stamp) {
+                let e = assignment::ParseError::TooLarge { len: stamp.len, max };
+                self.key.too_large(p, &self.what, e.to_string());
+                self.seen = Seen::TooLarge(stamp);
+            }
+            return;
+        }
+        let mut bytes = Vec::with_capacity(stamp.len.min(max as u64) as usize);
+        self.reads += 1;
+        if let Err(e) = (&mut f).take(max as u64 + 1).read_to_end(&mut bytes).await {
+            return self.read_error(p, cannot(e));
+        }
+        if bytes.len() > max {
+            // It grew past the limit while being read.
+            let why = format!("grew over the limit of {max} bytes (max_value_bytes) while being read");
+            self.key.too_large(p, &self.what, why);
+            self.seen = Seen::TooLarge(stamp);
+            return;
+        }
+        let settled = stamp.settled(now);
+        if let Seen::Content { bytes: old, .. } = &self.seen {
+            if *old == bytes {
+                self.seen = Seen::Content { stamp, settled, bytes };
+                return;
+            }
+        }
+        self.key.apply(p, self.format, &self.what, Some(&bytes));
+        self.seen = Seen::Content { stamp, settled, bytes };
+    }
+}
+
+pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -24,33 +196,27 @@ pub async fn run(p: Publisher, path: PathBuf, format: FileFormat, poll: Duration
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let read = match tokio::fs::read(&path).await {
-            Ok(b) => Some(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                let msg = format!("cannot read {}: {e}", path.display());
-                if read_error.as_ref() != Some(&msg) {
-                    p.fail("read", msg.clone());
-                    read_error = Some(msg);
-                }
-                continue;
-            }
-        };
-        read_error = None;
-        if last.as_ref() == Some(&read) {
-            continue;
-        }
-        let parsed = match &read {
-            None => {
-                tracing::info!(path = %path.display(), "file does not exist: no backends yet");
-                Ok(SourceData::default())
-            }
-            Some(bytes) => parse(format, bytes),
-        };
-        last = Some(read);
-        match parsed {
-            Ok(data) => p.deliver(data),
-            Err(e) => p.fail(e.kind(), format!("{}: {e}", path.display())),
-        }
+        w.poll(&p, SystemTime::now()).await;
     }
 }
+
+/// Reads the file once (for `render`): what `serve` would deliver first, or why it would not
+/// be ready.
+pub(crate) fn read_once(path: &Path, format: FileFormat, max_value_bytes: usize) -> Result<SourceData, String> {
+    use std::io::Read;
+    let at = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{} does not exist (serve would not be ready)", path.display()),
+        _ => format!("cannot read {}: {e}", path.display()),
+    };
+    let f = std::fs::File::open(path).map_err(at)?;
+    let len = f.metadata().map_err(at)?.len();
+    check_size(len, max_value_bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max_value_bytes as u64 + 1).read_to_end(&mut bytes).map_err(at)?;
+    check_size(bytes.len() as u64, max_value_bytes)
+        .and_then(|()| parse(format, &bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,12 @@
 //!
 //! Rules every source follows: bad input is logged, counted (`voltha_xds_source_errors`) and
 //! ignored, and the last good state keeps being served; `data` stays `None` until the source
-//! has delivered once (readiness waits for that).
+//! has delivered a first good state (readiness, and the first snapshot, wait for that).
+//!
+//! What a value means ([`KeyState`], shared by the file, Consul and etcd sources): only a
+//! well-formed value ([`assignment`]) is delivered, `{}` included. An empty, malformed or
+//! oversized value is an error, never "no cores"; a key or file that does not exist is "not
+//! ready" before the first good value and keeps the last good state after it.
 
 pub mod assignment;
 pub mod consul;
@@ -143,9 +148,11 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
                 path,
                 format,
                 poll_interval,
+                max_value_bytes,
             } => {
                 let (p, h) = Publisher::new(name, metrics.clone());
-                tokio::spawn(file::run(p, path.clone(), *format, poll_interval.0, shutdown.clone()));
+                let w = file::Watcher::new(path.clone(), *format, *max_value_bytes);
+                tokio::spawn(file::run(p, w, poll_interval.0, shutdown.clone()));
                 h
             }
             SourceConfig::Consul(c) => {
@@ -185,44 +192,88 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
         .collect()
 }
 
-/// The rules for a source that follows one KV key (etcd, Consul): what its value means.
-#[derive(Debug, Default)]
+/// The rules for a source that follows one value (a KV key, a file): what its value means.
+#[derive(Debug)]
 pub struct KeyState {
     /// The key has had a good value.
     had_value: bool,
     /// The last value applied was good.
     pub value_ok: bool,
+    /// A larger value is an error (`too_large`).
+    max_value_bytes: usize,
+}
+
+impl Default for KeyState {
+    fn default() -> Self {
+        KeyState::new(crate::config::default_max_value_bytes())
+    }
 }
 
 impl KeyState {
-    /// Applies the key's value (`None`: the key does not exist). `what` names the key in
+    pub(crate) fn new(max_value_bytes: usize) -> Self {
+        KeyState {
+            had_value: false,
+            value_ok: false,
+            max_value_bytes,
+        }
+    }
+
+    /// What an error does to the served state, for messages.
+    fn consequence(&self) -> &'static str {
+        if self.had_value {
+            "keeping the last good state"
+        } else {
+            "not ready until a good value arrives"
+        }
+    }
+
+    /// Applies the value (`None`: the key or file does not exist). `what` names it in
     /// messages, e.g. `etcd key "a/b"`.
     ///
-    /// A key that does not exist before it ever had a value means "no cores yet". A key
-    /// deleted after it had one keeps the last good state (an empty endpoint set would
-    /// black-hole all traffic) and is reported as kind `deleted`.
+    /// Only a well-formed value is delivered (`{}` is "no cores"). An empty, malformed or
+    /// oversized value is an error, and so is a missing key: before the first good value the
+    /// source stays not ready (kind `absent`); after it, the last good state is kept (kind
+    /// `deleted`: an empty endpoint set would black-hole all traffic).
     pub fn apply(&mut self, p: &Publisher, format: crate::config::FileFormat, what: &str, value: Option<&[u8]>) {
         self.value_ok = match value {
-            Some(bytes) => match assignment::parse(format, bytes) {
-                Ok(data) => {
-                    self.had_value = true;
-                    p.deliver(data);
-                    true
+            Some(bytes) => {
+                let parsed = assignment::check_size(bytes.len() as u64, self.max_value_bytes)
+                    .and_then(|()| assignment::parse(format, bytes));
+                match parsed {
+                    Ok(data) => {
+                        self.had_value = true;
+                        p.deliver(data);
+                        true
+                    }
+                    Err(e) => {
+                        p.fail(e.kind(), format!("{what}: {e}; {}", self.consequence()));
+                        false
+                    }
                 }
-                Err(e) => {
-                    p.fail(e.kind(), format!("{what}: {e}"));
-                    false
-                }
-            },
+            }
             None if self.had_value => {
                 p.fail("deleted", format!("{what} was deleted; keeping the last good state"));
                 false
             }
             None => {
-                p.deliver(SourceData::default());
-                true
+                p.fail(
+                    "absent",
+                    format!("{what} does not exist; not ready until it holds a value"),
+                );
+                false
             }
         };
+    }
+
+    /// A value that was not read because it is larger than `max_value_bytes`; `why` says how
+    /// that is known.
+    pub(crate) fn too_large(&mut self, p: &Publisher, what: &str, why: String) {
+        p.fail("too_large", format!("{what}: {why}; {}", self.consequence()));
+        self.value_ok = false;
+    }
+
+    pub(crate) fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 }
 
@@ -274,13 +325,15 @@ pub async fn read_once(config: &Config) -> Result<crate::model::Model, String> {
     let mut m = crate::model::Model::default();
     for s in &config.sources {
         match s {
-            SourceConfig::File { name, path, format, .. } => {
-                let data = match std::fs::read(path) {
-                    Ok(b) => assignment::parse(*format, &b)
-                        .map_err(|e| format!("source {name:?}: {}: {e}", path.display()))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => SourceData::default(),
-                    Err(e) => return Err(format!("source {name:?}: cannot read {}: {e}", path.display())),
-                };
+            SourceConfig::File {
+                name,
+                path,
+                format,
+                max_value_bytes,
+                ..
+            } => {
+                let data =
+                    file::read_once(path, *format, *max_value_bytes).map_err(|e| format!("source {name:?}: {e}"))?;
                 m.sources.insert(name.clone(), Arc::new(data));
             }
             SourceConfig::Consul(c) => {
@@ -304,6 +357,96 @@ pub async fn read_once(config: &Config) -> Result<crate::model::Model, String> {
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod key_state_tests {
+    use super::*;
+    use crate::config::FileFormat;
+    use crate::model::DEFAULT_SET;
+
+    const TWO: &[u8] = br#"{"0001": {"id": "a", "host": "10.0.0.1"}, "0002": {"id": "b", "host": "10.0.0.2"}}"#;
+    const BAD: [(&[u8], &str); 6] = [
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b"{not json", "malformed_json"),
+        (b"null", "wrong_shape"),
+        (b"{", "malformed_json"),
+        (br#"{"0001": 5}"#, "wrong_shape"),
+    ];
+
+    fn setup() -> (Publisher, SourceHandle, Arc<Metrics>) {
+        let m = Arc::new(Metrics::new());
+        let (p, h) = Publisher::new("k", m.clone());
+        (p, h, m)
+    }
+
+    fn hosts(h: &SourceHandle) -> Option<usize> {
+        h.rx.borrow().data.as_ref().map(|d| d.set(DEFAULT_SET).len())
+    }
+
+    fn apply(k: &mut KeyState, p: &Publisher, v: Option<&[u8]>) {
+        k.apply(p, FileFormat::VolthaAssignment, "key \"k\"", v);
+    }
+
+    #[test]
+    fn an_absent_key_or_a_bad_value_at_start_is_not_ready_not_empty() {
+        let (p, h, m) = setup();
+        let mut k = KeyState::default();
+        apply(&mut k, &p, None);
+        assert_eq!((hosts(&h), h.rx.borrow().health.state), (None, "error"));
+        assert_eq!(m.source_error_count("k", "absent"), 1);
+        for (v, kind) in BAD {
+            let before = m.source_error_count("k", kind);
+            apply(&mut k, &p, Some(v));
+            assert_eq!(hosts(&h), None, "{:?}", String::from_utf8_lossy(v));
+            assert!(!k.value_ok);
+            assert_eq!(m.source_error_count("k", kind), before + 1);
+            let e = h.rx.borrow().health.last_error.clone().unwrap_or_default();
+            assert!(e.ends_with("not ready until a good value arrives"), "{e}");
+        }
+        apply(&mut k, &p, Some(TWO));
+        assert_eq!((hosts(&h), h.rx.borrow().health.state), (Some(2), "ok"));
+    }
+
+    #[test]
+    fn after_a_good_value_bad_values_and_deletion_keep_it() {
+        let (p, h, m) = setup();
+        let mut k = KeyState::default();
+        apply(&mut k, &p, Some(TWO));
+        for (v, kind) in BAD {
+            let before = m.source_error_count("k", kind);
+            apply(&mut k, &p, Some(v));
+            assert_eq!(hosts(&h), Some(2), "{:?}", String::from_utf8_lossy(v));
+            assert_eq!(h.rx.borrow().health.state, "error");
+            assert_eq!(m.source_error_count("k", kind), before + 1);
+        }
+        apply(&mut k, &p, None);
+        assert_eq!((hosts(&h), m.source_error_count("k", "deleted")), (Some(2), 1));
+        // Only a well-formed empty value empties it.
+        apply(&mut k, &p, Some(br#"{"0001": null}"#));
+        assert_eq!((hosts(&h), h.rx.borrow().health.state), (Some(0), "ok"));
+        apply(&mut k, &p, Some(TWO));
+        apply(&mut k, &p, Some(b"{}"));
+        assert_eq!(hosts(&h), Some(0));
+    }
+
+    #[test]
+    fn values_over_the_limit_are_too_large_and_keep_the_last_good_state() {
+        let (p, h, m) = setup();
+        let mut k = KeyState::new(TWO.len());
+        apply(&mut k, &p, Some(TWO));
+        let mut big = TWO.to_vec();
+        big.push(b' ');
+        apply(&mut k, &p, Some(&big));
+        assert_eq!((hosts(&h), m.source_error_count("k", "too_large")), (Some(2), 1));
+        k.too_large(&p, "key \"k\"", "the answer is over 1 MiB".into());
+        assert_eq!((hosts(&h), m.source_error_count("k", "too_large")), (Some(2), 2));
+        assert!(!k.value_ok);
+        let e = h.rx.borrow().health.last_error.clone().unwrap_or_default();
+        assert_eq!(e, "key \"k\": the answer is over 1 MiB; keeping the last good state");
+        assert_eq!(KeyState::default().max_value_bytes(), 4 << 20);
+    }
 }
 
 #[cfg(test)]

@@ -8,15 +8,26 @@
 //! - Blocking: with `?index=N` (N > 0) the answer waits until that index passes N or `wait`
 //!   (Go duration syntax, default 5m, at most 10m) runs out, then answers the current state.
 //! - `PUT` (body = value) and `DELETE` bump the one global index.
-//! - ACL: when a token is set, a request without the right `X-Consul-Token` gets `403`.
+//! - `GET /v1/status/leader`: the leader's `"ip:port"` as a JSON string (`""` while there is
+//!   none); like Consul's status endpoints it needs no ACL token and never blocks. Without a
+//!   leader a KV read that is not `?stale` gets `500 No cluster leader`, as in Consul.
+//! - ACL: when a token is set, a KV request without the right `X-Consul-Token` gets `403`.
+//! - Bodies as Go's `net/http` sends them: one larger than 2048 bytes goes out chunked, without
+//!   `Content-Length` (Consul's KV handler writes JSON without declaring a length), so a
+//!   client cannot size a large answer before reading it.
 //!
 //! Simpler than real Consul: one node and no raft (every read is "consistent" and `dc` is
 //! ignored), no jitter added to `wait`, no sessions, flags, CAS or lock indexes, no
-//! `?keys`/`?separator`, and ACLs are one token for everything.
+//! `?keys`/`?separator`, no other `/v1/status` or `/v1/agent` endpoints, ACLs are one token
+//! for everything, and values have no size limit (Consul's is 512 KiB by default,
+//! `kv_max_value_size`; a test may need more to exercise a client's own limit).
 //!
 //! Faults a test can inject: an HTTP status for every request, a delay before every answer,
-//! and an index reset (as after a restore from snapshot); refused connections come from
-//! putting a [`super::proxy::Proxy`] in front. Every request is recorded.
+//! an index reset (as after a restore from snapshot), `X-Consul-Index: 0` on every answer
+//! (a Consul bug the blocking-query documentation warns of: the reported index of the
+//! result is 0, and a query blocks until it passes the query's index, so one at index 1
+//! blocks for its whole wait), and a body that stalls half-way; refused connections come
+//! from putting a [`super::proxy::Proxy`] in front. Every request is recorded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,6 +67,10 @@ struct Inner {
     token: Option<String>,
     fault: Option<u16>,
     delay: Duration,
+    zero_index: bool,
+    stall_body: Option<Duration>,
+    /// The leader `/v1/status/leader` names; empty: no leader.
+    leader: String,
     requests: Vec<Recorded>,
 }
 
@@ -96,6 +111,7 @@ impl ConsulDouble {
             inner: Mutex::new(Inner {
                 index: 1,
                 table: 1,
+                leader: "127.0.0.1:8300".into(),
                 ..Default::default()
             }),
             writes: watch::channel(0).0,
@@ -141,6 +157,29 @@ impl ConsulDouble {
 
     pub fn delay(&self, d: Duration) {
         self.shared.inner.lock().delay = d;
+    }
+
+    /// Reports `X-Consul-Index: 0` on every answer (and blocks on that index).
+    pub fn zero_index(&self, on: bool) {
+        self.shared.inner.lock().zero_index = on;
+    }
+
+    /// Sends half of every answer's body, then waits `d` before the rest (`None`: no stall).
+    pub fn stall_body(&self, d: Option<Duration>) {
+        self.shared.inner.lock().stall_body = d;
+    }
+
+    /// The leader `/v1/status/leader` names (`""`: no leader, as during an election).
+    pub fn set_leader(&self, leader: &str) {
+        self.shared.inner.lock().leader = leader.to_string();
+    }
+
+    /// GETs of `/v1/status/leader` recorded since `t`.
+    pub fn probes_since(&self, t: Instant) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.at >= t && r.method == "GET" && r.path == "/v1/status/leader")
+            .collect()
     }
 
     /// Moves the index back to `to` (every entry's index included), as a restore from
@@ -192,6 +231,9 @@ fn delete(g: &mut Inner, key: &str) {
 
 /// The index a read of `key` (or of the prefix, with `recurse`) reports.
 fn index_of(g: &Inner, key: &str, recurse: bool) -> u64 {
+    if g.zero_index {
+        return 0;
+    }
     if recurse {
         return g
             .kv
@@ -202,6 +244,33 @@ fn index_of(g: &Inner, key: &str, recurse: bool) -> u64 {
             .unwrap_or(g.table);
     }
     g.kv.get(key).map_or(g.table, |e| e.modify)
+}
+
+/// Go's `net/http` buffers this much of a handler's output before it gives up on sending a
+/// `Content-Length` and switches to chunked encoding.
+const GO_CHUNKING_THRESHOLD: usize = 2048;
+
+/// A body as Go sends it: with `Content-Length` when short, else chunked; with `stall`, the
+/// second half only after that long.
+fn go_body(bytes: Vec<u8>, stall: Option<Duration>) -> axum::body::Body {
+    if bytes.len() <= GO_CHUNKING_THRESHOLD && stall.is_none() {
+        return axum::body::Body::from(bytes);
+    }
+    let bytes = Bytes::from(bytes);
+    let mut pieces = std::collections::VecDeque::new();
+    let half = bytes.len() / 2;
+    pieces.push_back((None, bytes.slice(..half)));
+    let rest = bytes.slice(half..);
+    for (i, c) in rest.chunks(64 << 10).enumerate() {
+        pieces.push_back(((i == 0).then_some(stall).flatten(), rest.slice_ref(c)));
+    }
+    axum::body::Body::from_stream(futures::stream::unfold(pieces, |mut q| async move {
+        let (wait, piece) = q.pop_front()?;
+        if let Some(d) = wait {
+            tokio::time::sleep(d).await;
+        }
+        Some((Ok::<_, std::io::Error>(piece), q))
+    }))
 }
 
 fn with_index(status: StatusCode, index: u64, body: impl IntoResponse) -> Response {
@@ -229,7 +298,7 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
         .get("X-Consul-Token")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let (required, fault, delay) = {
+    let (required, fault, delay, stall, leader) = {
         let mut g = sh.inner.lock();
         g.requests.push(Recorded {
             at: Instant::now(),
@@ -238,7 +307,7 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
             query: query.clone(),
             token: token.clone(),
         });
-        (g.token.clone(), g.fault, g.delay)
+        (g.token.clone(), g.fault, g.delay, g.stall_body, g.leader.clone())
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -251,12 +320,21 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
             "injected fault",
         );
     }
+    if path == "/v1/status/leader" && method == Method::GET {
+        // No ACL on status endpoints.
+        let body = serde_json::Value::String(leader).to_string().into_bytes();
+        return (StatusCode::OK, go_body(body, stall)).into_response();
+    }
     if required.is_some() && token != required {
         return (StatusCode::FORBIDDEN, "ACL not found").into_response();
     }
     let Some(key) = path.strip_prefix("/v1/kv/").map(String::from) else {
         return (StatusCode::NOT_FOUND, "no such endpoint in this double").into_response();
     };
+    if leader.is_empty() && method == Method::GET && !params.contains_key("stale") {
+        // As Consul during an election: only a stale read is served without a leader.
+        return (StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader").into_response();
+    }
     let recurse = params.contains_key("recurse");
     match method {
         Method::PUT => {
@@ -311,7 +389,7 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
         return with_index(StatusCode::NOT_FOUND, index, "");
     }
     if params.contains_key("raw") {
-        return with_index(StatusCode::OK, index, entries[0].1.value.clone());
+        return with_index(StatusCode::OK, index, go_body(entries[0].1.value.clone(), stall));
     }
     let json: Vec<serde_json::Value> = entries
         .iter()
@@ -328,5 +406,12 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
             })
         })
         .collect();
-    with_index(StatusCode::OK, index, axum::Json(json))
+    let body = serde_json::Value::Array(json).to_string().into_bytes();
+    drop(g);
+    let mut r = with_index(StatusCode::OK, index, go_body(body, stall));
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
