@@ -309,11 +309,6 @@ fn default_dial_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
-/// The default cap on a source value: 4 MiB.
-pub(crate) fn default_max_value_bytes() -> usize {
-    4 << 20
-}
-
 /// A Consul KV source (`type: consul`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

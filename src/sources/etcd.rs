@@ -13,14 +13,12 @@
 //! retried with capped exponential backoff and jitter, while the last good state keeps being
 //! served.
 //!
-//! A value over `max_value_bytes` is an error of kind `too_large` and the last good state is
-//! kept: the gRPC clients refuse messages over the cap plus [`HEADROOM`], and a value between
-//! the two is checked explicitly.
-//!
-//! Values follow the assignment rules of [`super::assignment`]. A key that does not exist at
-//! the first read means "no cores yet". A key deleted after it had a value keeps the last good
-//! state (an empty endpoint set would black-hole all traffic) and is reported as a source error
-//! of kind `deleted`.
+//! Values follow the rules of [`super::KeyState`], shared with the Consul and file sources:
+//! only a well-formed assignment is delivered; an empty, malformed or oversized value
+//! (`max_value_bytes`: the gRPC clients refuse messages over the cap plus [`HEADROOM`], and
+//! `KeyState` checks a value between the two) is an error, and the last good state is kept. A
+//! key that does not exist before its first good value leaves the source not ready (kind
+//! `absent`); one deleted after it keeps the last good state (kind `deleted`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -176,19 +174,6 @@ struct State {
 
 impl State {
     fn apply(&mut self, p: &Publisher, s: &Settings, value: Option<&[u8]>) {
-        if let Some(v) = value.filter(|v| v.len() > s.max_value_bytes) {
-            p.fail(
-                "too_large",
-                format!(
-                    "etcd key {:?}: the value is {} bytes, over max_value_bytes ({}); keeping the last good state",
-                    s.key,
-                    v.len(),
-                    s.max_value_bytes
-                ),
-            );
-            self.key.value_ok = false;
-            return;
-        }
         self.key.apply(p, s.format, &format!("etcd key {:?}", s.key), value);
     }
 
@@ -219,7 +204,10 @@ impl State {
 
 pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
-    let mut state = State::default();
+    let mut state = State {
+        key: KeyState::new(s.max_value_bytes),
+        ..State::default()
+    };
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -127,7 +127,8 @@ impl Publisher {
 
     /// Records a failure; the last good data stays.
     pub fn fail(&self, kind: &'static str, message: String) {
-        tracing::warn!(source = %self.name, kind, error = %message, "source error; keeping the last good state");
+        // Quoted and escaped: a message may carry parts of a source's value.
+        tracing::warn!(source = %self.name, kind, error = ?message, "source error; keeping the last good state");
         self.metrics.source_error(&self.name, kind);
         self.tx.send_modify(|st| {
             st.health.state = "error";

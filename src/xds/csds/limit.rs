@@ -69,18 +69,6 @@ impl LogGate {
     }
 }
 
-/// The longest client-supplied text a log line carries.
-const LOGGED_MAX: usize = 200;
-
-/// A client-supplied string for a log line: quoted and escaped (`{:?}`), at most
-/// [`LOGGED_MAX`] characters, with `…` when cut.
-pub(crate) fn quoted(s: &str) -> String {
-    match s.char_indices().nth(LOGGED_MAX) {
-        None => format!("{s:?}"),
-        Some((cut, _)) => format!("{:?}…", &s[..cut]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,15 +104,6 @@ mod tests {
             (100..=106).contains(&passed),
             "{passed} requests in 10 s at 10/s, burst 5"
         );
-    }
-
-    #[test]
-    fn client_strings_are_quoted_and_cut() {
-        assert_eq!(quoted("a\"b\n"), r#""a\"b\n""#);
-        let long = "é".repeat(500);
-        let q = quoted(&long);
-        assert!(q.ends_with('…'));
-        assert_eq!(q.chars().filter(|c| *c == 'é').count(), LOGGED_MAX);
     }
 
     #[tokio::test(start_paused = true)]

@@ -62,9 +62,10 @@ pub use encode::{merge_nodes, MergedNode};
 
 use self::encode::{encode, Chunks, TooLarge};
 use self::filter::NodeFilter;
-use self::limit::{quoted, LogGate, TokenBucket};
+use self::limit::{LogGate, TokenBucket};
 use super::grpc::Requests;
 use super::listen::ConnInfo;
+use super::logsafe::Safe;
 use super::server::XdsServer;
 use crate::config::CsdsConfig;
 use crate::metrics::StreamGauge;
@@ -146,7 +147,7 @@ impl Csds {
     /// Counts and logs a refused request; returns its status.
     fn refuse(&self, status: Status, result: &'static str, remote: Remote) -> Status {
         self.server.metrics.csds_request(result);
-        let message = quoted(status.message());
+        let message = Safe(status.message());
         if self.warnings.open() {
             warn!(?remote, code = ?status.code(), error = %message, "CSDS request refused");
         } else {
@@ -359,7 +360,7 @@ impl Service<http::Request<Body>> for Csds {
             Ok(match method.as_str() {
                 "FetchClientStatus" => this.fetch(inbound, remote).await,
                 "StreamClientStatus" => this.stream(inbound, remote),
-                _ => Status::unimplemented(format!("{NAME}/{} is not served", quoted(&method))).into_http(),
+                _ => Status::unimplemented(format!("{NAME}/{} is not served", Safe(&method))).into_http(),
             })
         })
     }
