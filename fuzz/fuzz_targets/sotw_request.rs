@@ -328,8 +328,12 @@ impl Pair {
         if trace() {
             eprintln!("  -> {ra:?}");
         }
+        if ra.is_err() {
+            // The server ends the stream here: it is not polled again.
+            return false;
+        }
         self.compare();
-        ra.is_ok()
+        true
     }
 
     fn snapshot(&mut self, snap: Option<Arc<voltha_xds::xds::cache::Snapshot>>) {
