@@ -11,7 +11,11 @@
 #  - On a full run (no arguments): deploy/check.sh (offline checks of Dockerfile,
 #    docker-compose.yml and deploy/kubernetes/, installing hadolint, docker-compose and
 #    kubernetes-validate if missing) and `scripts/dev.sh --check` (voltha-xds, two fake cores
-#    and Envoy on loopback; one gRPC and one REST request through Envoy reach a core).
+#    and Envoy on loopback; one gRPC and one REST request through Envoy reach a core), then
+#    a short run of each cargo-fuzz target in fuzz/ from its committed corpus (installing
+#    cargo-fuzz if missing; nightly when installed, else the stable toolchain with
+#    RUSTC_BOOTSTRAP=1), its target dir a cache beside the tests' ($HOME/.cache/voltha-xds/
+#    fuzz-target). FUZZ_SECONDS (default 5) is each target's run; see fuzz/README.md.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test envoy_e2e`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,4 +67,37 @@ if [ $# -eq 0 ]; then
   # The debug binaries cargo test just built.
   echo "== scripts/dev.sh --check"
   scripts/dev.sh --check --debug --no-build
+
+  echo "== cargo fuzz: each target for ${FUZZ_SECONDS:-5}s from its corpus (fuzz/README.md)"
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "== installing cargo-fuzz (cargo install cargo-fuzz --locked)"
+    cargo install cargo-fuzz --locked
+  fi
+  if rustup run nightly rustc --version >/dev/null 2>&1; then
+    fuzz=(cargo +nightly fuzz)
+  else
+    # No nightly: the stable compiler takes cargo-fuzz's unstable flags with this switch.
+    export RUSTC_BOOTSTRAP=1
+    fuzz=(cargo fuzz)
+  fi
+  (
+    export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/voltha-xds/fuzz-target}"
+    "${fuzz[@]}" build -a
+    for t in $("${fuzz[@]}" list); do
+      # A scratch copy of the corpus: what a short run finds is not written into the clone.
+      scratch=$(mktemp -d)
+      cp -r "fuzz/corpus/$t/." "$scratch/" 2>/dev/null || true
+      log="$scratch.log"
+      if "${fuzz[@]}" run -a "$t" "$scratch" -- -max_total_time="${FUZZ_SECONDS:-5}" \
+        -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
+        echo "fuzz $t: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$') runs, no failure"
+        rm -rf "$scratch" "$log"
+      else
+        tail -n 60 "$log"
+        echo "fuzz $t FAILED (the input is under fuzz/artifacts/$t; fuzz/README.md says how to rerun it)"
+        rm -rf "$scratch" "$log"
+        exit 1
+      fi
+    done
+  )
 fi

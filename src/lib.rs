@@ -16,6 +16,9 @@ pub mod admin;
 pub mod bootstrap;
 pub mod config;
 pub mod envoy_json;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod metrics;
 pub mod model;
 pub mod proto;

@@ -413,3 +413,31 @@ fn the_debug_api_has_a_listener_of_its_own() {
         vec!["server.admin_debug_listen: bad address \"localhost:18081\" (expected ip:port, e.g. 0.0.0.0:18000)"]
     );
 }
+
+/// Port 0 is refused in every form: `ip:port` as well as `host:port` and a default port (an
+/// endpoint at port 0 takes no connection). Found by the `assignment` fuzz target: an endpoint
+/// set `{"a": ["10.0.0.1:0"]}` from a source was accepted with port 0.
+#[test]
+fn port_0_is_refused_in_every_form() {
+    for s in ["10.0.0.1:0", "[fd00::1]:0", "vcore-0.voltha:0"] {
+        for default in [None, Some(80)] {
+            let e = parse_host_port(s, default).expect_err(s);
+            assert!(e.contains("port 0"), "{s}: {e}");
+        }
+    }
+    assert!(parse_host_port("vcore-0.voltha", Some(0)).is_err());
+    for (s, default) in [("10.0.0.1:0", None), ("[fd00::1]:0", Some(80)), ("10.0.0.1", Some(0))] {
+        let e = parse_static(s, default).expect_err(s);
+        assert!(e.contains("port 0"), "{s}: {e}");
+    }
+    // From a source: the value is refused whole (the last good state is kept).
+    let e = crate::sources::assignment::parse_endpoint_sets(br#"{"a": ["10.0.0.2:80", "10.0.0.1:0"]}"#)
+        .expect_err("port 0");
+    assert!(e.to_string().contains("port 0"), "{e}");
+    // In the configuration: a static and a DNS endpoint.
+    let e = errors_of(&MINIMAL.replace("10.0.0.1:80", "10.0.0.1:0"));
+    assert!(e.iter().any(|x| x.contains("port 0")), "{e:?}");
+    let dns = MINIMAL.replace(r#"static: ["10.0.0.1:80"]"#, r#"dns: ["10.0.0.1:0"]"#);
+    let e = errors_of(&dns);
+    assert!(e.iter().any(|x| x.contains("port 0")), "{e:?}");
+}

@@ -367,20 +367,29 @@ fn transcoder(e: &mut Vec<String>, at: &str, t: &super::TranscoderConfig) {
     }
 }
 
-/// `ip:port`, or a bare `ip` when a default port is given.
+/// `ip:port`, or a bare `ip` when a default port is given; port 0 is refused.
 pub fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
+    let a = match (s.parse::<SocketAddr>(), default_port) {
+        (Ok(a), _) => a,
+        (Err(_), Some(port)) => match s.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => return Err(format!("bad static endpoint {s:?} (expected ip:port)")),
+        },
+        (Err(_), None) => return Err(format!("bad static endpoint {s:?} (expected ip:port)")),
+    };
+    if a.port() == 0 {
+        return Err(format!("port 0 in {s:?}"));
     }
-    if let (Ok(ip), Some(port)) = (s.trim_matches(['[', ']']).parse::<IpAddr>(), default_port) {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    Err(format!("bad static endpoint {s:?} (expected ip:port)"))
+    Ok(a)
 }
 
-/// `host:port` (or a bare host with a default port) where host is a DNS name or an IP.
+/// `host:port` (or a bare host with a default port) where host is a DNS name or an IP; port 0
+/// is refused in every form.
 pub fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!("port 0 in {s:?}"));
+        }
         return Ok((a.ip().to_string(), a.port()));
     }
     let (host, port) = match s.rsplit_once(':') {

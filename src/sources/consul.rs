@@ -37,6 +37,8 @@ use crate::config::{ConsulConsistency, ConsulSource, FileFormat};
 use crate::model::SourceData;
 
 mod query;
+#[cfg(feature = "fuzzing")]
+pub(crate) use query::decode_body;
 use query::{kv_body_limit, leader_known, next_index, query, Got};
 
 /// Connection settings, with the environment fallbacks of Consul's own tools applied.

@@ -65,7 +65,7 @@ struct KvEntry {
 }
 
 /// Reads the value of `key` out of a `GET /v1/kv/<key>` body.
-pub(super) fn decode_body(key: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_body(key: &str, body: &[u8]) -> Result<Vec<u8>, String> {
     let entries: Vec<KvEntry> = serde_json::from_slice(body).map_err(|e| format!("the KV answer is not JSON: {e}"))?;
     let Some(e) = entries.into_iter().find(|e| e.key == key) else {
         return Err(format!("the KV answer does not hold key {key:?}"));
