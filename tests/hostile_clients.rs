@@ -506,3 +506,151 @@ groups:
     eprintln!("stalled client: {got} responses after {CHANGES} changes");
     assert!(got <= 3, "{got} responses queued for a client that stopped reading");
 }
+
+/// Stream churn: 2,000 ADS streams opened, synced and dropped in waves of 100 (half SotW, half
+/// Delta, each with its own node id), while a good client holds its subscription. Every wave
+/// leaves no stream and no client entry behind, and the good client gets the next change.
+#[tokio::test]
+async fn stream_churn_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("assignment.json");
+    std::fs::write(&file, assignment(&["127.0.0.1"])).expect("write");
+    let yaml = format!(
+        r#"
+default_group: nbi
+debounce: {{ quiet: 10ms, max_delay: 200ms }}
+sources: [{{ name: assignment, type: file, path: "{}", poll_interval: 20ms }}]
+clusters:
+  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
+groups:
+  - {{ name: nbi, clusters: [voltha-grpc] }}
+"#,
+        file.display()
+    );
+    let server = start_server(&yaml).await;
+    let admin = format!("http://{}", server.admin_addr);
+    let debug = format!("http://{}", server.admin_debug_addr);
+    wait_for(WAIT, "readiness", || {
+        let url = format!("{admin}/readyz");
+        async move { (get_json(&url).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let open_streams = |admin: String| async move {
+        get_text(&format!("{admin}/metrics"))
+            .await
+            .lines()
+            .filter(|l| l.starts_with("voltha_xds_streams{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+
+    let (good_tx, rx) = mpsc::channel(16);
+    let mut good = AggregatedDiscoveryServiceClient::new(ch.clone())
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("good stream")
+        .into_inner();
+    good_tx
+        .send(DiscoveryRequest {
+            node: node(),
+            type_url: EDS.into(),
+            resource_names: vec!["voltha-grpc".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let first = tokio::time::timeout(WAIT, good.message())
+        .await
+        .expect("time")
+        .expect("ok")
+        .expect("open");
+    good_tx
+        .send(DiscoveryRequest {
+            version_info: first.version_info.clone(),
+            response_nonce: first.nonce.clone(),
+            type_url: EDS.into(),
+            resource_names: vec!["voltha-grpc".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("ack");
+
+    for wave in 0..20 {
+        let (mut sotw, mut delta) = (Vec::new(), Vec::new());
+        for i in 0..100 {
+            let node = Some(Node {
+                id: format!("churn-{wave}-{i}"),
+                cluster: "nbi".into(),
+                ..Default::default()
+            });
+            let mut client = AggregatedDiscoveryServiceClient::new(ch.clone());
+            if i % 2 == 0 {
+                let (tx, rx) = mpsc::channel(4);
+                tx.send(DiscoveryRequest {
+                    node,
+                    type_url: CDS.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+                let mut s = client
+                    .stream_aggregated_resources(ReceiverStream::new(rx))
+                    .await
+                    .expect("sotw stream")
+                    .into_inner();
+                let r = tokio::time::timeout(WAIT, s.message()).await.expect("time");
+                assert!(matches!(r, Ok(Some(_))), "wave {wave} stream {i}: {r:?}");
+                sotw.push((tx, s));
+            } else {
+                let (tx, rx) = mpsc::channel(4);
+                tx.send(DeltaDiscoveryRequest {
+                    node,
+                    type_url: CDS.into(),
+                    resource_names_subscribe: vec!["*".into()],
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+                let mut s = client
+                    .delta_aggregated_resources(ReceiverStream::new(rx))
+                    .await
+                    .expect("delta stream")
+                    .into_inner();
+                let r = tokio::time::timeout(WAIT, s.message()).await.expect("time");
+                assert!(matches!(r, Ok(Some(_))), "wave {wave} stream {i}: {r:?}");
+                delta.push((tx, s));
+            }
+        }
+        let during = open_streams(admin.clone()).await;
+        assert_eq!(during, 101.0, "wave {wave}: open streams while held");
+        drop((sotw, delta));
+        wait_for(WAIT, "the wave's streams gone", || {
+            let admin = admin.clone();
+            async move { (open_streams(admin).await == 1.0).then_some(()) }
+        })
+        .await;
+    }
+    // Only the good client is left in the client table, and it still gets changes.
+    wait_for(WAIT, "one client left", || {
+        let url = format!("{debug}/debug/clients");
+        async move {
+            let (_, v) = get_json(&url).await;
+            (v["clients"].as_array().map(|a| a.len()) == Some(1)).then_some(())
+        }
+    })
+    .await;
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, assignment(&["127.0.0.9"])).expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+    let after = tokio::time::timeout(WAIT, good.message())
+        .await
+        .expect("the good client's update in time")
+        .expect("ok")
+        .expect("open");
+    assert_eq!(hosts(&after), ["127.0.0.9"]);
+}
