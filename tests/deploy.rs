@@ -1,7 +1,10 @@
 //! The deployment files agree with the code and with each other: the ConfigMap holds a
 //! configuration the loader accepts; the Deployment's arguments, ports and probes match the
 //! Service, the configuration and the admin API; the debug API stays on the pod's loopback
-//! and off every Service; the RBAC is pods read-only for the
+//! and off every Service; the NetworkPolicy admits Envoys to xDS and Prometheus to the admin
+//! port only; every object carries the recommended labels with the package version; the
+//! replicas spread over zones; the Deployment and docs/deploy.md give the same memory
+//! figures; the RBAC is pods read-only for the
 //! ServiceAccount the Deployment runs as; the example Envoy's bootstrap step points at the
 //! Service; docker-compose.yml's assignment key, core names and ports match the configuration
 //! it runs; the Dockerfile copies everything the build reads. Schema validity is checked
@@ -752,4 +755,149 @@ fn compose_wiring_agrees_with_the_configuration() {
     // The shared volume is writable by the image's user.
     let o = str_of(&compose["volumes"][vol.as_str()]["driver_opts"]["o"]);
     assert!(o.contains(&format!("uid={}", dockerfile_uid())), "{o}");
+}
+
+/// Every object we ship (the Namespace is VOLTHA's) and every pod template carries the
+/// recommended labels, with the package's version; the image tags say the same version.
+#[test]
+fn every_object_carries_the_recommended_labels_and_the_package_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let keys = ["name", "instance", "version", "component", "part-of"];
+    let check = |what: &str, labels: &Value| {
+        for k in keys {
+            let v = &labels[format!("app.kubernetes.io/{k}").as_str()];
+            assert!(
+                v.as_str().is_some_and(|s| !s.is_empty()),
+                "{what}: no app.kubernetes.io/{k}"
+            );
+        }
+        assert_eq!(labels["app.kubernetes.io/version"].as_str(), Some(version), "{what}");
+        assert_eq!(labels["app.kubernetes.io/part-of"].as_str(), Some("voltha"), "{what}");
+    };
+    for m in manifests().iter().filter(|m| m["kind"] != "Namespace") {
+        let what = format!("{} {}", str_of(&m["kind"]), str_of(&m["metadata"]["name"]));
+        check(&what, &m["metadata"]["labels"]);
+        let template = &m["spec"]["template"];
+        if !template.is_null() {
+            check(&format!("{what} pod template"), &template["metadata"]["labels"]);
+            let spec = &template["spec"];
+            for c in ["initContainers", "containers"]
+                .iter()
+                .filter_map(|k| spec[*k].as_sequence())
+                .flatten()
+            {
+                let image = str_of(&c["image"]);
+                if image.starts_with("voltha-xds:") {
+                    assert_eq!(image, format!("voltha-xds:{version}"), "{what}");
+                }
+            }
+        }
+    }
+}
+
+/// The NetworkPolicy selects voltha-xds's pods and admits, on the xDS port, the Envoys (the
+/// example Envoy's pods by label) and, on the admin port, Prometheus; no other port, so the
+/// debug listener (on loopback anyway) is never admitted.
+#[test]
+fn the_network_policy_admits_envoys_to_xds_and_prometheus_to_admin_only() {
+    let all = manifests();
+    let d = find(&all, "Deployment", "voltha-xds");
+    let pods = &d["spec"]["template"]["metadata"]["labels"];
+    let ports = container_ports(container(d, "voltha-xds"));
+    let np = find(&all, "NetworkPolicy", "voltha-xds");
+    assert!(labels_match(&np["spec"]["podSelector"]["matchLabels"], pods));
+    assert_eq!(strings(&np["spec"]["policyTypes"]), ["Ingress"]);
+    let envoy = find(&all, "Deployment", "voltha-envoy");
+    let envoy_pods = &envoy["spec"]["template"]["metadata"]["labels"];
+    let rules = np["spec"]["ingress"].as_sequence().expect("ingress rules");
+    let mut admitted = BTreeMap::new();
+    for r in rules {
+        let rule_ports: Vec<u16> = r["ports"]
+            .as_sequence()
+            .expect("every rule names its ports")
+            .iter()
+            .map(|p| resolve_port(&p["port"], &ports))
+            .collect();
+        for p in rule_ports {
+            admitted.insert(p, r["from"].clone());
+        }
+    }
+    let xds = ports["xds"];
+    let admin = ports["admin"];
+    assert_eq!(
+        admitted.keys().copied().collect::<Vec<_>>(),
+        [xds, admin]
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    let from_xds = admitted[&xds].as_sequence().expect("xds sources");
+    assert!(
+        from_xds
+            .iter()
+            .any(|f| f["namespaceSelector"].is_null() && labels_match(&f["podSelector"]["matchLabels"], envoy_pods)),
+        "the example Envoy's pods may reach xDS: {from_xds:?}"
+    );
+    let from_admin = admitted[&admin].as_sequence().expect("admin sources");
+    assert!(from_admin
+        .iter()
+        .all(|f| !f["namespaceSelector"].is_null() && !f["podSelector"].is_null()));
+    assert!(!from_admin
+        .iter()
+        .any(|f| labels_match(&f["podSelector"]["matchLabels"], envoy_pods)));
+}
+
+/// The replicas spread over zones first (a zone lost leaves one serving), then nodes.
+#[test]
+fn the_replicas_spread_over_zones_and_nodes() {
+    let all = manifests();
+    let d = find(&all, "Deployment", "voltha-xds");
+    let spec = pod_spec(d);
+    let pods = &d["spec"]["template"]["metadata"]["labels"];
+    let spread = spec["topologySpreadConstraints"]
+        .as_sequence()
+        .expect("spread constraints");
+    assert!(spread.iter().any(|s| s["topologyKey"] == "topology.kubernetes.io/zone"
+        && s["maxSkew"].as_u64() == Some(1)
+        && labels_match(&s["labelSelector"]["matchLabels"], pods)));
+    let anti = &spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+    assert!(anti
+        .as_sequence()
+        .expect("anti-affinity")
+        .iter()
+        .any(|t| t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"));
+}
+
+/// The memory figures the Deployment's comment gives are the ones docs/deploy.md gives.
+#[test]
+fn the_deployment_and_the_deploy_doc_agree_on_memory() {
+    let mib = |text: &str| -> BTreeSet<String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[1].starts_with("MiB"))
+            .map(|w| w[0].to_string())
+            .collect()
+    };
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+    let comment: String = deployment
+        .lines()
+        .skip_while(|l| !l.contains("Measured"))
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let doc = read("docs/deploy.md");
+    let bullet: String = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("- **Resources**"))
+        .take_while(|l| !l.starts_with("- **Security**"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The measured figures, after the requests and limits the bullet opens with.
+    let measured = bullet.split_once("measures").map_or("", |(_, m)| m);
+    let (a, b) = (mib(&comment), mib(measured));
+    assert!(!a.is_empty(), "no figures in the Deployment's comment");
+    assert_eq!(a, b, "deployment.yaml: {comment}\ndocs/deploy.md: {bullet}");
 }
