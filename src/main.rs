@@ -23,7 +23,8 @@ static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMallo
 /// - `MIMALLOC_ALLOW_THP=0`: no transparent huge pages for the heap; with them a few live bytes
 ///   keep a whole 2 MiB page resident.
 ///
-/// An operator's own value of either variable is kept. `docs/deploy.md` has the figures.
+/// An operator's own value of either variable is kept. `docs/reliability.md` and
+/// `docs/benchmarks.md` have the figures.
 const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "0"), ("MIMALLOC_ALLOW_THP", "0")];
 
 /// Restarts this process (same pid, arguments and environment) with the [`ALLOCATOR_ENV`]

@@ -287,3 +287,49 @@ async fn a_value_over_max_value_bytes_is_refused_and_the_last_good_state_kept() 
     s.wait_hosts(&["10.0.0.7"], "the next good value").await;
     s.wait_state((200, "ok"), "the source healthy").await;
 }
+
+/// A recovery is followed within about one probe interval, whatever the backoff's wait: with
+/// a backoff of 10 s (a wait of 5 to 10 s after the outage is seen), a value written as etcd
+/// comes back is served within 2.5 s.
+#[tokio::test]
+async fn a_recovery_is_followed_within_2s_whatever_the_backoff() {
+    let mut etcd = Etcd::start().await;
+    etcd.put(KEY, TWO);
+    let yaml = kv_config(&format!(
+        r#"type: etcd, endpoints: ["{}"], dial_timeout: 1s, backoff: {{ initial: 10s, max: 10s }}, probe_interval: 200ms"#,
+        etcd.client
+    ));
+    let s = Server::start(&yaml).await;
+    s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the initial assignment").await;
+    etcd.stop();
+    wait_for(WAIT, "the outage noticed", || async {
+        (s.source_state().await.1 == "error").then_some(())
+    })
+    .await;
+    // Probes find etcd down meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.resume().await;
+    let back = std::time::Instant::now();
+    etcd.put(KEY, OTHER);
+    s.wait_hosts(&["10.0.0.7"], "the value written at the recovery").await;
+    assert!(
+        back.elapsed() < Duration::from_millis(2500),
+        "applied {:?} after etcd came back",
+        back.elapsed()
+    );
+}
+
+/// `render` reads each source once; an absent key is an error there, as serve would not be
+/// ready on it (not an empty assignment).
+#[tokio::test]
+async fn render_refuses_an_absent_key() {
+    let etcd = Etcd::start().await;
+    let config = voltha_xds::config::Config::from_yaml(&config(&etcd.client.to_string(), "")).expect("config");
+    let e = voltha_xds::sources::read_once(&config)
+        .await
+        .expect_err("an absent key");
+    assert!(e.contains("does not exist"), "{e}");
+    etcd.put(KEY, TWO);
+    let m = voltha_xds::sources::read_once(&config).await.expect("a good value");
+    assert_eq!(m.sources.len(), 1);
+}

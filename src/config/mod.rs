@@ -303,6 +303,14 @@ pub struct EtcdSource {
     /// `too_large` and the last good state is kept.
     #[serde(default = "default_max_value_bytes")]
     pub max_value_bytes: usize,
+    /// While etcd is out of reach: how often it is probed (a connection and a read of the
+    /// key), so a recovery is followed at once rather than after the backoff's wait.
+    #[serde(default = "default_etcd_probe_interval")]
+    pub probe_interval: Dur,
+}
+
+fn default_etcd_probe_interval() -> Dur {
+    Dur(Duration::from_millis(500))
 }
 
 fn default_dial_timeout() -> Dur {

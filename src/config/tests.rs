@@ -190,10 +190,11 @@ fn every_shipped_config_validates() {
 fn etcd_source_errors_are_named() {
     let yaml = format!(
         "{MINIMAL}{}",
-        r#"sources: [{ name: kv, type: etcd, endpoints: ["etcd", "http://:1"], key: "", password: x, cert_file: /c, dial_timeout: 0s, backoff: { initial: 2s, max: 1s }, max_value_bytes: 0 }]"#
+        r#"sources: [{ name: kv, type: etcd, endpoints: ["etcd", "http://:1"], key: "", password: x, cert_file: /c, dial_timeout: 0s, backoff: { initial: 2s, max: 1s }, max_value_bytes: 0, probe_interval: 0s }]"#
     );
     let e = errors_of(&yaml);
     for want in [
+        "source \"kv\": probe_interval must be above zero",
         "source \"kv\": key is empty",
         "source \"kv\": endpoint \"etcd\": needs a host and a port",
         "source \"kv\": endpoint \"http://:1\": needs a host and a port",

@@ -446,6 +446,9 @@ fn etcd(e: &mut Vec<String>, x: &super::EtcdSource) {
     if x.cert_file.is_some() != x.key_file.is_some() {
         e.push(format!("{at}: cert_file and key_file go together"));
     }
+    if x.probe_interval.0.is_zero() {
+        e.push(format!("{at}: probe_interval must be above zero"));
+    }
     if x.dial_timeout.0.is_zero() {
         e.push(format!("{at}: dial_timeout must be above zero"));
     }

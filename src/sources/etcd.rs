@@ -55,6 +55,8 @@ pub struct Settings {
     pub dial_timeout: Duration,
     /// The largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// How often etcd is probed while it is out of reach.
+    pub probe_interval: Duration,
 }
 
 /// What a Range or Watch response may carry besides the value (header, key, revisions, a few
@@ -104,6 +106,7 @@ impl Settings {
             key_file: path(&c.key_file, "ETCDCTL_KEY"),
             dial_timeout: c.dial_timeout.0,
             max_value_bytes: c.max_value_bytes,
+            probe_interval: c.probe_interval.0,
         };
         for ep in &s.endpoints {
             endpoint_uri(ep, s.ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}"))?;
@@ -220,9 +223,45 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
                 let wait = backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = wait_to_retry(&s, wait) => {}
                 }
             }
+        }
+    }
+}
+
+/// Waits `delay` (the backoff's) before a failed session is retried, but no longer than it
+/// takes etcd, once a probe has found it out of reach, to answer a probe again: every
+/// `probe_interval`, a connection and a read of the key (authenticated where configured),
+/// neither counted nor logged. So a recovery after a long outage is followed within about one
+/// probe interval, whatever the backoff has grown to, while an etcd that answers but fails the
+/// session otherwise (a broken watch, say) is still retried at the backoff's pace.
+async fn wait_to_retry(s: &Settings, delay: Duration) {
+    let deadline = tokio::time::Instant::now() + delay;
+    let mut down = false;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left <= s.probe_interval {
+            tokio::time::sleep(left).await;
+            return;
+        }
+        tokio::time::sleep(s.probe_interval).await;
+        let answers = async {
+            let (channel, token) = open(s).await.ok()?;
+            read(&channel, &token, s).await.ok()
+        };
+        if tokio::time::timeout(s.dial_timeout, answers)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            if down {
+                tracing::info!(key = %s.key, "etcd answers again; reading at once");
+                return;
+            }
+        } else {
+            down = true;
         }
     }
 }
@@ -431,7 +470,10 @@ async fn session_inner(
 pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let (channel, token) = open(s).await.map_err(|f| f.message)?;
     match read(&channel, &token, s).await.map_err(|f| f.message)?.value {
-        None => Ok(SourceData::default()),
+        None => Err(format!(
+            "etcd key {:?}: does not exist (serve would not be ready)",
+            s.key
+        )),
         Some(v) if v.len() > s.max_value_bytes => Err(format!(
             "etcd key {:?}: the value is {} bytes, over max_value_bytes ({})",
             s.key,
