@@ -219,7 +219,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let c = Config::load(&config).map_err(|e| e.to_string())?;
             // The xDS TLS files are loaded as `serve` would load them.
             if let Some(tls) = &c.server.tls {
-                voltha_xds::xds::listen::check(tls).map_err(|e| format!("{}: {e}", config.display()))?;
+                voltha_xds::xds::listen::check(&voltha_xds::config::xds_tls(tls))
+                    .map_err(|e| format!("{}: {e}", config.display()))?;
             }
             print!("{} is valid\n{}", config.display(), c.summary());
             Ok(())

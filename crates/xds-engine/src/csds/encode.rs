@@ -19,9 +19,9 @@ use envoy_types::pb::google::protobuf::Timestamp;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use super::filter::NodeFilter;
-use crate::xds::cache::{Snapshot, TypeSnapshot};
-use crate::xds::resources::ResourceType;
-use crate::xds::status::{ClientStatus, SyncState, TypeStatus};
+use crate::cache::{Snapshot, TypeSnapshot};
+use crate::resources::ResourceType;
+use crate::status::{ClientStatus, SyncState, TypeStatus};
 
 /// Small fields are written into blocks of this size, shared by the pieces cut from them.
 const BLOCK: usize = 16 * 1024;

@@ -67,7 +67,6 @@ use super::grpc::Requests;
 use super::listen::ConnInfo;
 use super::logsafe::Safe;
 use super::server::XdsServer;
-use crate::config::CsdsConfig;
 use crate::metrics::StreamGauge;
 
 /// The gRPC service name.
@@ -85,20 +84,14 @@ pub struct CsdsLimits {
     pub stream_burst: u32,
 }
 
-impl From<&CsdsConfig> for CsdsLimits {
-    fn from(c: &CsdsConfig) -> Self {
-        CsdsLimits {
-            max_concurrent_requests: c.max_concurrent_requests,
-            max_response_bytes: c.max_response_bytes,
-            stream_requests_per_second: c.stream_requests_per_second,
-            stream_burst: c.stream_burst,
-        }
-    }
-}
-
 impl Default for CsdsLimits {
     fn default() -> Self {
-        CsdsLimits::from(&CsdsConfig::default())
+        CsdsLimits {
+            max_concurrent_requests: 4,
+            max_response_bytes: 4 * 1024 * 1024,
+            stream_requests_per_second: 1.0,
+            stream_burst: 5,
+        }
     }
 }
 

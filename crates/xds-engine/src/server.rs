@@ -327,8 +327,8 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::xds::logsafe::LOGGED_PER_STREAM;
-    use crate::xds::status::Nack;
+    use crate::logsafe::LOGGED_PER_STREAM;
+    use crate::status::Nack;
 
     const FORGED: &str = "type.googleapis.com/x\n2099-01-01T00:00:00Z ERROR voltha_xds::reconcile: FORGED";
 
@@ -404,7 +404,7 @@ mod tests {
 
     fn metric(srv: &XdsServer, sample: &str) -> Option<u64> {
         srv.metrics
-            .render()
+            .render("voltha_xds")
             .lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }

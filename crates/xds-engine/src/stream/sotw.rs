@@ -22,10 +22,10 @@ use prost::Message;
 use super::{
     error_text, share_names, wire, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
 };
-use crate::xds::cache::{Snapshot, TypeSnapshot};
-use crate::xds::resources::{Resource, ResourceType};
-use crate::xds::status::ClientStatus;
-use crate::xds::wire::DiscoveryResponse;
+use crate::cache::{Snapshot, TypeSnapshot};
+use crate::resources::{Resource, ResourceType};
+use crate::status::ClientStatus;
+use crate::wire::DiscoveryResponse;
 
 /// `DiscoveryRequest` field numbers (envoy/service/discovery/v3/discovery.proto).
 const DISCOVERY_REQUEST_RESOURCE_NAMES: u32 = 3;

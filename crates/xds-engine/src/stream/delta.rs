@@ -25,10 +25,10 @@ use parking_lot::Mutex;
 use super::{
     error_text, share_names, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
 };
-use crate::xds::cache::{Snapshot, TypeSnapshot};
-use crate::xds::resources::{parse_version, Resource, ResourceType};
-use crate::xds::status::ClientStatus;
-use crate::xds::wire::DeltaDiscoveryResponse;
+use crate::cache::{Snapshot, TypeSnapshot};
+use crate::resources::{parse_version, Resource, ResourceType};
+use crate::status::ClientStatus;
+use crate::wire::DeltaDiscoveryResponse;
 
 #[derive(Default)]
 struct TypeState {
@@ -419,7 +419,7 @@ mod known_tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::xds::cache::{Cache, GroupInput};
+    use crate::cache::{Cache, GroupInput};
 
     /// Publishes one EDS snapshot per content map; returns the type snapshots in order.
     fn history(versions: &[BTreeMap<String, u8>]) -> Vec<Arc<TypeSnapshot>> {
