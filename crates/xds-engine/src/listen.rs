@@ -56,6 +56,7 @@ enum Io {
 /// What tonic's request extensions get: the peer's address.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
+    /// The client's address.
     pub remote: Option<SocketAddr>,
 }
 

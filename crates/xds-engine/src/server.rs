@@ -30,10 +30,15 @@ const SEND_BUFFER: usize = 4;
 /// Everything a stream needs; cheap to clone.
 #[derive(Clone)]
 pub struct XdsServer {
+    /// The snapshots served.
     pub cache: Cache,
+    /// The open streams, for status and CSDS.
     pub clients: Arc<ClientTable>,
+    /// The engine's metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-stream limits.
     pub limits: Limits,
+    /// Ends every stream when cancelled.
     pub shutdown: CancellationToken,
     /// One permit per open stream (`server.max_streams`).
     pub stream_slots: Arc<Semaphore>,

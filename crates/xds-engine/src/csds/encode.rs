@@ -48,10 +48,15 @@ const GENERIC_ERROR_STATE: u32 = 8;
 
 /// One Envoy: its streams' statuses merged per type (newest stream wins).
 pub struct MergedNode<'a> {
+    /// The client's `node.id`.
     pub node_id: &'a str,
+    /// The client's `node.cluster`.
     pub node_cluster: &'a str,
+    /// The node group it is served from, once known.
     pub group: Option<&'a str>,
+    /// Its open streams.
     pub streams: Vec<&'a ClientStatus>,
+    /// Its status per type, merged over its streams.
     pub types: BTreeMap<ResourceType, &'a TypeStatus>,
 }
 

@@ -78,9 +78,13 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// CSDS's bounds (`server.csds`, documented in `docs/configuration.md`).
 #[derive(Clone, Copy, Debug)]
 pub struct CsdsLimits {
+    /// CSDS answers being built or sent at once, over every client.
     pub max_concurrent_requests: usize,
+    /// The largest CSDS response message, in bytes.
     pub max_response_bytes: usize,
+    /// Requests one `StreamClientStatus` stream may make per second, on average.
     pub stream_requests_per_second: f64,
+    /// Requests one `StreamClientStatus` stream may make at once after a quiet period.
     pub stream_burst: u32,
 }
 
@@ -128,6 +132,7 @@ struct Answer {
 }
 
 impl Csds {
+    /// The CSDS service of `server`'s streams and cache.
     pub fn new(server: XdsServer) -> Self {
         let n = server.csds.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
         Csds {
