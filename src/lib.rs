@@ -5,8 +5,9 @@
 //! - [`config`]: typed, validated configuration; a leaf.
 //! - [`sources`]: inputs (file, Consul, etcd, Kubernetes pods); use `model` and `config`.
 //! - [`translate`]: the pure function model + config → Envoy resources.
-//! - [`xds`]: snapshot cache, per-stream protocol state machines, gRPC services; serves opaque
-//!   typed resources and imports neither `model`, `sources` nor `translate`.
+//! - [`xds`]: the `xds-engine` crate (`crates/xds-engine`), re-exported: snapshot cache,
+//!   per-stream protocol state machines, gRPC services, CSDS, the listener; serves opaque typed
+//!   resources and cannot import anything of this crate (it is another package).
 //! - [`admin`]: the admin HTTP API (probes and metrics; debug views on a loopback listener
 //!   of their own); reads handles only.
 //! - [`reconcile`]: debounce, translate, publish.

@@ -60,6 +60,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod cache;
 pub mod csds;
 pub mod grpc;
