@@ -3,6 +3,7 @@
 //! Parsing and validation work on a string (`Config::from_yaml`), with no files or environment,
 //! so every error message is a unit test. Every key is documented in `docs/configuration.md`.
 
+pub mod address;
 mod duration;
 mod kubernetes;
 mod limits;
