@@ -15,11 +15,12 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 # Everything the build reads: the manifest and lock file, build.rs and the vendored protos,
-# the sources, and config/ (config/voltha-xds.yaml is embedded as the default configuration).
+# the sources (the root package's and the xDS engine crate's), and config/ (config/voltha-xds.yaml is embedded as the default configuration).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto-vendor/ proto-vendor/
 COPY config/ config/
 COPY src/ src/
+COPY crates/ crates/
 RUN cargo build --release --locked --bin voltha-xds --bin voltha-fake-core \
  && mkdir -p /out \
  && cp target/release/voltha-xds target/release/voltha-fake-core /out/ \

@@ -5,7 +5,7 @@
 //! 2. compile the etcd v3 API subset in `proto-vendor/etcd/` into a tonic client (the etcd
 //!    source).
 //!
-//! The xDS services need no generated code: `src/xds/grpc.rs` serves them directly, so a
+//! The xDS services need no generated code: `crates/xds-engine/src/grpc.rs` serves them directly, so a
 //! response is framed from resources encoded once per snapshot and shared by every stream.
 
 use std::path::PathBuf;

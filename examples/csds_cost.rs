@@ -192,7 +192,7 @@ async fn run(args: Args) -> Result<()> {
     let server = XdsServer {
         cache,
         clients: table,
-        metrics: Arc::new(voltha_xds::metrics::Metrics::new()),
+        metrics: Arc::new(voltha_xds::xds::metrics::Metrics::new()),
         limits: Default::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(100_000)),

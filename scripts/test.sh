@@ -59,7 +59,13 @@ fi
 echo "== Envoy: $("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo unknown)"
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
-cargo test --all-targets "$@"
+if [ $# -eq 0 ]; then
+  # Every package of the workspace (the root and crates/xds-engine), and the engine's doc example.
+  cargo test --workspace --all-targets
+  cargo test -p xds-engine --doc
+else
+  cargo test --all-targets "$@"
+fi
 
 if [ $# -eq 0 ]; then
   echo "== deploy/check.sh"

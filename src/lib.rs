@@ -5,8 +5,9 @@
 //! - [`config`]: typed, validated configuration; a leaf.
 //! - [`sources`]: inputs (file, Consul, etcd, Kubernetes pods); use `model` and `config`.
 //! - [`translate`]: the pure function model + config → Envoy resources.
-//! - [`xds`]: snapshot cache, per-stream protocol state machines, gRPC services; serves opaque
-//!   typed resources and imports neither `model`, `sources` nor `translate`.
+//! - [`xds`]: the `xds-engine` crate (`crates/xds-engine`), re-exported: snapshot cache,
+//!   per-stream protocol state machines, gRPC services, CSDS, the listener; serves opaque typed
+//!   resources and cannot import anything of this crate (it is another package).
 //! - [`admin`]: the admin HTTP API (probes and metrics; debug views on a loopback listener
 //!   of their own); reads handles only.
 //! - [`reconcile`]: debounce, translate, publish.
@@ -26,7 +27,8 @@ pub mod reconcile;
 pub mod render;
 pub mod sources;
 pub mod translate;
-pub mod xds;
+/// The xDS engine (the `xds-engine` crate), under the name the rest of this crate uses.
+pub use xds_engine as xds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,10 +41,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::xds::cache::Cache;
-use crate::xds::server::XdsServer;
-use crate::xds::status::ClientTable;
-use crate::xds::stream::Limits;
+use xds_engine::cache::Cache;
+use xds_engine::server::XdsServer;
+use xds_engine::status::ClientTable;
+use xds_engine::stream::Limits;
 
 /// A running server.
 pub struct Running {
@@ -89,7 +91,7 @@ pub async fn start(
     let clients = Arc::new(ClientTable::default());
 
     let tls = match &config.server.tls {
-        Some(t) => Some(xds::listen::Tls::load(t).map_err(|e| anyhow::anyhow!(e))?),
+        Some(t) => Some(xds_engine::listen::Tls::load(&config::xds_tls(t)).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
     let xds_listener = TcpListener::bind(xds_listen)
@@ -125,14 +127,14 @@ pub async fn start(
     let server = XdsServer {
         cache: cache.clone(),
         clients: clients.clone(),
-        metrics: metrics.clone(),
+        metrics: metrics.xds.clone(),
         limits: Limits {
             max_names: config.server.max_names_per_type,
         },
         shutdown: shutdown.clone(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         max_request_bytes: config.server.max_request_bytes,
-        csds: xds::csds::CsdsLimits::from(&config.server.csds),
+        csds: config::csds_limits(&config.server.csds),
     };
     let s = &config.server;
     let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);
@@ -142,10 +144,15 @@ pub async fn start(
         .max_concurrent_streams(Some(s.max_streams_per_connection));
     let router = server.into_router(builder);
     if let Some(tls) = &tls {
-        tasks.push(tokio::spawn(tls.clone().watch(metrics.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(tls.clone().watch(metrics.xds.clone(), shutdown.clone())));
     }
-    let (incoming, acceptor) =
-        xds::listen::accept(xds_listener, tls, s.max_connections, metrics.clone(), shutdown.clone());
+    let (incoming, acceptor) = xds_engine::listen::accept(
+        xds_listener,
+        tls,
+        s.max_connections,
+        metrics.xds.clone(),
+        shutdown.clone(),
+    );
     tasks.push(acceptor);
     let incoming = ReceiverStream::new(incoming);
     let sd = shutdown.clone();

@@ -220,7 +220,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let c = Config::load(&config).map_err(|e| e.to_string())?;
             // The xDS TLS files are loaded as `serve` would load them.
             if let Some(tls) = &c.server.tls {
-                voltha_xds::xds::listen::check(tls).map_err(|e| format!("{}: {e}", config.display()))?;
+                voltha_xds::xds::listen::check(&voltha_xds::config::xds_tls(tls))
+                    .map_err(|e| format!("{}: {e}", config.display()))?;
             }
             print!("{} is valid\n{}", config.display(), c.summary());
             Ok(())
@@ -232,7 +233,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 .build()
                 .map_err(|e| e.to_string())?;
             let model = rt.block_on(voltha_xds::sources::read_once(&config))?;
-            let groups = voltha_xds::translate::translate(&model, &config).map_err(|e| e.to_string())?;
             let pick = node_cluster.map(|nc| {
                 if config.groups.iter().any(|g| g.name == nc) {
                     nc
@@ -240,11 +240,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     config.default_group.clone()
                 }
             });
-            // Published through a cache, so the versions are the ones `serve` hands out.
-            let inputs = groups.iter().map(|(k, g)| (k.clone(), g.encode())).collect();
+            // Built as `serve` builds it, so the versions are the ones `serve` hands out.
             let cache = voltha_xds::xds::cache::Cache::new();
-            cache
-                .publish(inputs, &config.default_group, std::time::Instant::now())
+            voltha_xds::reconcile::build_snapshot(&config, &model, &cache, std::time::Instant::now())
                 .map_err(|e| e.to_string())?;
             let snapshot = cache.current().ok_or("no snapshot was built")?;
             let doc = match pick {

@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::sources::SourceHandle;
-use crate::translate::translate;
-use crate::xds::cache::Cache;
+use crate::translate::{translate, TranslateError};
+use crate::xds::cache::{Cache, CacheError, Snapshot};
 
 /// Builds the model from every source; `None` while some source has not delivered yet.
 pub fn model_of(sources: &[SourceHandle]) -> Option<Model> {
@@ -29,19 +29,54 @@ pub fn model_of(sources: &[SourceHandle]) -> Option<Model> {
     Some(m)
 }
 
+/// Why no snapshot was built: the translation failed, or the engine's cache refused it.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The translation failed (see [`TranslateError::reason`]).
+    Translate(TranslateError),
+    /// The cache refused the resources.
+    Cache(CacheError),
+}
+
+impl BuildError {
+    /// The `reason` label of `voltha_xds_snapshot_rejections_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BuildError::Translate(e) => e.reason(),
+            BuildError::Cache(_) => "cache",
+        }
+    }
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::Translate(e) => e.fmt(f),
+            BuildError::Cache(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The one way a snapshot is built, for `serve` (the reconciler) and `render`: translates the
+/// model and hands every group's resources to the engine's cache, which encodes and publishes
+/// them. `Ok(None)` when the content did not change.
+pub fn build_snapshot(
+    config: &Config,
+    model: &Model,
+    cache: &Cache,
+    observed_at: Instant,
+) -> Result<Option<Arc<Snapshot>>, BuildError> {
+    let groups = translate(model, config).map_err(BuildError::Translate)?;
+    let inputs: BTreeMap<_, _> = groups.iter().map(|(k, v)| (k.clone(), v.encode())).collect();
+    cache
+        .publish(inputs, &config.default_group, observed_at)
+        .map_err(BuildError::Cache)
+}
+
 /// Translates and publishes once. Returns whether a new snapshot was published.
 pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics, observed_at: Instant) -> bool {
     let started = Instant::now();
-    let groups = match translate(model, config) {
-        Ok(g) => g,
-        Err(e) => {
-            metrics.snapshot_rejected(e.reason());
-            error!(error = %e, "snapshot refused; the last good snapshot keeps being served");
-            return false;
-        }
-    };
-    let inputs: BTreeMap<_, _> = groups.iter().map(|(k, v)| (k.clone(), v.encode())).collect();
-    match cache.publish(inputs, &config.default_group, observed_at) {
+    match build_snapshot(config, model, cache, observed_at) {
         Ok(Some(s)) => {
             metrics.snapshot_published(started.elapsed());
             for g in s.groups.values() {
@@ -60,7 +95,7 @@ pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics,
         }
         Ok(None) => false,
         Err(e) => {
-            metrics.snapshot_rejected("cache");
+            metrics.snapshot_rejected(e.reason());
             error!(error = %e, "snapshot refused; the last good snapshot keeps being served");
             false
         }

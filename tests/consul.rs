@@ -36,10 +36,17 @@ async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
     assert_eq!(s.source_state().await, (503, "error".to_string()));
     assert_eq!(s.hosts().await, None, "no snapshot while not ready");
     // An absent key blocks like any other: a handful of queries per wait, not a busy loop.
+    // Three queries after `t`: the second and third each wait for the previous one's `wait`.
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let n = consul.reads_since(KEY, t).len();
-    assert!((1..=4).contains(&n), "{n} queries in 2.1 s with wait=1s");
+    wait_for(WAIT, "three blocking queries on the absent key", || async {
+        (consul.reads_since(KEY, t).len() >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "three queries in {:?} with wait=1s: not blocking",
+        t.elapsed()
+    );
     assert!(consul
         .reads_since(KEY, t)
         .iter()
@@ -72,7 +79,12 @@ async fn absent_key_then_written_changed_null_slot_malformed_and_deleted() {
         (s.errors("deleted").await == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Two more queries see the key still absent: no second report.
+    let t = Instant::now();
+    wait_for(WAIT, "two more queries on the deleted key", || async {
+        (consul.reads_since(KEY, t).len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(s.errors("deleted").await, 1, "reported once, not on every query");
     assert_eq!(
         s.hosts().await,
@@ -89,13 +101,17 @@ async fn an_idle_key_is_queried_once_per_wait() {
     consul.put(KEY, TWO.as_bytes());
     let s = Server::start(&config(&consul.addr.to_string(), "")).await;
     s.wait_hosts(&["10.0.0.1", "10.0.0.2"], "the assignment").await;
+    // Three queries after `t`: the second and third each wait for the previous one's `wait`.
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    let reads = consul.reads_since(KEY, t);
+    let reads = wait_for(WAIT, "three blocking queries on the idle key", || async {
+        let r = consul.reads_since(KEY, t);
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
     assert!(
-        (2..=5).contains(&reads.len()),
-        "{} queries in 3.1 s with wait=1s",
-        reads.len()
+        t.elapsed() >= Duration::from_millis(1900),
+        "three queries in {:?} with wait=1s: not blocking",
+        t.elapsed()
     );
     // Each blocks on the index of the previous answer.
     assert!(

@@ -50,28 +50,12 @@ groups: [{{ name: g, listeners: [l], clusters: [{}] }}]
     support::start_server(&yaml).await
 }
 
-async fn channel_to(addr: std::net::SocketAddr) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// An Envoy on group `g` holding every cluster and the endpoints of `big`.
 async fn envoy_on_big(ch: tonic::transport::Channel, id: &str) -> Sotw {
     let mut c = Sotw::open(ch, id, "g").await;
     c.sync(CDS, &[]).await;
     c.sync(EDS, &["big"]).await;
     c
-}
-
-async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
-    support::get_text(&format!("http://{admin}/metrics"))
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 async fn fetch_at(ch: tonic::transport::Channel, req: ClientStatusRequest) -> Result<Vec<ClientConfig>, tonic::Status> {
@@ -85,7 +69,7 @@ async fn fetch_at(ch: tonic::transport::Channel, req: ClientStatusRequest) -> Re
 #[tokio::test]
 async fn csds_streams_and_fetches_count_against_max_streams() {
     let server = big_server("max_streams: 2", 1, 0).await;
-    let ch = channel_to(server.xds_addr).await;
+    let ch = support::channel(server.xds_addr).await;
     let _envoy = envoy_on_big(ch.clone(), "envoy-1").await;
     let (tx, rx) = mpsc::channel(4);
     let mut csds = ClientStatusDiscoveryServiceClient::new(ch.clone())
@@ -131,7 +115,7 @@ async fn csds_streams_and_fetches_count_against_max_streams() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("server.max_streams"), "{err:?}");
     assert_eq!(
-        metric(
+        support::metric(
             server.admin_addr,
             "voltha_xds_csds_requests_total{result=\"max_streams\"}"
         )
@@ -177,7 +161,7 @@ async fn concurrent_answers_are_capped_and_a_fetch_beyond_is_refused() {
     // 3,000 small clusters: an answer is about 28 DATA chunks of 16 KiB, far beyond the
     // client's 64 KiB window, so HTTP/2 stops asking for chunks once that is full.
     let server = big_server("", 1, 3000).await;
-    let _envoy = envoy_on_big(channel_to(server.xds_addr).await, "envoy-1").await;
+    let _envoy = envoy_on_big(support::channel(server.xds_addr).await, "envoy-1").await;
     let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", server.xds_addr))
         .expect("uri")
         .initial_stream_window_size(65_535)
@@ -195,7 +179,7 @@ async fn concurrent_answers_are_capped_and_a_fetch_beyond_is_refused() {
             .into_inner();
         unread.push((tx, answers));
     }
-    let ch = channel_to(server.xds_addr).await;
+    let ch = support::channel(server.xds_addr).await;
     let err = support::wait_for(WAIT, "a fetch to be refused", || {
         let ch = ch.clone();
         async move { fetch_at(ch, ClientStatusRequest::default()).await.err() }
@@ -204,7 +188,7 @@ async fn concurrent_answers_are_capped_and_a_fetch_beyond_is_refused() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("server.csds.max_concurrent_requests"), "{err:?}");
     assert_eq!(
-        metric(server.admin_addr, "voltha_xds_csds_responses_in_flight").await,
+        support::metric(server.admin_addr, "voltha_xds_csds_responses_in_flight").await,
         4.0
     );
 
@@ -231,7 +215,7 @@ async fn concurrent_answers_are_capped_and_a_fetch_beyond_is_refused() {
 #[tokio::test]
 async fn a_response_over_max_response_bytes_is_refused_with_how_to_narrow_it() {
     let server = big_server("csds: { max_response_bytes: 100000 }", 8000, 0).await;
-    let ch = channel_to(server.xds_addr).await;
+    let ch = support::channel(server.xds_addr).await;
     let _a = envoy_on_big(ch.clone(), "olt-1").await;
     let _b = envoy_on_big(ch.clone(), "olt-2").await;
     let err = fetch_at(ch.clone(), ClientStatusRequest::default())
@@ -247,7 +231,7 @@ async fn a_response_over_max_response_bytes_is_refused_with_how_to_narrow_it() {
         assert!(err.message().contains(part), "{part:?} not in {err:?}");
     }
     assert_eq!(
-        metric(
+        support::metric(
             server.admin_addr,
             "voltha_xds_csds_requests_total{result=\"too_large\"}"
         )
@@ -272,7 +256,7 @@ async fn a_response_over_max_response_bytes_is_refused_with_how_to_narrow_it() {
 #[tokio::test]
 async fn a_stream_client_status_flood_is_rate_limited() {
     let server = big_server("", 1000, 0).await;
-    let ch = channel_to(server.xds_addr).await;
+    let ch = support::channel(server.xds_addr).await;
     let _envoy = envoy_on_big(ch.clone(), "envoy-1").await;
     let (tx, rx) = mpsc::channel(500);
     for _ in 0..500 {
@@ -294,7 +278,7 @@ async fn a_stream_client_status_flood_is_rate_limited() {
     // 5 at once, then at most one per second: 7 at most in 2 s (500 without a limit).
     assert!((5..=7).contains(&n), "{n} answers in {window:?}");
     assert!(bytes <= 7 * 40_000, "{bytes} bytes in {window:?}");
-    assert!(metric(server.admin_addr, "voltha_xds_csds_rate_limited_total").await >= 1.0);
+    assert!(support::metric(server.admin_addr, "voltha_xds_csds_rate_limited_total").await >= 1.0);
     drop(tx);
     server.stop(std::time::Duration::from_secs(5)).await;
 }

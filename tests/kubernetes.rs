@@ -106,11 +106,9 @@ async fn readyz(admin: std::net::SocketAddr) -> (u16, Value) {
     get_json(&format!("http://{admin}/readyz")).await
 }
 
-async fn metric(admin: std::net::SocketAddr, line_prefix: &str) -> Option<u64> {
-    let text = get_text(&format!("http://{admin}/metrics")).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
+/// A counter's value, `None` when the series is absent.
+async fn counter(admin: std::net::SocketAddr, series: &str) -> Option<u64> {
+    metric_value(admin, series).await.map(|v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +205,7 @@ async fn pod_events_update_endpoints_and_clusters_at_once_without_polling() {
     // All of it through the watches: still one list per source, no error.
     assert_eq!(api.lists(), 2, "the source relisted or polled");
     assert_eq!(
-        metric(admin, "voltha_xds_source_errors_total{source=\"rw-cores\"").await,
+        counter(admin, "voltha_xds_source_errors_total{source=\"rw-cores\"").await,
         None
     );
     server.stop(Duration::from_secs(5)).await;
@@ -251,7 +249,7 @@ async fn gone_410_relists_and_no_endpoint_is_lost_in_between() {
     assert_eq!(r["sources"]["rw-cores"]["state"], "ok", "{r}");
     assert_eq!(r["sources"]["rw-cores"]["last_error"], Value::Null, "{r}");
     assert_eq!(
-        metric(
+        counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"gone\"}"
         )
@@ -259,7 +257,7 @@ async fn gone_410_relists_and_no_endpoint_is_lost_in_between() {
         Some(1)
     );
     assert_eq!(
-        metric(
+        counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}"
         )
@@ -267,7 +265,7 @@ async fn gone_410_relists_and_no_endpoint_is_lost_in_between() {
         None
     );
     assert_eq!(
-        metric(
+        counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}"
         )
@@ -311,7 +309,7 @@ async fn gone_as_an_http_410_also_relists_at_once() {
     assert_eq!(code, 200);
     assert_eq!(r["sources"]["rw-cores"]["state"], "ok", "{r}");
     assert_eq!(
-        metric(
+        counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"gone\"}"
         )
@@ -319,7 +317,7 @@ async fn gone_as_an_http_410_also_relists_at_once() {
         Some(1)
     );
     assert_eq!(
-        metric(
+        counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}"
         )
@@ -357,13 +355,13 @@ async fn api_server_unreachable_keeps_the_last_state_reports_it_and_recovers() {
         r["ready"].as_bool().unwrap_or(false),
         "the last good state still serves: {r}"
     );
-    let errors = metric(
+    let errors = counter(
         admin,
         "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"watch\"}",
     )
     .await
     .unwrap_or(0)
-        + metric(
+        + counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}",
         )
@@ -421,7 +419,7 @@ async fn unreachable_at_start_is_not_ready_until_the_api_server_answers() {
     .await;
     assert_eq!(r["sources"]["rw-cores"]["delivered"], false, "{r}");
     assert!(
-        metric(
+        counter(
             admin,
             "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}"
         )

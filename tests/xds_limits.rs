@@ -75,22 +75,6 @@ impl Stream {
     }
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
-}
-
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    get_text(&format!("http://{admin}/metrics"))
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn streams_over_max_streams_are_refused_until_one_closes() {
     let server = start_server(&config("max_streams: 2")).await;

@@ -85,14 +85,6 @@ fn pem_der(pem: &str) -> CertificateDer<'static> {
 }
 
 /// A metric's value (`name{labels}` exactly as exposed), 0 when absent.
-async fn metric(server: &voltha_xds::Running, series: &str) -> f64 {
-    get_text(&format!("http://{}/metrics", server.admin_addr))
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_over_mtls_gets_its_config_and_keeps_its_stream_through_a_certificate_rotation() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -175,7 +167,7 @@ async fn envoy_over_mtls_gets_its_config_and_keeps_its_stream_through_a_certific
         "both refused handshakes to be counted",
         || async {
             (metric(
-                &server,
+                server.admin_addr,
                 "voltha_xds_connections_refused_total{reason=\"tls_handshake\"}",
             )
             .await
@@ -192,7 +184,7 @@ async fn envoy_over_mtls_gets_its_config_and_keeps_its_stream_through_a_certific
     let new_cert = pem_der(&pki.rotate_server());
     assert_ne!(before, new_cert);
     wait_for(Duration::from_secs(10), "the certificate reload", || async {
-        (metric(&server, "voltha_xds_tls_reloads_total{result=\"ok\"}").await >= 1.0).then_some(())
+        (metric(server.admin_addr, "voltha_xds_tls_reloads_total{result=\"ok\"}").await >= 1.0).then_some(())
     })
     .await;
     let after = probe(&pki, server.xds_addr, true)

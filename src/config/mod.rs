@@ -3,6 +3,7 @@
 //! Parsing and validation work on a string (`Config::from_yaml`), with no files or environment,
 //! so every error message is a unit test. Every key is documented in `docs/configuration.md`.
 
+pub mod address;
 mod duration;
 mod kubernetes;
 mod limits;
@@ -849,3 +850,23 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// The engine's TLS settings from `server.tls`.
+pub fn xds_tls(t: &XdsTlsConfig) -> xds_engine::listen::XdsTlsConfig {
+    xds_engine::listen::XdsTlsConfig {
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        client_ca_file: t.client_ca_file.clone(),
+        reload_interval: t.reload_interval.0,
+    }
+}
+
+/// The engine's CSDS bounds from `server.csds`.
+pub fn csds_limits(c: &CsdsConfig) -> xds_engine::csds::CsdsLimits {
+    xds_engine::csds::CsdsLimits {
+        max_concurrent_requests: c.max_concurrent_requests,
+        max_response_bytes: c.max_response_bytes,
+        stream_requests_per_second: c.stream_requests_per_second,
+        stream_burst: c.stream_burst,
+    }
+}

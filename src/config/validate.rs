@@ -433,7 +433,7 @@ fn etcd(e: &mut Vec<String>, x: &super::EtcdSource) {
         e.push(format!("{at}: key is empty"));
     }
     for ep in &x.endpoints {
-        if let Err(why) = crate::sources::etcd::endpoint_uri(ep, x.ca_file.is_some()) {
+        if let Err(why) = super::address::endpoint_uri(ep, x.ca_file.is_some()) {
             e.push(format!("{at}: endpoint {ep:?}: {why}"));
         }
     }
@@ -503,7 +503,7 @@ fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
         e.push(format!("{at}: key is empty"));
     }
     if let Some(a) = &x.address {
-        if let Err(why) = crate::sources::consul::base_url(a, false) {
+        if let Err(why) = super::address::base_url(a, false) {
             e.push(format!("{at}: address {a:?}: {why}"));
         }
     }

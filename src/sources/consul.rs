@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::assignment::{check_size, parse};
 use super::{Backoff, KeyState, Publisher};
+use crate::config::address::base_url;
 use crate::config::{ConsulConsistency, ConsulSource, FileFormat};
 use crate::model::SourceData;
 
@@ -60,21 +61,6 @@ pub struct Settings {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// The base URL of an address given as `host:port` or with a scheme.
-pub fn base_url(addr: &str, tls: bool) -> Result<String, String> {
-    let addr = addr.trim().trim_end_matches('/');
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("{}://{addr}", if tls { "https" } else { "http" })
-    };
-    let parsed: reqwest::Url = url.parse().map_err(|e| format!("not a valid address: {e}"))?;
-    if parsed.host_str().is_none_or(str::is_empty) || parsed.path() != "/" {
-        return Err("expected host:port or http(s)://host:port".to_string());
-    }
-    Ok(url)
 }
 
 impl Settings {
@@ -288,21 +274,6 @@ pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_take_a_scheme_or_get_one() {
-        assert_eq!(
-            base_url("127.0.0.1:8500", false).as_deref(),
-            Ok("http://127.0.0.1:8500")
-        );
-        assert_eq!(base_url("consul:8501", true).as_deref(), Ok("https://consul:8501"));
-        assert_eq!(
-            base_url("https://consul:8501/", false).as_deref(),
-            Ok("https://consul:8501")
-        );
-        assert!(base_url("http://consul:8500/v1", false).is_err());
-        assert!(base_url("", false).is_err());
-    }
 
     fn source(yaml: &str) -> ConsulSource {
         serde_yaml::from_str(&format!("{{ name: kv, {yaml} }}")).expect("consul source")

@@ -33,6 +33,7 @@ use tonic::{Request, Status};
 
 use super::assignment::parse;
 use super::{Backoff, KeyState, Publisher};
+use crate::config::address::endpoint_uri;
 use crate::config::{EtcdSource, FileFormat};
 use crate::model::SourceData;
 use crate::proto::etcdserverpb::auth_client::AuthClient;
@@ -113,20 +114,6 @@ impl Settings {
         }
         Ok(s)
     }
-}
-
-/// The URI of an endpoint given as `host:port` or with an `http://` / `https://` scheme.
-pub fn endpoint_uri(ep: &str, tls: bool) -> Result<String, String> {
-    let uri = if ep.starts_with("http://") || ep.starts_with("https://") {
-        ep.to_string()
-    } else {
-        format!("{}://{ep}", if tls { "https" } else { "http" })
-    };
-    let parsed: tonic::codegen::http::Uri = uri.parse().map_err(|e| format!("not a valid address: {e}"))?;
-    if parsed.host().is_none_or(str::is_empty) || parsed.port_u16().is_none() {
-        return Err("needs a host and a port".to_string());
-    }
-    Ok(uri)
 }
 
 /// A failure of one session, by kind (the label of `voltha_xds_source_errors_total`).
@@ -481,26 +468,5 @@ pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
             s.max_value_bytes
         )),
         Some(v) => parse(s.format, &v).map_err(|e| format!("etcd key {:?}: {e}", s.key)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_take_a_scheme_or_get_one() {
-        assert_eq!(
-            endpoint_uri("127.0.0.1:2379", false).as_deref(),
-            Ok("http://127.0.0.1:2379")
-        );
-        assert_eq!(endpoint_uri("etcd:2379", true).as_deref(), Ok("https://etcd:2379"));
-        assert_eq!(
-            endpoint_uri("https://etcd:2379", false).as_deref(),
-            Ok("https://etcd:2379")
-        );
-        assert!(endpoint_uri("etcd", false).is_err(), "no port");
-        assert!(endpoint_uri("", false).is_err());
-        assert!(endpoint_uri("http://:2379", false).is_err());
     }
 }

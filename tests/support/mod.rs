@@ -65,6 +65,29 @@ pub async fn get_text(url: &str) -> String {
     reqwest::get(url).await.expect("reachable").text().await.expect("text")
 }
 
+/// A plain HTTP/2 gRPC channel to `addr`, connected.
+pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// The value of the first line of `admin`'s `/metrics` that starts with `series` (a metric name
+/// and, when it has labels, the start of its label set), or `None` when there is no such line.
+pub async fn metric_value(admin: SocketAddr, series: &str) -> Option<f64> {
+    get_text(&format!("http://{admin}/metrics"))
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+/// [`metric_value`], 0 when the series is absent (a counter not yet incremented).
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    metric_value(admin, series).await.unwrap_or(0.0)
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,

@@ -19,8 +19,11 @@ use super::resources::{content_hash, version_string, Resource, ResourceType};
 /// All resources of one type for one node group.
 #[derive(Debug)]
 pub struct TypeSnapshot {
+    /// The resource type.
     pub ty: ResourceType,
+    /// The version: a hash of every resource's name and content.
     pub version: String,
+    /// The resources by name.
     pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
     /// The version this one was built on, and what changed since: computed once here so that a
     /// stream that held the previous version looks only at the changed names.
@@ -30,9 +33,11 @@ pub struct TypeSnapshot {
 /// The names that differ between two consecutive versions of one type.
 #[derive(Debug)]
 pub struct TypeDelta {
+    /// The version the changes are counted from.
     pub previous_version: String,
     /// Added or modified.
     pub changed: Vec<Arc<str>>,
+    /// Present in the previous version, absent from this one.
     pub removed: Vec<Arc<str>>,
 }
 
@@ -102,6 +107,7 @@ impl TypeSnapshot {
         }))
     }
 
+    /// A snapshot of type `ty` with no resources.
     pub fn empty(ty: ResourceType) -> Arc<Self> {
         Self::build(ty, Vec::new(), None).unwrap_or_else(|_| {
             Arc::new(TypeSnapshot {
@@ -125,11 +131,14 @@ impl TypeSnapshot {
 /// The resources of one node group.
 #[derive(Debug)]
 pub struct GroupSnapshot {
+    /// The group's name (matched against a client's `node.cluster`).
     pub name: String,
+    /// One snapshot per type, in [`ResourceType::ALL`] order.
     pub types: [Arc<TypeSnapshot>; 4],
 }
 
 impl GroupSnapshot {
+    /// The snapshot of type `ty`.
     pub fn get(&self, ty: ResourceType) -> &Arc<TypeSnapshot> {
         &self.types[ty.index()]
     }
@@ -144,7 +153,9 @@ impl GroupSnapshot {
 /// The resources of every node group, as published by the reconciler.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Every group, by name.
     pub groups: BTreeMap<String, Arc<GroupSnapshot>>,
+    /// The group a client gets when no group is named after its `node.cluster`.
     pub default_group: String,
     /// Increases by one with every publication of this process (not part of any version).
     pub generation: u64,
@@ -164,14 +175,23 @@ impl Snapshot {
 /// Resources of one group, by type, before encoding into a snapshot.
 #[derive(Debug, Default)]
 pub struct GroupInput {
+    /// The resources of each type, in [`ResourceType::ALL`] order (`ty.index()`).
     pub resources: [Vec<Resource>; 4],
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a publication was refused (the previous snapshot stays).
 pub enum CacheError {
     #[error("two {} resources are named {name:?}", ty.short())]
-    DuplicateName { ty: ResourceType, name: String },
+    /// Two resources of one type in one group share a name.
+    DuplicateName {
+        /// Their type.
+        ty: ResourceType,
+        /// Their name.
+        name: String,
+    },
     #[error("the default group {0:?} has no resources")]
+    /// The default group is not among the published groups.
     NoDefaultGroup(String),
 }
 
@@ -188,15 +208,18 @@ impl Default for Cache {
 }
 
 impl Cache {
+    /// An empty cache: no snapshot until the first publication.
     pub fn new() -> Self {
         let (tx, _rx) = watch::channel(None);
         Cache { tx: Arc::new(tx) }
     }
 
+    /// A receiver told of every new snapshot (`None` before the first).
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.tx.subscribe()
     }
 
+    /// The current snapshot, if one was published.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.tx.borrow().clone()
     }

@@ -43,6 +43,7 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// `ads`, or the short type name.
     pub fn name(self) -> &'static str {
         match self {
             Scope::Ads => "ads",
@@ -68,21 +69,37 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StreamError {
     #[error("the first request on a stream must carry `node`")]
+    /// The first request had no node.
     MissingNode,
     #[error("the request has no type_url (ADS needs one on every request)")]
+    /// A request had no type URL.
     MissingTypeUrl,
     #[error("this service serves {expected}, not {got}")]
-    WrongType { expected: &'static str, got: String },
+    /// A per-type service was asked for another type.
+    WrongType {
+        /// The type the service serves.
+        expected: &'static str,
+        /// The type URL asked for.
+        got: String,
+    },
     #[error("{ty} subscription of {count} names exceeds the limit of {limit}")]
+    /// A subscription named more resources than [`Limits::max_names`].
     TooManyNames {
+        /// The short type name.
         ty: &'static str,
+        /// Names asked for.
         count: usize,
+        /// The limit.
         limit: usize,
     },
     #[error("{ty} initial_resource_versions of {count} entries exceeds the limit of {limit}")]
+    /// A Delta request's `initial_resource_versions` exceeded [`Limits::max_names`].
     TooManyInitialVersions {
+        /// The short type name.
         ty: &'static str,
+        /// Entries sent.
         count: usize,
+        /// The limit.
         limit: usize,
     },
 }
@@ -90,24 +107,36 @@ pub enum StreamError {
 /// What happened on a stream, for metrics and logs (the server drains these after each input).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
+    /// A response was sent.
     Sent {
+        /// Its type.
         ty: ResourceType,
+        /// Its version.
         version: String,
+        /// Resources in it.
         resources: usize,
+        /// Names removed by it (Delta).
         removed: usize,
     },
+    /// A response was acknowledged.
     Acked {
+        /// Its type.
         ty: ResourceType,
+        /// Its version.
         version: String,
+        /// The time from sending to the ACK.
         after: std::time::Duration,
     },
+    /// A response was rejected.
     Nacked(Box<Nack>),
     /// A request whose nonce is not the latest one sent for its type (ignored).
     Stale {
+        /// Its type.
         ty: ResourceType,
     },
     /// A request for a type this server does not serve (answered with an empty response once).
     UnknownType {
+        /// The type URL asked for.
         type_url: String,
     },
 }
@@ -367,6 +396,7 @@ impl FlatNames {
 }
 
 impl Names {
+    /// Names from a set.
     pub fn new(set: std::collections::BTreeSet<Arc<str>>) -> Names {
         Names {
             set,
@@ -374,6 +404,7 @@ impl Names {
         }
     }
 
+    /// The set of names.
     pub fn into_set(self) -> std::collections::BTreeSet<Arc<str>> {
         self.set
     }

@@ -50,6 +50,7 @@ const CHUNK: usize = 16 * 1024;
 
 /// A response message, ready to frame: its resources are field 2.
 pub trait WireMessage: Message + Send + 'static {
+    /// Takes the pre-encoded resources out, leaving the rest of the message to encode.
     fn take_resources(&mut self) -> Vec<Bytes>;
 }
 
@@ -157,6 +158,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
+    /// A body that frames the messages received on `rx`.
     pub fn new(rx: mpsc::Receiver<Outbound>) -> Self {
         ResponseBody {
             rx,
@@ -229,6 +231,7 @@ pub struct Requests<T> {
 }
 
 impl<T: Message + Default> Requests<T> {
+    /// Decodes the gRPC messages of `body`.
     pub fn new(body: Body) -> Self {
         Self::with_limit(body, MAX_REQUEST_BYTES)
     }
@@ -317,9 +320,13 @@ pub fn undecodable(e: prost::DecodeError) -> Status {
 
 /// One xDS gRPC service: its name and how its methods map onto streams.
 pub trait ServiceDef: Send + Sync + 'static {
+    /// The gRPC service name.
     const NAME: &'static str;
+    /// The types it serves.
     const SCOPE: Scope;
+    /// The State of the World stream method.
     const STREAM: &'static str;
+    /// The Delta stream method.
     const DELTA: &'static str;
     /// The unary fetch method and its type (per-type services only).
     const FETCH: Option<(&'static str, ResourceType)>;
@@ -327,6 +334,7 @@ pub trait ServiceDef: Send + Sync + 'static {
 
 macro_rules! service_def {
     ($t:ident, $name:expr, $scope:expr, $stream:expr, $delta:expr, $fetch:expr) => {
+        /// One xDS gRPC service (see [`ServiceDef`]).
         pub struct $t;
         impl ServiceDef for $t {
             const NAME: &'static str = $name;
@@ -386,6 +394,7 @@ pub struct GrpcService<D> {
 }
 
 impl<D> GrpcService<D> {
+    /// The services of `server`.
     pub fn new(server: XdsServer) -> Self {
         GrpcService {
             server,

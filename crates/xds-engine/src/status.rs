@@ -21,50 +21,79 @@ const RECENT_NACKS: usize = 100;
 pub const RECENT_PUSHES: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+/// A response a client rejected.
 pub struct Nack {
+    /// The client's `node.id`.
     pub node_id: String,
+    /// The client's `node.cluster`.
     pub node_cluster: String,
     #[serde(rename = "type")]
+    /// The short type name (`cds`, `eds`, `lds`, `rds`).
     pub ty: &'static str,
     /// The version that was rejected.
     pub version: String,
+    /// The nonce of the rejected response.
     pub nonce: String,
+    /// The client's error message (escaped and length-capped when logged).
     pub error: String,
     #[serde(serialize_with = "ser_time")]
+    /// When the NACK arrived.
     pub at: SystemTime,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+/// One stream's state for one type.
 pub struct TypeStatus {
+    /// The client asked for this type.
     pub subscribed: bool,
+    /// The subscription is a wildcard (every resource).
     pub wildcard: bool,
+    /// Resource names subscribed to (not counting a wildcard).
     pub names: usize,
     /// The subscribed names themselves: the stream's own set, shared (not a copy), read by CSDS.
     #[serde(skip)]
     pub name_set: NameSet,
+    /// The version last sent.
     pub last_sent_version: Option<String>,
+    /// The nonce last sent.
     pub last_sent_nonce: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
+    /// When a response was last sent.
     pub last_sent_at: Option<SystemTime>,
+    /// The version last acknowledged.
     pub last_acked_version: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
+    /// When the last ACK arrived.
     pub last_ack_at: Option<SystemTime>,
+    /// The last NACK, if any.
     pub last_nack: Option<Nack>,
+    /// Responses sent.
     pub responses: u64,
+    /// ACKs received.
     pub acks: u64,
+    /// NACKs received.
     pub nacks: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// One stream's status, as the status page and CSDS show it.
 pub struct ClientStatus {
+    /// The stream's id in the client table.
     pub stream_id: u64,
+    /// `sotw` or `delta`.
     pub api: &'static str,
+    /// `ads`, or the type of a per-type service.
     pub service: &'static str,
+    /// The client's `node.id` (empty until the first request).
     pub node_id: String,
+    /// The client's `node.cluster`.
     pub node_cluster: String,
+    /// The node group it is served from, once known.
     pub group: Option<String>,
     #[serde(serialize_with = "ser_time")]
+    /// When the stream opened.
     pub connected_at: SystemTime,
+    /// Its state per type, by short type name.
     pub types: std::collections::BTreeMap<&'static str, TypeStatus>,
 }
 
@@ -88,6 +117,7 @@ pub enum SyncState {
 }
 
 impl SyncState {
+    /// The state's name, as the status page shows it.
     pub fn as_str(self) -> &'static str {
         match self {
             SyncState::Synced => "SYNCED",
@@ -133,6 +163,7 @@ impl TypeStatus {
 }
 
 impl ClientStatus {
+    /// The status of a stream that just opened.
     pub fn new(stream_id: u64, api: &'static str, service: &'static str) -> Self {
         ClientStatus {
             stream_id,
@@ -146,6 +177,7 @@ impl ClientStatus {
         }
     }
 
+    /// The state of type `ty`.
     pub fn ty(&mut self, ty: ResourceType) -> &mut TypeStatus {
         self.types.entry(ty.short()).or_default()
     }
@@ -175,9 +207,12 @@ pub struct ClientTable {
     nacks: Mutex<VecDeque<Nack>>,
 }
 
+/// A stream's place in the table; dropping it removes the stream.
 pub struct Registration {
     table: Arc<ClientTable>,
+    /// The stream's id.
     pub id: u64,
+    /// The stream's status.
     pub status: Arc<Mutex<ClientStatus>>,
 }
 
@@ -188,6 +223,7 @@ impl Drop for Registration {
 }
 
 impl ClientTable {
+    /// Registers a new stream.
     pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let status = Arc::new(Mutex::new(ClientStatus::new(id, api, service)));
@@ -199,10 +235,12 @@ impl ClientTable {
         }
     }
 
+    /// Open streams.
     pub fn len(&self) -> usize {
         self.streams.len()
     }
 
+    /// No stream is open.
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
@@ -214,6 +252,7 @@ impl ClientTable {
         v
     }
 
+    /// Keeps `nack` among the recent NACKs (bounded).
     pub fn record_nack(&self, nack: Nack) {
         let mut q = self.nacks.lock();
         if q.len() == RECENT_NACKS {
@@ -222,6 +261,7 @@ impl ClientTable {
         q.push_back(nack);
     }
 
+    /// The recent NACKs, oldest first.
     pub fn recent_nacks(&self) -> Vec<Nack> {
         self.nacks.lock().iter().cloned().collect()
     }
@@ -233,7 +273,9 @@ pub struct Push {
     /// When the push log saw the publication.
     #[serde(serialize_with = "ser_time")]
     pub at: SystemTime,
+    /// The cache's publication counter.
     pub generation: u64,
+    /// The node group.
     pub group: String,
     /// The types whose version changed (every type for a new group, none for a removed one).
     pub changed: Vec<&'static str>,
@@ -241,6 +283,7 @@ pub struct Push {
     pub removed: bool,
     /// The group's version of each type after the publication (empty for a removed group).
     pub versions: BTreeMap<&'static str, String>,
+    /// The group's resource count of each type after the publication.
     pub resources: BTreeMap<&'static str, usize>,
 }
 

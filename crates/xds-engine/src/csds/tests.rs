@@ -21,10 +21,10 @@ use super::encode::{encode, merge_nodes, Encoded};
 use super::filter::tests::exact;
 use super::filter::NodeFilter;
 use super::*;
-use crate::xds::cache::{Cache, GroupInput, Snapshot};
-use crate::xds::resources::{Resource, ResourceType};
-use crate::xds::status::{ClientStatus, ClientTable, Nack, TypeStatus};
-use crate::xds::stream::share_names;
+use crate::cache::{Cache, GroupInput, Snapshot};
+use crate::resources::{Resource, ResourceType};
+use crate::status::{ClientStatus, ClientTable, Nack, TypeStatus};
+use crate::stream::share_names;
 
 /// The response's bytes as a client receives them, decoded with the stock message.
 fn decode(enc: Encoded) -> ClientStatusResponse {
@@ -75,7 +75,7 @@ fn stream(id: u64, node: &str) -> ClientStatus {
     s
 }
 
-fn names(ns: &[&str]) -> crate::xds::stream::NameSet {
+fn names(ns: &[&str]) -> crate::stream::NameSet {
     share_names(ns.iter().map(|n| Arc::from(*n)).collect())
 }
 
@@ -232,7 +232,7 @@ fn an_envoy_with_several_streams_is_reported_once_and_the_newest_stream_wins() {
 /// the current version (nothing sent, yet in sync).
 #[test]
 fn state_machines_feed_csds() {
-    use crate::xds::stream::{Limits, Scope, SotwStream};
+    use crate::stream::{Limits, Scope, SotwStream};
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     let snap = snapshot(&[("c1", 1)], &["r1"]);
     let table = Arc::new(ClientTable::default());
@@ -452,7 +452,7 @@ fn messages(buf: &mut Vec<u8>) -> Vec<ClientStatusResponse> {
     out
 }
 
-fn one_envoy(s: &XdsServer) -> crate::xds::status::Registration {
+fn one_envoy(s: &XdsServer) -> crate::status::Registration {
     let reg = s.clients.register("sotw", "ads");
     reg.status.lock().node_id = "envoy-1".into();
     reg
@@ -488,7 +488,10 @@ async fn a_stream_flood_is_answered_at_the_configured_rate() {
     for (got, want) in at.iter().zip(want) {
         assert!((want..=want + 5).contains(got), "answers at {at:?} ms, want {want:?}");
     }
-    assert!(s.metrics.render().contains("voltha_xds_csds_rate_limited_total 4"));
+    assert!(s
+        .metrics
+        .render("voltha_xds")
+        .contains("voltha_xds_csds_rate_limited_total 4"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -515,9 +518,12 @@ async fn answers_in_flight_are_capped_fetches_refused_and_stream_requests_wait()
     );
     assert!(s
         .metrics
-        .render()
+        .render("voltha_xds")
         .contains("voltha_xds_csds_requests_total{result=\"busy\"} 1"));
-    assert!(s.metrics.render().contains("voltha_xds_csds_responses_in_flight 2"));
+    assert!(s
+        .metrics
+        .render("voltha_xds")
+        .contains("voltha_xds_csds_responses_in_flight 2"));
 
     // A stream's request waits for a slot instead.
     let mut stream = call(&mut csds, STREAM, grpc_body(&req)).await.into_body();
@@ -559,7 +565,7 @@ async fn csds_calls_hold_max_streams_slots() {
     assert!(status.message().contains("server.max_streams"), "{}", status.message());
     assert!(s
         .metrics
-        .render()
+        .render("voltha_xds")
         .contains("voltha_xds_streams{api=\"csds\",service=\"csds\"} 1"));
 }
 

@@ -14,9 +14,13 @@ use sha2::{Digest, Sha256};
 /// (clusters before endpoints, listeners before routes: make before break).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
+    /// CDS: `envoy.config.cluster.v3.Cluster`.
     Cluster,
+    /// EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment`.
     Endpoint,
+    /// LDS: `envoy.config.listener.v3.Listener`.
     Listener,
+    /// RDS: `envoy.config.route.v3.RouteConfiguration`.
     Route,
 }
 
@@ -29,6 +33,7 @@ impl ResourceType {
         ResourceType::Route,
     ];
 
+    /// The type URL (`type.googleapis.com/...`).
     pub fn type_url(self) -> &'static str {
         match self {
             ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
@@ -38,6 +43,7 @@ impl ResourceType {
         }
     }
 
+    /// The type of a type URL, if served.
     pub fn from_type_url(url: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.type_url() == url)
     }
@@ -52,6 +58,7 @@ impl ResourceType {
         }
     }
 
+    /// The position in [`ResourceType::ALL`].
     pub fn index(self) -> usize {
         self as usize
     }
@@ -94,7 +101,9 @@ pub fn content_hash(parts: &[&[u8]]) -> u64 {
 /// One resource, encoded once: as an `Any` (SotW) and as a delta `Resource` (Delta).
 #[derive(Debug)]
 pub struct Resource {
+    /// The resource's name.
     pub name: Arc<str>,
+    /// The resource's type.
     pub ty: ResourceType,
     /// Content version: a hash of the encoded resource.
     pub version: u64,
@@ -107,6 +116,7 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// A resource of type `ty` named `name`, `body` its encoded message.
     pub fn new(ty: ResourceType, name: &str, body: Vec<u8>) -> Self {
         let version = content_hash(&[ty.type_url().as_bytes(), &body]);
         let any = Any {
@@ -149,6 +159,7 @@ impl Resource {
         Some(Self::new(ty, name, body))
     }
 
+    /// The resource's own version (a hash of its content).
     pub fn version_string(&self) -> String {
         version_string(self.version)
     }

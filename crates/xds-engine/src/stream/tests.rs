@@ -12,10 +12,10 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use super::*;
-use crate::xds::cache::{Cache, GroupInput, Snapshot};
-use crate::xds::resources::{Resource, ResourceType};
-use crate::xds::status::ClientStatus;
-use crate::xds::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
+use crate::cache::{Cache, GroupInput, Snapshot};
+use crate::resources::{Resource, ResourceType};
+use crate::status::ClientStatus;
+use crate::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 
 const CDS: ResourceType = ResourceType::Cluster;
 const EDS: ResourceType = ResourceType::Endpoint;

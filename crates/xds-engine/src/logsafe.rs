@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn any_display_value_goes_through_the_cap() {
-        let e = crate::xds::stream::StreamError::WrongType {
+        let e = crate::stream::StreamError::WrongType {
             expected: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             got: FORGED.to_string(),
         };
@@ -200,7 +200,7 @@ mod tests {
         assert!(verdicts[10..].iter().all(|v| *v == Verdict::Suppressed));
         assert_eq!(b.take(Noise::Nack, &m), Verdict::Log, "each reason has its own budget");
         assert!(m
-            .render()
+            .render("voltha_xds")
             .contains("voltha_xds_stream_logs_suppressed_total{reason=\"unknown_type\"} 5"));
     }
 }

@@ -19,9 +19,9 @@ use envoy_types::pb::google::protobuf::Timestamp;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use super::filter::NodeFilter;
-use crate::xds::cache::{Snapshot, TypeSnapshot};
-use crate::xds::resources::ResourceType;
-use crate::xds::status::{ClientStatus, SyncState, TypeStatus};
+use crate::cache::{Snapshot, TypeSnapshot};
+use crate::resources::ResourceType;
+use crate::status::{ClientStatus, SyncState, TypeStatus};
 
 /// Small fields are written into blocks of this size, shared by the pieces cut from them.
 const BLOCK: usize = 16 * 1024;
@@ -48,10 +48,15 @@ const GENERIC_ERROR_STATE: u32 = 8;
 
 /// One Envoy: its streams' statuses merged per type (newest stream wins).
 pub struct MergedNode<'a> {
+    /// The client's `node.id`.
     pub node_id: &'a str,
+    /// The client's `node.cluster`.
     pub node_cluster: &'a str,
+    /// The node group it is served from, once known.
     pub group: Option<&'a str>,
+    /// Its open streams.
     pub streams: Vec<&'a ClientStatus>,
+    /// Its status per type, merged over its streams.
     pub types: BTreeMap<ResourceType, &'a TypeStatus>,
 }
 

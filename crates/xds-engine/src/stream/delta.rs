@@ -25,10 +25,10 @@ use parking_lot::Mutex;
 use super::{
     error_text, share_names, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
 };
-use crate::xds::cache::{Snapshot, TypeSnapshot};
-use crate::xds::resources::{parse_version, Resource, ResourceType};
-use crate::xds::status::ClientStatus;
-use crate::xds::wire::DeltaDiscoveryResponse;
+use crate::cache::{Snapshot, TypeSnapshot};
+use crate::resources::{parse_version, Resource, ResourceType};
+use crate::status::ClientStatus;
+use crate::wire::DeltaDiscoveryResponse;
 
 #[derive(Default)]
 struct TypeState {
@@ -45,6 +45,7 @@ struct TypeState {
     pending: Option<Pending>,
 }
 
+/// The state machine of one Delta stream: what the client has and wants, per type.
 pub struct DeltaStream {
     core: Core,
     types: [Option<TypeState>; 4],
@@ -58,6 +59,7 @@ impl DeltaStream {
         <DeltaDiscoveryRequest as prost::Message>::decode(raw)
     }
 
+    /// A stream of `scope`, its status published to `status`.
     pub fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
         DeltaStream {
             core: Core::new(scope, limits, status),
@@ -66,14 +68,17 @@ impl DeltaStream {
         }
     }
 
+    /// A new snapshot (or none yet): queues what the client must now receive.
     pub fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
         self.core.set_snapshot(snapshot);
     }
 
+    /// The events since the last call.
     pub fn take_events(&mut self) -> Vec<StreamEvent> {
         std::mem::take(&mut self.core.events)
     }
 
+    /// A request from the client; an error ends the stream.
     pub fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), StreamError> {
         self.core.accept_node(req.node.as_ref())?;
         let ty = match self.core.check_type(&req.type_url)? {
@@ -419,7 +424,7 @@ mod known_tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::xds::cache::{Cache, GroupInput};
+    use crate::cache::{Cache, GroupInput};
 
     /// Publishes one EDS snapshot per content map; returns the type snapshots in order.
     fn history(versions: &[BTreeMap<String, u8>]) -> Vec<Arc<TypeSnapshot>> {

@@ -30,10 +30,15 @@ const SEND_BUFFER: usize = 4;
 /// Everything a stream needs; cheap to clone.
 #[derive(Clone)]
 pub struct XdsServer {
+    /// The snapshots served.
     pub cache: Cache,
+    /// The open streams, for status and CSDS.
     pub clients: Arc<ClientTable>,
+    /// The engine's metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-stream limits.
     pub limits: Limits,
+    /// Ends every stream when cancelled.
     pub shutdown: CancellationToken,
     /// One permit per open stream (`server.max_streams`).
     pub stream_slots: Arc<Semaphore>,
@@ -327,8 +332,8 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::xds::logsafe::LOGGED_PER_STREAM;
-    use crate::xds::status::Nack;
+    use crate::logsafe::LOGGED_PER_STREAM;
+    use crate::status::Nack;
 
     const FORGED: &str = "type.googleapis.com/x\n2099-01-01T00:00:00Z ERROR voltha_xds::reconcile: FORGED";
 
@@ -404,7 +409,7 @@ mod tests {
 
     fn metric(srv: &XdsServer, sample: &str) -> Option<u64> {
         srv.metrics
-            .render()
+            .render("voltha_xds")
             .lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }

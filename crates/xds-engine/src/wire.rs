@@ -14,17 +14,22 @@ use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DiscoveryResponse {
     #[prost(string, tag = "1")]
+    /// The version of the resources.
     pub version_info: String,
     /// Each element is an encoded `google.protobuf.Any`.
     #[prost(bytes = "bytes", repeated, tag = "2")]
     pub resources: Vec<Bytes>,
     #[prost(bool, tag = "3")]
+    /// Always false.
     pub canary: bool,
     #[prost(string, tag = "4")]
+    /// The type URL of the resources.
     pub type_url: String,
     #[prost(string, tag = "5")]
+    /// The nonce the client echoes back.
     pub nonce: String,
     #[prost(message, optional, tag = "6")]
+    /// The control plane's identifier (unset).
     pub control_plane: Option<ControlPlane>,
 }
 
@@ -33,17 +38,22 @@ pub struct DiscoveryResponse {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DeltaDiscoveryResponse {
     #[prost(string, tag = "1")]
+    /// A version for debugging (unset).
     pub system_version_info: String,
     /// Each element is an encoded `envoy.service.discovery.v3.Resource`.
     #[prost(bytes = "bytes", repeated, tag = "2")]
     pub resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
+    /// The type URL of the resources.
     pub type_url: String,
     #[prost(string, tag = "5")]
+    /// The nonce the client echoes back.
     pub nonce: String,
     #[prost(string, repeated, tag = "6")]
+    /// Names removed since the client's state.
     pub removed_resources: Vec<String>,
     #[prost(message, optional, tag = "7")]
+    /// The control plane's identifier (unset).
     pub control_plane: Option<ControlPlane>,
 }
 

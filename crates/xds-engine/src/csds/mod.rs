@@ -67,7 +67,6 @@ use super::grpc::Requests;
 use super::listen::ConnInfo;
 use super::logsafe::Safe;
 use super::server::XdsServer;
-use crate::config::CsdsConfig;
 use crate::metrics::StreamGauge;
 
 /// The gRPC service name.
@@ -79,26 +78,24 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// CSDS's bounds (`server.csds`, documented in `docs/configuration.md`).
 #[derive(Clone, Copy, Debug)]
 pub struct CsdsLimits {
+    /// CSDS answers being built or sent at once, over every client.
     pub max_concurrent_requests: usize,
+    /// The largest CSDS response message, in bytes.
     pub max_response_bytes: usize,
+    /// Requests one `StreamClientStatus` stream may make per second, on average.
     pub stream_requests_per_second: f64,
+    /// Requests one `StreamClientStatus` stream may make at once after a quiet period.
     pub stream_burst: u32,
-}
-
-impl From<&CsdsConfig> for CsdsLimits {
-    fn from(c: &CsdsConfig) -> Self {
-        CsdsLimits {
-            max_concurrent_requests: c.max_concurrent_requests,
-            max_response_bytes: c.max_response_bytes,
-            stream_requests_per_second: c.stream_requests_per_second,
-            stream_burst: c.stream_burst,
-        }
-    }
 }
 
 impl Default for CsdsLimits {
     fn default() -> Self {
-        CsdsLimits::from(&CsdsConfig::default())
+        CsdsLimits {
+            max_concurrent_requests: 4,
+            max_response_bytes: 4 * 1024 * 1024,
+            stream_requests_per_second: 1.0,
+            stream_burst: 5,
+        }
     }
 }
 
@@ -135,6 +132,7 @@ struct Answer {
 }
 
 impl Csds {
+    /// The CSDS service of `server`'s streams and cache.
     pub fn new(server: XdsServer) -> Self {
         let n = server.csds.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
         Csds {

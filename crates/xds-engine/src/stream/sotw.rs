@@ -22,10 +22,10 @@ use prost::Message;
 use super::{
     error_text, share_names, wire, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
 };
-use crate::xds::cache::{Snapshot, TypeSnapshot};
-use crate::xds::resources::{Resource, ResourceType};
-use crate::xds::status::ClientStatus;
-use crate::xds::wire::DiscoveryResponse;
+use crate::cache::{Snapshot, TypeSnapshot};
+use crate::resources::{Resource, ResourceType};
+use crate::status::ClientStatus;
+use crate::wire::DiscoveryResponse;
 
 /// `DiscoveryRequest` field numbers (envoy/service/discovery/v3/discovery.proto).
 const DISCOVERY_REQUEST_RESOURCE_NAMES: u32 = 3;
@@ -57,6 +57,7 @@ struct TypeState {
     last_nonce: Option<String>,
 }
 
+/// The state machine of one State of the World stream: what the client has and wants, per type.
 pub struct SotwStream {
     core: Core,
     types: [Option<TypeState>; 4],
@@ -69,6 +70,7 @@ pub struct SotwStream {
 }
 
 impl SotwStream {
+    /// A stream of `scope`, its status published to `status`.
     pub fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
         SotwStream {
             core: Core::new(scope, limits, status),
@@ -219,14 +221,17 @@ impl SotwStream {
         }
     }
 
+    /// A new snapshot (or none yet): queues what the client must now receive.
     pub fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
         self.core.set_snapshot(snapshot);
     }
 
+    /// The events since the last call.
     pub fn take_events(&mut self) -> Vec<StreamEvent> {
         std::mem::take(&mut self.core.events)
     }
 
+    /// A request from the client; an error ends the stream.
     pub fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamError> {
         let repeated = self.repeated.take();
         self.core.accept_node(req.node.as_ref())?;

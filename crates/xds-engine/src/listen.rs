@@ -21,8 +21,21 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::XdsTlsConfig;
 use crate::metrics::Metrics;
+
+/// TLS on the xDS port: the files, re-read every `reload_interval` when they change; open
+/// streams keep going.
+#[derive(Debug, Clone)]
+pub struct XdsTlsConfig {
+    /// PEM certificate chain presented to clients.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// PEM CA bundle; when set, every client must present a certificate it signed (mTLS).
+    pub client_ca_file: Option<String>,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+}
 
 /// A handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +56,7 @@ enum Io {
 /// What tonic's request extensions get: the peer's address.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
+    /// The client's address.
     pub remote: Option<SocketAddr>,
 }
 
@@ -194,7 +208,7 @@ impl Tls {
     /// Checks the files every `reload_interval` until `shutdown`. A failed reload is logged and
     /// counted once per distinct error; the last good certificates keep being used.
     pub async fn watch(self: Arc<Self>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.reload_interval.0);
+        let mut tick = tokio::time::interval(self.config.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut last_error: Option<String> = None;
@@ -333,7 +347,7 @@ mod tests {
             cert_file: write(dir, "cert.pem", cert),
             key_file: write(dir, "key.pem", key),
             client_ca_file: None,
-            reload_interval: crate::config::Dur(Duration::from_secs(1)),
+            reload_interval: Duration::from_secs(1),
         }
     }
 
