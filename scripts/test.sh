@@ -88,13 +88,15 @@ if [ $# -eq 0 ]; then
   fi
   (
     export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/voltha-xds/fuzz-target}"
-    "${fuzz[@]}" build -a
+    # -a: debug assertions (overflow checks) on; -s none: no sanitizer (the crate forbids
+    # unsafe code), as the long runs in fuzz/README.md, so both share one build.
+    "${fuzz[@]}" build -a -s none
     for t in $("${fuzz[@]}" list); do
       # A scratch copy of the corpus: what a short run finds is not written into the clone.
       scratch=$(mktemp -d)
       cp -r "fuzz/corpus/$t/." "$scratch/" 2>/dev/null || true
       log="$scratch.log"
-      if "${fuzz[@]}" run -a "$t" "$scratch" -- -max_total_time="${FUZZ_SECONDS:-5}" \
+      if "${fuzz[@]}" run -a -s none "$t" "$scratch" -- -max_total_time="${FUZZ_SECONDS:-5}" \
         -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1; then
         echo "fuzz $t: $(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$') runs, no failure"
         rm -rf "$scratch" "$log"
