@@ -234,26 +234,7 @@ fn hosts_of(r: &DiscoveryResponse, cluster: &str) -> Vec<String> {
 async fn mutated_and_random_requests_never_cost_a_good_client_its_updates() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("assignment.json");
-    std::fs::write(&file, assignment(&["127.0.0.1", "127.0.0.2"])).expect("write");
-    let yaml = format!(
-        r#"
-default_group: nbi
-debounce: {{ quiet: 10ms, max_delay: 200ms }}
-sources: [{{ name: assignment, type: file, path: "{}", poll_interval: 20ms }}]
-clusters:
-  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
-groups:
-  - {{ name: nbi, clusters: [voltha-grpc] }}
-"#,
-        file.display()
-    );
-    let server = start_server(&yaml).await;
-    let admin = format!("http://{}", server.admin_addr);
-    wait_for(WAIT, "readiness", || {
-        let url = format!("{admin}/readyz");
-        async move { (get_json(&url).await.0 == 200).then_some(()) }
-    })
-    .await;
+    let (server, admin) = voltha_on(&file, &["127.0.0.1", "127.0.0.2"]).await;
     let uri = format!("http://{}", server.xds_addr);
     let channel = || async {
         Channel::from_shared(uri.clone())
@@ -514,27 +495,8 @@ groups:
 async fn stream_churn_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("assignment.json");
-    std::fs::write(&file, assignment(&["127.0.0.1"])).expect("write");
-    let yaml = format!(
-        r#"
-default_group: nbi
-debounce: {{ quiet: 10ms, max_delay: 200ms }}
-sources: [{{ name: assignment, type: file, path: "{}", poll_interval: 20ms }}]
-clusters:
-  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
-groups:
-  - {{ name: nbi, clusters: [voltha-grpc] }}
-"#,
-        file.display()
-    );
-    let server = start_server(&yaml).await;
-    let admin = format!("http://{}", server.admin_addr);
+    let (server, admin) = voltha_on(&file, &["127.0.0.1"]).await;
     let debug = format!("http://{}", server.admin_debug_addr);
-    wait_for(WAIT, "readiness", || {
-        let url = format!("{admin}/readyz");
-        async move { (get_json(&url).await.0 == 200).then_some(()) }
-    })
-    .await;
     let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
         .expect("uri")
         .connect()
@@ -654,4 +616,30 @@ groups:
         .expect("ok")
         .expect("open");
     assert_eq!(hosts(&after), ["127.0.0.9"]);
+}
+
+/// A server with one file source (a VOLTHA assignment at `file`, holding `hosts`) behind the
+/// EDS cluster `voltha-grpc` of the group `nbi`, ready; and its admin URL.
+async fn voltha_on(file: &std::path::Path, hosts: &[&str]) -> (voltha_xds::Running, String) {
+    std::fs::write(file, assignment(hosts)).expect("write");
+    let yaml = format!(
+        r#"
+default_group: nbi
+debounce: {{ quiet: 10ms, max_delay: 200ms }}
+sources: [{{ name: assignment, type: file, path: "{}", poll_interval: 20ms }}]
+clusters:
+  - {{ name: voltha-grpc, endpoints: {{ source: assignment, port: 50556 }} }}
+groups:
+  - {{ name: nbi, clusters: [voltha-grpc] }}
+"#,
+        file.display()
+    );
+    let server = start_server(&yaml).await;
+    let admin = format!("http://{}", server.admin_addr);
+    wait_for(WAIT, "readiness", || {
+        let url = format!("{admin}/readyz");
+        async move { (get_json(&url).await.0 == 200).then_some(()) }
+    })
+    .await;
+    (server, admin)
 }
