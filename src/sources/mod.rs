@@ -125,9 +125,10 @@ impl Publisher {
         self.metrics.source_error(&self.name, kind);
     }
 
-    /// Records a failure; the last good data stays.
+    /// Records a failure; the last good data stays. The message (which may quote parts of a
+    /// source's value) is cut to [`MAX_ERROR_CHARS`] characters, and logged quoted and escaped.
     pub fn fail(&self, kind: &'static str, message: String) {
-        // Quoted and escaped: a message may carry parts of a source's value.
+        let message = cut(message, MAX_ERROR_CHARS);
         tracing::warn!(source = %self.name, kind, error = ?message, "source error; keeping the last good state");
         self.metrics.source_error(&self.name, kind);
         self.tx.send_modify(|st| {
@@ -135,6 +136,17 @@ impl Publisher {
             st.health.last_error = Some(message);
             st.health.last_error_at = Some(SystemTime::now());
         });
+    }
+}
+
+/// The longest source error message kept and logged, in characters.
+pub(crate) const MAX_ERROR_CHARS: usize = 1024;
+
+/// `message` cut to `max` characters, with what was left out said.
+fn cut(message: String, max: usize) -> String {
+    match message.char_indices().nth(max) {
+        None => message,
+        Some((at, _)) => format!("{}… ({} bytes in all)", &message[..at], message.len()),
     }
 }
 
@@ -388,6 +400,21 @@ mod key_state_tests {
 
     fn apply(k: &mut KeyState, p: &Publisher, v: Option<&[u8]>) {
         k.apply(p, FileFormat::VolthaAssignment, "key \"k\"", v);
+    }
+
+    #[test]
+    fn a_source_error_message_is_cut_where_it_is_kept() {
+        let (p, h, _) = setup();
+        let long = format!("key \"k\": {}", "é".repeat(100_000));
+        p.fail("wrong_shape", long.clone());
+        let kept = h.rx.borrow().health.last_error.clone().expect("an error kept");
+        assert_eq!(
+            kept.chars().count(),
+            MAX_ERROR_CHARS + format!("… ({} bytes in all)", long.len()).chars().count()
+        );
+        assert!(kept.ends_with(&format!("({} bytes in all)", long.len())), "{kept}");
+        p.fail("wrong_shape", "short".into());
+        assert_eq!(h.rx.borrow().health.last_error.as_deref(), Some("short"));
     }
 
     #[test]
