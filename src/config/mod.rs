@@ -5,6 +5,7 @@
 
 pub mod address;
 mod duration;
+mod grpc;
 mod kubernetes;
 mod limits;
 mod validate;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use duration::{parse_duration, Dur, Timeout};
+pub use grpc::{GrpcServiceConfig, RouteConfigMode};
 pub use kubernetes::{check_api_server, KubernetesSource, PodPort, Readiness, DEFAULT_POD_PORT};
 use limits::MAX_CONFIG_BYTES;
 pub(crate) use validate::same_port;
@@ -38,6 +40,9 @@ pub struct Config {
     pub clusters: Vec<ClusterConfig>,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
+    /// Services for proxyless gRPC clients (`xds:///<name>`), see `config/grpc.rs`.
+    #[serde(default)]
+    pub grpc_services: Vec<GrpcServiceConfig>,
     pub groups: Vec<GroupConfig>,
 }
 
@@ -644,6 +649,10 @@ pub struct GroupConfig {
     /// Clusters served besides those the listeners' routes name.
     #[serde(default)]
     pub clusters: Vec<String>,
+    /// The services this group's proxyless gRPC clients get (served as the group
+    /// `<name>/grpc`; an Envoy of the group never sees them).
+    #[serde(default)]
+    pub grpc_services: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -260,10 +260,11 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 e.push(format!("{at}: unknown cluster {cl:?}"));
             }
         }
-        if g.listeners.is_empty() && g.clusters.is_empty() {
+        if g.listeners.is_empty() && g.clusters.is_empty() && g.grpc_services.is_empty() {
             e.push(format!("{at}: has neither listeners nor clusters"));
         }
     }
+    super::grpc::validate(e, c);
     errors
 }
 
@@ -463,7 +464,7 @@ fn etcd(e: &mut Vec<String>, x: &super::EtcdSource) {
 }
 
 /// A request header name as a route may read it: lowercase (HTTP/2), no pseudo-header.
-fn is_header_name(h: &str) -> bool {
+pub(super) fn is_header_name(h: &str) -> bool {
     !h.is_empty()
         && h.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')

@@ -5,10 +5,12 @@
 //! Per group: one listener per configured listener, one route configuration per listener
 //! (`<listener>-routes`, served over RDS), the clusters its routes name plus its extra ones, and
 //! a load assignment per EDS cluster (possibly empty: a cluster with no endpoints still gets
-//! its assignment, so Envoy does not wait for one).
+//! its assignment, so Envoy does not wait for one). A group with `grpc_services` also gets its
+//! twin `<group>/grpc` for proxyless gRPC clients (`grpc.rs`).
 
 pub mod cluster;
 pub mod consistency;
+pub mod grpc;
 pub mod listener;
 pub mod route;
 
@@ -109,6 +111,13 @@ pub fn translate(model: &Model, config: &Config) -> Result<BTreeMap<String, Grou
         }
         consistency::check(&g.name, &res)?;
         out.insert(g.name.clone(), res);
+        // The group's twin for proxyless gRPC clients (`<group>/grpc`), when it lists services.
+        if let Some(twin) = grpc::group(g, config, model)? {
+            let name = crate::xds::cache::proxyless_group_name(&g.name);
+            consistency::check(&name, &twin)?;
+            grpc::check(&name, &twin)?;
+            out.insert(name, twin);
+        }
     }
     Ok(out)
 }

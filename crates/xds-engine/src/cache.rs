@@ -170,6 +170,36 @@ impl Snapshot {
             .get(node_cluster)
             .or_else(|| self.groups.get(&self.default_group))
     }
+
+    /// The group a client gets, given its `node.cluster` and `node.user_agent_name`: for a
+    /// proxyless gRPC client ([`is_proxyless_grpc`]) the group `<G>/grpc` when the snapshot has
+    /// one, where `G` is the group [`Snapshot::group_for`] picks; for anything else (and for a
+    /// gRPC client whose group has no `/grpc` twin) the group `group_for` picks. An Envoy and a
+    /// gRPC client in the same node cluster so get different resources under the same names
+    /// (an Envoy listener and a gRPC API listener may both be called `voltha-grpc`).
+    pub fn group_for_client(&self, node_cluster: &str, user_agent_name: &str) -> Option<&Arc<GroupSnapshot>> {
+        let base = self.group_for(node_cluster)?;
+        if is_proxyless_grpc(user_agent_name) {
+            if let Some(g) = self.groups.get(&proxyless_group_name(&base.name)) {
+                return Some(g);
+            }
+        }
+        Some(base)
+    }
+}
+
+/// What a group's twin for proxyless gRPC clients is named after it: `voltha` → `voltha/grpc`.
+pub const PROXYLESS_GROUP_SUFFIX: &str = "/grpc";
+
+/// The name of `group`'s twin for proxyless gRPC clients.
+pub fn proxyless_group_name(group: &str) -> String {
+    format!("{group}{PROXYLESS_GROUP_SUFFIX}")
+}
+
+/// Whether a `node.user_agent_name` is a gRPC library's: every gRPC implementation sends
+/// `gRPC <language>` (`gRPC Go`, `gRPC Java`, `gRPC C-core <platform>`); Envoy sends `envoy`.
+pub fn is_proxyless_grpc(user_agent_name: &str) -> bool {
+    user_agent_name == "gRPC" || user_agent_name.starts_with("gRPC ")
 }
 
 /// Resources of one group, by type, before encoding into a snapshot.
@@ -355,6 +385,38 @@ mod tests {
             Err(CacheError::NoDefaultGroup(_))
         ));
         assert!(cache.current().is_none());
+    }
+
+    #[test]
+    fn a_grpc_client_gets_its_groups_grpc_twin_and_an_envoy_never_does() {
+        let cache = Cache::new();
+        let mut groups = input(&[("envoy-cluster", 1)]);
+        let mut twin = GroupInput::default();
+        twin.resources[0].push(Resource::new(ResourceType::Cluster, "grpc-cluster", vec![2]));
+        groups.insert("default/grpc".into(), twin);
+        groups.insert("other".into(), GroupInput::default());
+        let s = cache
+            .publish(groups, "default", std::time::Instant::now())
+            .expect("ok")
+            .expect("published");
+        let name = |g: Option<&Arc<GroupSnapshot>>| g.map(|g| g.name.clone());
+        assert_eq!(name(s.group_for_client("default", "envoy")), Some("default".into()));
+        assert_eq!(name(s.group_for_client("default", "")), Some("default".into()));
+        assert_eq!(
+            name(s.group_for_client("default", "gRPC Go")),
+            Some("default/grpc".into())
+        );
+        assert_eq!(name(s.group_for_client("default", "gRPC")), Some("default/grpc".into()));
+        // An unknown cluster falls back to the default group, and so to its twin.
+        assert_eq!(
+            name(s.group_for_client("nope", "gRPC C-core linux")),
+            Some("default/grpc".into())
+        );
+        // A group without a twin serves gRPC clients as it serves Envoys.
+        assert_eq!(name(s.group_for_client("other", "gRPC Java")), Some("other".into()));
+        // Not gRPC: a name that merely starts with the letters.
+        assert_eq!(name(s.group_for_client("default", "gRPCish")), Some("default".into()));
+        assert_eq!(name(s.group_for_client("default", "grpc-go")), Some("default".into()));
     }
 
     #[test]

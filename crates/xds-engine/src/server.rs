@@ -212,7 +212,11 @@ impl XdsServer {
                     changed = snaps.changed() => {
                         if changed.is_err() { break; }
                         let next = snaps.borrow_and_update().clone();
-                        push.on_snapshot(current.as_deref(), next.as_deref(), &_reg.status.lock().node_cluster);
+                        let (cluster, agent) = {
+                            let st = _reg.status.lock();
+                            (st.node_cluster.clone(), st.user_agent_name.clone())
+                        };
+                        push.on_snapshot(current.as_deref(), next.as_deref(), &cluster, &agent);
                         current = next;
                         sm.on_snapshot(current.clone());
                     }
@@ -263,12 +267,12 @@ pub(super) struct PendingPush([Option<Instant>; 4]);
 
 impl PendingPush {
     /// Marks the types whose content for this node's group differs between the snapshots.
-    fn on_snapshot(&mut self, prev: Option<&Snapshot>, next: Option<&Snapshot>, node_cluster: &str) {
+    fn on_snapshot(&mut self, prev: Option<&Snapshot>, next: Option<&Snapshot>, node_cluster: &str, agent: &str) {
         let Some(next) = next else { return };
-        let Some(group) = next.group_for(node_cluster) else {
+        let Some(group) = next.group_for_client(node_cluster, agent) else {
             return;
         };
-        let before = prev.and_then(|p| p.group_for(node_cluster));
+        let before = prev.and_then(|p| p.group_for_client(node_cluster, agent));
         for ty in ResourceType::ALL {
             let same = before.is_some_and(|b| Arc::ptr_eq(b.get(ty), group.get(ty)));
             if !same {

@@ -88,6 +88,8 @@ pub struct ClientStatus {
     pub node_id: String,
     /// The client's `node.cluster`.
     pub node_cluster: String,
+    /// The client's `node.user_agent_name` (`envoy`, `gRPC Go`, …), cut to 128 bytes.
+    pub user_agent_name: String,
     /// The node group it is served from, once known.
     pub group: Option<String>,
     #[serde(serialize_with = "ser_time")]
@@ -171,6 +173,7 @@ impl ClientStatus {
             service,
             node_id: String::new(),
             node_cluster: String::new(),
+            user_agent_name: String::new(),
             group: None,
             connected_at: SystemTime::now(),
             types: Default::default(),

@@ -159,7 +159,8 @@ enum TypeCheck {
 struct Core {
     scope: Scope,
     limits: Limits,
-    node: Option<(String, String)>,
+    /// `node.id`, `node.cluster` and `node.user_agent_name` of the first request.
+    node: Option<(String, String, String)>,
     snapshot: Option<Arc<Snapshot>>,
     group: Option<Arc<GroupSnapshot>>,
     nonce: u64,
@@ -187,11 +188,13 @@ impl Core {
             return Ok(());
         }
         let node = node.ok_or(StreamError::MissingNode)?;
-        self.node = Some((node.id.clone(), node.cluster.clone()));
+        let agent = cut(&node.user_agent_name, MAX_USER_AGENT_BYTES).to_string();
+        self.node = Some((node.id.clone(), node.cluster.clone(), agent.clone()));
         {
             let mut st = self.status.lock();
             st.node_id = node.id.clone();
             st.node_cluster = node.cluster.clone();
+            st.user_agent_name = agent;
         }
         self.regroup();
         Ok(())
@@ -251,10 +254,10 @@ impl Core {
     }
 
     fn regroup(&mut self) {
-        let (Some(snap), Some((_, cluster))) = (&self.snapshot, &self.node) else {
+        let (Some(snap), Some((_, cluster, agent))) = (&self.snapshot, &self.node) else {
             return;
         };
-        let group = snap.group_for(cluster).cloned();
+        let group = snap.group_for_client(cluster, agent).cloned();
         if let Some(g) = &group {
             let mut st = self.status.lock();
             if st.group.as_deref() != Some(g.name.as_str()) {
@@ -346,6 +349,19 @@ impl Core {
 /// The longest NACK error text kept (per stream and type, and in the recent-NACK log); longer
 /// texts are cut at a character boundary and marked.
 pub(crate) const MAX_ERROR_TEXT: usize = 4096;
+
+/// The longest `node.user_agent_name` kept; it only decides whether the client is a gRPC
+/// library, and is shown beside the node.
+const MAX_USER_AGENT_BYTES: usize = 128;
+
+/// `s`, cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 fn error_text(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option<String> {
     detail.as_ref().map(|s| {
