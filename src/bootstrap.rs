@@ -1,6 +1,6 @@
 //! `voltha-xds bootstrap`: an Envoy bootstrap that works as is: node identity, ADS over gRPC
 //! (SotW or Delta) to this server, optionally over TLS or mutual TLS, CDS and LDS from ADS, an
-//! admin listener.
+//! admin listener; with `--grpc`, the JSON bootstrap of a proxyless gRPC client instead.
 
 use serde_json::{json, Value};
 
@@ -114,9 +114,91 @@ pub fn bootstrap(o: &BootstrapOptions) -> Result<String, String> {
     serde_yaml::to_string(&v).map_err(|e| e.to_string())
 }
 
+/// `voltha-xds bootstrap --grpc`: the JSON bootstrap of a proxyless gRPC client (the file
+/// `GRPC_XDS_BOOTSTRAP` names): one xDS server with `server_features: ["xds_v3"]`, plain text or
+/// gRPC's `tls` channel credentials (gRFC A65: CA, and for mutual TLS a certificate and key),
+/// and the node. gRPC's xDS client speaks State of the World only, so `delta` is refused; the
+/// admin options have no meaning for it and are not used.
+pub fn grpc_bootstrap(o: &BootstrapOptions) -> Result<String, String> {
+    let (host, port) = crate::config::parse_host_port(&o.xds, None).map_err(|e| format!("--xds: {e}"))?;
+    if o.delta {
+        return Err("--delta: gRPC's xDS client speaks State of the World only; leave --delta out with --grpc".into());
+    }
+    let server_uri = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let creds = match &o.tls {
+        None => json!({ "type": "insecure" }),
+        Some(t) => {
+            let files = std::iter::once(("--tls-ca", &t.ca))
+                .chain(t.client.iter().flat_map(|(c, k)| [("--tls-cert", c), ("--tls-key", k)]));
+            for (flag, f) in files {
+                if f.trim().is_empty() {
+                    return Err(format!("{flag}: empty path"));
+                }
+            }
+            let mut config = json!({ "ca_certificate_file": t.ca });
+            if let Some((cert, key)) = &t.client {
+                config["certificate_file"] = json!(cert);
+                config["private_key_file"] = json!(key);
+            }
+            json!({ "type": "tls", "config": config })
+        }
+    };
+    let v = json!({
+        "xds_servers": [{
+            "server_uri": server_uri,
+            "channel_creds": [creds],
+            "server_features": ["xds_v3"],
+        }],
+        "node": { "id": o.node_id, "cluster": o.node_cluster, "locality": {} },
+    });
+    let mut out = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+    out.push('\n');
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_bootstrap_names_the_server_with_xds_v3_and_the_node() {
+        let v: Value =
+            serde_json::from_str(&grpc_bootstrap(&opts("127.0.0.1:18000", false)).expect("ok")).expect("json");
+        let server = &v["xds_servers"][0];
+        assert_eq!(server["server_uri"], "127.0.0.1:18000");
+        assert_eq!(server["server_features"], json!(["xds_v3"]));
+        assert_eq!(server["channel_creds"], json!([{ "type": "insecure" }]));
+        assert_eq!(v["node"]["id"], "n1");
+        assert_eq!(v["node"]["cluster"], "voltha");
+        let v6: Value = serde_json::from_str(&grpc_bootstrap(&opts("[::1]:18000", false)).expect("ok")).expect("json");
+        assert_eq!(v6["xds_servers"][0]["server_uri"], "[::1]:18000");
+        let err = grpc_bootstrap(&opts("127.0.0.1:18000", true)).expect_err("delta");
+        assert!(err.contains("State of the World"), "{err}");
+        assert!(
+            grpc_bootstrap(&opts("127.0.0.1", false)).is_err(),
+            "the port is required"
+        );
+        let mtls = BootstrapOptions {
+            tls: Some(BootstrapTls {
+                ca: "/etc/xds/ca.pem".into(),
+                client: Some(("/etc/xds/c.pem".into(), "/etc/xds/k.pem".into())),
+            }),
+            ..opts("xds.voltha.svc:18000", false)
+        };
+        let v: Value = serde_json::from_str(&grpc_bootstrap(&mtls).expect("ok")).expect("json");
+        assert_eq!(
+            v["xds_servers"][0]["channel_creds"],
+            json!([{ "type": "tls", "config": {
+                "ca_certificate_file": "/etc/xds/ca.pem",
+                "certificate_file": "/etc/xds/c.pem",
+                "private_key_file": "/etc/xds/k.pem",
+            }}])
+        );
+    }
 
     fn opts(xds: &str, delta: bool) -> BootstrapOptions {
         BootstrapOptions {

@@ -131,6 +131,9 @@ enum Command {
         /// Private key of --tls-cert.
         #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
         tls_key: Option<String>,
+        /// Print a proxyless gRPC client's bootstrap (JSON, for GRPC_XDS_BOOTSTRAP) instead.
+        #[arg(long)]
+        grpc: bool,
     },
     /// Show each connected Envoy's sync state per type (SYNCED, STALE, NACKED, NOT SENT),
     /// read from a running server's admin debug API.
@@ -271,8 +274,14 @@ fn run(cli: Cli) -> Result<(), String> {
             tls_ca,
             tls_cert,
             tls_key,
+            grpc,
         } => {
-            let y = voltha_xds::bootstrap::bootstrap(&voltha_xds::bootstrap::BootstrapOptions {
+            let make = if grpc {
+                voltha_xds::bootstrap::grpc_bootstrap
+            } else {
+                voltha_xds::bootstrap::bootstrap
+            };
+            let y = make(&voltha_xds::bootstrap::BootstrapOptions {
                 node_id,
                 node_cluster,
                 xds,

@@ -1,0 +1,308 @@
+//! Proxyless gRPC end to end: a real gRPC xDS client (Python grpcio's built-in xDS resolver,
+//! `pip install grpcio` into `.venv/` by `scripts/test.sh`, or `PYTHON_BIN`) bootstrapped by
+//! `voltha-xds bootstrap --grpc`, dialing `xds:///voltha-grpc` with no Envoy in between, against
+//! the shipped configurations and fake cores on loopback. Each fake core answers with its own
+//! id (`x-voltha-core`), so every assertion names the core that served the call.
+
+#[path = "support/grpc_client.rs"]
+mod grpc_client;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use grpc_client::GrpcClient;
+use serde_json::Value;
+use support::kube_api::{core_pod, KubeApi};
+use support::*;
+use voltha_xds::bootstrap::{bootstrap, grpc_bootstrap, BootstrapOptions};
+
+const TARGET: &str = "xds:///voltha-grpc";
+const HEALTH: &str = "/voltha.HealthService/GetHealthStatus";
+
+fn options(node_id: &str, xds: SocketAddr) -> BootstrapOptions {
+    BootstrapOptions {
+        node_id: node_id.into(),
+        node_cluster: "voltha".into(),
+        xds: xds.to_string(),
+        admin_port: 0,
+        admin_address: "127.0.0.1".into(),
+        delta: false,
+        tls: None,
+    }
+}
+
+/// The stream of node `node_id` in `/debug/clients`.
+async fn client_of(server: &voltha_xds::Running, node_id: &str) -> Option<Value> {
+    let (_, v) = get_json(&format!("http://{}/debug/clients", server.admin_debug_addr)).await;
+    v["clients"]
+        .as_array()?
+        .iter()
+        .find(|c| c["node_id"] == node_id)
+        .cloned()
+}
+
+/// The embedded default profile with a temporary assignment file and three fake cores.
+struct DefaultProfile {
+    dir: tempfile::TempDir,
+    server: voltha_xds::Running,
+    _cores: Vec<Proc>,
+    grpc_port: u16,
+}
+
+const CORES: [(&str, &str); 3] = [
+    ("vcore-0", "127.0.0.1"),
+    ("vcore-1", "127.0.0.2"),
+    ("vcore-2", "127.0.0.3"),
+];
+
+impl DefaultProfile {
+    async fn start(hosts: &[&str]) -> DefaultProfile {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (grpc_port, rest, core_port) = (free_port(), free_port(), free_port());
+        std::fs::write(dir.path().join("assignment.json"), assignment(hosts)).expect("write");
+        let mut cores = Vec::new();
+        for (id, ip) in CORES {
+            cores.push(fake_core(id, format!("{ip}:{core_port}").parse().expect("addr")));
+        }
+        for (_, ip) in CORES {
+            wait_listening(format!("{ip}:{core_port}").parse().expect("addr")).await;
+        }
+        let server = start_server(&config_yaml(dir.path(), grpc_port, rest, core_port, "")).await;
+        DefaultProfile {
+            dir,
+            server,
+            _cores: cores,
+            grpc_port,
+        }
+    }
+
+    fn write_assignment(&self, hosts: &[&str]) {
+        let tmp = self.dir.path().join("assignment.tmp");
+        std::fs::write(&tmp, assignment(hosts)).expect("write");
+        std::fs::rename(&tmp, self.dir.path().join("assignment.json")).expect("rename");
+    }
+
+    fn client(&self, node_id: &str) -> GrpcClient {
+        let bs = grpc_bootstrap(&options(node_id, self.server.xds_addr)).expect("bootstrap --grpc");
+        GrpcClient::start(self.dir.path(), node_id, &bs, TARGET)
+    }
+}
+
+/// The contract: a client bootstrapped with `--node-cluster voltha` reaches the assignment's
+/// cores through `xds:///voltha-grpc`; an assignment change moves its calls within a second on
+/// the same channel and the same xDS stream; an Envoy of the same node cluster keeps its own
+/// group and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_reaches_the_cores_and_follows_an_assignment_change_on_one_channel() {
+    let d = DefaultProfile::start(&["127.0.0.1"]).await;
+    let envoy_admin = free_port();
+    let envoy = Envoy::start(
+        d.dir.path(),
+        "envoy",
+        &bootstrap(&BootstrapOptions {
+            admin_port: envoy_admin,
+            ..options("envoy-1", d.server.xds_addr)
+        })
+        .expect("bootstrap"),
+        envoy_admin,
+    );
+    let mut c = d.client("grpc-1");
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    // CreateDevice goes through its own route to voltha-grpc-RR: the same cores.
+    assert_eq!(
+        c.call("/voltha.VolthaGlobalService/CreateDevice", &[]).await,
+        Ok("vcore-0".into())
+    );
+
+    // Both clients are node cluster voltha; each is served its own group.
+    let g = client_of(&d.server, "grpc-1").await.expect("the gRPC client's stream");
+    assert_eq!(g["node_cluster"], "voltha");
+    assert_eq!(g["group"], "voltha/grpc", "{g}");
+    assert!(
+        g["user_agent_name"].as_str().is_some_and(|a| a.starts_with("gRPC ")),
+        "{g}"
+    );
+    let stream_before = g["stream_id"].clone();
+    let e = wait_for(Duration::from_secs(30), "Envoy's stream", || {
+        let s = &d.server;
+        async move { client_of(s, "envoy-1").await.filter(|e| e["group"].is_string()) }
+    })
+    .await;
+    assert_eq!(e["group"], "voltha", "{e}");
+    assert_eq!(e["user_agent_name"], "envoy", "{e}");
+    let envoy_ch = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", d.grpc_port))
+        .expect("uri")
+        .connect_lazy();
+    wait_for(Duration::from_secs(30), "Envoy to serve vcore-0", || {
+        let ch = envoy_ch.clone();
+        async move { (which_core(ch).await.ok()? == "vcore-0").then_some(()) }
+    })
+    .await;
+
+    // The change: vcore-0 leaves, vcore-2 takes over. Same channel, within a second.
+    d.write_assignment(&["127.0.0.3"]);
+    let took = c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-2"]).await;
+    assert!(took < Duration::from_secs(1), "the change took {took:?}");
+    for _ in 0..20 {
+        assert_eq!(c.health().await, Ok("vcore-2".into()));
+    }
+    let g = client_of(&d.server, "grpc-1").await.expect("stream");
+    assert_eq!(g["stream_id"], stream_before, "the xDS stream was not reopened: {g}");
+    assert!(g["types"]["eds"]["acks"].as_u64() >= Some(2), "{g}");
+    assert_eq!(g["types"]["eds"]["nacks"], 0, "{g}");
+    wait_for(Duration::from_secs(30), "Envoy to serve vcore-2", || {
+        let ch = envoy_ch.clone();
+        async move { (which_core(ch).await.ok()? == "vcore-2").then_some(()) }
+    })
+    .await;
+    drop(envoy);
+}
+
+/// An assignment gRPC's client cannot take (a DNS name in EDS; Envoy resolves it itself) is
+/// NACKed: the NACK is recorded for that client, the assignment is not sent again, the client
+/// keeps calling the cores it had, and the next good assignment is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent() {
+    let d = DefaultProfile::start(&["127.0.0.1"]).await;
+    let mut c = d.client("grpc-nack");
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    let before = client_of(&d.server, "grpc-nack").await.expect("stream");
+    let eds_responses = before["types"]["eds"]["responses"].as_u64().expect("responses");
+
+    d.write_assignment(&["127.0.0.2", "vcore-x.voltha.invalid"]);
+    let nacked = wait_for(Duration::from_secs(10), "the NACK", || {
+        let s = &d.server;
+        async move {
+            client_of(s, "grpc-nack")
+                .await
+                .filter(|g| g["types"]["eds"]["nacks"] == 1)
+        }
+    })
+    .await;
+    let nack = &nacked["types"]["eds"]["last_nack"];
+    assert!(nack["error"].as_str().is_some_and(|e| !e.is_empty()), "{nack}");
+    assert_eq!(nack["version"], nacked["types"]["eds"]["last_sent_version"], "{nacked}");
+    let (_, all) = get_json(&format!("http://{}/debug/clients", d.server.admin_debug_addr)).await;
+    assert!(
+        all["recent_nacks"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["node_id"] == "grpc-nack")),
+        "{all}"
+    );
+    assert!(metric(d.server.admin_addr, "voltha_xds_nacks_total{type=\"eds\"}").await >= 1.0);
+    // The rejected assignment (which has vcore-1) is not applied and not sent again.
+    for _ in 0..20 {
+        assert_eq!(c.health().await, Ok("vcore-0".into()));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let later = client_of(&d.server, "grpc-nack").await.expect("stream");
+    assert_eq!(
+        later["types"]["eds"]["responses"].as_u64(),
+        Some(eds_responses + 1),
+        "{later}"
+    );
+    assert_eq!(later["types"]["eds"]["nacks"], 1, "{later}");
+
+    d.write_assignment(&["127.0.0.3"]);
+    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-2"]).await;
+    let g = client_of(&d.server, "grpc-nack").await.expect("stream");
+    assert_eq!(
+        g["types"]["eds"]["last_acked_version"], g["types"]["eds"]["last_sent_version"],
+        "{g}"
+    );
+}
+
+/// The Kubernetes profile: `voltha_backend_name: vcore2` reaches affinity group 2 (gRPC has no
+/// cluster_header; one route per group), read-only methods reach the read-only cores, and a
+/// device id header sticks to one core of the ring-hash cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_profile_binding_header_read_only_routes_and_device_affinity() {
+    const K8S_CORES: [(&str, &str, &str, &str); 6] = [
+        ("rw-1a", "rw-core1-a", "127.0.0.11", "1"),
+        ("rw-1b", "rw-core1-b", "127.0.0.12", "1"),
+        ("rw-2a", "rw-core2-a", "127.0.0.21", "2"),
+        ("rw-2b", "rw-core2-b", "127.0.0.22", "2"),
+        ("ro-0", "ro-core-0", "127.0.0.31", ""),
+        ("ro-1", "ro-core-1", "127.0.0.32", ""),
+    ];
+    let dir = tempfile::tempdir().expect("tmp");
+    let core_port = free_port();
+    let mut cores = Vec::new();
+    for (id, _, ip, _) in K8S_CORES {
+        cores.push(fake_core(id, format!("{ip}:{core_port}").parse().expect("addr")));
+    }
+    for (_, _, ip, _) in K8S_CORES {
+        wait_listening(format!("{ip}:{core_port}").parse().expect("addr")).await;
+    }
+    let api = KubeApi::start().await;
+    for (_, pod, ip, group) in K8S_CORES {
+        let p = if group.is_empty() {
+            core_pod(pod, ip, core_port, &[("app", "ro-core")])
+        } else {
+            core_pod(pod, ip, core_port, &[("app", "rw-core"), ("affinity-group", group)])
+        };
+        api.apply("voltha", p);
+    }
+    let yaml = include_str!("../config/voltha-kubernetes.yaml")
+        .replace(
+            "    type: kubernetes\n",
+            &format!("    type: kubernetes\n    api_server: \"{}\"\n", api.url()),
+        )
+        .replace("port: 50057", &format!("port: {core_port}"))
+        .replace("0.0.0.0:55555", &format!("127.0.0.1:{}", free_port()));
+    let server = start_server(&yaml).await;
+    let bs = grpc_bootstrap(&options("grpc-k8s", server.xds_addr)).expect("bootstrap --grpc");
+    let mut c = GrpcClient::start(dir.path(), "grpc-k8s", &bs, TARGET);
+
+    let group2 = ["rw-2a", "rw-2b"];
+    c.wait_reached(
+        Duration::from_secs(30),
+        HEALTH,
+        &[("voltha_backend_name", "vcore2")],
+        &group2,
+    )
+    .await;
+    for _ in 0..20 {
+        let core = c.call(HEALTH, &[("voltha_backend_name", "vcore2")]).await;
+        assert!(core.as_deref().is_ok_and(|k| group2.contains(&k)), "{core:?}");
+        let core = c.call(HEALTH, &[("voltha_backend_name", "vcore1")]).await;
+        assert!(
+            core.as_deref().is_ok_and(|k| ["rw-1a", "rw-1b"].contains(&k)),
+            "{core:?}"
+        );
+    }
+    // A group that does not exist matches no binding route, and falls through to rw_vcore.
+    let core = c.call(HEALTH, &[("voltha_backend_name", "vcore9")]).await;
+    assert!(core.as_deref().is_ok_and(|k| k.starts_with("rw-")), "{core:?}");
+    // read_only methods go to the read-only cores.
+    for _ in 0..10 {
+        let core = c.call("/voltha.VolthaService/ListDevices", &[]).await;
+        assert!(core.as_deref().is_ok_and(|k| k.starts_with("ro-")), "{core:?}");
+    }
+    // A device id sticks to one read-write core; over many ids, more than one core is used.
+    let mut used = std::collections::BTreeSet::new();
+    for dev in 0..16 {
+        let id = format!("0001{dev:012x}");
+        let first = c
+            .call(HEALTH, &[("x-voltha-device-id", &id)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}; client log:\n{}", c.log_tail()));
+        assert!(first.starts_with("rw-"), "{first}");
+        for _ in 0..5 {
+            assert_eq!(
+                c.call(HEALTH, &[("x-voltha-device-id", &id)]).await,
+                Ok(first.clone()),
+                "device {id}"
+            );
+        }
+        used.insert(first);
+    }
+    assert!(used.len() > 1, "every device id hashed to {used:?}");
+    let g = client_of(&server, "grpc-k8s").await.expect("stream");
+    assert_eq!(g["group"], "voltha/grpc", "{g}");
+    for ty in ["lds", "rds", "cds", "eds"] {
+        assert_eq!(g["types"][ty]["nacks"], 0, "{ty}: {g}");
+    }
+    drop(cores);
+}
