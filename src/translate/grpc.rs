@@ -311,3 +311,7 @@ pub(crate) fn check(group: &str, r: &GroupResources) -> Result<(), TranslateErro
         })
     }
 }
+
+#[cfg(test)]
+#[path = "grpc_tests.rs"]
+mod tests;
