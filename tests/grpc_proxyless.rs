@@ -306,3 +306,56 @@ async fn kubernetes_profile_binding_header_read_only_routes_and_device_affinity(
     }
     drop(cores);
 }
+
+/// `bootstrap --grpc --tls-ca --tls-cert --tls-key`: gRPC's `tls` channel credentials (gRFC
+/// A65) reach a server that requires mutual TLS, and the calls reach the cores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_bootstrapped_with_tls_reaches_a_mutual_tls_server() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = support::pki::Pki::create(dir.path());
+    let (grpc_port, rest, core_port) = (free_port(), free_port(), free_port());
+    std::fs::write(dir.path().join("assignment.json"), assignment(&["127.0.0.1"])).expect("write");
+    let _core = fake_core("vcore-0", format!("127.0.0.1:{core_port}").parse().expect("addr"));
+    wait_listening(format!("127.0.0.1:{core_port}").parse().expect("addr")).await;
+    let yaml = config_yaml(dir.path(), grpc_port, rest, core_port, "").replacen(
+        "server:\n",
+        &format!(
+            "server:\n  tls: {{ cert_file: \"{}\", key_file: \"{}\", client_ca_file: \"{}\" }}\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ),
+        1,
+    );
+    let server = start_server(&yaml).await;
+    let tls = |client: bool| voltha_xds::bootstrap::BootstrapTls {
+        ca: pki.ca.display().to_string(),
+        client: client.then(|| {
+            (
+                pki.client_cert.display().to_string(),
+                pki.client_key.display().to_string(),
+            )
+        }),
+    };
+    let bs = grpc_bootstrap(&BootstrapOptions {
+        tls: Some(tls(true)),
+        ..options("grpc-mtls", server.xds_addr)
+    })
+    .expect("bootstrap --grpc --tls-*");
+    let mut c = GrpcClient::start(dir.path(), "grpc-mtls", &bs, TARGET);
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    assert_eq!(
+        client_of(&server, "grpc-mtls").await.map(|g| g["group"].clone()),
+        Some("voltha/grpc".into())
+    );
+    // Without a client certificate the server refuses the handshake: no xDS, no calls.
+    let bs = grpc_bootstrap(&BootstrapOptions {
+        tls: Some(tls(false)),
+        ..options("grpc-no-cert", server.xds_addr)
+    })
+    .expect("bootstrap");
+    let mut refused = GrpcClient::start(dir.path(), "grpc-no-cert", &bs, TARGET);
+    let r = refused.health().await;
+    assert!(r.as_deref().is_err_and(|e| e.starts_with("err UNAVAILABLE")), "{r:?}");
+    assert!(client_of(&server, "grpc-no-cert").await.is_none());
+}
