@@ -359,3 +359,86 @@ async fn a_grpc_client_bootstrapped_with_tls_reaches_a_mutual_tls_server() {
     assert!(r.as_deref().is_err_and(|e| e.starts_with("err UNAVAILABLE")), "{r:?}");
     assert!(client_of(&server, "grpc-no-cert").await.is_none());
 }
+
+/// The shipped configuration `shipped`, moved to loopback ports and `core_port`.
+fn shipped_on_loopback(shipped: &str, core_port: u16) -> String {
+    shipped
+        .replace("0.0.0.0:50555", &format!("127.0.0.1:{}", free_port()))
+        .replace("0.0.0.0:8882", &format!("127.0.0.1:{}", free_port()))
+        .replace("0.0.0.0:3000", &format!("127.0.0.1:{}", free_port()))
+        .replace("port: 50556", &format!("port: {core_port}"))
+}
+
+/// The Consul and etcd profiles, with their node cluster: a gRPC client reaches the core the
+/// key names, and follows a new value of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_and_etcd_profiles_serve_grpc_clients_too() {
+    const KEY: &str = "service/voltha/data/core/assignment";
+    let dir = tempfile::tempdir().expect("tmp");
+    let core_port = free_port();
+    let mut cores = Vec::new();
+    for (id, ip) in CORES {
+        cores.push(fake_core(id, format!("{ip}:{core_port}").parse().expect("addr")));
+    }
+    for (_, ip) in CORES {
+        wait_listening(format!("{ip}:{core_port}").parse().expect("addr")).await;
+    }
+
+    let consul = support::consul::ConsulDouble::start().await;
+    consul.put(KEY, assignment(&["127.0.0.1"]).as_bytes());
+    let yaml = shipped_on_loopback(include_str!("../config/voltha-consul.yaml"), core_port).replace(
+        "    type: consul\n",
+        &format!("    type: consul\n    address: \"{}\"\n", consul.addr),
+    );
+    let server = start_server(&yaml).await;
+    let bs = grpc_bootstrap(&options("grpc-consul", server.xds_addr)).expect("bootstrap");
+    let mut c = GrpcClient::start(dir.path(), "grpc-consul", &bs, TARGET);
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    consul.put(KEY, assignment(&["127.0.0.2"]).as_bytes());
+    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-1"]).await;
+    drop(c);
+
+    let etcd = support::etcd::Etcd::start().await;
+    etcd.put(KEY, &assignment(&["127.0.0.2"]));
+    let yaml = shipped_on_loopback(include_str!("../config/voltha-etcd.yaml"), core_port).replace(
+        "    type: etcd\n",
+        &format!("    type: etcd\n    endpoints: [\"{}\"]\n", etcd.client),
+    );
+    let server = start_server(&yaml).await;
+    let bs = grpc_bootstrap(&options("grpc-etcd", server.xds_addr)).expect("bootstrap");
+    let mut c = GrpcClient::start(dir.path(), "grpc-etcd", &bs, TARGET);
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-1"]).await;
+    etcd.put(KEY, &assignment(&["127.0.0.3"]));
+    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-2"]).await;
+    let g = client_of(&server, "grpc-etcd").await.expect("stream");
+    assert_eq!(g["group"], "voltha/grpc", "{g}");
+}
+
+/// `route_config: inline`: the route configuration rides in the API listener, and the client
+/// never asks RDS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_route_configuration_needs_no_rds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (grpc_port, rest, core_port) = (free_port(), free_port(), free_port());
+    std::fs::write(dir.path().join("assignment.json"), assignment(&["127.0.0.1"])).expect("write");
+    let _core = fake_core("vcore-0", format!("127.0.0.1:{core_port}").parse().expect("addr"));
+    wait_listening(format!("127.0.0.1:{core_port}").parse().expect("addr")).await;
+    let shipped = "grpc_services:\n  - name: voltha-grpc\n    routes: *voltha_routes\n";
+    let yaml = config_yaml(dir.path(), grpc_port, rest, core_port, "");
+    assert!(yaml.contains(shipped));
+    let yaml = yaml.replace(
+        shipped,
+        "grpc_services:\n  - name: voltha-grpc\n    route_config: inline\n    routes: *voltha_routes\n",
+    );
+    let server = start_server(&yaml).await;
+    let bs = grpc_bootstrap(&options("grpc-inline", server.xds_addr)).expect("bootstrap");
+    let mut c = GrpcClient::start(dir.path(), "grpc-inline", &bs, TARGET);
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    assert_eq!(
+        c.call("/voltha.VolthaGlobalService/CreateDevice", &[]).await,
+        Ok("vcore-0".into())
+    );
+    let g = client_of(&server, "grpc-inline").await.expect("stream");
+    assert!(g["types"].get("rds").is_none(), "RDS never asked: {g}");
+    assert_eq!(g["types"]["lds"]["nacks"], 0, "{g}");
+}
