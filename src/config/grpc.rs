@@ -212,6 +212,12 @@ clusters:
         let g = c.groups.iter().find(|g| g.name == "voltha").expect("voltha");
         assert_eq!(g.grpc_services, ["voltha-grpc"]);
         assert!(c.grpc_service("voltha-grpc").is_some_and(|s| s.routes.len() == 5));
+        assert!(
+            c.summary()
+                .contains("  grpc service voltha-grpc (xds:///voltha-grpc, 5 routes, to proxyless gRPC clients as group voltha/grpc)\n"),
+            "{}",
+            c.summary()
+        );
     }
 
     #[test]

@@ -798,6 +798,15 @@ impl Config {
                     if l.tls.is_some() { ", TLS" } else { "" }
                 ));
             }
+            for svc in g.grpc_services.iter().filter_map(|n| self.grpc_service(n)) {
+                s.push_str(&format!(
+                    "  grpc service {} (xds:///{}, {} routes, to proxyless gRPC clients as group {})\n",
+                    svc.name,
+                    svc.name,
+                    svc.routes.len(),
+                    crate::xds::cache::proxyless_group_name(&g.name)
+                ));
+            }
             for c in self.group_clusters(g) {
                 if let Some(c) = self.cluster(&c) {
                     let from = match (&c.endpoints.source, &c.endpoints.static_endpoints, &c.endpoints.dns) {

@@ -400,6 +400,55 @@ fn node_cluster_selects_the_group_and_unknown_gets_the_default() {
 }
 
 #[test]
+fn a_grpc_user_agent_selects_the_groups_twin_and_is_kept_cut_in_the_status() {
+    let w = World::new();
+    w.publish_groups(&[
+        ("default", &[(LDS, "envoy-listener", 1)]),
+        ("default/grpc", &[(LDS, "api-listener", 2)]),
+    ]);
+    for (agent, want) in [
+        ("envoy", 1u8),
+        ("gRPC Go", 2),
+        ("gRPC C-core linux", 2),
+        ("grpc", 1),
+        ("", 1),
+    ] {
+        let st = status();
+        let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
+        s.on_snapshot(w.cache.current());
+        let mut r = sotw_req(LDS, &[], "", "");
+        r.node = node("default");
+        if let Some(n) = r.node.as_mut() {
+            n.user_agent_name = agent.into();
+        }
+        s.on_request(r).expect("ok");
+        let resp = one(s.poll());
+        let any = Any::decode(resp.resources[0].clone()).expect("any");
+        assert_eq!(any.value, vec![want], "user agent {agent:?}");
+        let st = st.lock();
+        assert_eq!(st.user_agent_name, agent);
+        assert_eq!(
+            st.group.as_deref(),
+            Some(if want == 2 { "default/grpc" } else { "default" })
+        );
+    }
+    // A client-supplied name is kept at most 128 bytes, cut at a character boundary.
+    let st = status();
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
+    s.on_snapshot(w.cache.current());
+    let mut r = sotw_req(LDS, &[], "", "");
+    r.node = node("default");
+    if let Some(n) = r.node.as_mut() {
+        n.user_agent_name = format!("gRPC {}", "é".repeat(10_000));
+    }
+    s.on_request(r).expect("ok");
+    let kept = st.lock().user_agent_name.clone();
+    assert!(kept.len() <= 128 && kept.len() >= 126, "{}", kept.len());
+    assert!(kept.starts_with("gRPC é"));
+    assert_eq!(st.lock().group.as_deref(), Some("default/grpc"));
+}
+
+#[test]
 fn unknown_type_is_answered_once_and_its_ack_is_not_answered() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1)]);
