@@ -75,7 +75,6 @@ pub(super) fn validate(e: &mut Vec<String>, c: &Config) {
             route(e, c, &format!("{at} route {}", i + 1), r);
         }
     }
-    let group_names: BTreeSet<&str> = c.groups.iter().map(|g| g.name.as_str()).collect();
     for g in &c.groups {
         let at = format!("group {:?}", g.name);
         for s in &g.grpc_services {
@@ -83,10 +82,12 @@ pub(super) fn validate(e: &mut Vec<String>, c: &Config) {
                 e.push(format!("{at}: unknown grpc service {s:?}"));
             }
         }
-        let twin = crate::xds::cache::proxyless_group_name(&g.name);
-        if !g.grpc_services.is_empty() && group_names.contains(twin.as_str()) {
+        // The engine serves `<G>/grpc` to G's gRPC clients whenever it exists: such a name is
+        // only ever made by the translation, never configured.
+        if g.name.ends_with(crate::xds::cache::PROXYLESS_GROUP_SUFFIX) {
             e.push(format!(
-                "{at}: its proxyless gRPC clients are served as group {twin:?}, which is another group's name"
+                "{at}: names ending in {:?} are kept for the groups proxyless gRPC clients get (from grpc_services)",
+                crate::xds::cache::PROXYLESS_GROUP_SUFFIX
             ));
         }
     }
@@ -259,7 +260,7 @@ clusters:
             "grpc service \"\": domains is empty (use [\"*\"] for any)",
             "grpc service \"bad name\": the name is the xds:/// target's path: at most 253 characters, no whitespace, not starting with '/'",
             "group \"g\": unknown grpc service \"missing\"",
-            "group \"g\": its proxyless gRPC clients are served as group \"g/grpc\", which is another group's name",
+            "group \"g/grpc\": names ending in \"/grpc\" are kept for the groups proxyless gRPC clients get (from grpc_services)",
         ] {
             assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:#?}");
         }
