@@ -374,6 +374,9 @@ fn shipped_on_loopback(shipped: &str, core_port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_and_etcd_profiles_serve_grpc_clients_too() {
     const KEY: &str = "service/voltha/data/core/assignment";
+    // Generous: the default profile's test holds the one-second bound; this one is about the
+    // profiles, and runs beside other tests on a busy machine.
+    const KV_CHANGE: Duration = Duration::from_secs(15);
     let dir = tempfile::tempdir().expect("tmp");
     let core_port = free_port();
     let mut cores = Vec::new();
@@ -395,7 +398,7 @@ async fn consul_and_etcd_profiles_serve_grpc_clients_too() {
     let mut c = GrpcClient::start(dir.path(), "grpc-consul", &bs, TARGET);
     c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
     consul.put(KEY, assignment(&["127.0.0.2"]).as_bytes());
-    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-1"]).await;
+    c.wait_reached(KV_CHANGE, HEALTH, &[], &["vcore-1"]).await;
     drop(c);
 
     let etcd = support::etcd::Etcd::start().await;
@@ -409,7 +412,7 @@ async fn consul_and_etcd_profiles_serve_grpc_clients_too() {
     let mut c = GrpcClient::start(dir.path(), "grpc-etcd", &bs, TARGET);
     c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-1"]).await;
     etcd.put(KEY, &assignment(&["127.0.0.3"]));
-    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-2"]).await;
+    c.wait_reached(KV_CHANGE, HEALTH, &[], &["vcore-2"]).await;
     let g = client_of(&server, "grpc-etcd").await.expect("stream");
     assert_eq!(g["group"], "voltha/grpc", "{g}");
 }
