@@ -58,7 +58,7 @@ fn heap_bytes() -> usize {
 }
 
 #[derive(Parser)]
-#[command(name = "voltha-xds", version, about = "Envoy xDS control plane for VOLTHA")]
+#[command(name = "voltha-xds", version = voltha_xds::build_info::LONG_VERSION, about = "Envoy xDS control plane for VOLTHA")]
 struct Cli {
     /// Log format: `human` (readable lines) or `json` (one object per line), on stderr.
     // Checked after parsing (`log_options`), not by clap: clap checks a global flag's variable

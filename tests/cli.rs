@@ -280,3 +280,102 @@ fn help_lists_the_environment_variables() {
         "{top}"
     );
 }
+
+/// The value of the `/metrics` sample whose name and labels are exactly `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The binary's `/metrics` names its build and has the standard process metrics, read at scrape
+/// time (open connections show in `process_open_fds`); the start log line names the version.
+#[tokio::test]
+async fn metrics_and_start_line_name_the_build_and_the_process() {
+    let (_dir, path) = config_file();
+    let s = Served::start(&path, &[("VOLTHA_XDS_LOG_FORMAT", "json")]).await;
+    let url = format!("http://{}/metrics", s.admin);
+    let m = get_text(&url).await;
+    let build = format!(
+        "voltha_xds_build_info{{version=\"{}\",revision=\"{}\"}}",
+        voltha_xds::build_info::VERSION,
+        voltha_xds::build_info::REVISION
+    );
+    assert_eq!(sample(&m, &build), Some(1.0), "{build} not in {m}");
+    assert!(m.contains("# TYPE process_cpu_seconds counter"), "{m}");
+    assert!(sample(&m, "process_cpu_seconds_total").is_some_and(|v| v > 0.0), "{m}");
+    let rss = sample(&m, "process_resident_memory_bytes").expect("rss");
+    assert!(rss > 1_000_000.0 && rss < 4e9, "{rss}");
+    let vsz = sample(&m, "process_virtual_memory_bytes").expect("vsz");
+    assert!(vsz >= rss, "{vsz} < {rss}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let started = sample(&m, "process_start_time_seconds").expect("start time");
+    assert!(
+        started <= now + 1.0 && started > now - 120.0,
+        "started {started}, now {now}"
+    );
+    let max = sample(&m, "process_max_fds").expect("max fds");
+    let fds = sample(&m, "process_open_fds").expect("open fds");
+    assert!(fds >= 3.0 && fds <= max, "{fds} of {max}");
+    assert!(m.ends_with("# EOF\n"), "{m}");
+    assert_eq!(m.matches("# EOF").count(), 1, "{m}");
+
+    // 20 more connections are 20 more descriptors in the server, seen on the next scrape.
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(tokio::net::TcpStream::connect(s.xds).await.expect("connect"));
+    }
+    wait_for(WAIT, "20 more open descriptors", || {
+        let url = url.clone();
+        async move {
+            let now = sample(&get_text(&url).await, "process_open_fds")?;
+            (now >= fds + 20.0).then_some(())
+        }
+    })
+    .await;
+    drop(conns);
+
+    let (code, log) = s.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let start = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "voltha-xds serving")
+        .unwrap_or_else(|| panic!("no start line in {log}"));
+    assert_eq!(start["fields"]["version"], voltha_xds::build_info::VERSION, "{start}");
+    assert_eq!(start["fields"]["revision"], voltha_xds::build_info::REVISION, "{start}");
+}
+
+/// `--version` names the version and the revision.
+#[test]
+fn version_names_the_revision() {
+    let out = Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+        .arg("--version")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "voltha-xds {} ({})",
+            voltha_xds::build_info::VERSION,
+            voltha_xds::build_info::REVISION
+        )
+    );
+    // Built in a git checkout, the revision is its commit.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(h) = head.ok().filter(|h| h.status.success()) {
+        if std::env::var_os("VOLTHA_XDS_REVISION").is_none() {
+            assert_eq!(
+                voltha_xds::build_info::REVISION,
+                String::from_utf8_lossy(&h.stdout).trim()
+            );
+        }
+    }
+}
