@@ -6,6 +6,7 @@ pub mod consul;
 pub mod etcd;
 pub mod kube_api;
 pub mod pki;
+pub mod png;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
