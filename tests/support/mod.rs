@@ -2,6 +2,7 @@
 //! a real Envoy, bounded waits.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod consul;
 pub mod etcd;
 pub mod kube_api;
