@@ -13,6 +13,9 @@ ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
+# The source revision in `voltha_xds_build_info` and `--version` (the context has no .git):
+#   docker build --build-arg VOLTHA_XDS_REVISION=$(git rev-parse --short=12 HEAD) ...
+ARG VOLTHA_XDS_REVISION=unknown
 WORKDIR /src
 # Everything the build reads: the manifest and lock file, build.rs and the vendored protos,
 # the sources (the root package's and the xDS engine crate's), and config/ (config/voltha-xds.yaml is embedded as the default configuration).

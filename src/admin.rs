@@ -18,6 +18,9 @@
 //!   Envoy (streams merged per node) with its state per type against its group's snapshot, the
 //!   snapshot per group, recent pushes and NACKs, source health.
 //! - `GET /`: the status page, one static HTML file whose script reads `/debug/status`.
+//!
+//! The status document also says which endpoints each cluster has and where they came from
+//! ([`endpoints`]), and how push latency and time to ACK went over the last hour ([`latency`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +39,8 @@ use crate::xds::cache::Cache;
 use crate::xds::resources::ResourceType;
 use crate::xds::status::{ClientTable, PushLog};
 
+pub mod endpoints;
+pub mod latency;
 pub mod table;
 pub mod view;
 
@@ -55,6 +60,7 @@ pub struct AdminState {
 struct Shared {
     s: AdminState,
     pushes: Arc<PushLog>,
+    latency: Arc<latency::LatencyLog>,
 }
 
 /// What the admin listener answers for any path but its three.
@@ -81,6 +87,11 @@ pub fn public_router(state: AdminState) -> Router {
 pub fn debug_router(state: AdminState) -> Router {
     let pushes = Arc::new(PushLog::default());
     tokio::spawn(pushes.clone().follow(state.cache.subscribe()));
+    let latency = Arc::new(latency::LatencyLog::default());
+    tokio::spawn(latency::LatencyLog::follow(
+        Arc::downgrade(&latency),
+        state.metrics.clone(),
+    ));
     let debug = Router::new()
         .route("/debug/snapshot", get(snapshot))
         .route("/debug/clients", get(clients))
@@ -91,6 +102,7 @@ pub fn debug_router(state: AdminState) -> Router {
         .with_state(Shared {
             s: state.clone(),
             pushes,
+            latency,
         })
         .merge(debug)
         .merge(probe_routes(state))
@@ -213,9 +225,14 @@ async fn page() -> Response {
 }
 
 /// The document behind `GET /debug/status`.
-pub fn status_view(s: &AdminState, pushes: &PushLog) -> view::StatusView {
+pub fn status_view(s: &AdminState, pushes: &PushLog, latency: &latency::LatencyLog) -> view::StatusView {
     let snap = s.cache.current();
     let streams = s.clients.snapshot();
+    let source_data: Vec<(String, Arc<crate::model::SourceData>)> = s
+        .sources
+        .iter()
+        .filter_map(|h| h.rx.borrow().data.clone().map(|d| (h.name.clone(), d)))
+        .collect();
     view::StatusView {
         generated_at: view::secs(std::time::SystemTime::now()),
         ready: s.ready(),
@@ -240,13 +257,15 @@ pub fn status_view(s: &AdminState, pushes: &PushLog) -> view::StatusView {
                 }
             })
             .collect(),
+        endpoints: endpoints::cluster_endpoints(snap.as_deref(), &source_data),
+        latency: latency.points(&s.metrics),
     }
 }
 
 async fn status(State(sh): State<Shared>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Json(status_view(&sh.s, &sh.pushes)),
+        Json(status_view(&sh.s, &sh.pushes, &sh.latency)),
     )
         .into_response()
 }

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod build_info;
 pub mod config;
 pub mod envoy_json;
 #[cfg(feature = "fuzzing")]
@@ -187,6 +188,8 @@ pub async fn start(
     }
 
     tracing::info!(
+        version = build_info::VERSION,
+        revision = build_info::REVISION,
         %xds_addr,
         %admin_addr,
         %admin_debug_addr,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde_json::json;
 use voltha_xds::config::Config;
 
@@ -58,46 +58,89 @@ fn heap_bytes() -> usize {
 }
 
 #[derive(Parser)]
-#[command(name = "voltha-xds", version, about = "Envoy xDS control plane for VOLTHA")]
+#[command(name = "voltha-xds", version = voltha_xds::build_info::LONG_VERSION, about = "Envoy xDS control plane for VOLTHA")]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "human")]
-    log_format: LogFormat,
+    /// Log format: `human` (readable lines) or `json` (one object per line), on stderr.
+    // Checked after parsing (`log_options`), not by clap: clap checks a global flag's variable
+    // at each subcommand too, so a bad variable would be refused even under a good flag.
+    #[arg(long, global = true, default_value = "human", env = "VOLTHA_XDS_LOG_FORMAT")]
+    log_format: String,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
+    /// `info,voltha_xds::push=debug`. RUST_LOG, when set, takes precedence.
+    #[arg(long, global = true, default_value = "info", env = "VOLTHA_XDS_LOG_LEVEL")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Copy, Clone, ValueEnum)]
+/// Checks a `--log-level` value as a tracing filter, so that a typo is refused at start.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log level or filter directive: {e}"))
+}
+
+#[derive(Copy, Clone, Debug, PartialEq)]
 enum LogFormat {
     Human,
     Json,
+}
+
+/// The checked `--log-format` and `--log-level`, or clap's usage error (exit status 2).
+fn log_options(cli: &Cli) -> Result<(LogFormat, String), clap::Error> {
+    use clap::CommandFactory;
+    let invalid = |flag: &str, var: &str, value: &str, why: &str| {
+        Cli::command().error(
+            clap::error::ErrorKind::InvalidValue,
+            format!("invalid value {value:?} for '--{flag}' (or {var}): {why}"),
+        )
+    };
+    let format = match cli.log_format.as_str() {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log-format",
+                "VOLTHA_XDS_LOG_FORMAT",
+                other,
+                "the formats are human and json",
+            ))
+        }
+    };
+    let level = parse_log_level(&cli.log_level)
+        .map_err(|e| invalid("log-level", "VOLTHA_XDS_LOG_LEVEL", &cli.log_level, &e))?;
+    Ok((format, level))
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the xDS server (the embedded VOLTHA profile unless --config is given).
     Serve {
-        #[arg(long)]
+        /// The configuration file (YAML) [default: the embedded VOLTHA profile].
+        #[arg(long, env = "VOLTHA_XDS_CONFIG")]
         config: Option<PathBuf>,
         /// xDS gRPC address [default: server.xds_listen, 0.0.0.0:18000].
-        #[arg(long)]
+        #[arg(long, env = "VOLTHA_XDS_XDS_LISTEN")]
         xds_listen: Option<SocketAddr>,
         /// Admin HTTP address: /healthz, /readyz, /metrics [default: server.admin_listen,
         /// 127.0.0.1:18080].
-        #[arg(long)]
+        #[arg(long, env = "VOLTHA_XDS_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
         /// Admin debug HTTP address: /debug/*, the status page, and the admin routes; keep it
         /// on loopback [default: server.admin_debug_listen, 127.0.0.1:18081].
-        #[arg(long)]
+        #[arg(long, env = "VOLTHA_XDS_ADMIN_DEBUG_LISTEN")]
         admin_debug_listen: Option<SocketAddr>,
     },
     /// Check a configuration; print a summary or every error.
     Validate {
+        /// The configuration file (YAML) to check.
         #[arg(long)]
         config: PathBuf,
     },
     /// Print every resource that would be served, as Envoy JSON.
     Render {
+        /// The configuration file (YAML) [default: the embedded VOLTHA profile].
         #[arg(long)]
         config: Option<PathBuf>,
         /// Render the group an Envoy with this node.cluster gets [default: every group].
@@ -106,13 +149,16 @@ enum Command {
     },
     /// Print an Envoy bootstrap (YAML) that takes its configuration from this server.
     Bootstrap {
+        /// The Envoy's node.id.
         #[arg(long)]
         node_id: String,
+        /// The Envoy's node.cluster, which selects its group.
         #[arg(long)]
         node_cluster: String,
         /// The xDS server, host:port.
         #[arg(long)]
         xds: String,
+        /// The port of Envoy's admin listener.
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
         /// The address Envoy's admin listener binds.
@@ -147,15 +193,34 @@ enum Command {
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Starts the log subscriber. The filter is `RUST_LOG` when it is set (and not empty), else
+/// `--log-level`; a `RUST_LOG` that does not parse is reported and `--log-level` is used.
+fn init_logs(format: LogFormat, level: &str) {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let mut bad_env = None;
+    let filter = match from_env
+        .as_deref()
+        .map(|v| tracing_subscriber::EnvFilter::builder().parse(v))
+    {
+        Some(Ok(f)) => f,
+        other => {
+            if let Some(Err(e)) = other {
+                bad_env = Some(e.to_string());
+            }
+            tracing_subscriber::EnvFilter::builder()
+                .parse(level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        }
+    };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
+    }
+    if let Some(e) = bad_env {
+        tracing::warn!(error = %e, log_level = level, "RUST_LOG is not a valid filter; using --log-level");
     }
 }
 
@@ -169,10 +234,11 @@ fn load(config: &Option<PathBuf>) -> Result<Config, String> {
 fn main() -> ExitCode {
     voltha_xds::metrics::set_heap_probe(heap_bytes);
     let cli = Cli::parse();
+    let (log_format, log_level) = log_options(&cli).unwrap_or_else(|e| e.exit());
     if matches!(cli.command, Command::Serve { .. }) {
         with_allocator_env();
     }
-    match run(cli) {
+    match run(cli, log_format, &log_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("voltha-xds: {e}");
@@ -181,7 +247,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
     match cli.command {
         Command::Serve {
             config,
@@ -189,7 +255,7 @@ fn run(cli: Cli) -> Result<(), String> {
             admin_listen,
             admin_debug_listen,
         } => {
-            init_logs(cli.log_format);
+            init_logs(log_format, log_level);
             let config = load(&config)?;
             let xds = match xds_listen {
                 Some(a) => a,
@@ -340,4 +406,65 @@ fn status(admin: &str, json: bool) -> Result<(), String> {
         print!("{}", voltha_xds::admin::table::render(&view));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand says what it does in `--help`.
+    #[test]
+    fn every_flag_has_help_text() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for cmd in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} --{}", cmd.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help text: {missing:?}");
+    }
+
+    /// Every `serve` flag (and the global ones) can come from a `VOLTHA_XDS_*` variable named
+    /// after the flag.
+    #[test]
+    fn every_serve_flag_has_an_environment_variable() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        for arg in serve.get_arguments().filter(|a| a.get_long().is_some()) {
+            let long = arg.get_long().unwrap_or_default();
+            if long == "help" {
+                continue;
+            }
+            let want = format!("VOLTHA_XDS_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "serve --{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_level_accepts_levels_and_directives_and_refuses_typos() {
+        for ok in ["info", "debug", "warn,voltha_xds::push=debug", "voltha_xds=trace"] {
+            assert_eq!(parse_log_level(ok).as_deref(), Ok(ok));
+        }
+        assert!(parse_log_level("inf o=[").is_err());
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args.iter().copied()).expect("parses");
+            log_options(&cli).map_err(|e| e.to_string())
+        };
+        let err = parse(&["voltha-xds", "--log-level", "=[", "validate", "--config", "x"]).err();
+        assert!(err.as_deref().is_some_and(|e| e.contains("'--log-level'")), "{err:?}");
+        let err = parse(&["voltha-xds", "validate", "--log-format", "xml", "--config", "x"]).err();
+        assert!(err.as_deref().is_some_and(|e| e.contains("'--log-format'")), "{err:?}");
+        assert_eq!(
+            parse(&["voltha-xds", "serve", "--log-format", "json", "--log-level", "debug"]),
+            Ok((LogFormat::Json, "debug".to_string()))
+        );
+    }
 }

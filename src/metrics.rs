@@ -1,10 +1,13 @@
 //! Prometheus metrics (served at the admin `/metrics`). Every name and help text is listed in
-//! `docs/configuration.md` under "Metrics".
+//! `docs/configuration.md` under "Metrics". The process metrics (`process_*`, no prefix) are
+//! in [`process`].
+
+mod process;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,6 +41,12 @@ pub struct GroupTypeLabel {
     pub r#type: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildInfoLabel {
+    version: &'static str,
+    revision: &'static str,
+}
+
 /// Reads the live heap size; set by the binary, which owns the global allocator.
 static HEAP_PROBE: std::sync::OnceLock<fn() -> usize> = std::sync::OnceLock::new();
 
@@ -51,6 +60,8 @@ pub struct Metrics {
     pub xds: Arc<xds_engine::metrics::Metrics>,
     heap_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     registry: Registry,
+    /// `process_*`: the standard names, without the `voltha_xds_` prefix.
+    process: Registry,
     snapshots: Counter,
     snapshot_rejections: Family<ReasonLabel, Counter>,
     snapshot_build_seconds: Histogram,
@@ -83,6 +94,7 @@ impl Metrics {
             snapshot_bytes: Family::default(),
             source_last_success: Family::default(),
             registry: Registry::default(),
+            process: Registry::default(),
             xds: Arc::new(xds_engine::metrics::Metrics::new()),
         };
         m.xds.register_streams(&mut registry);
@@ -141,7 +153,21 @@ impl Metrics {
             );
         }
         m.xds.register_tls_logs_csds(&mut registry);
-        Metrics { registry, ..m }
+        let build_info = Family::<BuildInfoLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildInfoLabel {
+                version: crate::build_info::VERSION,
+                revision: crate::build_info::REVISION,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which version and source revision is running",
+            build_info,
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::ProcessCollector));
+        Metrics { registry, process, ..m }
     }
 
     pub fn snapshot_published(&self, build: Duration) {
@@ -202,7 +228,10 @@ impl Metrics {
             self.heap_bytes.set(probe() as i64);
         }
         let mut s = String::new();
-        if encode(&mut s, &self.registry).is_err() {
+        let encoded = encode_registry(&mut s, &self.registry)
+            .and_then(|_| encode_registry(&mut s, &self.process))
+            .and_then(|_| encode_eof(&mut s));
+        if encoded.is_err() {
             s.clear();
         }
         s

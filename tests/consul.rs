@@ -255,8 +255,8 @@ async fn https_with_the_configured_ca() {
     ok.wait_hosts(&["10.0.0.7"], "a change over https").await;
     // Without the CA the certificate is not trusted: counted, never ready.
     let bad = Server::start(&config(&format!("https://{front}"), "")).await;
-    wait_for(WAIT, "the TLS failure counted", || async {
-        (bad.errors("connect").await >= 1).then_some(())
+    wait_for(WAIT, "the TLS failure counted as tls", || async {
+        (bad.errors("tls").await >= 1).then_some(())
     })
     .await;
     assert_eq!(bad.source_state().await.0, 503);

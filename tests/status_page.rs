@@ -7,71 +7,15 @@
 mod status_clients;
 mod support;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use status_clients::*;
+use support::chromium::{dump_dom, screenshot};
 use voltha_xds::xds::resources::ResourceType;
 
 /// A node id that HTML would take for markup.
 const ODD_ID: &str = "<b>x&y</b>";
-
-fn chromium_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM_BIN") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        for name in ["chromium", "chromium-browser"] {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "no Chromium found: the status page test needs headless Chromium. Install Debian's \
-         package (`apt-get install chromium`; scripts/test.sh does it) or set CHROMIUM_BIN"
-    );
-}
-
-/// The page's DOM after its script ran, as headless Chromium dumps it.
-async fn dump_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().expect("tmp");
-    let child = tokio::process::Command::new(chromium_bin())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", chromium_bin().display()));
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("chromium ends within 120 s")
-        .expect("chromium ran");
-    assert!(
-        out.status.success(),
-        "chromium failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The HTML of the first element that starts with `open` (up to its closing `</tr>`).
 fn row<'a>(dom: &'a str, open: &str) -> &'a str {
@@ -414,5 +358,145 @@ async fn the_admin_and_debug_listeners_may_not_share_an_address() {
             "the admin debug listener ({taken}) must not share the admin listener's address ({taken})"
         )),
         "{err}"
+    );
+}
+
+/// Which cores are behind which cluster, with the source each came from, and the latency
+/// chart: its points in the DOM, and drawn (the screenshot has the series' colours inside the
+/// chart's frame).
+#[tokio::test]
+async fn the_status_page_shows_the_endpoints_per_cluster_and_a_latency_chart() {
+    let s = Setup::new().await;
+    let _clients = connect_known_clients(&s).await;
+    wait_states(
+        &s,
+        &[
+            ("olt-delta-1", ["SYNCED", "NOT SENT", "SYNCED", "NOT SENT"]),
+            ("olt-sotw-1", ["SYNCED", "SYNCED", "SYNCED", "SYNCED"]),
+            ("olt-sotw-2", ["NACKED", "NOT SENT", "NOT SENT", "NOT SENT"]),
+        ],
+    )
+    .await;
+    // A third core joins: a push to the connected Envoys, observed in push latency.
+    std::fs::write(
+        s.dir.path().join("assignment.json"),
+        r#"{"0001": {"id": "a", "host": "10.0.0.1"}, "0002": {"id": "b", "host": "10.0.0.2"}, "0003": {"id": "c", "host": "10.0.0.3"}}"#,
+    )
+    .expect("write");
+    let status_url = s.admin("/debug/status");
+    let status: voltha_xds::admin::view::StatusView = support::wait_for(WAIT, "a push observed", || {
+        let url = status_url.clone();
+        async move {
+            let v: voltha_xds::admin::view::StatusView =
+                serde_json::from_value(support::get_json(&url).await.1).ok()?;
+            let pushed = v.latency.last().is_some_and(|p| p.push.count > 0);
+            let third = v
+                .endpoints
+                .iter()
+                .any(|c| c.endpoints.iter().any(|e| e.address == "10.0.0.3"));
+            (pushed && third).then_some(v)
+        }
+    })
+    .await;
+    let dom = dump_dom(&s.admin("/")).await;
+    assert!(
+        dom.contains(r#"<div id="error"></div>"#),
+        "the page reported an error:\n{dom}"
+    );
+
+    // The assignment's cores behind voltha-grpc in group nbi, with their ids.
+    for (addr, id) in [
+        ("10.0.0.1:50556", "a"),
+        ("10.0.0.2:50556", "b"),
+        ("10.0.0.3:50556", "c"),
+    ] {
+        let r = row(
+            &dom,
+            &format!(r#"<tr data-endpoint-cluster="nbi/voltha-grpc" data-endpoint="{addr}">"#),
+        );
+        assert!(r.contains(&format!(r#"<td class="mono">{addr}"#)), "{r}");
+        assert!(r.contains(r#"<td class="endpoint-source">assignment</td>"#), "{r}");
+        assert!(r.contains(&format!(r#"<td class="mono endpoint-id">{id}</td>"#)), "{r}");
+    }
+    let first = row(
+        &dom,
+        r#"<tr data-endpoint-cluster="nbi/voltha-grpc" data-endpoint="10.0.0.1:50556">"#,
+    );
+    assert!(
+        first.contains("<td>nbi</td><td>voltha-grpc</td><td>eds</td>"),
+        "{first}"
+    );
+    // A name from the configuration, resolved by Envoy.
+    let dns = row(
+        &dom,
+        r#"<tr data-endpoint-cluster="front-proxy/portainer" data-endpoint="portainer:9000">"#,
+    );
+    assert!(dns.contains("<td>dns</td>"), "{dns}");
+    assert!(
+        dns.contains(r#"<td class="endpoint-source">configuration</td>"#),
+        "{dns}"
+    );
+
+    // The pushes and ACKs so far are the chart's latest point.
+    let last = status.latency.last().expect("a latency point");
+    assert!(last.push.count > 0 && last.ack.count > 0, "{last:?}");
+    assert!(
+        last.push.p99.is_some_and(|v| v > 0.0) && last.ack.p99.is_some(),
+        "{last:?}"
+    );
+    assert!(dom.contains(r#"<svg id="latency-chart""#), "no chart:\n{dom}");
+    for class in ["point-push-p99", "point-ack-p99", "point-push-p50", "point-ack-p50"] {
+        assert!(dom.contains(&format!(r#"class="point {class}""#)), "no {class} point");
+    }
+    let summary = row(&dom, r#"<p id="latency-summary">"#);
+    assert!(
+        summary.contains(" push(es), p99 ") && summary.contains(" ACK(s), p99 "),
+        "{summary}"
+    );
+
+    // Drawn: the chart's frame (#5a7d2a, a colour nothing else has) bounds a box in which the
+    // series' colours appear.
+    let png = screenshot(&s.admin("/")).await;
+    // To look at it: STATUS_PAGE_SCREENSHOT=/tmp/status.png cargo test --test status_page
+    if let Some(path) = std::env::var_os("STATUS_PAGE_SCREENSHOT") {
+        std::fs::write(path, &png).expect("write the screenshot");
+    }
+    let img = support::png::decode(&png);
+    let frame = [0x5a, 0x7d, 0x2a];
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..img.height {
+        for x in 0..img.width {
+            if img.at(x, y) == frame {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+    }
+    assert!(x0 < x1 && y0 < y1, "no chart frame in the screenshot");
+    assert!(
+        (500..=600).contains(&(x1 - x0)) && (150..=200).contains(&(y1 - y0)),
+        "the frame is {}x{} at {x0},{y0}",
+        x1 - x0,
+        y1 - y0
+    );
+    let near = |p: [u8; 3], c: [u8; 3]| p.iter().zip(c).all(|(a, b)| a.abs_diff(b) <= 24);
+    let count = |c: [u8; 3]| {
+        let mut n = 0;
+        // The points of the last interval sit on the right edge: a few pixels beyond the frame.
+        for y in y0..=y1 {
+            for x in x0..(x1 + 8).min(img.width) {
+                n += usize::from(near(img.at(x, y), c));
+            }
+        }
+        n
+    };
+    let (push, ack) = (count([0x1f, 0x5f, 0xbf]), count([0xd9, 0x48, 0x0f]));
+    assert!(
+        push >= 20 && ack >= 20,
+        "series pixels in the chart: push {push}, ack {ack}"
+    );
+    let background = [0xfb, 0xfb, 0xfb];
+    assert!(
+        count(background) > (x1 - x0) * (y1 - y0) / 2,
+        "the plot area is not drawn"
     );
 }

@@ -235,6 +235,8 @@ mod tests {
             pushes: vec![],
             nacks: vec![],
             sources: vec![],
+            endpoints: vec![],
+            latency: vec![],
         }
     }
 

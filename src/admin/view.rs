@@ -30,6 +30,12 @@ pub struct StatusView {
     pub nacks: Vec<NackView>,
     #[serde(default)]
     pub sources: Vec<SourceView>,
+    /// Per group and cluster, the endpoints served now and the sources they came from.
+    #[serde(default)]
+    pub endpoints: Vec<super::endpoints::ClusterEndpointsView>,
+    /// Push latency and time to ACK per minute over the last hour.
+    #[serde(default)]
+    pub latency: Vec<super::latency::LatencyPoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -344,6 +344,16 @@ pub struct ConsulSource {
     /// CA bundle for an `https` address; else `CONSUL_CACERT`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS; else `CONSUL_CLIENT_CERT` /
+    /// `CONSUL_CLIENT_KEY`. Re-read when they change.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name Consul's certificate is verified against, instead of the address's host; else
+    /// `CONSUL_TLS_SERVER_NAME`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
     #[serde(default)]
     pub datacenter: Option<String>,
     #[serde(default)]

@@ -317,6 +317,16 @@ fn consul_source_errors_are_named() {
     ] {
         assert!(e.iter().any(|x| x == want), "missing {want:?} in {e:?}");
     }
+    let tls = format!(
+        "{MINIMAL}sources: [{{ name: kv, type: consul, cert_file: /c.pem, tls_server_name: \"not a name\" }}]\n"
+    );
+    assert_eq!(
+        errors_of(&tls),
+        vec![
+            "source \"kv\": cert_file and key_file go together".to_string(),
+            "source \"kv\": tls_server_name \"not a name\" is not a DNS name or an IP address".to_string()
+        ]
+    );
     let short = format!("{MINIMAL}sources: [{{ name: kv, type: consul, wait: 1s, min_interval: 2s }}]\n");
     assert_eq!(
         errors_of(&short),

@@ -511,6 +511,16 @@ fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
     if x.token.is_some() && x.token_file.is_some() {
         e.push(format!("{at}: give token or token_file, not both"));
     }
+    if x.cert_file.is_some() != x.key_file.is_some() {
+        e.push(format!("{at}: cert_file and key_file go together"));
+    }
+    if let Some(n) = &x.tls_server_name {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            e.push(format!(
+                "{at}: tls_server_name {n:?} is not a DNS name or an IP address"
+            ));
+        }
+    }
     if x.wait.0 < std::time::Duration::from_secs(1) || x.wait.0 > std::time::Duration::from_secs(600) {
         e.push(format!("{at}: wait must be between 1s and 10m (Consul's limit)"));
     }

@@ -38,9 +38,13 @@ use crate::config::{ConsulConsistency, ConsulSource, FileFormat};
 use crate::model::SourceData;
 
 mod query;
+mod tls;
+mod token;
 #[cfg(feature = "fuzzing")]
 pub(crate) use query::decode_body;
 use query::{kv_body_limit, leader_known, next_index, query, Got};
+pub use tls::TlsFiles;
+pub use token::Token;
 
 /// Connection settings, with the environment fallbacks of Consul's own tools applied.
 #[derive(Debug, Clone)]
@@ -49,8 +53,8 @@ pub struct Settings {
     pub base: String,
     pub key: String,
     pub format: FileFormat,
-    pub token: Option<String>,
-    pub ca_file: Option<PathBuf>,
+    pub token: Token,
+    pub tls: TlsFiles,
     pub datacenter: Option<String>,
     pub consistency: ConsulConsistency,
     pub wait: Duration,
@@ -65,7 +69,8 @@ fn env(name: &str) -> Option<String> {
 
 impl Settings {
     /// Resolves the configuration against `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`,
-    /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT` and `CONSUL_HTTP_SSL`; reads the token file.
+    /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`,
+    /// `CONSUL_TLS_SERVER_NAME` and `CONSUL_HTTP_SSL`; reads the token file.
     pub fn resolve(c: &ConsulSource) -> Result<Settings, String> {
         Self::resolve_with(c, env)
     }
@@ -74,32 +79,55 @@ impl Settings {
     pub fn resolve_with(c: &ConsulSource, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
         let ca_file = c.ca_file.clone().or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
         let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| v == "true" || v == "1");
+        let cert = c
+            .cert_file
+            .clone()
+            .or_else(|| env("CONSUL_CLIENT_CERT").map(PathBuf::from));
+        let key = c
+            .key_file
+            .clone()
+            .or_else(|| env("CONSUL_CLIENT_KEY").map(PathBuf::from));
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("a client certificate (cert_file, CONSUL_CLIENT_CERT) needs its key \
+                            (key_file, CONSUL_CLIENT_KEY)"
+                    .into())
+            }
+            (None, Some(_)) => {
+                return Err("a client key (key_file, CONSUL_CLIENT_KEY) needs its certificate \
+                            (cert_file, CONSUL_CLIENT_CERT)"
+                    .into())
+            }
+        };
+        let server_name = c.tls_server_name.clone().or_else(|| env("CONSUL_TLS_SERVER_NAME"));
         let addr = c
             .address
             .clone()
             .or_else(|| env("CONSUL_HTTP_ADDR"))
             .unwrap_or_else(|| "127.0.0.1:8500".into());
-        let base = base_url(&addr, ssl || ca_file.is_some()).map_err(|e| format!("address {addr:?}: {e}"))?;
+        let base = base_url(&addr, ssl || ca_file.is_some() || client.is_some())
+            .map_err(|e| format!("address {addr:?}: {e}"))?;
         let token_file = c
             .token_file
             .clone()
             .or_else(|| env("CONSUL_HTTP_TOKEN_FILE").map(PathBuf::from));
         let token = match (&c.token, token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(&f)
-                    .map_err(|e| format!("token_file {}: {e}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => env("CONSUL_HTTP_TOKEN"),
+            (Some(t), _) => Token::Fixed(t.clone()),
+            (None, Some(f)) => Token::File(token::TokenFile::open(f)?),
+            (None, None) => env("CONSUL_HTTP_TOKEN").map_or(Token::None, Token::Fixed),
         };
         Ok(Settings {
             base,
             key: c.key.trim_start_matches('/').to_string(),
             format: c.format,
             token,
-            ca_file,
+            tls: TlsFiles {
+                ca_file,
+                client,
+                server_name,
+            },
             datacenter: c.datacenter.clone(),
             consistency: c.consistency,
             wait: c.wait.0,
@@ -107,19 +135,6 @@ impl Settings {
             max_value_bytes: c.max_value_bytes,
             probe_interval: c.probe_interval.0,
         })
-    }
-
-    fn client(&self) -> Result<reqwest::Client, String> {
-        let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
-        if let Some(ca) = &self.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        b.build().map_err(|e| e.to_string())
     }
 
     /// The query URL for a blocking read at `index` (`None`: return at once).
@@ -152,12 +167,21 @@ impl Settings {
 
 pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
-    let client = match s.client() {
-        Ok(c) => c,
-        Err(e) => {
-            // Never delivers: not ready, and the reason is on /readyz and in the log.
-            p.fail("config", e);
-            return;
+    // Until the TLS files make a client: reported once per version of the files, and tried
+    // again when one changes.
+    let mut client = loop {
+        let stamps = s.tls.stamps();
+        match tls::Client::new(&s.tls) {
+            Ok(c) => break c,
+            Err(e) => {
+                p.fail("tls", e);
+                while s.tls.stamps() == stamps {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(s.probe_interval) => {}
+                    }
+                }
+            }
         }
     };
     let mut state = KeyState::new(s.max_value_bytes);
@@ -169,10 +193,28 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
     // Whether Consul was seen down (no answer, a failed probe) since the last answer.
     let mut down = false;
     loop {
+        // Rotated files take effect on this query; a bad version is reported and the previous
+        // client or token keeps being used.
+        match client.refresh() {
+            Ok(true) => tracing::info!(key = %s.key, "Consul TLS files changed; using them"),
+            Ok(false) => {}
+            Err(e) => {
+                p.fail("tls", e);
+                query_failed = true;
+            }
+        }
+        match s.token.refresh() {
+            Ok(true) => tracing::info!(key = %s.key, "Consul token file changed; using the new token"),
+            Ok(false) => {}
+            Err(e) => {
+                p.fail("token_file", e);
+                query_failed = true;
+            }
+        }
         let started = Instant::now();
         let answer = tokio::select! {
             _ = shutdown.cancelled() => return,
-            a = query(&client, &s, Some(index)) => a,
+            a = query(&client.http, &s, Some(index)) => a,
         };
         match answer {
             Ok(a) => {
@@ -221,7 +263,7 @@ pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: Cancella
                 let delay = backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = wait_to_retry(&client, &s, delay, &mut down) => {}
+                    _ = wait_to_retry(&client.http, &s, delay, &mut down) => {}
                 }
             }
         }
@@ -259,7 +301,7 @@ async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, 
 
 /// Reads the key once, without blocking (for `render`).
 pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
-    let client = s.client()?;
+    let client = s.tls.client()?;
     let a = query(&client, s, None).await.map_err(|f| f.message)?;
     let at = |e: String| format!("Consul key {:?}: {e}", s.key);
     match a.got {
@@ -288,7 +330,10 @@ mod tests {
             })
         };
         let s = resolve("", &[]).expect("defaults");
-        assert_eq!((s.base.as_str(), s.token.as_deref()), ("http://127.0.0.1:8500", None));
+        assert_eq!(
+            (s.base.as_str(), s.token.value().as_deref()),
+            ("http://127.0.0.1:8500", None)
+        );
         assert_eq!(s.key, "service/voltha/data/core/assignment");
 
         let env = [
@@ -297,13 +342,13 @@ mod tests {
         ];
         let s = resolve("", &env).expect("env");
         assert_eq!(
-            (s.base.as_str(), s.token.as_deref()),
+            (s.base.as_str(), s.token.value().as_deref()),
             ("https://consul.example:8501", Some("from-env"))
         );
         // The configuration wins over the environment.
         let s = resolve("address: 10.0.0.9:8500, token: mine", &env).expect("config");
         assert_eq!(
-            (s.base.as_str(), s.token.as_deref()),
+            (s.base.as_str(), s.token.value().as_deref()),
             ("http://10.0.0.9:8500", Some("mine"))
         );
 
@@ -323,10 +368,51 @@ mod tests {
         )
         .expect("env");
         assert_eq!(s.base, "https://consul:8501");
-        assert_eq!(s.ca_file.as_deref(), Some(std::path::Path::new("/etc/consul/ca.pem")));
-        assert_eq!(s.token.as_deref(), Some("from-file"));
+        assert_eq!(
+            s.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/consul/ca.pem"))
+        );
+        assert_eq!(s.token.value().as_deref(), Some("from-file"));
         let s = resolve("", &[("CONSUL_HTTP_ADDR", "consul:8501"), ("CONSUL_HTTP_SSL", "true")]).expect("ssl");
         assert_eq!(s.base, "https://consul:8501");
+
+        // Mutual TLS and the server name, as Consul's tools read them; the configuration wins.
+        let tls_env = [
+            ("CONSUL_HTTP_ADDR", "consul:8501"),
+            ("CONSUL_CACERT", "/etc/consul/ca.pem"),
+            ("CONSUL_CLIENT_CERT", "/etc/consul/client.pem"),
+            ("CONSUL_CLIENT_KEY", "/etc/consul/client-key.pem"),
+            ("CONSUL_TLS_SERVER_NAME", "server.dc1.consul"),
+        ];
+        let s = resolve("", &tls_env).expect("tls env");
+        assert_eq!(s.base, "https://consul:8501");
+        assert_eq!(
+            s.tls.client,
+            Some(("/etc/consul/client.pem".into(), "/etc/consul/client-key.pem".into()))
+        );
+        assert_eq!(s.tls.server_name.as_deref(), Some("server.dc1.consul"));
+        let s = resolve(
+            "cert_file: /c.pem, key_file: /k.pem, tls_server_name: consul.internal",
+            &tls_env,
+        )
+        .expect("tls config");
+        assert_eq!(s.tls.client, Some(("/c.pem".into(), "/k.pem".into())));
+        assert_eq!(s.tls.server_name.as_deref(), Some("consul.internal"));
+        // A client certificate alone turns a bare address https; half a pair is refused.
+        let s = resolve(
+            "",
+            &[
+                ("CONSUL_HTTP_ADDR", "consul:8501"),
+                ("CONSUL_CLIENT_CERT", "/c.pem"),
+                ("CONSUL_CLIENT_KEY", "/k.pem"),
+            ],
+        )
+        .expect("client cert");
+        assert_eq!(s.base, "https://consul:8501");
+        let e = resolve("", &[("CONSUL_CLIENT_CERT", "/c.pem")]).expect_err("no key");
+        assert!(e.contains("CONSUL_CLIENT_KEY"), "{e}");
+        let e = resolve("key_file: /k.pem", &[]).expect_err("no cert");
+        assert!(e.contains("cert_file"), "{e}");
 
         // An unreadable token file is a configuration error that names the file.
         let missing = dir.path().join("missing").display().to_string();

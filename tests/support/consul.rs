@@ -11,7 +11,8 @@
 //! - `GET /v1/status/leader`: the leader's `"ip:port"` as a JSON string (`""` while there is
 //!   none); like Consul's status endpoints it needs no ACL token and never blocks. Without a
 //!   leader a KV read that is not `?stale` gets `500 No cluster leader`, as in Consul.
-//! - ACL: when a token is set, a KV request without the right `X-Consul-Token` gets `403`.
+//! - ACL: when a token is set, a KV request without the right `X-Consul-Token` gets `403`
+//!   (a second token may be accepted too, as while a token rotates).
 //! - Bodies as Go's `net/http` sends them: one larger than 2048 bytes goes out chunked, without
 //!   `Content-Length` (Consul's KV handler writes JSON without declaring a length), so a
 //!   client cannot size a large answer before reading it.
@@ -65,6 +66,8 @@ struct Inner {
     table: u64,
     kv: BTreeMap<String, Entry>,
     token: Option<String>,
+    /// A second token accepted with `token` (during a rotation).
+    also: Option<String>,
     fault: Option<u16>,
     delay: Duration,
     zero_index: bool,
@@ -150,6 +153,11 @@ impl ConsulDouble {
         self.shared.inner.lock().token = token.map(String::from);
     }
 
+    /// Accepts this token as well as the required one (both valid while a token rotates).
+    pub fn also_accept(&self, token: Option<&str>) {
+        self.shared.inner.lock().also = token.map(String::from);
+    }
+
     /// Answers every request with this status (`None`: normal service).
     pub fn fail_with(&self, status: Option<u16>) {
         self.shared.inner.lock().fault = status;
@@ -193,6 +201,14 @@ impl ConsulDouble {
                 e.create = e.create.min(to);
             }
         });
+    }
+
+    /// Serves this double over TLS with client authentication as well (Consul's
+    /// `verify_incoming`): the [`super::pki::Pki`]'s server certificate, and a client
+    /// certificate signed by its CA required. Returns that address and a count of the
+    /// handshakes it refused.
+    pub async fn serve_mtls(&self, pki: &super::pki::Pki) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        super::pki::mtls_front(pki, self.addr).await
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -298,7 +314,7 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
         .get("X-Consul-Token")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let (required, fault, delay, stall, leader) = {
+    let (required, also, fault, delay, stall, leader) = {
         let mut g = sh.inner.lock();
         g.requests.push(Recorded {
             at: Instant::now(),
@@ -307,7 +323,14 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
             query: query.clone(),
             token: token.clone(),
         });
-        (g.token.clone(), g.fault, g.delay, g.stall_body, g.leader.clone())
+        (
+            g.token.clone(),
+            g.also.clone(),
+            g.fault,
+            g.delay,
+            g.stall_body,
+            g.leader.clone(),
+        )
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -325,7 +348,7 @@ async fn handle(State(sh): State<Arc<Shared>>, method: Method, uri: Uri, headers
         let body = serde_json::Value::String(leader).to_string().into_bytes();
         return (StatusCode::OK, go_body(body, stall)).into_response();
     }
-    if required.is_some() && token != required {
+    if required.is_some() && token != required && (also.is_none() || token != also) {
         return (StatusCode::FORBIDDEN, "ACL not found").into_response();
     }
     let Some(key) = path.strip_prefix("/v1/kv/").map(String::from) else {

@@ -2,10 +2,12 @@
 //! a real Envoy, bounded waits.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod consul;
 pub mod etcd;
 pub mod kube_api;
 pub mod pki;
+pub mod png;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};

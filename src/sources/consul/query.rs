@@ -35,8 +35,37 @@ fn transfer_failure(e: &reqwest::Error, what: &str, limit: Duration, base: &str)
             format!("{what}: no complete answer from Consul in {limit:?}"),
         )
     } else {
-        failure("connect", format!("{what}: Consul at {base}: {e}"))
+        // reqwest's own message names only the URL; the cause (refused, a certificate not
+        // valid for the name, a client certificate required) is further down the chain.
+        let mut message = format!("{what}: Consul at {base}: {e}");
+        let mut tls = false;
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            tls |= is_tls(c);
+            cause = c.source();
+        }
+        let mut f = failure(if tls { "tls" } else { "connect" }, message);
+        // A TLS failure is Consul answering: retried at the backoff's pace.
+        f.down = !tls;
+        f
     }
+}
+
+/// Whether `e` is a TLS failure: a rustls error, possibly inside I/O errors (whose `source`
+/// skips the error they wrap).
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = e;
+    for _ in 0..8 {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => e = inner,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// What an answer says of the key.
@@ -125,7 +154,7 @@ async fn read_prefix(resp: &mut reqwest::Response, limit: usize) -> Vec<u8> {
 
 fn request(client: &reqwest::Client, s: &Settings, url: reqwest::Url) -> reqwest::RequestBuilder {
     let req = client.get(url);
-    match &s.token {
+    match s.token.value() {
         Some(t) => req.header("X-Consul-Token", t),
         None => req,
     }
@@ -313,7 +342,7 @@ mod tests {
         )
         .expect("settings");
         s.wait = Duration::from_secs(5);
-        let client = s.client().expect("client");
+        let client = s.tls.client().expect("client");
         let answer = query(&client, &s, Some(0)).await.expect("an answer");
         assert_eq!(
             answer,
