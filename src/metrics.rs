@@ -33,6 +33,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupTypeLabel {
     pub group: String,
     pub r#type: &'static str,
@@ -60,6 +65,8 @@ pub struct Metrics {
     snapshot_resources: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     snapshot_bytes: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -82,6 +89,8 @@ impl Metrics {
             snapshot_resources: Family::default(),
             snapshot_bytes: Family::default(),
             source_last_success: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
             registry: Registry::default(),
             xds: Arc::new(xds_engine::metrics::Metrics::new()),
         };
@@ -141,6 +150,20 @@ impl Metrics {
             );
         }
         m.xds.register_tls_logs_csds(&mut registry);
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok, invalid, refused)",
+            m.config_reloads.clone(),
+        );
+        for result in ["ok", "invalid", "refused"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        m.config_last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration reload was applied (or none was tried), 0 when it was invalid or refused",
+            m.config_last_reload_ok.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -216,6 +239,16 @@ impl Metrics {
                 kind,
             })
             .get()
+    }
+
+    /// A configuration reload's result: `ok`, `invalid` or `refused`.
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+        self.config_last_reload_ok.set(i64::from(result == "ok"));
+    }
+
+    pub fn config_reload_count(&self, result: &'static str) -> u64 {
+        self.config_reloads.get_or_create(&ResultLabel { result }).get()
     }
 
     pub fn rejection_count(&self, reason: &'static str) -> u64 {

@@ -235,6 +235,7 @@ mod tests {
             pushes: vec![],
             nacks: vec![],
             sources: vec![],
+            config: None,
         }
     }
 

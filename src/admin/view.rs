@@ -30,6 +30,9 @@ pub struct StatusView {
     pub nacks: Vec<NackView>,
     #[serde(default)]
     pub sources: Vec<SourceView>,
+    /// The running configuration's file and how its reloads went.
+    #[serde(default)]
+    pub config: Option<crate::reload::ConfigStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
