@@ -19,7 +19,7 @@
 //! last snapshot keeps being served.
 
 pub(crate) mod diff;
-pub(crate) mod trigger;
+pub mod trigger;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -77,11 +77,7 @@ impl Stamp {
 }
 
 /// Starts the SIGHUP handler and, with a file, its periodic check. Both end with `shutdown`.
-pub(crate) async fn spawn(
-    reloader: Arc<Reloader>,
-    path: Option<PathBuf>,
-    shutdown: CancellationToken,
-) -> Vec<JoinHandle<()>> {
+pub async fn spawn(reloader: Arc<Reloader>, path: Option<PathBuf>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(p) = &path {
         reloader.set_path(p).await;
