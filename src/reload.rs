@@ -504,3 +504,6 @@ fn trial_build(new: &Config, running: &[RunningSource], plan: &[SourceChange]) -
         .err()
         .map(|e| format!("the new configuration cannot be built from the current inputs: {e}"))
 }
+
+#[cfg(test)]
+mod tests;
