@@ -358,6 +358,70 @@ async fn an_invalid_configuration_keeps_the_running_one_and_is_reported_with_eve
     s.server.stop(Duration::from_secs(5)).await;
 }
 
+/// 100 streams open while 30 reloads alternate a good change, an invalid file and a refused
+/// one: no stream ends, every count is exact, and every stream ends on the last good routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_storm_under_100_streams_drops_none_and_ends_on_the_last_good_routes() {
+    const STREAMS: usize = 100;
+    const ROUNDS: usize = 10;
+    let s = Setup::new("").await;
+    let ch = channel(s.server.xds_addr).await;
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let (tx, rx) = mpsc::channel(16);
+        let rx = AggregatedDiscoveryServiceClient::new(ch.clone())
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut a = Ads { tx, rx };
+        a.request(RDS, &["nbi-routes"], None).await;
+        let r = a.next().await;
+        a.request(RDS, &["nbi-routes"], Some(&r)).await;
+        streams.push(a);
+    }
+    wait_for(WAIT, "every stream registered", || async {
+        (s.server.clients.len() == STREAMS).then_some(())
+    })
+    .await;
+    let route = |i: usize| format!("      - {{ path: /round-{i}, cluster: spare-grpc }}");
+    for i in 0..ROUNDS {
+        s.write(&s.config("", &route(i), "20ms"));
+        assert_eq!(s.reload().await.result(), "ok", "round {i}");
+        s.write("default_group: [unclosed\n");
+        assert_eq!(s.reload().await.result(), "invalid", "round {i}");
+        s.write(&s.config("  max_streams: 7", &route(i + 100), "20ms"));
+        assert_eq!(s.reload().await.result(), "refused", "round {i}");
+    }
+    let last_route = format!("/round-{}", ROUNDS - 1);
+    wait_for(WAIT, "the last good routes", || async {
+        s.snapshot_text().await.contains(&last_route).then_some(())
+    })
+    .await;
+    let want = s.versions().await.0[3].clone();
+    // Every stream gets to the last good version (SotW: it may skip the ones in between).
+    for (n, a) in streams.iter_mut().enumerate() {
+        let last = tokio::time::timeout(WAIT, async {
+            loop {
+                let r = a.next().await;
+                a.request(RDS, &["nbi-routes"], Some(&r)).await;
+                if r.version_info == want {
+                    return r;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("stream {n} did not get the last routes"));
+        assert!(String::from_utf8_lossy(&last.resources[0].value).contains(&format!("/round-{}", ROUNDS - 1)));
+    }
+    assert_eq!(s.server.clients.len(), STREAMS, "no stream ended");
+    for (result, n) in [("ok", ROUNDS), ("invalid", ROUNDS), ("refused", ROUNDS)] {
+        let series = format!("voltha_xds_config_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(s.metric(&series).await, n as f64, "{result}");
+    }
+    s.server.stop(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_to_a_listener_bound_setting_is_refused_by_key_and_nothing_is_applied() {
     let s = Setup::new("  max_streams: 1000").await;

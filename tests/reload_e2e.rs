@@ -99,10 +99,11 @@ async fn a_route_added_by_reload_is_served_on_the_same_connections(delta: bool) 
     let lds_updates = stat("listener_manager.lds.update_success").await;
     assert_eq!(stat("control_plane.connected_state").await, 1);
 
-    // A bad save: kept out, nothing reaches Envoy.
+    // A bad save (written in place: a check may also see it half written): kept out, nothing
+    // reaches Envoy.
     std::fs::write(&path, "default_group: [unclosed\n").expect("write");
     wait_for(Duration::from_secs(10), "the bad save to be reported", || async {
-        (server.metrics.config_reload_count("invalid") == 1).then_some(())
+        (server.metrics.config_reload_count("invalid") >= 1).then_some(())
     })
     .await;
     serving("vcore-0").await;
