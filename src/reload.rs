@@ -190,8 +190,6 @@ struct Owned {
     reconciler: Option<(CancellationToken, JoinHandle<()>)>,
     /// The `--config` content last read for a reload, to tell a real change from a touch.
     last_read: Option<Vec<u8>>,
-    /// The file was found missing once since `last_read`.
-    missing: bool,
 }
 
 /// Owns the running configuration's tasks and replaces them on reload (see the module docs).
@@ -225,7 +223,6 @@ impl Reloader {
                 sources,
                 reconciler: Some(reconciler),
                 last_read: None,
-                missing: false,
             }),
         }
     }
@@ -268,26 +265,15 @@ impl Reloader {
         self.apply(loaded, trigger).await
     }
 
-    /// Reloads `path` when its content differs from the last content read for a reload
-    /// (`None` when it did not, or could not be read twice in a row).
+    /// Reloads `path` when its content (`None`: it cannot be read) differs from the last
+    /// content read for a reload; `None` when it does not.
     pub(crate) async fn reload_if_changed(&self, path: &Path) -> Option<Outcome> {
         let p = path.to_path_buf();
         let content = tokio::task::spawn_blocking(move || trigger::read_bounded(&p))
             .await
             .ok()?;
-        {
-            let mut owned = self.owned.lock().await;
-            if content == owned.last_read {
-                owned.missing = false;
-                return None;
-            }
-            if content.is_none() && !owned.missing {
-                // Missing or unreadable: reported by the next check if it stays so (an editor's
-                // save may remove the file for a moment).
-                owned.missing = true;
-                return None;
-            }
-            owned.missing = false;
+        if content == self.owned.lock().await.last_read {
+            return None;
         }
         Some(self.reload_file(path, Trigger::FileChange).await)
     }

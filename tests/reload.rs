@@ -550,6 +550,70 @@ async fn the_file_is_followed_through_a_configmap_swap_an_edit_a_touch_and_a_bad
     }
 }
 
+/// A save in place (truncate, write half, the rest 20 ms later) is read once complete, never
+/// half way; a removed file is reported once; its return is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_in_place_is_read_once_complete_and_a_removed_file_reported_once() {
+    let s = Setup::new("").await;
+    let every = "  config_reload_interval: 200ms";
+    s.write(&s.config(every, "", "20ms"));
+    assert_eq!(s.reload().await.result(), "ok");
+    let triggers =
+        voltha_xds::reload::trigger::spawn(s.server.reload.clone(), Some(s.path.clone()), s.server.shutdown.clone())
+            .await;
+    let count = |result: &'static str| s.server.metrics.config_reload_count(result);
+
+    let text = s.config(every, "      - { path: /saved-in-place, cluster: voltha-grpc }", "20ms");
+    let (head, tail) = text.split_at(text.len() / 2);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&s.path).expect("truncate");
+        f.write_all(head.as_bytes()).expect("write half");
+        f.sync_all().expect("sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        f.write_all(tail.as_bytes()).expect("write the rest");
+    }
+    wait_for(WAIT, "the save to be reloaded", || async {
+        (count("ok") == 2).then_some(())
+    })
+    .await;
+    assert_eq!(count("invalid"), 0, "the half-written file was never read");
+    wait_for(WAIT, "the new route", || async {
+        s.snapshot_text().await.contains("/saved-in-place").then_some(())
+    })
+    .await;
+
+    std::fs::remove_file(&s.path).expect("rm");
+    wait_for(WAIT, "the removal to be reported", || async {
+        (count("invalid") == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(count("invalid"), 1, "reported once");
+    let (code, r) = s.readyz().await;
+    assert_eq!(code, 200);
+    assert!(
+        r["config"]["last_reload"]["errors"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("cannot read"),
+        "{r}"
+    );
+    assert!(
+        s.snapshot_text().await.contains("/saved-in-place"),
+        "the running configuration stays"
+    );
+    s.write(&text);
+    wait_for(WAIT, "the file's return to be reloaded", || async {
+        (count("ok") == 3).then_some(())
+    })
+    .await;
+    s.server.stop(Duration::from_secs(5)).await;
+    for t in triggers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+}
+
 /// The real binary: `kill -HUP` reloads `--config`; with the embedded default it says there is
 /// nothing to reload and keeps serving.
 #[cfg(unix)]

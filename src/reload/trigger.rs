@@ -4,11 +4,13 @@
 //! SIGHUP still reloads). Each check resolves the path again (`stat` follows symlinks), so a
 //! Kubernetes ConfigMap update, which swaps the `..data` symlink to a new directory, is seen
 //! as a new file. The file's metadata (size, modification and change times, device and inode)
-//! is compared with the last check's; only when it differs, or changed less than [`SETTLE`]
-//! ago (a timestamp moves by its filesystem's granularity), is the content read, and only a
-//! content different from the last one read for a reload reloads: a `touch` does not. A file
-//! that disappears is reported (an invalid reload) only if it is still missing at the next
-//! check, since an editor's save may remove it for a moment.
+//! is compared with the last check's. A file whose metadata changed is left for one interval:
+//! it is read only once a check finds the same metadata as the one before, so a save in place
+//! (truncate, then write) or a file removed for a moment by an editor is not taken half way.
+//! The content is then read, and also while the metadata changed less than [`SETTLE`] ago (a
+//! timestamp moves by its filesystem's granularity); only a content different from the last
+//! one read for a reload reloads: a `touch` does not. A change is thus applied one to two
+//! intervals after it is made.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,6 +116,8 @@ pub async fn spawn(reloader: Arc<Reloader>, path: Option<PathBuf>, shutdown: Can
 async fn watch(reloader: Arc<Reloader>, path: PathBuf, shutdown: CancellationToken) {
     let mut configs = reloader.live().subscribe();
     let mut last: Option<Stamp> = Stamp::of(&path);
+    // The metadata changed and the content was not read since.
+    let mut pending = false;
     loop {
         let every = reloader.live().config().server.config_reload_interval.0;
         if every.is_zero() {
@@ -133,10 +137,16 @@ async fn watch(reloader: Arc<Reloader>, path: PathBuf, shutdown: CancellationTok
             Ok(r) => r,
             Err(_) => continue,
         };
-        if stamp.is_some() && stamp == last && stamp.is_some_and(|s| s.settled(now)) {
+        if stamp != last {
+            // Changed since the last check: read it once it stays as it is for a whole interval.
+            last = stamp;
+            pending = true;
             continue;
         }
-        last = stamp;
+        if !pending && stamp.is_some_and(|s| s.settled(now)) {
+            continue;
+        }
+        pending = false;
         reloader.reload_if_changed(&path).await;
     }
 }
