@@ -550,12 +550,12 @@ async fn the_file_is_followed_through_a_configmap_swap_an_edit_a_touch_and_a_bad
     }
 }
 
-/// A save in place (truncate, write half, the rest 20 ms later) is read once complete, never
+/// A save in place (truncate, write half, the rest 100 ms later) is read once complete, never
 /// half way; a removed file is reported once; its return is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_in_place_is_read_once_complete_and_a_removed_file_reported_once() {
     let s = Setup::new("").await;
-    let every = "  config_reload_interval: 200ms";
+    let every = "  config_reload_interval: 300ms";
     s.write(&s.config(every, "", "20ms"));
     assert_eq!(s.reload().await.result(), "ok");
     let triggers =
@@ -565,12 +565,15 @@ async fn a_save_in_place_is_read_once_complete_and_a_removed_file_reported_once(
 
     let text = s.config(every, "      - { path: /saved-in-place, cluster: voltha-grpc }", "20ms");
     let (head, tail) = text.split_at(text.len() / 2);
+    // Into the checks' cycle: the half-written file is there when a check comes one time in
+    // three (checks that read a changed file at once read it then).
+    tokio::time::sleep(Duration::from_millis(250)).await;
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&s.path).expect("truncate");
         f.write_all(head.as_bytes()).expect("write half");
         f.sync_all().expect("sync");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         f.write_all(tail.as_bytes()).expect("write the rest");
     }
     wait_for(WAIT, "the save to be reloaded", || async {
