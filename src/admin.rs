@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
-use crate::sources::SourceHandle;
+use crate::reload::Live;
 use crate::xds::cache::Cache;
 use crate::xds::resources::ResourceType;
 use crate::xds::status::{ClientTable, PushLog};
@@ -52,7 +52,8 @@ pub struct AdminState {
     pub cache: Cache,
     pub clients: Arc<ClientTable>,
     pub metrics: Arc<Metrics>,
-    pub sources: Vec<SourceHandle>,
+    /// The running configuration's sources and the reload status.
+    pub live: Live,
 }
 
 /// The router's state: the handles, and the push log it keeps.
@@ -110,13 +111,14 @@ pub fn debug_router(state: AdminState) -> Router {
 
 impl AdminState {
     pub fn ready(&self) -> bool {
-        self.cache.current().is_some() && self.sources.iter().all(|s| s.rx.borrow().data.is_some())
+        self.cache.current().is_some() && self.live.sources().iter().all(|s| s.rx.borrow().data.is_some())
     }
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     let sources: BTreeMap<String, Value> = s
-        .sources
+        .live
+        .sources()
         .iter()
         .map(|h| {
             let st = h.rx.borrow();
@@ -132,6 +134,7 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         "ready": ready,
         "snapshot": s.cache.current().map(|c| c.generation),
         "sources": sources,
+        "config": s.live.status(),
     });
     let code = if ready {
         StatusCode::OK
@@ -229,7 +232,8 @@ pub fn status_view(s: &AdminState, pushes: &PushLog, latency: &latency::LatencyL
     let snap = s.cache.current();
     let streams = s.clients.snapshot();
     let source_data: Vec<(String, Arc<crate::model::SourceData>)> = s
-        .sources
+        .live
+        .sources()
         .iter()
         .filter_map(|h| h.rx.borrow().data.clone().map(|d| (h.name.clone(), d)))
         .collect();
@@ -242,8 +246,10 @@ pub fn status_view(s: &AdminState, pushes: &PushLog, latency: &latency::LatencyL
         nodes: view::nodes(&streams, snap.as_deref()),
         pushes: view::pushes(&pushes.recent()),
         nacks: view::nacks(&s.clients.recent_nacks()),
+        config: Some(s.live.status()),
         sources: s
-            .sources
+            .live
+            .sources()
             .iter()
             .map(|h| {
                 let st = h.rx.borrow();

@@ -11,6 +11,8 @@
 //! - [`admin`]: the admin HTTP API (probes and metrics; debug views on a loopback listener
 //!   of their own); reads handles only.
 //! - [`reconcile`]: debounce, translate, publish.
+//! - [`reload`]: owns the running configuration's source and reconciler tasks; replaces them
+//!   when `--config` changes (SIGHUP or the file's content).
 //! - This file wires them together ([`start`]); `main.rs` parses the command line.
 
 pub mod admin;
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod proto;
 pub mod reconcile;
+pub mod reload;
 pub mod render;
 pub mod sources;
 pub mod translate;
@@ -58,6 +61,8 @@ pub struct Running {
     pub clients: Arc<ClientTable>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// The running configuration, its sources and reconciler; reloads.
+    pub reload: Arc<reload::Reloader>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -66,7 +71,8 @@ impl Running {
     pub async fn stop(self, deadline: Duration) {
         self.shutdown.cancel();
         let all = futures::future::join_all(self.tasks);
-        let _ = tokio::time::timeout(deadline, all).await;
+        let reload = self.reload.clone();
+        let _ = tokio::time::timeout(deadline, async move { tokio::join!(all, reload.stopped()) }).await;
     }
 }
 
@@ -115,15 +121,13 @@ pub async fn start(
         );
     }
 
-    let sources = sources::spawn_all(&config, metrics.clone(), shutdown.clone());
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(reconcile::run(
+    let reload = Arc::new(reload::Reloader::start(
         config.clone(),
-        sources.clone(),
-        cache.clone(),
         metrics.clone(),
+        cache.clone(),
         shutdown.clone(),
-    )));
+    ));
+    let mut tasks = Vec::new();
 
     let server = XdsServer {
         cache: cache.clone(),
@@ -170,7 +174,7 @@ pub async fn start(
         cache: cache.clone(),
         clients: clients.clone(),
         metrics: metrics.clone(),
-        sources,
+        live: reload.live().clone(),
     };
     for (listener, router, what) in [
         (admin_listener, admin::public_router(state.clone()), "admin"),
@@ -204,21 +208,27 @@ pub async fn start(
         clients,
         metrics,
         shutdown,
+        reload,
         tasks,
     })
 }
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully: stops accepting, ends every
 /// stream after the responses already queued, and waits at most `server.shutdown_grace`.
+/// Reloads `config_file` (the file `config` was read from; `None` for the embedded default)
+/// on SIGHUP and when its content changes ([`reload`]).
 pub async fn serve(
     config: Config,
+    config_file: Option<std::path::PathBuf>,
     xds_listen: SocketAddr,
     admin_listen: SocketAddr,
     admin_debug_listen: SocketAddr,
 ) -> anyhow::Result<()> {
-    let grace = config.server.shutdown_grace.0;
-    let running = start(config, xds_listen, admin_listen, admin_debug_listen).await?;
+    let mut running = start(config, xds_listen, admin_listen, admin_debug_listen).await?;
+    let triggers = reload::trigger::spawn(running.reload.clone(), config_file, running.shutdown.clone()).await;
+    running.tasks.extend(triggers);
     wait_for_signal().await;
+    let grace = running.reload.live().config().server.shutdown_grace.0;
     tracing::info!(
         streams = running.clients.len(),
         grace_ms = grace.as_millis() as u64,

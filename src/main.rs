@@ -256,6 +256,7 @@ fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
             admin_debug_listen,
         } => {
             init_logs(log_format, log_level);
+            let config_file = config.clone();
             let config = load(&config)?;
             let xds = match xds_listen {
                 Some(a) => a,
@@ -282,7 +283,7 @@ fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
                     .map_err(|e| format!("server.admin_debug_listen: {e}"))?,
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(voltha_xds::serve(config, xds, admin, admin_debug))
+            rt.block_on(voltha_xds::serve(config, config_file, xds, admin, admin_debug))
                 .map_err(|e| format!("{e:#}"))
         }
         Command::Validate { config } => {

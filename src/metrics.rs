@@ -36,6 +36,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupTypeLabel {
     pub group: String,
     pub r#type: &'static str,
@@ -71,6 +76,8 @@ pub struct Metrics {
     snapshot_resources: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     snapshot_bytes: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -93,6 +100,8 @@ impl Metrics {
             snapshot_resources: Family::default(),
             snapshot_bytes: Family::default(),
             source_last_success: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
             registry: Registry::default(),
             process: Registry::default(),
             xds: Arc::new(xds_engine::metrics::Metrics::new()),
@@ -164,6 +173,20 @@ impl Metrics {
             "build_info",
             "Always 1; the labels say which version and source revision is running",
             build_info,
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (ok, invalid, refused)",
+            m.config_reloads.clone(),
+        );
+        for result in ["ok", "invalid", "refused"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        m.config_last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration reload was applied (or none was tried), 0 when it was invalid or refused",
+            m.config_last_reload_ok.clone(),
         );
         let mut process = Registry::default();
         process.register_collector(Box::new(process::ProcessCollector));
@@ -245,6 +268,16 @@ impl Metrics {
                 kind,
             })
             .get()
+    }
+
+    /// A configuration reload's result: `ok`, `invalid` or `refused`.
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+        self.config_last_reload_ok.set(i64::from(result == "ok"));
+    }
+
+    pub fn config_reload_count(&self, result: &'static str) -> u64 {
+        self.config_reloads.get_or_create(&ResultLabel { result }).get()
     }
 
     pub fn rejection_count(&self, reason: &'static str) -> u64 {

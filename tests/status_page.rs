@@ -500,3 +500,39 @@ async fn the_status_page_shows_the_endpoints_per_cluster_and_a_latency_chart() {
         "the plot area is not drawn"
     );
 }
+
+/// The "Configuration" section: the last reload's result and every error, as text.
+#[tokio::test]
+async fn the_status_page_shows_a_failed_reload_and_its_errors_as_text() {
+    use voltha_xds::reload::Trigger;
+    let s = Setup::new().await;
+    let odd = "<img src=x onerror=alert(1)> & more";
+    let outcome = s
+        .server
+        .reload
+        .apply(Err(vec![odd.to_string(), "second error".to_string()]), Trigger::Request)
+        .await;
+    assert_eq!(outcome.result(), "invalid");
+    let dom = dump_dom(&s.admin("/")).await;
+    let last = row(&dom, r#"<p id="config-last""#);
+    assert!(last.contains(r#"data-result="invalid""#), "{last}");
+    assert!(
+        last.contains("(request): invalid, the running configuration is kept"),
+        "{last}"
+    );
+    let errors = row(&dom, r#"<ul id="config-errors">"#);
+    assert!(
+        errors.contains("&lt;img src=x onerror=alert(1)&gt; &amp; more"),
+        "{errors}"
+    );
+    assert!(errors.contains("second error"), "{errors}");
+    assert!(!dom.contains("<img"), "an error is never markup");
+    assert!(
+        row(&dom, r#"<p id="config-summary">"#).contains("reloads: 0 ok, 1 invalid, 0 refused"),
+        "{dom}"
+    );
+    // The status command's JSON carries the same.
+    let (_, v) = support::get_json(&s.admin("/debug/status")).await;
+    assert_eq!(v["config"]["last_reload"]["errors"][1], "second error");
+    s.server.stop(Duration::from_secs(5)).await;
+}

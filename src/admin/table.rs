@@ -90,6 +90,20 @@ pub fn render(v: &StatusView) -> String {
         out.push_str("\nNACKED:\n");
         out.extend(nacked);
     }
+    // A configuration reload that was not applied: the file on disk is not what runs.
+    if let Some(r) = v.config.as_ref().and_then(|c| c.last_reload.as_ref()) {
+        if r.result != "ok" {
+            out.push_str(&format!(
+                "\nCONFIGURATION RELOAD {} ({} ago, {}); the running configuration is kept:\n",
+                clean(&r.result).to_uppercase(),
+                age(v.generated_at - r.at),
+                clean(&r.trigger)
+            ));
+            for e in &r.errors {
+                out.push_str(&format!("  {}\n", clean(e)));
+            }
+        }
+    }
     out
 }
 
@@ -237,6 +251,7 @@ mod tests {
             sources: vec![],
             endpoints: vec![],
             latency: vec![],
+            config: None,
         }
     }
 
@@ -324,5 +339,35 @@ mod tests {
         assert_eq!(clean("a\u{1b}[31mb"), "a?[31mb");
         assert_eq!(short("ab"), "ab");
         assert_eq!(short("0123456789"), "01234567");
+    }
+
+    #[test]
+    fn a_reload_that_was_not_applied_is_listed_with_its_errors_and_an_applied_one_is_not() {
+        let mut v = view(vec![]);
+        let attempt = |result: &str| crate::reload::ConfigStatus {
+            path: Some("/etc/voltha-xds/voltha-xds.yaml".into()),
+            applied_at: 900.0,
+            reloads_ok: 0,
+            reloads_invalid: 0,
+            reloads_refused: 1,
+            last_reload: Some(crate::reload::ReloadAttempt {
+                at: 970.0,
+                trigger: "file_change".into(),
+                result: result.into(),
+                errors: vec!["server.max_streams cannot change\u{1b}[31m".into()],
+                changes: vec![],
+            }),
+        };
+        v.config = Some(attempt("refused"));
+        let out = render(&v);
+        assert!(
+            out.ends_with(
+                "\nCONFIGURATION RELOAD REFUSED (30s ago, file_change); the running configuration is kept:\n  \
+                 server.max_streams cannot change?[31m\n"
+            ),
+            "{out}"
+        );
+        v.config = Some(attempt("ok"));
+        assert!(!render(&v).contains("CONFIGURATION"));
     }
 }

@@ -36,6 +36,9 @@ pub struct StatusView {
     /// Push latency and time to ACK per minute over the last hour.
     #[serde(default)]
     pub latency: Vec<super::latency::LatencyPoint>,
+    /// The running configuration's file and how its reloads went.
+    #[serde(default)]
+    pub config: Option<crate::reload::ConfigStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_POD_PORT: u16 = 50057;
 
 /// A source of endpoints from watched pods.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSource {
     pub name: String,

@@ -86,6 +86,14 @@ pub struct ServerConfig {
     /// The bounds of CSDS (client status) requests on the xDS port.
     #[serde(default)]
     pub csds: CsdsConfig,
+    /// How often the `--config` file is checked for a change to reload; `0s` turns the check
+    /// off (SIGHUP still reloads). See `reload`.
+    #[serde(default = "default_config_reload_interval")]
+    pub config_reload_interval: Dur,
+}
+
+fn default_config_reload_interval() -> Dur {
+    Dur(Duration::from_secs(1))
 }
 
 /// CSDS bounds: how many answers are built or sent at once, how large one may be, and how
@@ -201,6 +209,7 @@ impl Default for ServerConfig {
             shutdown_grace: default_shutdown_grace(),
             tls: None,
             csds: CsdsConfig::default(),
+            config_reload_interval: default_config_reload_interval(),
         }
     }
 }
@@ -233,7 +242,7 @@ impl Default for DebounceConfig {
 }
 
 /// An input. Each source has a unique name that clusters refer to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// A file, re-read when it changes (for development, and tests).
@@ -274,7 +283,7 @@ fn default_assignment_key() -> String {
 }
 
 /// An etcd v3 source (`type: etcd`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSource {
     pub name: String,
@@ -324,7 +333,7 @@ fn default_dial_timeout() -> Dur {
 }
 
 /// A Consul KV source (`type: consul`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulSource {
     pub name: String,
@@ -398,7 +407,7 @@ pub enum ConsulConsistency {
 }
 
 /// Retry pacing after a source failure: exponential from `initial` to `max`, with jitter.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_initial")]

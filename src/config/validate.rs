@@ -113,6 +113,12 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
             ));
         }
     }
+    let every = c.server.config_reload_interval.0;
+    if !every.is_zero() && every < std::time::Duration::from_millis(100) {
+        e.push(format!(
+            "server.config_reload_interval ({every:?}) must be 0s (no check) or at least 100ms"
+        ));
+    }
     if c.debounce.quiet.0 > c.debounce.max_delay.0 {
         e.push(format!(
             "debounce.quiet ({:?}) must not exceed debounce.max_delay ({:?})",

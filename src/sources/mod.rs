@@ -152,9 +152,17 @@ fn cut(message: String, max: usize) -> String {
 
 /// Starts every configured source; each stops when `shutdown` is cancelled.
 pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Vec<SourceHandle> {
-    config
-        .sources
-        .iter()
+    spawn(&config.sources, metrics, shutdown)
+}
+
+/// Starts these sources (the reload supervisor starts one at a time, each with its own token).
+pub(crate) fn spawn<'a>(
+    sources: impl IntoIterator<Item = &'a SourceConfig>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Vec<SourceHandle> {
+    sources
+        .into_iter()
         .map(|s| match s {
             SourceConfig::File {
                 name,
