@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
+use super::address::{FromText, Parsed};
+
 /// The port VOLTHA's cores serve gRPC on (arouterd's `POD_GRPC_PORT`).
 pub const DEFAULT_POD_PORT: u16 = 50057;
 
@@ -24,7 +26,7 @@ pub struct KubernetesSource {
     /// Only pods whose name matches this regular expression (unanchored, as arouterd's
     /// `rw-core[0-9]-`).
     #[serde(default)]
-    pub name_regex: Option<String>,
+    pub name_regex: Option<Parsed<regex::Regex>>,
     #[serde(default)]
     pub readiness: Readiness,
     /// The endpoint's port: a number, or the name of a container port.
@@ -37,7 +39,7 @@ pub struct KubernetesSource {
     /// credentials. Absent: `KUBECONFIG` or `~/.kube/config` if there is one, else the
     /// in-cluster service account.
     #[serde(default)]
-    pub api_server: Option<String>,
+    pub api_server: Option<Parsed<axum::http::Uri>>,
     /// A kubeconfig file to use instead of the inferred configuration.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
@@ -122,9 +124,10 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
         }
     }
     if let Some(r) = &k.name_regex {
-        if let Err(err) = regex::Regex::new(r) {
+        if let Some(err) = r.error() {
             e.push(format!(
-                "{at}: name_regex {r:?} is not a valid regular expression: {err}"
+                "{at}: name_regex {:?} is not a valid regular expression: {err}",
+                r.text()
             ));
         }
     }
@@ -144,14 +147,21 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
         e.push(format!("{at}: give api_server or kubeconfig, not both"));
     }
     if let Some(u) = &k.api_server {
-        if let Err(why) = check_api_server(u) {
-            e.push(format!("{at}: api_server {u:?}: {why}"));
+        if let Some(why) = u.error() {
+            e.push(format!("{at}: api_server {:?}: {why}", u.text()));
         }
     }
     if let Some(p) = &k.kubeconfig {
         if p.as_os_str().is_empty() {
             e.push(format!("{at}: kubeconfig is empty"));
         }
+    }
+}
+
+/// `api_server` is read as an API server URL ([`check_api_server`]).
+impl FromText for axum::http::Uri {
+    fn from_text(text: &str) -> Result<Self, String> {
+        check_api_server(text)
     }
 }
 
@@ -450,10 +460,7 @@ groups:
     fn the_shipped_kubernetes_config_validates() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/voltha-kubernetes.yaml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            c.listener("afrouter").map(|l| l.address.as_str()),
-            Some("0.0.0.0:55555")
-        );
+        assert_eq!(c.listener("afrouter").map(|l| l.address.text()), Some("0.0.0.0:55555"));
         assert_eq!(c.group_clusters(&c.groups[0]), vec!["ro_vcore", "rw_vcore", "vcore"]);
     }
 

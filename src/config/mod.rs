@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use address::{IpPort, Parsed};
 pub use duration::{parse_duration, Dur, Timeout};
 pub use kubernetes::{check_api_server, KubernetesSource, PodPort, Readiness, DEFAULT_POD_PORT};
 use limits::MAX_CONFIG_BYTES;
@@ -45,12 +46,12 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_xds_listen")]
-    pub xds_listen: String,
+    pub xds_listen: IpPort,
     #[serde(default = "default_admin_listen")]
-    pub admin_listen: String,
+    pub admin_listen: IpPort,
     /// The debug API (`/debug/*`, the status page): every resource and every client.
     #[serde(default = "default_admin_debug_listen")]
-    pub admin_debug_listen: String,
+    pub admin_debug_listen: IpPort,
     /// The most resource names one stream may subscribe to, per type.
     #[serde(default = "default_max_names")]
     pub max_names_per_type: usize,
@@ -167,13 +168,13 @@ fn default_tls_reload() -> Dur {
     Dur(Duration::from_secs(10))
 }
 
-fn default_xds_listen() -> String {
+fn default_xds_listen() -> IpPort {
     "0.0.0.0:18000".into()
 }
-fn default_admin_listen() -> String {
+fn default_admin_listen() -> IpPort {
     "127.0.0.1:18080".into()
 }
-fn default_admin_debug_listen() -> String {
+fn default_admin_debug_listen() -> IpPort {
     "127.0.0.1:18081".into()
 }
 fn default_max_names() -> usize {
@@ -500,25 +501,71 @@ fn default_connect_timeout() -> Dur {
 
 /// Where a cluster's endpoints come from: exactly one of `source`, `static` or `dns`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "EndpointsText")]
 pub struct EndpointsConfig {
     /// Fed by this source (served over EDS; over DNS when a host is a name).
-    #[serde(default)]
     pub source: Option<String>,
     /// With an `endpoints` file source: the set to take.
-    #[serde(default)]
     pub set: Option<String>,
     /// The port for hosts that carry none (the assignment's hosts never do).
-    #[serde(default)]
     pub port: Option<u16>,
-    /// Fixed `ip:port` endpoints (served over EDS).
-    #[serde(default, rename = "static")]
+    /// Fixed `ip:port` endpoints (served over EDS), as written.
     pub static_endpoints: Option<Vec<String>>,
-    /// `host:port` names that Envoy resolves.
-    #[serde(default)]
+    /// `host:port` names that Envoy resolves, as written.
     pub dns: Option<Vec<String>>,
-    #[serde(default)]
     pub dns_lookup: DnsLookup,
+    /// `static` or `dns` parsed as read (with `port` for the entries that carry none):
+    /// (IP or host name, port), in the order written.
+    pub fixed_hosts: Vec<(String, u16)>,
+    /// Why entries of `static` or `dns` did not parse, for validation to report.
+    bad_hosts: Vec<String>,
+}
+
+impl From<EndpointsText> for EndpointsConfig {
+    fn from(t: EndpointsText) -> Self {
+        let mut fixed_hosts = Vec::new();
+        let mut bad_hosts = Vec::new();
+        for s in t.static_endpoints.iter().flatten() {
+            match validate::parse_static(s, t.port) {
+                Ok(a) => fixed_hosts.push((a.ip().to_string(), a.port())),
+                Err(m) => bad_hosts.push(m),
+            }
+        }
+        for s in t.dns.iter().flatten() {
+            match validate::parse_host_port(s, t.port) {
+                Ok(hp) => fixed_hosts.push(hp),
+                Err(m) => bad_hosts.push(m),
+            }
+        }
+        EndpointsConfig {
+            source: t.source,
+            set: t.set,
+            port: t.port,
+            static_endpoints: t.static_endpoints,
+            dns: t.dns,
+            dns_lookup: t.dns_lookup,
+            fixed_hosts,
+            bad_hosts,
+        }
+    }
+}
+
+/// `endpoints` as written; [`EndpointsConfig`] adds the parsed hosts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "EndpointsConfig")]
+struct EndpointsText {
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    set: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default, rename = "static")]
+    static_endpoints: Option<Vec<String>>,
+    #[serde(default)]
+    dns: Option<Vec<String>>,
+    #[serde(default)]
+    dns_lookup: DnsLookup,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -535,7 +582,7 @@ pub enum Codec {
 pub struct ListenerConfig {
     pub name: String,
     /// `ip:port` to bind, e.g. `0.0.0.0:50555`.
-    pub address: String,
+    pub address: IpPort,
     #[serde(default)]
     pub codec: Codec,
     #[serde(default)]
@@ -783,7 +830,7 @@ impl Config {
                 s.push_str(&format!(
                     "  listener {} on {} ({:?}, {} routes{})\n",
                     l.name,
-                    l.address,
+                    l.address.text(),
                     l.codec,
                     l.routes.len(),
                     if l.tls.is_some() { ", TLS" } else { "" }

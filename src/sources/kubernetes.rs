@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Publisher;
-use crate::config::{KubernetesSource, PodPort, Readiness};
+use crate::config::{KubernetesSource, Parsed, PodPort, Readiness};
 use crate::model::{Backend, SourceData, DEFAULT_SET};
 
 /// A source's configuration, resolved (regex compiled, client chosen).
@@ -62,21 +62,15 @@ pub enum ClientFrom {
 }
 
 impl Settings {
-    pub fn resolve(k: &KubernetesSource) -> Result<Settings, String> {
-        let name_regex = k
-            .name_regex
-            .as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| format!("name_regex: {e}"))?;
-        let client = match (&k.api_server, &k.kubeconfig) {
-            (Some(u), _) => {
-                ClientFrom::ApiServer(crate::config::check_api_server(u).map_err(|e| format!("api_server: {e}"))?)
-            }
+    pub fn resolve(k: &KubernetesSource) -> Settings {
+        // Both parsed when the configuration was read (validation refused it otherwise).
+        let name_regex = k.name_regex.as_ref().and_then(Parsed::value).cloned();
+        let client = match (k.api_server.as_ref().and_then(Parsed::value), &k.kubeconfig) {
+            (Some(u), _) => ClientFrom::ApiServer(u.clone()),
             (None, Some(p)) => ClientFrom::Kubeconfig(p.clone()),
             (None, None) => ClientFrom::Infer,
         };
-        Ok(Settings {
+        Settings {
             namespaces: k.namespaces.clone(),
             label_selector: k.label_selector.clone(),
             name_regex,
@@ -84,7 +78,7 @@ impl Settings {
             port: k.port.clone(),
             group_by: k.group_by.clone(),
             client,
-        })
+        }
     }
 
     /// Builds a client. Every failure is a message for the log and `/readyz`.

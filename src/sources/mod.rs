@@ -193,12 +193,7 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
             }
             SourceConfig::Kubernetes(k) => {
                 let (p, h) = Publisher::new(&k.name, metrics.clone());
-                match kubernetes::Settings::resolve(k) {
-                    Ok(settings) => {
-                        tokio::spawn(kubernetes::run(p, settings, shutdown.clone()));
-                    }
-                    Err(e) => p.fail("config", e),
-                }
+                tokio::spawn(kubernetes::run(p, kubernetes::Settings::resolve(k), shutdown.clone()));
                 h
             }
         })
@@ -363,7 +358,7 @@ pub async fn read_once(config: &Config) -> Result<crate::model::Model, String> {
             }
             SourceConfig::Kubernetes(k) => {
                 let at = |e: String| format!("source {:?}: {e}", k.name);
-                let settings = kubernetes::Settings::resolve(k).map_err(at)?;
+                let settings = kubernetes::Settings::resolve(k);
                 let data = kubernetes::read_once(&settings).await.map_err(at)?;
                 m.sources.insert(k.name.clone(), Arc::new(data));
             }

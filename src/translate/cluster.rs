@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::Any;
 
 use super::{any, duration, TranslateError};
-use crate::config::{parse_host_port, parse_static, ClusterConfig, DnsLookup, LbPolicy, Protocol};
+use crate::config::{ClusterConfig, DnsLookup, LbPolicy, Protocol};
 use crate::model::{Model, DEFAULT_SET};
 
 /// A configured cluster's Envoy clusters: itself, or with `fan_out` one member per non-default
@@ -71,19 +71,10 @@ pub fn cluster(c: &ClusterConfig, model: &Model) -> Result<(Cluster, Option<Clus
             }
             hosts.push((b.host.clone(), port));
         }
-    } else if let Some(list) = &ep.static_endpoints {
-        for s in list {
-            let a =
-                parse_static(s, ep.port).map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
-            hosts.push((a.ip().to_string(), a.port()));
-        }
-    } else if let Some(list) = &ep.dns {
-        dns = true;
-        for s in list {
-            let hp = parse_host_port(s, ep.port)
-                .map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
-            hosts.push(hp);
-        }
+    } else {
+        // `static` or `dns`, parsed when the configuration was read.
+        dns = ep.dns.is_some();
+        hosts.extend(ep.fixed_hosts.iter().cloned());
     }
     hosts.sort();
     hosts.dedup();
