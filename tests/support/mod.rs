@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod kube_api;
 pub mod pki;
 pub mod proxy;
+pub mod sotw;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
