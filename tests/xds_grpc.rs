@@ -79,11 +79,7 @@ groups:
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.server.xds_addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
+        channel(self.server.xds_addr).await
     }
 
     fn write(&self, content: &str) {
@@ -581,11 +577,7 @@ sources: []
         async move { (get_json(&url).await.0 == 200).then_some(()) }
     })
     .await;
-    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = channel(server.xds_addr).await;
     let mut s = Sotw::open(ch).await;
     s.send(req(CDS, &[], None)).await;
     let cds = s.next().await;
@@ -798,11 +790,7 @@ default_group: only
         "the last good snapshot is still served"
     );
     // A stream opened now gets the last good endpoints.
-    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = channel(server.xds_addr).await;
     let mut c = Sotw::open(ch).await;
     let mut r = req(EDS, &["core"], None);
     r.node = node("only");

@@ -75,11 +75,7 @@ groups:
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.server.xds_addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
+        super::support::channel(self.server.xds_addr).await
     }
 
     /// The current version of `ty` in `group`.
