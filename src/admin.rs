@@ -43,11 +43,11 @@ pub mod view;
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 #[derive(Clone)]
-pub struct AdminState {
-    pub cache: Cache,
-    pub clients: Arc<ClientTable>,
-    pub metrics: Arc<Metrics>,
-    pub sources: Vec<SourceHandle>,
+pub(crate) struct AdminState {
+    pub(crate) cache: Cache,
+    pub(crate) clients: Arc<ClientTable>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) sources: Vec<SourceHandle>,
 }
 
 /// The router's state: the handles, and the push log it keeps.
@@ -71,14 +71,14 @@ fn probe_routes<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S
 }
 
 /// The admin listener's routes: `/healthz`, `/readyz`, `/metrics`; 404 for anything else.
-pub fn public_router(state: AdminState) -> Router {
+pub(crate) fn public_router(state: AdminState) -> Router {
     probe_routes(state).fallback(|| async { (StatusCode::NOT_FOUND, NOT_HERE) })
 }
 
 /// The debug listener's routes: those of [`public_router`], `/debug/*` and the status page.
 /// Starts the task that keeps the push log (it follows the cache and ends with it), so call it
 /// within a Tokio runtime.
-pub fn debug_router(state: AdminState) -> Router {
+pub(crate) fn debug_router(state: AdminState) -> Router {
     let pushes = Arc::new(PushLog::default());
     tokio::spawn(pushes.clone().follow(state.cache.subscribe()));
     let debug = Router::new()
@@ -97,7 +97,7 @@ pub fn debug_router(state: AdminState) -> Router {
 }
 
 impl AdminState {
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.cache.current().is_some() && self.sources.iter().all(|s| s.rx.borrow().data.is_some())
     }
 }
@@ -213,7 +213,7 @@ async fn page() -> Response {
 }
 
 /// The document behind `GET /debug/status`.
-pub fn status_view(s: &AdminState, pushes: &PushLog) -> view::StatusView {
+pub(crate) fn status_view(s: &AdminState, pushes: &PushLog) -> view::StatusView {
     let snap = s.cache.current();
     let streams = s.clients.snapshot();
     view::StatusView {

@@ -16,7 +16,7 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod config;
-pub mod envoy_json;
+pub(crate) mod envoy_json;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;
@@ -55,8 +55,7 @@ pub struct Running {
     pub admin_debug_addr: SocketAddr,
     pub cache: Cache,
     pub clients: Arc<ClientTable>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -199,7 +198,6 @@ pub async fn start(
         admin_debug_addr,
         cache,
         clients,
-        metrics,
         shutdown,
         tasks,
     })

@@ -22,7 +22,7 @@ pub struct Backend {
     pub host: String,
     pub port: Option<u16>,
     /// The backend's identity where the source has one (a VOLTHA core id).
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
 }
 
 /// What one source says: named sets of backends, each sorted and free of duplicates.
@@ -33,7 +33,7 @@ pub struct SourceData {
 
 impl SourceData {
     /// A source with one (default) set.
-    pub fn single(mut backends: Vec<Backend>) -> Self {
+    pub(crate) fn single(mut backends: Vec<Backend>) -> Self {
         backends.sort();
         backends.dedup_by(|a, b| a.host == b.host && a.port == b.port);
         SourceData {

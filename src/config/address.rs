@@ -21,7 +21,7 @@ pub struct Parsed<T> {
 }
 
 /// How a [`Parsed`] value is read from its text.
-pub trait FromText: Sized {
+pub(crate) trait FromText: Sized {
     /// The value, or why the text is not one.
     fn from_text(text: &str) -> Result<Self, String>;
 }
@@ -56,7 +56,7 @@ impl<'de, T: FromText> Deserialize<'de> for Parsed<T> {
 
 impl<T> Parsed<T> {
     /// As written in the configuration.
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         &self.text
     }
 
@@ -67,13 +67,13 @@ impl<T> Parsed<T> {
 
     /// The parsed value. `None` only for a text that did not parse, which validation refuses:
     /// a loaded configuration holds only values.
-    pub fn value(&self) -> Option<&T> {
+    pub(crate) fn value(&self) -> Option<&T> {
         self.value.as_ref().ok()
     }
 }
 
 /// An `ip:port` of the configuration (a listen address, a listener's address).
-pub type IpPort = Parsed<SocketAddr>;
+pub(crate) type IpPort = Parsed<SocketAddr>;
 
 impl Parsed<SocketAddr> {
     /// The address. Validation refuses a configuration whose text does not parse, so for a
@@ -84,7 +84,7 @@ impl Parsed<SocketAddr> {
 }
 
 /// The base URL of a Consul address given as `host:port` or with a scheme.
-pub fn base_url(addr: &str, tls: bool) -> Result<String, String> {
+pub(crate) fn base_url(addr: &str, tls: bool) -> Result<String, String> {
     let addr = addr.trim().trim_end_matches('/');
     let url = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
@@ -99,7 +99,7 @@ pub fn base_url(addr: &str, tls: bool) -> Result<String, String> {
 }
 
 /// The URI of an etcd endpoint given as `host:port` or with an `http://` / `https://` scheme.
-pub fn endpoint_uri(ep: &str, tls: bool) -> Result<String, String> {
+pub(crate) fn endpoint_uri(ep: &str, tls: bool) -> Result<String, String> {
     let uri = if ep.starts_with("http://") || ep.starts_with("https://") {
         ep.to_string()
     } else {

@@ -1,3 +1,4 @@
+use super::validate::parse_static;
 use super::*;
 
 const MINIMAL: &str = r#"

@@ -359,7 +359,7 @@ fn transcoder(e: &mut Vec<String>, at: &str, t: &super::TranscoderConfig) {
 }
 
 /// `ip:port`, or a bare `ip` when a default port is given; port 0 is refused.
-pub fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
+pub(crate) fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
     let a = match (s.parse::<SocketAddr>(), default_port) {
         (Ok(a), _) => a,
         (Err(_), Some(port)) => match s.trim_matches(['[', ']']).parse::<IpAddr>() {
@@ -376,7 +376,7 @@ pub fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, St
 
 /// `host:port` (or a bare host with a default port) where host is a DNS name or an IP; port 0
 /// is refused in every form.
-pub fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+pub(crate) fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         if a.port() == 0 {
             return Err(format!("port 0 in {s:?}"));

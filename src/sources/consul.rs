@@ -44,19 +44,19 @@ use query::{kv_body_limit, leader_known, next_index, query, Got};
 
 /// Connection settings, with the environment fallbacks of Consul's own tools applied.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// `http(s)://host:port`, no trailing slash.
-    pub base: String,
-    pub key: String,
-    pub format: FileFormat,
-    pub token: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub datacenter: Option<String>,
-    pub consistency: ConsulConsistency,
-    pub wait: Duration,
-    pub min_interval: Duration,
-    pub max_value_bytes: usize,
-    pub probe_interval: Duration,
+    pub(crate) base: String,
+    pub(crate) key: String,
+    pub(crate) format: FileFormat,
+    pub(crate) token: Option<String>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) datacenter: Option<String>,
+    pub(crate) consistency: ConsulConsistency,
+    pub(crate) wait: Duration,
+    pub(crate) min_interval: Duration,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) probe_interval: Duration,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -66,12 +66,12 @@ fn env(name: &str) -> Option<String> {
 impl Settings {
     /// Resolves the configuration against `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`,
     /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT` and `CONSUL_HTTP_SSL`; reads the token file.
-    pub fn resolve(c: &ConsulSource) -> Result<Settings, String> {
+    pub(crate) fn resolve(c: &ConsulSource) -> Result<Settings, String> {
         Self::resolve_with(c, env)
     }
 
     /// [`Settings::resolve`] with the environment given as a lookup (tests).
-    pub fn resolve_with(c: &ConsulSource, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+    pub(crate) fn resolve_with(c: &ConsulSource, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
         let ca_file = c.ca_file.clone().or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
         let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| v == "true" || v == "1");
         let addr = c
@@ -150,7 +150,7 @@ impl Settings {
     }
 }
 
-pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
+pub(crate) async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
     let client = match s.client() {
         Ok(c) => c,
@@ -258,7 +258,7 @@ async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, 
 }
 
 /// Reads the key once, without blocking (for `render`).
-pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
+pub(crate) async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let client = s.client()?;
     let a = query(&client, s, None).await.map_err(|f| f.message)?;
     let at = |e: String| format!("Consul key {:?}: {e}", s.key);

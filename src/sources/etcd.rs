@@ -45,19 +45,19 @@ use crate::proto::mvccpb::event::EventType;
 
 /// Connection settings, with the environment fallbacks of etcd's own tools applied.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub endpoints: Vec<String>,
-    pub key: String,
-    pub format: FileFormat,
-    pub user: Option<(String, String)>,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub dial_timeout: Duration,
+pub(crate) struct Settings {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) key: String,
+    pub(crate) format: FileFormat,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) dial_timeout: Duration,
     /// The largest value accepted, in bytes.
-    pub max_value_bytes: usize,
+    pub(crate) max_value_bytes: usize,
     /// How often etcd is probed while it is out of reach.
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
 }
 
 /// What a Range or Watch response may carry besides the value (header, key, revisions, a few
@@ -71,7 +71,7 @@ fn env(name: &str) -> Option<String> {
 impl Settings {
     /// Resolves the configuration against `ETCDCTL_ENDPOINTS`, `ETCDCTL_USER`,
     /// `ETCDCTL_CACERT`, `ETCDCTL_CERT` and `ETCDCTL_KEY`; reads the password file.
-    pub fn resolve(c: &EtcdSource) -> Result<Settings, String> {
+    pub(crate) fn resolve(c: &EtcdSource) -> Result<Settings, String> {
         let endpoints = if c.endpoints.is_empty() {
             match env("ETCDCTL_ENDPOINTS") {
                 Some(v) => v
@@ -192,7 +192,7 @@ impl State {
     }
 }
 
-pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
+pub(crate) async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
     let mut state = State {
         key: KeyState::new(s.max_value_bytes),
@@ -454,7 +454,7 @@ async fn session_inner(
 }
 
 /// Reads the key once (for `render`).
-pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
+pub(crate) async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let (channel, token) = open(s).await.map_err(|f| f.message)?;
     match read(&channel, &token, s).await.map_err(|f| f.message)?.value {
         None => Err(format!(

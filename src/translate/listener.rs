@@ -24,7 +24,7 @@ use super::cluster::{ads_config_source, socket_address};
 use super::route::route_config_name;
 use crate::config::{Codec, ListenerConfig};
 
-pub fn listener(l: &ListenerConfig) -> Listener {
+pub(crate) fn listener(l: &ListenerConfig) -> Listener {
     let addr = l.address.addr();
     let mut http_filters = Vec::new();
     if let Some(t) = &l.grpc_json_transcoder {
