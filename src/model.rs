@@ -22,7 +22,7 @@ pub struct Backend {
     pub host: String,
     pub port: Option<u16>,
     /// The backend's identity where the source has one (a VOLTHA core id).
-    pub(crate) id: Option<String>,
+    pub id: Option<String>,
 }
 
 /// What one source says: named sets of backends, each sorted and free of duplicates.
