@@ -99,7 +99,7 @@ pub(crate) fn base_url(addr: &str, tls: bool) -> Result<String, String> {
 }
 
 /// The URI of an etcd endpoint given as `host:port` or with an `http://` / `https://` scheme.
-pub(crate) fn endpoint_uri(ep: &str, tls: bool) -> Result<String, String> {
+pub(crate) fn endpoint_uri(ep: &str, tls: bool) -> Result<tonic::codegen::http::Uri, String> {
     let uri = if ep.starts_with("http://") || ep.starts_with("https://") {
         ep.to_string()
     } else {
@@ -109,7 +109,7 @@ pub(crate) fn endpoint_uri(ep: &str, tls: bool) -> Result<String, String> {
     if parsed.host().is_none_or(str::is_empty) || parsed.port_u16().is_none() {
         return Err("needs a host and a port".to_string());
     }
-    Ok(uri)
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -164,15 +164,10 @@ mod tests {
 
     #[test]
     fn endpoints_take_a_scheme_or_get_one() {
-        assert_eq!(
-            endpoint_uri("127.0.0.1:2379", false).as_deref(),
-            Ok("http://127.0.0.1:2379")
-        );
-        assert_eq!(endpoint_uri("etcd:2379", true).as_deref(), Ok("https://etcd:2379"));
-        assert_eq!(
-            endpoint_uri("https://etcd:2379", false).as_deref(),
-            Ok("https://etcd:2379")
-        );
+        let uri = |ep, tls| endpoint_uri(ep, tls).map(|u| u.to_string());
+        assert_eq!(uri("127.0.0.1:2379", false).as_deref(), Ok("http://127.0.0.1:2379/"));
+        assert_eq!(uri("etcd:2379", true).as_deref(), Ok("https://etcd:2379/"));
+        assert_eq!(uri("https://etcd:2379", false).as_deref(), Ok("https://etcd:2379/"));
         assert!(endpoint_uri("etcd", false).is_err(), "no port");
         assert!(endpoint_uri("", false).is_err());
         assert!(endpoint_uri("http://:2379", false).is_err());

@@ -46,7 +46,10 @@ use crate::proto::mvccpb::event::EventType;
 /// Connection settings, with the environment fallbacks of etcd's own tools applied.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// As given (in the configuration or `ETCDCTL_ENDPOINTS`), for messages.
     pub(crate) endpoints: Vec<String>,
+    /// `endpoints` parsed, with the scheme TLS implies when one gives none.
+    pub(crate) uris: Vec<tonic::codegen::http::Uri>,
     pub(crate) key: String,
     pub(crate) format: FileFormat,
     pub(crate) user: Option<(String, String)>,
@@ -97,22 +100,25 @@ impl Settings {
             }),
         };
         let path = |v: &Option<PathBuf>, var: &str| v.clone().or_else(|| env(var).map(PathBuf::from));
-        let s = Settings {
+        let ca_file = path(&c.ca_file, "ETCDCTL_CACERT");
+        // Those of the configuration were checked by validation; ETCDCTL_ENDPOINTS's are here.
+        let uris = endpoints
+            .iter()
+            .map(|ep| endpoint_uri(ep, ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Settings {
             endpoints,
+            uris,
             key: c.key.clone(),
             format: c.format,
             user,
-            ca_file: path(&c.ca_file, "ETCDCTL_CACERT"),
+            ca_file,
             cert_file: path(&c.cert_file, "ETCDCTL_CERT"),
             key_file: path(&c.key_file, "ETCDCTL_KEY"),
             dial_timeout: c.dial_timeout.0,
             max_value_bytes: c.max_value_bytes,
             probe_interval: c.probe_interval.0,
-        };
-        for ep in &s.endpoints {
-            endpoint_uri(ep, s.ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}"))?;
-        }
-        Ok(s)
+        })
     }
 }
 
@@ -293,10 +299,9 @@ async fn connect(s: &Settings) -> Result<Channel, Failure> {
         }
     };
     let mut endpoints = Vec::new();
-    for ep in &s.endpoints {
-        let uri = endpoint_uri(ep, tls.is_some()).map_err(|e| failure("config", e))?;
-        let mut e = Endpoint::from_shared(uri)
-            .map_err(|e| failure("config", e))?
+    // Parsed by `Settings::resolve`, with TLS's scheme exactly when `tls` is set (a CA file).
+    for uri in &s.uris {
+        let mut e = Endpoint::from(uri.clone())
             .connect_timeout(s.dial_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
