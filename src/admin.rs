@@ -48,12 +48,12 @@ pub mod view;
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 #[derive(Clone)]
-pub struct AdminState {
-    pub cache: Cache,
-    pub clients: Arc<ClientTable>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct AdminState {
+    pub(crate) cache: Cache,
+    pub(crate) clients: Arc<ClientTable>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The running configuration's sources and the reload status.
-    pub live: Live,
+    pub(crate) live: Live,
 }
 
 /// The router's state: the handles, and the push log it keeps.
@@ -78,14 +78,14 @@ fn probe_routes<S: Clone + Send + Sync + 'static>(state: AdminState) -> Router<S
 }
 
 /// The admin listener's routes: `/healthz`, `/readyz`, `/metrics`; 404 for anything else.
-pub fn public_router(state: AdminState) -> Router {
+pub(crate) fn public_router(state: AdminState) -> Router {
     probe_routes(state).fallback(|| async { (StatusCode::NOT_FOUND, NOT_HERE) })
 }
 
 /// The debug listener's routes: those of [`public_router`], `/debug/*` and the status page.
 /// Starts the task that keeps the push log (it follows the cache and ends with it), so call it
 /// within a Tokio runtime.
-pub fn debug_router(state: AdminState) -> Router {
+pub(crate) fn debug_router(state: AdminState) -> Router {
     let pushes = Arc::new(PushLog::default());
     tokio::spawn(pushes.clone().follow(state.cache.subscribe()));
     let latency = Arc::new(latency::LatencyLog::default());
@@ -110,7 +110,7 @@ pub fn debug_router(state: AdminState) -> Router {
 }
 
 impl AdminState {
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.cache.current().is_some() && self.live.sources().iter().all(|s| s.rx.borrow().data.is_some())
     }
 }
@@ -228,7 +228,7 @@ async fn page() -> Response {
 }
 
 /// The document behind `GET /debug/status`.
-pub fn status_view(s: &AdminState, pushes: &PushLog, latency: &latency::LatencyLog) -> view::StatusView {
+pub(crate) fn status_view(s: &AdminState, pushes: &PushLog, latency: &latency::LatencyLog) -> view::StatusView {
     let snap = s.cache.current();
     let streams = s.clients.snapshot();
     let source_data: Vec<(String, Arc<crate::model::SourceData>)> = s

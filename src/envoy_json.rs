@@ -17,13 +17,13 @@ fn pool() -> Result<&'static DescriptorPool, String> {
 }
 
 /// The JSON form of one encoded resource of `type_url`, with lowerCamelCase field names.
-pub fn to_json(type_url: &str, body: &[u8]) -> Result<Value, String> {
+pub(crate) fn to_json(type_url: &str, body: &[u8]) -> Result<Value, String> {
     to_json_with(type_url, body, false)
 }
 
 /// As [`to_json`]; `proto_names` prints the proto field names (snake_case), as Envoy's
 /// `/config_dump` does.
-pub fn to_json_with(type_url: &str, body: &[u8], proto_names: bool) -> Result<Value, String> {
+pub(crate) fn to_json_with(type_url: &str, body: &[u8], proto_names: bool) -> Result<Value, String> {
     let pool = pool()?;
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
     let desc = pool

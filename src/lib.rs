@@ -19,7 +19,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod build_info;
 pub mod config;
-pub mod envoy_json;
+pub(crate) mod envoy_json;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz_api;

@@ -260,27 +260,15 @@ fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
             let config = load(&config)?;
             let xds = match xds_listen {
                 Some(a) => a,
-                None => config
-                    .server
-                    .xds_listen
-                    .parse()
-                    .map_err(|e| format!("server.xds_listen: {e}"))?,
+                None => config.server.xds_listen.addr(),
             };
             let admin = match admin_listen {
                 Some(a) => a,
-                None => config
-                    .server
-                    .admin_listen
-                    .parse()
-                    .map_err(|e| format!("server.admin_listen: {e}"))?,
+                None => config.server.admin_listen.addr(),
             };
             let admin_debug = match admin_debug_listen {
                 Some(a) => a,
-                None => config
-                    .server
-                    .admin_debug_listen
-                    .parse()
-                    .map_err(|e| format!("server.admin_debug_listen: {e}"))?,
+                None => config.server.admin_debug_listen.addr(),
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(voltha_xds::serve(config, config_file, xds, admin, admin_debug))

@@ -20,30 +20,30 @@ use std::sync::Arc;
 use xds_engine::resources::ResourceType;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceKindLabel {
-    pub source: String,
-    pub kind: &'static str,
+pub(crate) struct SourceKindLabel {
+    pub(crate) source: String,
+    pub(crate) kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabel {
-    pub source: String,
+pub(crate) struct SourceLabel {
+    pub(crate) source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GroupTypeLabel {
-    pub group: String,
-    pub r#type: &'static str,
+pub(crate) struct GroupTypeLabel {
+    pub(crate) group: String,
+    pub(crate) r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,7 +62,7 @@ pub fn set_heap_probe(probe: fn() -> usize) {
 
 pub struct Metrics {
     /// The xDS engine's metrics, registered in this registry.
-    pub xds: Arc<xds_engine::metrics::Metrics>,
+    pub(crate) xds: Arc<xds_engine::metrics::Metrics>,
     heap_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     registry: Registry,
     /// `process_*`: the standard names, without the `voltha_xds_` prefix.
@@ -87,7 +87,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("voltha_xds");
         let m = Metrics {
             heap_bytes: Gauge::default(),
@@ -193,16 +193,16 @@ impl Metrics {
         Metrics { registry, process, ..m }
     }
 
-    pub fn snapshot_published(&self, build: Duration) {
+    pub(crate) fn snapshot_published(&self, build: Duration) {
         self.snapshots.inc();
         self.snapshot_build_seconds.observe(build.as_secs_f64());
     }
 
-    pub fn snapshot_rejected(&self, reason: &'static str) {
+    pub(crate) fn snapshot_rejected(&self, reason: &'static str) {
         self.snapshot_rejections.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    pub fn source_error(&self, source: &str, kind: &'static str) {
+    pub(crate) fn source_error(&self, source: &str, kind: &'static str) {
         self.source_errors
             .get_or_create(&SourceKindLabel {
                 source: source.to_string(),
@@ -211,7 +211,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn source_update(&self, source: &str) {
+    pub(crate) fn source_update(&self, source: &str) {
         self.source_updates
             .get_or_create(&SourceLabel {
                 source: source.to_string(),
@@ -220,7 +220,7 @@ impl Metrics {
     }
 
     /// The published snapshot's size, per group and type.
-    pub fn snapshot_size(&self, group: &str, ty: ResourceType, resources: usize, bytes: usize) {
+    pub(crate) fn snapshot_size(&self, group: &str, ty: ResourceType, resources: usize, bytes: usize) {
         let l = GroupTypeLabel {
             group: group.to_string(),
             r#type: ty.short(),
@@ -229,7 +229,7 @@ impl Metrics {
         self.snapshot_bytes.get_or_create(&l).set(bytes as i64);
     }
 
-    pub fn source_success(&self, source: &str, at: std::time::SystemTime) {
+    pub(crate) fn source_success(&self, source: &str, at: std::time::SystemTime) {
         let secs = at
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -241,12 +241,12 @@ impl Metrics {
             .set(secs);
     }
 
-    pub fn coalesced(&self, n: u64) {
+    pub(crate) fn coalesced(&self, n: u64) {
         self.debounce_coalesced.inc_by(n);
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         if let Some(probe) = HEAP_PROBE.get() {
             self.heap_bytes.set(probe() as i64);
         }
@@ -260,8 +260,9 @@ impl Metrics {
         s
     }
 
-    /// Counter value for tests and the admin page.
-    pub fn source_error_count(&self, source: &str, kind: &'static str) -> u64 {
+    /// A source's error count of one kind (for the tests).
+    #[cfg(test)]
+    pub(crate) fn source_error_count(&self, source: &str, kind: &'static str) -> u64 {
         self.source_errors
             .get_or_create(&SourceKindLabel {
                 source: source.to_string(),

@@ -33,7 +33,7 @@ pub struct SourceData {
 
 impl SourceData {
     /// A source with one (default) set.
-    pub fn single(mut backends: Vec<Backend>) -> Self {
+    pub(crate) fn single(mut backends: Vec<Backend>) -> Self {
         backends.sort();
         backends.dedup_by(|a, b| a.host == b.host && a.port == b.port);
         SourceData {

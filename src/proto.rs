@@ -3,7 +3,7 @@
 //! which the fake core and the tests use.
 
 /// `FileDescriptorSet` of `proto-vendor/` (VOLTHA subset with its imports).
-pub const VOLTHA_DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/voltha_descriptor.bin"));
+pub(crate) const VOLTHA_DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/voltha_descriptor.bin"));
 
 #[allow(clippy::all, missing_docs)]
 pub mod voltha {
@@ -20,9 +20,10 @@ pub mod schema {
     tonic::include_proto!("schema");
 }
 
-#[allow(clippy::all, missing_docs)]
-pub mod google {
-    pub mod api {
+/// Compiled for the VOLTHA protos' imports (HTTP annotations); nothing here calls it.
+#[allow(clippy::all, missing_docs, dead_code)]
+pub(crate) mod google {
+    pub(crate) mod api {
         tonic::include_proto!("google.api");
     }
 }
@@ -30,11 +31,11 @@ pub mod google {
 /// The etcd v3 API subset in `proto-vendor/etcd/` (client only): KV.Range, Watch.Watch,
 /// Auth.Authenticate.
 #[allow(clippy::all, missing_docs)]
-pub mod etcdserverpb {
+pub(crate) mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
 #[allow(clippy::all, missing_docs)]
-pub mod mvccpb {
+pub(crate) mod mvccpb {
     tonic::include_proto!("mvccpb");
 }

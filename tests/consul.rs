@@ -132,16 +132,25 @@ async fn consul_out_of_reach_keeps_the_last_good_state_and_resumes() {
     proxy.cut();
     consul.put(KEY, OTHER.as_bytes());
     s.wait_state((200, "error"), "the outage reported, still ready").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Three more failures, paced by the backoff (50 ms, then 200 ms ceilings, each waited at
+    // least half): at least 150 ms, and no burst of retries while they come.
+    let t = Instant::now();
+    let before = s.errors("connect").await;
+    let failures = wait_for(WAIT, "three more connection failures", || async {
+        let n = s.errors("connect").await;
+        (n >= before + 3).then_some(n)
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(150),
+        "three retries in {took:?}: not paced by the backoff"
+    );
+    assert!(failures <= 15, "{failures} connection failures: bounded by the backoff");
     assert_eq!(
         s.hosts().await,
         Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]),
         "last good served"
-    );
-    let failures = s.errors("connect").await;
-    assert!(
-        (2..=15).contains(&failures),
-        "{failures} connection failures: bounded by the backoff"
     );
     proxy.restore();
     s.wait_hosts(&["10.0.0.7"], "the write made meanwhile").await;
@@ -160,10 +169,21 @@ async fn server_errors_are_counted_and_retried_with_backoff() {
         (s.errors("http_status").await >= 2).then_some(())
     })
     .await;
+    // Three more queries: after two failures, each retry waits 100–200 ms (the backoff's
+    // ceiling is 200 ms from the third failure on), so the third comes at least 200 ms after
+    // the first; and no burst of queries while they come.
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let n = consul.reads_since(KEY, t).len();
-    assert!((3..=15).contains(&n), "{n} queries in 1 s of 500s (backoff 50–200 ms)");
+    let reads = wait_for(WAIT, "three queries answered 500", || async {
+        let r = consul.reads_since(KEY, t);
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    let spread = reads[2].at - reads[0].at;
+    assert!(
+        spread >= Duration::from_millis(200),
+        "three queries within {spread:?} of 500s: not paced by the backoff (50–200 ms)"
+    );
+    assert!(reads.len() <= 15, "{} queries: a burst", reads.len());
     assert_eq!(
         s.hosts().await,
         Some(vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()])

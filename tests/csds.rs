@@ -446,9 +446,7 @@ async fn an_unanswered_push_is_stale_until_acked() {
         )
     );
 
-    c.tx.send(c.req(EDS, &["voltha-grpc"], Some(&pushed)))
-        .await
-        .expect("ack");
+    c.stream.send(c.req(EDS, &["voltha-grpc"], Some(&pushed))).await;
     wait_states(&s, &[("olt-slow", ["SYNCED", "SYNCED", "NOT SENT", "NOT SENT"])]).await;
     let got = rows(&fetch(&s, ClientStatusRequest::default()).await.expect("fetch"));
     assert_eq!(got["olt-slow"][1].2, ClientResourceStatus::Acked);

@@ -8,7 +8,6 @@
 mod status_clients;
 mod support;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::status::v3::{ClientConfig, ClientStatusRequest};
@@ -86,26 +85,18 @@ async fn csds_streams_and_fetches_count_against_max_streams() {
     assert_eq!(first.config.len(), 1);
 
     // Both slots are taken: a third xDS stream and a fetch are refused.
-    let (third_tx, third_rx) = mpsc::channel(1);
-    let third = AggregatedDiscoveryServiceClient::new(ch.clone())
-        .stream_aggregated_resources(ReceiverStream::new(third_rx))
-        .await;
+    let third = support::sotw::Sotw::try_open(
+        ch.clone(),
+        Some(DiscoveryRequest {
+            node: node("envoy-2", "g"),
+            type_url: CDS.into(),
+            ..Default::default()
+        }),
+    )
+    .await;
     let err = match third {
         Err(s) => s,
-        Ok(r) => {
-            let _ = third_tx
-                .send(DiscoveryRequest {
-                    node: node("envoy-2", "g"),
-                    type_url: CDS.into(),
-                    ..Default::default()
-                })
-                .await;
-            let mut rx = r.into_inner();
-            tokio::time::timeout(WAIT, rx.message())
-                .await
-                .expect("in time")
-                .expect_err("refused")
-        }
+        Ok(mut c) => c.try_next().await.expect_err("refused"),
     };
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("server.max_streams"), "{err:?}");
@@ -128,24 +119,13 @@ async fn csds_streams_and_fetches_count_against_max_streams() {
     let again = support::wait_for(WAIT, "a slot to free up", || {
         let ch = ch.clone();
         async move {
-            let (tx, rx) = mpsc::channel(1);
-            tx.send(DiscoveryRequest {
+            let first = DiscoveryRequest {
                 node: node("envoy-3", "g"),
                 type_url: CDS.into(),
                 ..Default::default()
-            })
-            .await
-            .ok()?;
-            let mut rx = AggregatedDiscoveryServiceClient::new(ch)
-                .stream_aggregated_resources(ReceiverStream::new(rx))
-                .await
-                .ok()?
-                .into_inner();
-            tokio::time::timeout(WAIT, rx.message())
-                .await
-                .ok()?
-                .ok()?
-                .map(|_| (tx, rx))
+            };
+            let mut c = support::sotw::Sotw::try_open(ch, Some(first)).await.ok()?;
+            c.try_next().await.ok().map(|_| c)
         }
     })
     .await;

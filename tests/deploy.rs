@@ -200,11 +200,8 @@ fn deployment_args_ports_and_probes_agree_with_service_and_config() {
     assert!(admin.ip().is_unspecified(), "{admin}");
     assert!(xds.ip().is_unspecified(), "{xds}");
     // The configuration says the same (so the file alone, without the flags, still works).
-    assert_eq!(config.server.xds_listen.parse::<SocketAddr>().expect("config xds"), xds);
-    assert_eq!(
-        config.server.admin_listen.parse::<SocketAddr>().expect("config admin"),
-        admin
-    );
+    assert_eq!(config.server.xds_listen.addr(), xds);
+    assert_eq!(config.server.admin_listen.addr(), admin);
 
     let ports = container_ports(c);
     assert_eq!(ports.get("xds"), Some(&xds.port()));
@@ -282,11 +279,7 @@ fn the_debug_api_stays_on_the_pods_loopback_and_off_the_service() {
     assert!(debug.ip().is_loopback(), "{debug}");
     assert_ne!(debug.port(), admin.port());
     assert_eq!(
-        config
-            .server
-            .admin_debug_listen
-            .parse::<SocketAddr>()
-            .expect("config debug"),
+        config.server.admin_debug_listen.addr(),
         debug,
         "the ConfigMap says the same"
     );
@@ -421,7 +414,7 @@ fn listener_ports(config: &Config, node_cluster: &str) -> BTreeSet<u16> {
     group
         .listeners
         .iter()
-        .map(|l| port_of(&config.listener(l).expect("listener").address))
+        .map(|l| config.listener(l).expect("listener").address.addr().port())
         .collect()
 }
 

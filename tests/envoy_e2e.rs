@@ -77,10 +77,7 @@ impl E2e {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://127.0.0.1:{}", self.grpc))
-            .expect("uri")
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy()
+        lazy_channel(self.grpc)
     }
 
     async fn wait_serving(&self, ch: &Channel, want: &[&str]) -> String {

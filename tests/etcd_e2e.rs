@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use support::etcd::Etcd;
 use support::*;
-use tonic::transport::Channel;
 use voltha_xds::bootstrap::{bootstrap, BootstrapOptions};
 
 const KEY: &str = "service/voltha/data/core/assignment";
@@ -65,9 +64,7 @@ async fn assignments_written_to_etcd_reach_calls_through_envoy_without_a_restart
     let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
 
     // One HTTP/2 connection to Envoy for the whole test.
-    let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .expect("uri")
-        .connect_lazy();
+    let ch = lazy_channel(grpc);
     let first = wait_for(Duration::from_secs(30), "a first call through Envoy", || {
         let ch = ch.clone();
         async move { which_core(ch).await.ok().filter(|c| c == CORES[0].0) }

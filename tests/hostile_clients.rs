@@ -497,11 +497,7 @@ async fn stream_churn_leaves_nothing_behind() {
     let file = dir.path().join("assignment.json");
     let (server, admin) = voltha_on(&file, &["127.0.0.1"]).await;
     let debug = format!("http://{}", server.admin_debug_addr);
-    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = channel(server.xds_addr).await;
     let open_streams = |admin: String| async move {
         get_text(&format!("{admin}/metrics"))
             .await

@@ -93,10 +93,7 @@ impl E2e {
     }
 
     fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://127.0.0.1:{}", self.nbi))
-            .expect("uri")
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy()
+        lazy_channel(self.nbi)
     }
 
     /// Waits until `call` is answered by one of `want`, for at most `limit`; returns the time.

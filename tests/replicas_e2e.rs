@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use support::proxy::Proxy;
 use support::*;
-use tonic::transport::Channel;
 use voltha_xds::bootstrap::{bootstrap, BootstrapOptions};
 
 /// Envoy's counters that move on any configuration change it applies.
@@ -54,9 +53,7 @@ async fn an_envoy_moving_between_replicas_gets_no_update() {
     })
     .expect("bootstrap");
     let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
-    let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .expect("uri")
-        .connect_lazy();
+    let ch = lazy_channel(grpc);
     wait_for(Duration::from_secs(30), "a call through Envoy", || {
         let ch = ch.clone();
         async move { which_core(ch).await.ok().filter(|c| c == "vcore-0") }

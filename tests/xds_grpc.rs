@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
 use prost::Message;
+use support::sotw::Sotw;
 use support::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -78,11 +79,7 @@ groups:
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.server.xds_addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
+        channel(self.server.xds_addr).await
     }
 
     fn write(&self, content: &str) {
@@ -108,38 +105,6 @@ fn req(ty: &str, names: &[&str], prev: Option<&DiscoveryResponse>) -> DiscoveryR
         version_info: prev.map(|p| p.version_info.clone()).unwrap_or_default(),
         response_nonce: prev.map(|p| p.nonce.clone()).unwrap_or_default(),
         ..Default::default()
-    }
-}
-
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-}
-
-impl Sotw {
-    async fn open(ch: Channel) -> Sotw {
-        let (tx, rx) = mpsc::channel(16);
-        let rx = AggregatedDiscoveryServiceClient::new(ch)
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
-        Sotw { tx, rx }
-    }
-    async fn send(&self, r: DiscoveryRequest) {
-        self.tx.send(r).await.expect("send");
-    }
-    async fn next(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .expect("no error")
-            .expect("stream open")
-    }
-    async fn nothing_for(&mut self, d: Duration) {
-        if let Ok(r) = tokio::time::timeout(d, self.rx.message()).await {
-            panic!("expected no response, got {r:?}");
-        }
     }
 }
 
@@ -612,11 +577,7 @@ sources: []
         async move { (get_json(&url).await.0 == 200).then_some(()) }
     })
     .await;
-    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = channel(server.xds_addr).await;
     let mut s = Sotw::open(ch).await;
     s.send(req(CDS, &[], None)).await;
     let cds = s.next().await;
@@ -829,11 +790,7 @@ default_group: only
         "the last good snapshot is still served"
     );
     // A stream opened now gets the last good endpoints.
-    let ch = Channel::from_shared(format!("http://{}", server.xds_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = channel(server.xds_addr).await;
     let mut c = Sotw::open(ch).await;
     let mut r = req(EDS, &["core"], None);
     r.node = node("only");

@@ -9,15 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use support::proxy::Proxy;
+use support::sotw::Sotw;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const WAIT: Duration = Duration::from_secs(10);
@@ -47,32 +45,9 @@ fn cds(names: Vec<String>) -> DiscoveryRequest {
     }
 }
 
-struct Stream {
-    _tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-}
-
 /// Opens an ADS stream and sends a wildcard CDS request; the status if the server refused it.
-async fn open(ch: Channel, first: DiscoveryRequest) -> Result<Stream, tonic::Status> {
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(first).await.expect("queue");
-    let rx = AggregatedDiscoveryServiceClient::new(ch)
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    Ok(Stream { _tx: tx, rx })
-}
-
-impl Stream {
-    /// The next response, or the status the stream ended with.
-    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
-        match tokio::time::timeout(WAIT, self.rx.message()).await {
-            Ok(Ok(Some(r))) => Ok(r),
-            Ok(Ok(None)) => Err(tonic::Status::ok("stream ended")),
-            Ok(Err(s)) => Err(s),
-            Err(_) => panic!("no response within {WAIT:?}"),
-        }
-    }
+async fn open(ch: Channel, first: DiscoveryRequest) -> Result<Sotw, tonic::Status> {
+    Sotw::try_open(ch, Some(first)).await
 }
 
 #[tokio::test]
@@ -81,12 +56,12 @@ async fn streams_over_max_streams_are_refused_until_one_closes() {
     let ch = channel(server.xds_addr).await;
     let mut a = open(ch.clone(), cds(vec![])).await.expect("first");
     let mut b = open(ch.clone(), cds(vec![])).await.expect("second");
-    assert!(a.next().await.is_ok());
-    assert!(b.next().await.is_ok());
+    assert!(a.try_next().await.is_ok());
+    assert!(b.try_next().await.is_ok());
 
     let third = match open(ch.clone(), cds(vec![])).await {
         Err(s) => s,
-        Ok(mut s) => s.next().await.expect_err("a third stream is refused"),
+        Ok(mut s) => s.try_next().await.expect_err("a third stream is refused"),
     };
     assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
     assert!(third.message().contains("server.max_streams"), "{third:?}");
@@ -98,7 +73,7 @@ async fn streams_over_max_streams_are_refused_until_one_closes() {
         let ch = ch.clone();
         async move {
             let mut s = open(ch, cds(vec![])).await.ok()?;
-            s.next().await.ok().map(|_| s)
+            s.try_next().await.ok().map(|_| s)
         }
     })
     .await;
@@ -112,13 +87,13 @@ async fn a_request_over_max_request_bytes_ends_only_its_stream() {
     let ch = channel(server.xds_addr).await;
     let big: Vec<String> = (0..200).map(|i| format!("cluster-name-{i:04}")).collect();
     let mut s = open(ch.clone(), cds(big)).await.expect("open");
-    let status = s.next().await.expect_err("refused");
+    let status = s.try_next().await.expect_err("refused");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("server.max_request_bytes"), "{status:?}");
     assert_eq!(metric(server.admin_addr, "voltha_xds_bad_requests_total").await, 1.0);
     // The server, and the same connection, keep serving.
     let mut ok = open(ch, cds(vec![])).await.expect("open");
-    assert!(ok.next().await.is_ok());
+    assert!(ok.try_next().await.is_ok());
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -127,7 +102,7 @@ async fn connections_over_max_connections_are_closed_at_once() {
     let server = start_server(&config("max_connections: 1")).await;
     let ch = channel(server.xds_addr).await;
     let mut first = open(ch.clone(), cds(vec![])).await.expect("open");
-    assert!(first.next().await.is_ok());
+    assert!(first.try_next().await.is_ok());
 
     let mut second = tokio::net::TcpStream::connect(server.xds_addr).await.expect("tcp");
     let _ = second.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
@@ -146,7 +121,7 @@ async fn connections_over_max_connections_are_closed_at_once() {
     );
     // The first connection is untouched.
     let mut again = open(ch, cds(vec![])).await.expect("open on the first connection");
-    assert!(again.next().await.is_ok());
+    assert!(again.try_next().await.is_ok());
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -183,7 +158,7 @@ async fn signal_ends_streams_and_exits_zero(signal: &str, log_format: &str) {
     let xds: SocketAddr = format!("127.0.0.1:{xds_port}").parse().expect("addr");
     wait_listening(xds).await;
     let mut s = open(channel(xds).await, cds(vec![])).await.expect("open");
-    assert!(s.next().await.is_ok());
+    assert!(s.try_next().await.is_ok());
 
     let t0 = Instant::now();
     let killed = Command::new("kill")
@@ -251,10 +226,16 @@ async fn keepalive_drops_a_peer_that_stopped_answering() {
     .await;
     let proxy = Proxy::start(server.xds_addr).await;
     let mut s = open(channel(proxy.addr).await, cds(vec![])).await.expect("open");
-    assert!(s.next().await.is_ok());
+    assert!(s.try_next().await.is_ok());
     assert_eq!(open_streams(server.admin_addr).await, 1.0);
-    // Several keepalive rounds pass on a live peer: the stream stays.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Several keepalive rounds pass on a live peer: the stream stays. The connection is idle
+    // but for the server's PINGs (17 bytes each): three of them reach the peer, which answers,
+    // so the connection outlives more than two rounds of interval + timeout.
+    let before = proxy.bytes_to_clients();
+    wait_for(WAIT, "three keepalive PINGs to reach the peer", || async {
+        (proxy.bytes_to_clients() >= before + 3 * 17).then_some(())
+    })
+    .await;
     assert_eq!(open_streams(server.admin_addr).await, 1.0, "a live peer was dropped");
 
     proxy.freeze();
@@ -267,7 +248,7 @@ async fn keepalive_drops_a_peer_that_stopped_answering() {
     eprintln!("dead peer dropped after {:?}", t0.elapsed());
     // Its slot is free: a new stream (directly, not through the frozen proxy) is served.
     let mut again = open(channel(server.xds_addr).await, cds(vec![])).await.expect("open");
-    assert!(again.next().await.is_ok());
+    assert!(again.try_next().await.is_ok());
     drop((s, again));
     server.stop(Duration::from_secs(5)).await;
 }
@@ -281,33 +262,41 @@ async fn max_streams_per_connection_holds_a_third_stream_on_one_connection() {
     let ch = channel(server.xds_addr).await;
     let mut a = open(ch.clone(), cds(vec![])).await.expect("first");
     let mut b = open(ch.clone(), cds(vec![])).await.expect("second");
-    assert!(a.next().await.is_ok());
-    assert!(b.next().await.is_ok());
+    assert!(a.try_next().await.is_ok());
+    assert!(b.try_next().await.is_ok());
 
     let third = tokio::spawn({
         let ch = ch.clone();
         async move {
             let mut s = open(ch, cds(vec![])).await.expect("third");
-            s.next().await.expect("third's response");
+            s.try_next().await.expect("third's response");
             s
         }
     });
-    // Another connection is not held.
-    let mut other = open(channel(server.xds_addr).await, cds(vec![])).await.expect("other");
-    assert!(other.next().await.is_ok());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another connection is not held: while a new connection is made and a stream on it is
+    // served, five times over, the third stream on the first connection is not.
+    let mut others = Vec::new();
+    for _ in 0..5 {
+        let mut other = open(channel(server.xds_addr).await, cds(vec![])).await.expect("other");
+        assert!(other.try_next().await.is_ok());
+        others.push(other);
+    }
+    wait_for(WAIT, "the streams counted", || async {
+        (open_streams(server.admin_addr).await >= 7.0).then_some(())
+    })
+    .await;
     assert!(
         !third.is_finished(),
         "a third stream was served on a connection limited to two"
     );
-    assert_eq!(open_streams(server.admin_addr).await, 3.0);
+    assert_eq!(open_streams(server.admin_addr).await, 7.0);
 
     drop(a);
     let third = tokio::time::timeout(WAIT, third)
         .await
         .expect("the third stream is served once one ends")
         .expect("task");
-    drop((third, b, other));
+    drop((third, b, others));
     server.stop(Duration::from_secs(5)).await;
 }
 
@@ -333,7 +322,9 @@ async fn shutdown_delivers_the_response_in_flight() {
     );
     let server = start_server(&yaml).await;
     let xds = server.xds_addr;
-    let small_window = Channel::from_shared(format!("http://{xds}"))
+    // Through a proxy that counts what reaches the client.
+    let proxy = Proxy::start(xds).await;
+    let small_window = Channel::from_shared(format!("http://{}", proxy.addr))
         .expect("uri")
         .initial_stream_window_size(Some(65_535))
         .initial_connection_window_size(Some(65_535))
@@ -341,9 +332,12 @@ async fn shutdown_delivers_the_response_in_flight() {
         .await
         .expect("connect");
     let mut s = open(small_window, cds(vec![])).await.expect("open");
-    // The response is queued and partly sent; the client reads nothing yet, so flow control
-    // (a 64 KiB stream window) keeps the rest on the server.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The response is queued and partly sent: a whole stream window (64 KiB) of it reaches the
+    // client, which reads nothing yet, so flow control keeps the rest on the server.
+    wait_for(WAIT, "a stream window of the response sent", || async {
+        (proxy.bytes_to_clients() >= 65_535).then_some(())
+    })
+    .await;
 
     let t0 = Instant::now();
     let stopping = tokio::spawn(server.stop(Duration::from_secs(5)));
@@ -353,7 +347,7 @@ async fn shutdown_delivers_the_response_in_flight() {
     .await;
 
     let r = s
-        .next()
+        .try_next()
         .await
         .expect("the response in flight is delivered after shutdown began");
     assert_eq!(r.type_url, CDS);

@@ -14,7 +14,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::pki::Pki;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
 
 fn tls_block(pki: &Pki) -> String {
     format!(
@@ -117,10 +116,7 @@ async fn envoy_over_mtls_gets_its_config_and_keeps_its_stream_through_a_certific
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bs = String::from_utf8(out.stdout).expect("utf-8");
     let envoy = Envoy::start(dir.path(), "envoy", &bs, admin);
-    let ch = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .expect("uri")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    let ch = lazy_channel(grpc);
 
     // Configuration arrived over mTLS: calls through Envoy reach the assigned core.
     let serving = |want: &'static str| {

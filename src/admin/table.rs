@@ -108,7 +108,7 @@ pub fn render(v: &StatusView) -> String {
 }
 
 /// One per-type cell.
-pub fn cell(t: &NodeTypeView) -> String {
+pub(crate) fn cell(t: &NodeTypeView) -> String {
     match t.state {
         SyncState::Synced => format!("SYNCED {}", t.acked_version.as_deref().map(short).unwrap_or("-")),
         SyncState::Stale => format!(
@@ -136,7 +136,7 @@ fn short(v: &str) -> &str {
 }
 
 /// A duration in seconds as `45s`, `3m07s`, `2h05m`, `3d04h`.
-pub fn age(secs: f64) -> String {
+pub(crate) fn age(secs: f64) -> String {
     let s = if secs.is_finite() && secs > 0.0 { secs as u64 } else { 0 };
     match s {
         0..60 => format!("{s}s"),

@@ -17,19 +17,19 @@ use crate::xds::status::{ClientStatus, Nack, Push, SyncState};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
-    pub generated_at: f64,
-    pub ready: bool,
+    pub(crate) generated_at: f64,
+    pub(crate) ready: bool,
     /// The snapshot's generation; `None` before the first snapshot.
-    pub generation: Option<u64>,
-    pub default_group: Option<String>,
-    pub groups: Vec<GroupView>,
-    pub nodes: Vec<NodeView>,
+    pub(crate) generation: Option<u64>,
+    pub(crate) default_group: Option<String>,
+    pub(crate) groups: Vec<GroupView>,
+    pub(crate) nodes: Vec<NodeView>,
     #[serde(default)]
-    pub pushes: Vec<PushView>,
+    pub(crate) pushes: Vec<PushView>,
     #[serde(default)]
-    pub nacks: Vec<NackView>,
+    pub(crate) nacks: Vec<NackView>,
     #[serde(default)]
-    pub sources: Vec<SourceView>,
+    pub(crate) sources: Vec<SourceView>,
     /// Per group and cluster, the endpoints served now and the sources they came from.
     #[serde(default)]
     pub endpoints: Vec<super::endpoints::ClusterEndpointsView>,
@@ -42,96 +42,96 @@ pub struct StatusView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupView {
-    pub name: String,
-    pub version: String,
+pub(crate) struct GroupView {
+    pub(crate) name: String,
+    pub(crate) version: String,
     /// Per type ("cds", "eds", "lds", "rds").
-    pub types: BTreeMap<String, GroupTypeView>,
+    pub(crate) types: BTreeMap<String, GroupTypeView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupTypeView {
-    pub version: String,
-    pub resources: usize,
+pub(crate) struct GroupTypeView {
+    pub(crate) version: String,
+    pub(crate) resources: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeView {
-    pub node_id: String,
-    pub node_cluster: String,
+pub(crate) struct NodeView {
+    pub(crate) node_id: String,
+    pub(crate) node_cluster: String,
     /// The node group it is served from.
-    pub group: Option<String>,
-    pub streams: Vec<StreamView>,
+    pub(crate) group: Option<String>,
+    pub(crate) streams: Vec<StreamView>,
     /// Every type ("cds", "eds", "lds", "rds"), `NOT SENT` for those it has no stream for.
-    pub types: BTreeMap<String, NodeTypeView>,
+    pub(crate) types: BTreeMap<String, NodeTypeView>,
 }
 
 impl NodeView {
     /// The latest ACK over every type.
-    pub fn last_ack_at(&self) -> Option<f64> {
+    pub(crate) fn last_ack_at(&self) -> Option<f64> {
         self.types.values().filter_map(|t| t.last_ack_at).reduce(f64::max)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StreamView {
-    pub id: u64,
-    pub api: String,
-    pub service: String,
-    pub connected_at: f64,
+pub(crate) struct StreamView {
+    pub(crate) id: u64,
+    pub(crate) api: String,
+    pub(crate) service: String,
+    pub(crate) connected_at: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeTypeView {
-    pub state: SyncState,
-    pub subscribed: bool,
-    pub wildcard: bool,
-    pub names: usize,
-    pub sent_version: Option<String>,
-    pub acked_version: Option<String>,
+pub(crate) struct NodeTypeView {
+    pub(crate) state: SyncState,
+    pub(crate) subscribed: bool,
+    pub(crate) wildcard: bool,
+    pub(crate) names: usize,
+    pub(crate) sent_version: Option<String>,
+    pub(crate) acked_version: Option<String>,
     /// The version the snapshot holds now for the node's group.
-    pub current_version: Option<String>,
-    pub last_sent_at: Option<f64>,
-    pub last_ack_at: Option<f64>,
+    pub(crate) current_version: Option<String>,
+    pub(crate) last_sent_at: Option<f64>,
+    pub(crate) last_ack_at: Option<f64>,
     /// The last NACK of this type (kept after later ACKs; `state` says whether it is current).
-    pub nack: Option<NackView>,
+    pub(crate) nack: Option<NackView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NackView {
-    pub node_id: String,
-    pub node_cluster: String,
+pub(crate) struct NackView {
+    pub(crate) node_id: String,
+    pub(crate) node_cluster: String,
     #[serde(rename = "type")]
-    pub ty: String,
-    pub version: String,
-    pub error: String,
-    pub at: f64,
+    pub(crate) ty: String,
+    pub(crate) version: String,
+    pub(crate) error: String,
+    pub(crate) at: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushView {
-    pub at: f64,
-    pub generation: u64,
-    pub group: String,
-    pub changed: Vec<String>,
-    pub removed: bool,
-    pub versions: BTreeMap<String, String>,
-    pub resources: BTreeMap<String, usize>,
+pub(crate) struct PushView {
+    pub(crate) at: f64,
+    pub(crate) generation: u64,
+    pub(crate) group: String,
+    pub(crate) changed: Vec<String>,
+    pub(crate) removed: bool,
+    pub(crate) versions: BTreeMap<String, String>,
+    pub(crate) resources: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceView {
-    pub name: String,
+pub(crate) struct SourceView {
+    pub(crate) name: String,
     /// `starting`, `ok` or `error`.
-    pub state: String,
+    pub(crate) state: String,
     /// Whether it has delivered data at least once.
-    pub delivered: bool,
-    pub last_success: Option<f64>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<f64>,
+    pub(crate) delivered: bool,
+    pub(crate) last_success: Option<f64>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<f64>,
 }
 
-pub fn secs(t: SystemTime) -> f64 {
+pub(crate) fn secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
@@ -149,7 +149,7 @@ fn nack_view(n: &Nack) -> NackView {
 }
 
 /// The groups of `snapshot`, in name order.
-pub fn groups(snapshot: Option<&Snapshot>) -> Vec<GroupView> {
+pub(crate) fn groups(snapshot: Option<&Snapshot>) -> Vec<GroupView> {
     let Some(s) = snapshot else {
         return Vec::new();
     };
@@ -176,7 +176,7 @@ pub fn groups(snapshot: Option<&Snapshot>) -> Vec<GroupView> {
 }
 
 /// Every connected Envoy (streams merged per node) against `snapshot`.
-pub fn nodes(streams: &[ClientStatus], snapshot: Option<&Snapshot>) -> Vec<NodeView> {
+pub(crate) fn nodes(streams: &[ClientStatus], snapshot: Option<&Snapshot>) -> Vec<NodeView> {
     merge_nodes(streams)
         .into_iter()
         .map(|n| {
@@ -237,11 +237,11 @@ pub fn nodes(streams: &[ClientStatus], snapshot: Option<&Snapshot>) -> Vec<NodeV
         .collect()
 }
 
-pub fn nacks(recent: &[Nack]) -> Vec<NackView> {
+pub(crate) fn nacks(recent: &[Nack]) -> Vec<NackView> {
     recent.iter().map(nack_view).collect()
 }
 
-pub fn pushes(recent: &[Push]) -> Vec<PushView> {
+pub(crate) fn pushes(recent: &[Push]) -> Vec<PushView> {
     recent
         .iter()
         .map(|p| PushView {

@@ -8,16 +8,16 @@ use serde::Deserialize;
 
 /// A duration written as text (`250ms`, `5s`, `1m30s`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub struct Dur(pub(crate) Duration);
 
 /// A route timeout: a duration, or `none` for no timeout (long-lived gRPC streams).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Timeout {
+pub(crate) enum Timeout {
     None,
     After(Duration),
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
         return Err("empty duration".into());

@@ -14,16 +14,16 @@ use super::{Config, EndpointsConfig, LbPolicy, RouteConfig, Timeout};
 #[serde(deny_unknown_fields)]
 pub struct GrpcServiceConfig {
     /// The target's name: a client dials `xds:///<name>` and asks LDS for `<name>`.
-    pub name: String,
+    pub(crate) name: String,
     /// Where the route configuration goes: its own RDS resource `<name>-routes` (the default),
     /// or inline in the listener's connection manager.
     #[serde(default)]
-    pub route_config: RouteConfigMode,
+    pub(crate) route_config: RouteConfigMode,
     /// The virtual host's domains; gRPC matches them against the target's name.
     #[serde(default = "super::default_domains")]
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// The routes, as for a listener (a YAML alias can share a listener's list).
-    pub routes: Vec<RouteConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
 }
 
 /// Where a gRPC service's route configuration is served.

@@ -6,41 +6,43 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
+use super::address::{FromText, Parsed};
+
 /// The port VOLTHA's cores serve gRPC on (arouterd's `POD_GRPC_PORT`).
-pub const DEFAULT_POD_PORT: u16 = 50057;
+pub(crate) const DEFAULT_POD_PORT: u16 = 50057;
 
 /// A source of endpoints from watched pods.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSource {
-    pub name: String,
+    pub(crate) name: String,
     /// Namespaces to watch, one watch each.
     #[serde(default = "default_namespaces")]
     pub namespaces: Vec<String>,
     /// A Kubernetes label selector (`app=rw-core`, `tier in (a,b)`, ...), applied by the API
     /// server. Absent: every pod of the namespaces.
     #[serde(default)]
-    pub label_selector: Option<String>,
+    pub(crate) label_selector: Option<String>,
     /// Only pods whose name matches this regular expression (unanchored, as arouterd's
     /// `rw-core[0-9]-`).
     #[serde(default)]
-    pub name_regex: Option<String>,
+    pub(crate) name_regex: Option<Parsed<regex::Regex>>,
     #[serde(default)]
-    pub readiness: Readiness,
+    pub(crate) readiness: Readiness,
     /// The endpoint's port: a number, or the name of a container port.
     #[serde(default)]
-    pub port: PodPort,
+    pub(crate) port: PodPort,
     /// A label whose value names the set a pod belongs to (e.g. `affinity-group`).
     #[serde(default)]
-    pub group_by: Option<String>,
+    pub(crate) group_by: Option<String>,
     /// The API server's URL (e.g. `http://127.0.0.1:8001` behind `kubectl proxy`), without
     /// credentials. Absent: `KUBECONFIG` or `~/.kube/config` if there is one, else the
     /// in-cluster service account.
     #[serde(default)]
-    pub api_server: Option<String>,
+    pub(crate) api_server: Option<Parsed<axum::http::Uri>>,
     /// A kubeconfig file to use instead of the inferred configuration.
     #[serde(default)]
-    pub kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
 }
 
 fn default_namespaces() -> Vec<String> {
@@ -50,7 +52,7 @@ fn default_namespaces() -> Vec<String> {
 /// When a pod counts as an endpoint.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// Phase `Running` and every condition `True` (arouterd's rule).
     #[default]
     AllConditions,
@@ -60,7 +62,7 @@ pub enum Readiness {
 
 /// The port of a pod's endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PodPort {
+pub(crate) enum PodPort {
     Number(u16),
     /// A container port's `name`.
     Name(String),
@@ -122,9 +124,10 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
         }
     }
     if let Some(r) = &k.name_regex {
-        if let Err(err) = regex::Regex::new(r) {
+        if let Some(err) = r.error() {
             e.push(format!(
-                "{at}: name_regex {r:?} is not a valid regular expression: {err}"
+                "{at}: name_regex {:?} is not a valid regular expression: {err}",
+                r.text()
             ));
         }
     }
@@ -144,8 +147,8 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
         e.push(format!("{at}: give api_server or kubeconfig, not both"));
     }
     if let Some(u) = &k.api_server {
-        if let Err(why) = check_api_server(u) {
-            e.push(format!("{at}: api_server {u:?}: {why}"));
+        if let Some(why) = u.error() {
+            e.push(format!("{at}: api_server {:?}: {why}", u.text()));
         }
     }
     if let Some(p) = &k.kubeconfig {
@@ -155,8 +158,15 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
     }
 }
 
+/// `api_server` is read as an API server URL ([`check_api_server`]).
+impl FromText for axum::http::Uri {
+    fn from_text(text: &str) -> Result<Self, String> {
+        check_api_server(text)
+    }
+}
+
 /// `http://host:port` or `https://host:port`, nothing after the authority but `/`.
-pub fn check_api_server(u: &str) -> Result<axum::http::Uri, String> {
+pub(crate) fn check_api_server(u: &str) -> Result<axum::http::Uri, String> {
     let uri: axum::http::Uri = u.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
@@ -169,7 +179,7 @@ pub fn check_api_server(u: &str) -> Result<axum::http::Uri, String> {
 }
 
 /// An RFC 1123 label: what Kubernetes namespaces must be.
-pub fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && !s.starts_with('-')
@@ -179,7 +189,7 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// An IANA service name, what a container port's `name` must be.
-pub fn is_port_name(s: &str) -> bool {
+pub(crate) fn is_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && !s.starts_with('-')
@@ -192,7 +202,7 @@ pub fn is_port_name(s: &str) -> bool {
 
 /// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
 /// characters (alphanumerics, `-`, `_`, `.`), beginning and ending with an alphanumeric.
-pub fn check_label_key(k: &str) -> Result<(), String> {
+pub(crate) fn check_label_key(k: &str) -> Result<(), String> {
     let (prefix, name) = match k.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
@@ -215,7 +225,7 @@ pub fn check_label_key(k: &str) -> Result<(), String> {
 }
 
 /// A label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`, with alphanumeric ends.
-pub fn is_label_value(v: &str) -> bool {
+pub(crate) fn is_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -225,7 +235,7 @@ pub fn is_label_value(v: &str) -> bool {
 
 /// Checks a label selector's syntax: comma-separated requirements, each `key`, `!key`,
 /// `key=value`, `key==value`, `key!=value`, `key in (v1,v2)` or `key notin (v1,v2)`.
-pub fn check_label_selector(s: &str) -> Result<(), String> {
+pub(crate) fn check_label_selector(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {
         return Err("is empty (leave it out to select every pod)".into());
     }
@@ -450,10 +460,7 @@ groups:
     fn the_shipped_kubernetes_config_validates() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/voltha-kubernetes.yaml");
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            c.listener("afrouter").map(|l| l.address.as_str()),
-            Some("0.0.0.0:55555")
-        );
+        assert_eq!(c.listener("afrouter").map(|l| l.address.text()), Some("0.0.0.0:55555"));
         assert_eq!(c.group_clusters(&c.groups[0]), vec!["ro_vcore", "rw_vcore", "vcore"]);
     }
 

@@ -3,7 +3,7 @@
 //! Parsing and validation work on a string (`Config::from_yaml`), with no files or environment,
 //! so every error message is a unit test. Every key is documented in `docs/configuration.md`.
 
-pub mod address;
+pub(crate) mod address;
 mod duration;
 mod grpc;
 mod kubernetes;
@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use duration::{parse_duration, Dur, Timeout};
-pub use grpc::{GrpcServiceConfig, RouteConfigMode};
-pub use kubernetes::{check_api_server, KubernetesSource, PodPort, Readiness, DEFAULT_POD_PORT};
+pub(crate) use address::{IpPort, Parsed};
+pub(crate) use duration::{Dur, Timeout};
+pub(crate) use grpc::{GrpcServiceConfig, RouteConfigMode};
+pub(crate) use kubernetes::{KubernetesSource, PodPort, Readiness};
 use limits::MAX_CONFIG_BYTES;
+pub use validate::is_host;
+pub(crate) use validate::parse_host_port;
 pub(crate) use validate::same_port;
-pub use validate::{is_host, parse_host_port, parse_static};
 
 /// The configuration `serve` runs when no `--config` is given: `config/voltha-xds.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/voltha-xds.yaml");
@@ -31,7 +33,7 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
-    pub debounce: DebounceConfig,
+    pub(crate) debounce: DebounceConfig,
     /// The node group of an Envoy whose `node.cluster` names no group.
     pub default_group: String,
     #[serde(default)]
@@ -39,10 +41,10 @@ pub struct Config {
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
     #[serde(default)]
-    pub listeners: Vec<ListenerConfig>,
+    pub(crate) listeners: Vec<ListenerConfig>,
     /// Services for proxyless gRPC clients (`xds:///<name>`), see `config/grpc.rs`.
     #[serde(default)]
-    pub grpc_services: Vec<GrpcServiceConfig>,
+    pub(crate) grpc_services: Vec<GrpcServiceConfig>,
     pub groups: Vec<GroupConfig>,
 }
 
@@ -50,36 +52,36 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_xds_listen")]
-    pub xds_listen: String,
+    pub xds_listen: IpPort,
     #[serde(default = "default_admin_listen")]
-    pub admin_listen: String,
+    pub admin_listen: IpPort,
     /// The debug API (`/debug/*`, the status page): every resource and every client.
     #[serde(default = "default_admin_debug_listen")]
-    pub admin_debug_listen: String,
+    pub admin_debug_listen: IpPort,
     /// The most resource names one stream may subscribe to, per type.
     #[serde(default = "default_max_names")]
-    pub max_names_per_type: usize,
+    pub(crate) max_names_per_type: usize,
     /// The most xDS streams open at once, over every connection.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
     /// The most client connections open at once on the xDS port.
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: the most streams on one connection.
     #[serde(default = "default_max_streams_per_connection")]
-    pub max_streams_per_connection: u32,
+    pub(crate) max_streams_per_connection: u32,
     /// The largest gRPC request message accepted, in bytes.
     #[serde(default = "default_max_request_bytes")]
-    pub max_request_bytes: usize,
+    pub(crate) max_request_bytes: usize,
     /// HTTP/2 PING interval on idle connections; `0s` turns keepalive off.
     #[serde(default = "default_keepalive_interval")]
-    pub keepalive_interval: Dur,
+    pub(crate) keepalive_interval: Dur,
     /// A connection whose PING is not answered within this time is closed.
     #[serde(default = "default_keepalive_timeout")]
-    pub keepalive_timeout: Dur,
+    pub(crate) keepalive_timeout: Dur,
     /// On SIGTERM/SIGINT: how long open streams and responses in flight get to finish.
     #[serde(default = "default_shutdown_grace")]
-    pub shutdown_grace: Dur,
+    pub(crate) shutdown_grace: Dur,
     /// TLS (and, with `client_ca_file`, mutual TLS) on the xDS port.
     #[serde(default)]
     pub tls: Option<XdsTlsConfig>,
@@ -109,10 +111,10 @@ pub struct CsdsConfig {
     pub max_response_bytes: usize,
     /// Requests one `StreamClientStatus` stream may make per second, on average...
     #[serde(default = "default_csds_rate")]
-    pub stream_requests_per_second: f64,
+    pub(crate) stream_requests_per_second: f64,
     /// ...and at once after a quiet period (the token bucket's size).
     #[serde(default = "default_csds_burst")]
-    pub stream_burst: u32,
+    pub(crate) stream_burst: u32,
 }
 
 fn default_csds_concurrent() -> usize {
@@ -144,15 +146,15 @@ impl Default for CsdsConfig {
 #[serde(deny_unknown_fields)]
 pub struct XdsTlsConfig {
     /// PEM certificate chain presented to Envoy.
-    pub cert_file: String,
+    pub(crate) cert_file: String,
     /// PEM private key of `cert_file`.
-    pub key_file: String,
+    pub(crate) key_file: String,
     /// PEM CA bundle; when set, every client must present a certificate it signed (mTLS).
     #[serde(default)]
-    pub client_ca_file: Option<String>,
+    pub(crate) client_ca_file: Option<String>,
     /// How often the files are checked for changes.
     #[serde(default = "default_tls_reload")]
-    pub reload_interval: Dur,
+    pub(crate) reload_interval: Dur,
 }
 
 fn default_max_streams() -> usize {
@@ -180,13 +182,13 @@ fn default_tls_reload() -> Dur {
     Dur(Duration::from_secs(10))
 }
 
-fn default_xds_listen() -> String {
+fn default_xds_listen() -> IpPort {
     "0.0.0.0:18000".into()
 }
-fn default_admin_listen() -> String {
+fn default_admin_listen() -> IpPort {
     "127.0.0.1:18080".into()
 }
-fn default_admin_debug_listen() -> String {
+fn default_admin_debug_listen() -> IpPort {
     "127.0.0.1:18081".into()
 }
 fn default_max_names() -> usize {
@@ -216,13 +218,13 @@ impl Default for ServerConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DebounceConfig {
+pub(crate) struct DebounceConfig {
     /// A snapshot is built once the inputs have been quiet this long...
     #[serde(default = "default_quiet")]
-    pub quiet: Dur,
+    pub(crate) quiet: Dur,
     /// ...or once this long has passed since the first unprocessed change.
     #[serde(default = "default_max_delay")]
-    pub max_delay: Dur,
+    pub(crate) max_delay: Dur,
 }
 
 fn default_quiet() -> Dur {
@@ -276,7 +278,7 @@ pub(crate) fn default_max_value_bytes() -> usize {
 }
 
 /// The key VOLTHA's leader writes the core assignment to.
-pub const ASSIGNMENT_KEY: &str = "service/voltha/data/core/assignment";
+pub(crate) const ASSIGNMENT_KEY: &str = "service/voltha/data/core/assignment";
 
 fn default_assignment_key() -> String {
     ASSIGNMENT_KEY.to_string()
@@ -286,42 +288,42 @@ fn default_assignment_key() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSource {
-    pub name: String,
+    pub(crate) name: String,
     /// `host:port`, `http://host:port` or `https://host:port`; empty: `ETCDCTL_ENDPOINTS`
     /// (comma-separated), else `127.0.0.1:2379`.
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     #[serde(default = "default_assignment_key")]
-    pub key: String,
+    pub(crate) key: String,
     #[serde(default)]
-    pub format: FileFormat,
+    pub(crate) format: FileFormat,
     /// etcd user; with `password` or `password_file`. Empty: `ETCDCTL_USER` (`user:password`).
     #[serde(default)]
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub(crate) password: Option<String>,
     #[serde(default)]
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// CA bundle to verify the server (turns TLS on); else `ETCDCTL_CACERT`.
     #[serde(default)]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Client certificate and key for mutual TLS; else `ETCDCTL_CERT` / `ETCDCTL_KEY`.
     #[serde(default)]
-    pub cert_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
     #[serde(default)]
-    pub key_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
     #[serde(default = "default_dial_timeout")]
-    pub dial_timeout: Dur,
+    pub(crate) dial_timeout: Dur,
     #[serde(default)]
-    pub backoff: BackoffConfig,
+    pub(crate) backoff: BackoffConfig,
     /// The largest value accepted for the key, in bytes; a larger one is an error of kind
     /// `too_large` and the last good state is kept.
     #[serde(default = "default_max_value_bytes")]
-    pub max_value_bytes: usize,
+    pub(crate) max_value_bytes: usize,
     /// While etcd is out of reach: how often it is probed (a connection and a read of the
     /// key), so a recovery is followed at once rather than after the backoff's wait.
     #[serde(default = "default_etcd_probe_interval")]
-    pub probe_interval: Dur,
+    pub(crate) probe_interval: Dur,
 }
 
 fn default_etcd_probe_interval() -> Dur {
@@ -339,49 +341,49 @@ pub struct ConsulSource {
     pub name: String,
     /// `host:port` or `http(s)://host:port`; else `CONSUL_HTTP_ADDR`, else `127.0.0.1:8500`.
     #[serde(default)]
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
     #[serde(default = "default_assignment_key")]
     pub key: String,
     #[serde(default)]
-    pub format: FileFormat,
+    pub(crate) format: FileFormat,
     /// ACL token (`X-Consul-Token`); else `token_file`, `CONSUL_HTTP_TOKEN_FILE`,
     /// `CONSUL_HTTP_TOKEN`.
     #[serde(default)]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     #[serde(default)]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// CA bundle for an `https` address; else `CONSUL_CACERT`.
     #[serde(default)]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Client certificate and key (PEM) for mutual TLS; else `CONSUL_CLIENT_CERT` /
     /// `CONSUL_CLIENT_KEY`. Re-read when they change.
     #[serde(default)]
-    pub cert_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
     #[serde(default)]
-    pub key_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
     /// The name Consul's certificate is verified against, instead of the address's host; else
     /// `CONSUL_TLS_SERVER_NAME`.
     #[serde(default)]
-    pub tls_server_name: Option<String>,
+    pub(crate) tls_server_name: Option<String>,
     #[serde(default)]
-    pub datacenter: Option<String>,
+    pub(crate) datacenter: Option<String>,
     #[serde(default)]
-    pub consistency: ConsulConsistency,
+    pub(crate) consistency: ConsulConsistency,
     /// How long Consul may hold a blocking query.
     #[serde(default = "default_consul_wait")]
-    pub wait: Dur,
+    pub(crate) wait: Dur,
     /// The least time between two queries (a query answered sooner waits out the rest).
     #[serde(default = "default_consul_min_interval")]
-    pub min_interval: Dur,
+    pub(crate) min_interval: Dur,
     #[serde(default)]
-    pub backoff: BackoffConfig,
+    pub(crate) backoff: BackoffConfig,
     /// The largest value accepted, in bytes; a larger one is an error (`too_large`).
     #[serde(default = "default_max_value_bytes")]
-    pub max_value_bytes: usize,
+    pub(crate) max_value_bytes: usize,
     /// While the source is failing: how often Consul is asked whether it answers again
     /// (`GET /v1/status/leader`), so a recovery is not waited out for a whole backoff.
     #[serde(default = "default_consul_probe_interval")]
-    pub probe_interval: Dur,
+    pub(crate) probe_interval: Dur,
 }
 
 fn default_consul_wait() -> Dur {
@@ -397,7 +399,7 @@ fn default_consul_probe_interval() -> Dur {
 /// Consul's read consistency modes.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum ConsulConsistency {
+pub(crate) enum ConsulConsistency {
     Default,
     /// Every read goes through the leader, which first checks it still leads. (envoyd passed no
     /// options: Consul's default mode.)
@@ -409,11 +411,11 @@ pub enum ConsulConsistency {
 /// Retry pacing after a source failure: exponential from `initial` to `max`, with jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
+pub(crate) struct BackoffConfig {
     #[serde(default = "default_backoff_initial")]
-    pub initial: Dur,
+    pub(crate) initial: Dur,
     #[serde(default = "default_backoff_max")]
-    pub max: Dur,
+    pub(crate) max: Dur,
 }
 
 fn default_backoff_initial() -> Dur {
@@ -455,7 +457,7 @@ pub enum FileFormat {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http1,
     #[default]
     Http2,
@@ -463,7 +465,7 @@ pub enum Protocol {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum LbPolicy {
+pub(crate) enum LbPolicy {
     #[default]
     RoundRobin,
     LeastRequest,
@@ -476,7 +478,7 @@ pub enum LbPolicy {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum DnsLookup {
+pub(crate) enum DnsLookup {
     /// Every address a name resolves to is an endpoint (Envoy `STRICT_DNS`).
     #[default]
     Strict,
@@ -487,33 +489,33 @@ pub enum DnsLookup {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     #[serde(default)]
-    pub lb_policy: LbPolicy,
+    pub(crate) lb_policy: LbPolicy,
     /// The request header hashed by `ring_hash` and `maglev`.
     #[serde(default)]
-    pub hash_header: Option<String>,
+    pub(crate) hash_header: Option<String>,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Dur,
+    pub(crate) connect_timeout: Dur,
     pub endpoints: EndpointsConfig,
     /// One Envoy cluster per set of the source (e.g. per `affinity-group`), named from a template.
     #[serde(default)]
-    pub fan_out: Option<FanOutConfig>,
+    pub(crate) fan_out: Option<FanOutConfig>,
 }
 
 /// `fan_out`: one cluster per non-default set of the cluster's source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FanOutConfig {
+pub(crate) struct FanOutConfig {
     /// The member clusters' name: `{}` is replaced by the set's name (`vcore{}` → `vcore1`).
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl FanOutConfig {
     /// The member cluster of set `set`.
-    pub fn member(&self, set: &str) -> String {
+    pub(crate) fn member(&self, set: &str) -> String {
         self.name.replacen("{}", set, 1)
     }
 }
@@ -524,30 +526,76 @@ fn default_connect_timeout() -> Dur {
 
 /// Where a cluster's endpoints come from: exactly one of `source`, `static` or `dns`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "EndpointsText")]
 pub struct EndpointsConfig {
     /// Fed by this source (served over EDS; over DNS when a host is a name).
-    #[serde(default)]
     pub source: Option<String>,
     /// With an `endpoints` file source: the set to take.
-    #[serde(default)]
-    pub set: Option<String>,
+    pub(crate) set: Option<String>,
     /// The port for hosts that carry none (the assignment's hosts never do).
-    #[serde(default)]
     pub port: Option<u16>,
-    /// Fixed `ip:port` endpoints (served over EDS).
+    /// Fixed `ip:port` endpoints (served over EDS), as written.
+    pub(crate) static_endpoints: Option<Vec<String>>,
+    /// `host:port` names that Envoy resolves, as written.
+    pub(crate) dns: Option<Vec<String>>,
+    pub(crate) dns_lookup: DnsLookup,
+    /// `static` or `dns` parsed as read (with `port` for the entries that carry none):
+    /// (IP or host name, port), in the order written.
+    pub(crate) fixed_hosts: Vec<(String, u16)>,
+    /// Why entries of `static` or `dns` did not parse, for validation to report.
+    bad_hosts: Vec<String>,
+}
+
+impl From<EndpointsText> for EndpointsConfig {
+    fn from(t: EndpointsText) -> Self {
+        let mut fixed_hosts = Vec::new();
+        let mut bad_hosts = Vec::new();
+        for s in t.static_endpoints.iter().flatten() {
+            match validate::parse_static(s, t.port) {
+                Ok(a) => fixed_hosts.push((a.ip().to_string(), a.port())),
+                Err(m) => bad_hosts.push(m),
+            }
+        }
+        for s in t.dns.iter().flatten() {
+            match validate::parse_host_port(s, t.port) {
+                Ok(hp) => fixed_hosts.push(hp),
+                Err(m) => bad_hosts.push(m),
+            }
+        }
+        EndpointsConfig {
+            source: t.source,
+            set: t.set,
+            port: t.port,
+            static_endpoints: t.static_endpoints,
+            dns: t.dns,
+            dns_lookup: t.dns_lookup,
+            fixed_hosts,
+            bad_hosts,
+        }
+    }
+}
+
+/// `endpoints` as written; [`EndpointsConfig`] adds the parsed hosts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "EndpointsConfig")]
+struct EndpointsText {
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    set: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
     #[serde(default, rename = "static")]
-    pub static_endpoints: Option<Vec<String>>,
-    /// `host:port` names that Envoy resolves.
+    static_endpoints: Option<Vec<String>>,
     #[serde(default)]
-    pub dns: Option<Vec<String>>,
+    dns: Option<Vec<String>>,
     #[serde(default)]
-    pub dns_lookup: DnsLookup,
+    dns_lookup: DnsLookup,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Codec {
+pub(crate) enum Codec {
     #[default]
     Auto,
     Http1,
@@ -557,22 +605,22 @@ pub enum Codec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    pub name: String,
+    pub(crate) name: String,
     /// `ip:port` to bind, e.g. `0.0.0.0:50555`.
-    pub address: String,
+    pub address: IpPort,
     #[serde(default)]
-    pub codec: Codec,
+    pub(crate) codec: Codec,
     #[serde(default)]
-    pub stat_prefix: Option<String>,
+    pub(crate) stat_prefix: Option<String>,
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub(crate) tls: Option<TlsConfig>,
     #[serde(default)]
-    pub grpc_json_transcoder: Option<TranscoderConfig>,
+    pub(crate) grpc_json_transcoder: Option<TranscoderConfig>,
     #[serde(default)]
-    pub access_log: Option<AccessLogConfig>,
+    pub(crate) access_log: Option<AccessLogConfig>,
     #[serde(default = "default_domains")]
-    pub domains: Vec<String>,
-    pub routes: Vec<RouteConfig>,
+    pub(crate) domains: Vec<String>,
+    pub(crate) routes: Vec<RouteConfig>,
 }
 
 fn default_domains() -> Vec<String> {
@@ -582,28 +630,28 @@ fn default_domains() -> Vec<String> {
 /// Downstream TLS. The files are read by Envoy, so the paths are Envoy's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert_file: String,
-    pub key_file: String,
+pub(crate) struct TlsConfig {
+    pub(crate) cert_file: String,
+    pub(crate) key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TranscoderConfig {
+pub(crate) struct TranscoderConfig {
     /// Fully qualified gRPC services to transcode, e.g. `voltha.HealthService`.
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// A `FileDescriptorSet` file read by voltha-xds and sent inline to Envoy. Default: the
     /// VOLTHA northbound subset built into voltha-xds (`proto-vendor/`).
     #[serde(default)]
-    pub descriptor_file: Option<PathBuf>,
+    pub(crate) descriptor_file: Option<PathBuf>,
     /// The content of `descriptor_file`, read once when the configuration is loaded (a file
     /// that disappears later does not break later snapshots).
     #[serde(skip)]
-    pub descriptor: Option<std::sync::Arc<Vec<u8>>>,
+    pub(crate) descriptor: Option<std::sync::Arc<Vec<u8>>>,
     #[serde(default = "yes")]
-    pub convert_grpc_status: bool,
+    pub(crate) convert_grpc_status: bool,
     #[serde(default)]
-    pub auto_mapping: bool,
+    pub(crate) auto_mapping: bool,
 }
 
 fn yes() -> bool {
@@ -612,12 +660,12 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AccessLogConfig {
+pub(crate) struct AccessLogConfig {
     #[serde(default = "default_log_path")]
-    pub path: String,
+    pub(crate) path: String,
     /// An Envoy format string; Envoy's default format when absent.
     #[serde(default)]
-    pub format: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 fn default_log_path() -> String {
@@ -626,36 +674,36 @@ fn default_log_path() -> String {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+pub(crate) struct RouteConfig {
     /// Path prefix match (one of `prefix` and `path`).
     #[serde(default)]
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// Exact path match.
     #[serde(default)]
-    pub path: Option<String>,
+    pub(crate) path: Option<String>,
     #[serde(default)]
-    pub headers: Vec<HeaderMatchConfig>,
+    pub(crate) headers: Vec<HeaderMatchConfig>,
     /// The target cluster; empty when `cluster_header` names it.
     #[serde(default)]
-    pub cluster: String,
+    pub(crate) cluster: String,
     /// Route to the cluster named by this request header's value (Envoy `cluster_header`).
     #[serde(default)]
-    pub cluster_header: Option<String>,
+    pub(crate) cluster_header: Option<String>,
     #[serde(default)]
-    pub prefix_rewrite: Option<String>,
+    pub(crate) prefix_rewrite: Option<String>,
     /// `none`, or a duration; Envoy's default (15s) when absent.
     #[serde(default)]
-    pub timeout: Option<Timeout>,
+    pub(crate) timeout: Option<Timeout>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderMatchConfig {
-    pub name: String,
+pub(crate) struct HeaderMatchConfig {
+    pub(crate) name: String,
     #[serde(default)]
-    pub exact: Option<String>,
+    pub(crate) exact: Option<String>,
     #[serde(default)]
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -667,11 +715,11 @@ pub struct GroupConfig {
     pub listeners: Vec<String>,
     /// Clusters served besides those the listeners' routes name.
     #[serde(default)]
-    pub clusters: Vec<String>,
+    pub(crate) clusters: Vec<String>,
     /// The services this group's proxyless gRPC clients get (served as the group
     /// `<name>/grpc`; an Envoy of the group never sees them).
     #[serde(default)]
-    pub grpc_services: Vec<String>,
+    pub(crate) grpc_services: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -774,7 +822,7 @@ impl Config {
         Self::from_yaml(EMBEDDED_DEFAULT)
     }
 
-    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+    pub(crate) fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
         self.clusters.iter().find(|c| c.name == name)
     }
 
@@ -783,7 +831,7 @@ impl Config {
     }
 
     /// The clusters a group serves: those its listeners route to, then its extra ones; sorted.
-    pub fn group_clusters(&self, group: &GroupConfig) -> Vec<String> {
+    pub(crate) fn group_clusters(&self, group: &GroupConfig) -> Vec<String> {
         let mut out: Vec<String> = group
             .listeners
             .iter()
@@ -811,7 +859,7 @@ impl Config {
                 s.push_str(&format!(
                     "  listener {} on {} ({:?}, {} routes{})\n",
                     l.name,
-                    l.address,
+                    l.address.text(),
                     l.codec,
                     l.routes.len(),
                     if l.tls.is_some() { ", TLS" } else { "" }
@@ -899,7 +947,7 @@ pub fn xds_tls(t: &XdsTlsConfig) -> xds_engine::listen::XdsTlsConfig {
 }
 
 /// The engine's CSDS bounds from `server.csds`.
-pub fn csds_limits(c: &CsdsConfig) -> xds_engine::csds::CsdsLimits {
+pub(crate) fn csds_limits(c: &CsdsConfig) -> xds_engine::csds::CsdsLimits {
     xds_engine::csds::CsdsLimits {
         max_concurrent_requests: c.max_concurrent_requests,
         max_response_bytes: c.max_response_bytes,

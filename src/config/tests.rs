@@ -1,3 +1,4 @@
+use super::validate::parse_static;
 use super::*;
 
 const MINIMAL: &str = r#"
@@ -29,8 +30,8 @@ fn embedded_default_is_valid_and_has_both_groups() {
     assert!(c.groups.iter().any(|g| g.name == "front-proxy"));
     let voltha = c.groups.iter().find(|g| g.name == "voltha").expect("group");
     assert_eq!(c.group_clusters(voltha), vec!["voltha-grpc", "voltha-grpc-RR"]);
-    assert_eq!(c.server.xds_listen, "0.0.0.0:18000");
-    assert_eq!(c.server.admin_listen, "127.0.0.1:18080");
+    assert_eq!(c.server.xds_listen.addr(), "0.0.0.0:18000".parse().expect("addr"));
+    assert_eq!(c.server.admin_listen.addr(), "127.0.0.1:18080".parse().expect("addr"));
     assert_eq!(c.debounce.quiet.0, Duration::from_millis(50));
 }
 
@@ -396,8 +397,8 @@ clusters:
 #[test]
 fn the_debug_api_has_a_listener_of_its_own() {
     let c = Config::from_yaml(MINIMAL).expect("valid");
-    assert_eq!(c.server.admin_listen, "127.0.0.1:18080");
-    assert_eq!(c.server.admin_debug_listen, "127.0.0.1:18081");
+    assert_eq!(c.server.admin_listen.text(), "127.0.0.1:18080");
+    assert_eq!(c.server.admin_debug_listen.text(), "127.0.0.1:18081");
     let with = |admin: &str, debug: &str| {
         errors_of(&format!(
             "{MINIMAL}server: {{ admin_listen: \"{admin}\", admin_debug_listen: \"{debug}\" }}\n"

@@ -20,15 +20,16 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
         ("server.admin_listen", &c.server.admin_listen),
         ("server.admin_debug_listen", &c.server.admin_debug_listen),
     ] {
-        if addr.parse::<SocketAddr>().is_err() {
+        if addr.value().is_none() {
             e.push(format!(
-                "{what}: bad address {addr:?} (expected ip:port, e.g. 0.0.0.0:18000)"
+                "{what}: bad address {:?} (expected ip:port, e.g. 0.0.0.0:18000)",
+                addr.text()
             ));
         }
     }
-    if let (Ok(admin), Ok(debug)) = (
-        c.server.admin_listen.parse::<SocketAddr>(),
-        c.server.admin_debug_listen.parse::<SocketAddr>(),
+    if let (Some(admin), Some(debug)) = (
+        c.server.admin_listen.value().copied(),
+        c.server.admin_debug_listen.value().copied(),
     ) {
         if same_port(admin, debug) {
             e.push(format!(
@@ -161,10 +162,10 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
     let listeners = unique(e, "listener", c.listeners.iter().map(|x| x.name.as_str()));
     for l in &c.listeners {
         let at = format!("listener {:?}", l.name);
-        if l.address.parse::<SocketAddr>().is_err() {
+        if l.address.value().is_none() {
             e.push(format!(
                 "{at}: bad address {:?} (expected ip:port, e.g. 0.0.0.0:50555)",
-                l.address
+                l.address.text()
             ));
         }
         if l.routes.is_empty() {
@@ -252,7 +253,7 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 e.push(format!("{at}: unknown listener {l:?}"));
                 continue;
             }
-            if let Some(addr) = c.listener(l).and_then(|x| x.address.parse::<SocketAddr>().ok()) {
+            if let Some(addr) = c.listener(l).and_then(|x| x.address.value()) {
                 if let Some(other) = ports.insert(addr.port(), l) {
                     e.push(format!(
                         "{at}: listeners {other:?} and {l:?} both use port {}",
@@ -329,25 +330,15 @@ fn cluster(e: &mut Vec<String>, cl: &ClusterConfig, sources: &BTreeSet<&str>) {
     if ep.source.is_none() && ep.set.is_some() {
         e.push(format!("{at}: endpoints.set only applies to a source"));
     }
-    if let Some(list) = &ep.static_endpoints {
-        if list.is_empty() {
-            e.push(format!("{at}: static endpoints list is empty"));
-        }
-        for s in list {
-            if let Err(m) = parse_static(s, ep.port) {
-                e.push(format!("{at}: {m}"));
-            }
-        }
+    if ep.static_endpoints.as_ref().is_some_and(Vec::is_empty) {
+        e.push(format!("{at}: static endpoints list is empty"));
     }
-    if let Some(list) = &ep.dns {
-        if list.is_empty() {
-            e.push(format!("{at}: dns list is empty"));
-        }
-        for s in list {
-            if let Err(m) = parse_host_port(s, ep.port) {
-                e.push(format!("{at}: {m}"));
-            }
-        }
+    if ep.dns.as_ref().is_some_and(Vec::is_empty) {
+        e.push(format!("{at}: dns list is empty"));
+    }
+    // Parsed as the configuration was read; exactly one of `static` and `dns` is given here.
+    for m in &ep.bad_hosts {
+        e.push(format!("{at}: {m}"));
     }
 }
 
@@ -375,7 +366,7 @@ fn transcoder(e: &mut Vec<String>, at: &str, t: &super::TranscoderConfig) {
 }
 
 /// `ip:port`, or a bare `ip` when a default port is given; port 0 is refused.
-pub fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
+pub(crate) fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
     let a = match (s.parse::<SocketAddr>(), default_port) {
         (Ok(a), _) => a,
         (Err(_), Some(port)) => match s.trim_matches(['[', ']']).parse::<IpAddr>() {
@@ -392,7 +383,7 @@ pub fn parse_static(s: &str, default_port: Option<u16>) -> Result<SocketAddr, St
 
 /// `host:port` (or a bare host with a default port) where host is a DNS name or an IP; port 0
 /// is refused in every form.
-pub fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+pub(crate) fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         if a.port() == 0 {
             return Err(format!("port 0 in {s:?}"));

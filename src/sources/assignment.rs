@@ -40,7 +40,7 @@ pub enum ParseError {
 
 impl ParseError {
     /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ParseError::Empty => "empty",
             ParseError::TooLarge { .. } => "too_large",
@@ -59,7 +59,7 @@ fn cap(s: &str, max: usize) -> String {
 }
 
 /// A value of `len` bytes against the limit `max`.
-pub fn check_size(len: u64, max: usize) -> Result<(), ParseError> {
+pub(crate) fn check_size(len: u64, max: usize) -> Result<(), ParseError> {
     if len > max as u64 {
         Err(ParseError::TooLarge { len, max })
     } else {
@@ -155,7 +155,7 @@ pub fn parse_assignment(bytes: &[u8]) -> Result<SourceData, ParseError> {
 }
 
 /// Parses named endpoint sets: `{"set": ["host:port", "host", ...], ...}`.
-pub fn parse_endpoint_sets(bytes: &[u8]) -> Result<SourceData, ParseError> {
+pub(crate) fn parse_endpoint_sets(bytes: &[u8]) -> Result<SourceData, ParseError> {
     let v = json(bytes)?;
     let Value::Object(sets) = v else {
         return Err(ParseError::NotAnObject(kind_of(&v)));

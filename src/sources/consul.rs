@@ -48,19 +48,19 @@ pub use token::Token;
 
 /// Connection settings, with the environment fallbacks of Consul's own tools applied.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// `http(s)://host:port`, no trailing slash.
-    pub base: String,
-    pub key: String,
-    pub format: FileFormat,
-    pub token: Token,
-    pub tls: TlsFiles,
-    pub datacenter: Option<String>,
-    pub consistency: ConsulConsistency,
-    pub wait: Duration,
-    pub min_interval: Duration,
-    pub max_value_bytes: usize,
-    pub probe_interval: Duration,
+    pub(crate) base: String,
+    pub(crate) key: String,
+    pub(crate) format: FileFormat,
+    pub(crate) token: Token,
+    pub(crate) tls: TlsFiles,
+    pub(crate) datacenter: Option<String>,
+    pub(crate) consistency: ConsulConsistency,
+    pub(crate) wait: Duration,
+    pub(crate) min_interval: Duration,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) probe_interval: Duration,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -71,12 +71,12 @@ impl Settings {
     /// Resolves the configuration against `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`,
     /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`,
     /// `CONSUL_TLS_SERVER_NAME` and `CONSUL_HTTP_SSL`; reads the token file.
-    pub fn resolve(c: &ConsulSource) -> Result<Settings, String> {
+    pub(crate) fn resolve(c: &ConsulSource) -> Result<Settings, String> {
         Self::resolve_with(c, env)
     }
 
     /// [`Settings::resolve`] with the environment given as a lookup (tests).
-    pub fn resolve_with(c: &ConsulSource, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+    pub(crate) fn resolve_with(c: &ConsulSource, env: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
         let ca_file = c.ca_file.clone().or_else(|| env("CONSUL_CACERT").map(PathBuf::from));
         let ssl = env("CONSUL_HTTP_SSL").is_some_and(|v| v == "true" || v == "1");
         let cert = c
@@ -165,7 +165,7 @@ impl Settings {
     }
 }
 
-pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
+pub(crate) async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
     // Until the TLS files make a client: reported once per version of the files, and tried
     // again when one changes.
@@ -300,7 +300,7 @@ async fn wait_to_retry(client: &reqwest::Client, s: &Settings, delay: Duration, 
 }
 
 /// Reads the key once, without blocking (for `render`).
-pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
+pub(crate) async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let client = s.tls.client()?;
     let a = query(&client, s, None).await.map_err(|f| f.message)?;
     let at = |e: String| format!("Consul key {:?}: {e}", s.key);

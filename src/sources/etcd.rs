@@ -45,19 +45,22 @@ use crate::proto::mvccpb::event::EventType;
 
 /// Connection settings, with the environment fallbacks of etcd's own tools applied.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub endpoints: Vec<String>,
-    pub key: String,
-    pub format: FileFormat,
-    pub user: Option<(String, String)>,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub dial_timeout: Duration,
+pub(crate) struct Settings {
+    /// As given (in the configuration or `ETCDCTL_ENDPOINTS`), for messages.
+    pub(crate) endpoints: Vec<String>,
+    /// `endpoints` parsed, with the scheme TLS implies when one gives none.
+    pub(crate) uris: Vec<tonic::codegen::http::Uri>,
+    pub(crate) key: String,
+    pub(crate) format: FileFormat,
+    pub(crate) user: Option<(String, String)>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) dial_timeout: Duration,
     /// The largest value accepted, in bytes.
-    pub max_value_bytes: usize,
+    pub(crate) max_value_bytes: usize,
     /// How often etcd is probed while it is out of reach.
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
 }
 
 /// What a Range or Watch response may carry besides the value (header, key, revisions, a few
@@ -71,7 +74,7 @@ fn env(name: &str) -> Option<String> {
 impl Settings {
     /// Resolves the configuration against `ETCDCTL_ENDPOINTS`, `ETCDCTL_USER`,
     /// `ETCDCTL_CACERT`, `ETCDCTL_CERT` and `ETCDCTL_KEY`; reads the password file.
-    pub fn resolve(c: &EtcdSource) -> Result<Settings, String> {
+    pub(crate) fn resolve(c: &EtcdSource) -> Result<Settings, String> {
         let endpoints = if c.endpoints.is_empty() {
             match env("ETCDCTL_ENDPOINTS") {
                 Some(v) => v
@@ -97,22 +100,25 @@ impl Settings {
             }),
         };
         let path = |v: &Option<PathBuf>, var: &str| v.clone().or_else(|| env(var).map(PathBuf::from));
-        let s = Settings {
+        let ca_file = path(&c.ca_file, "ETCDCTL_CACERT");
+        // Those of the configuration were checked by validation; ETCDCTL_ENDPOINTS's are here.
+        let uris = endpoints
+            .iter()
+            .map(|ep| endpoint_uri(ep, ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Settings {
             endpoints,
+            uris,
             key: c.key.clone(),
             format: c.format,
             user,
-            ca_file: path(&c.ca_file, "ETCDCTL_CACERT"),
+            ca_file,
             cert_file: path(&c.cert_file, "ETCDCTL_CERT"),
             key_file: path(&c.key_file, "ETCDCTL_KEY"),
             dial_timeout: c.dial_timeout.0,
             max_value_bytes: c.max_value_bytes,
             probe_interval: c.probe_interval.0,
-        };
-        for ep in &s.endpoints {
-            endpoint_uri(ep, s.ca_file.is_some()).map_err(|e| format!("endpoint {ep:?}: {e}"))?;
-        }
-        Ok(s)
+        })
     }
 }
 
@@ -192,7 +198,7 @@ impl State {
     }
 }
 
-pub async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
+pub(crate) async fn run(p: Publisher, s: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let mut backoff = backoff;
     let mut state = State {
         key: KeyState::new(s.max_value_bytes),
@@ -293,10 +299,9 @@ async fn connect(s: &Settings) -> Result<Channel, Failure> {
         }
     };
     let mut endpoints = Vec::new();
-    for ep in &s.endpoints {
-        let uri = endpoint_uri(ep, tls.is_some()).map_err(|e| failure("config", e))?;
-        let mut e = Endpoint::from_shared(uri)
-            .map_err(|e| failure("config", e))?
+    // Parsed by `Settings::resolve`, with TLS's scheme exactly when `tls` is set (a CA file).
+    for uri in &s.uris {
+        let mut e = Endpoint::from(uri.clone())
             .connect_timeout(s.dial_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
@@ -454,7 +459,7 @@ async fn session_inner(
 }
 
 /// Reads the key once (for `render`).
-pub async fn read_once(s: &Settings) -> Result<SourceData, String> {
+pub(crate) async fn read_once(s: &Settings) -> Result<SourceData, String> {
     let (channel, token) = open(s).await.map_err(|f| f.message)?;
     match read(&channel, &token, s).await.map_err(|f| f.message)?.value {
         None => Err(format!(

@@ -35,24 +35,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Publisher;
-use crate::config::{KubernetesSource, PodPort, Readiness};
+use crate::config::{KubernetesSource, Parsed, PodPort, Readiness};
 use crate::model::{Backend, SourceData, DEFAULT_SET};
 
 /// A source's configuration, resolved (regex compiled, client chosen).
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub namespaces: Vec<String>,
-    pub label_selector: Option<String>,
-    pub name_regex: Option<Regex>,
-    pub readiness: Readiness,
-    pub port: PodPort,
-    pub group_by: Option<String>,
-    pub client: ClientFrom,
+pub(crate) struct Settings {
+    pub(crate) namespaces: Vec<String>,
+    pub(crate) label_selector: Option<String>,
+    pub(crate) name_regex: Option<Regex>,
+    pub(crate) readiness: Readiness,
+    pub(crate) port: PodPort,
+    pub(crate) group_by: Option<String>,
+    pub(crate) client: ClientFrom,
 }
 
 /// Where the Kubernetes client's configuration comes from.
 #[derive(Debug, Clone)]
-pub enum ClientFrom {
+pub(crate) enum ClientFrom {
     /// `KUBECONFIG` or `~/.kube/config` if there is one, else the in-cluster service account
     /// (`kube::Config::infer`).
     Infer,
@@ -62,21 +62,15 @@ pub enum ClientFrom {
 }
 
 impl Settings {
-    pub fn resolve(k: &KubernetesSource) -> Result<Settings, String> {
-        let name_regex = k
-            .name_regex
-            .as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| format!("name_regex: {e}"))?;
-        let client = match (&k.api_server, &k.kubeconfig) {
-            (Some(u), _) => {
-                ClientFrom::ApiServer(crate::config::check_api_server(u).map_err(|e| format!("api_server: {e}"))?)
-            }
+    pub(crate) fn resolve(k: &KubernetesSource) -> Settings {
+        // Both parsed when the configuration was read (validation refused it otherwise).
+        let name_regex = k.name_regex.as_ref().and_then(Parsed::value).cloned();
+        let client = match (k.api_server.as_ref().and_then(Parsed::value), &k.kubeconfig) {
+            (Some(u), _) => ClientFrom::ApiServer(u.clone()),
             (None, Some(p)) => ClientFrom::Kubeconfig(p.clone()),
             (None, None) => ClientFrom::Infer,
         };
-        Ok(Settings {
+        Settings {
             namespaces: k.namespaces.clone(),
             label_selector: k.label_selector.clone(),
             name_regex,
@@ -84,11 +78,11 @@ impl Settings {
             port: k.port.clone(),
             group_by: k.group_by.clone(),
             client,
-        })
+        }
     }
 
     /// Builds a client. Every failure is a message for the log and `/readyz`.
-    pub async fn client(&self) -> Result<kube::Client, String> {
+    pub(crate) async fn client(&self) -> Result<kube::Client, String> {
         let config = match &self.client {
             ClientFrom::Infer => kube::Config::infer()
                 .await
@@ -121,7 +115,7 @@ impl Settings {
 /// - `AllConditions` (arouterd): phase `Running` and every condition's status `True` (a pod
 ///   without conditions passes, as in arouterd).
 /// - `ReadyCondition`: the `Ready` condition's status is `True`.
-pub fn is_ready(pod: &Pod, rule: Readiness) -> bool {
+pub(crate) fn is_ready(pod: &Pod, rule: Readiness) -> bool {
     let Some(status) = &pod.status else {
         return false;
     };
@@ -135,7 +129,7 @@ pub fn is_ready(pod: &Pod, rule: Readiness) -> bool {
 }
 
 /// The endpoint port: the configured number, or the first TCP container port with that name.
-pub fn pod_port(pod: &Pod, port: &PodPort) -> Option<u16> {
+pub(crate) fn pod_port(pod: &Pod, port: &PodPort) -> Option<u16> {
     match port {
         PodPort::Number(n) => Some(*n),
         PodPort::Name(name) => pod
@@ -151,23 +145,23 @@ pub fn pod_port(pod: &Pod, port: &PodPort) -> Option<u16> {
 }
 
 /// The pod's IP, if it has a valid one.
-pub fn pod_ip(pod: &Pod) -> Option<IpAddr> {
+pub(crate) fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
 /// What one selected pod contributes to the source's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodEntry {
+pub(crate) struct PodEntry {
     /// The set the pod belongs to (the `group_by` label's value), if grouped.
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// The pod's endpoint, when it is one.
-    pub backend: Option<Backend>,
+    pub(crate) backend: Option<Backend>,
 }
 
 /// A pod's entry; `None` when the pod is not selected (no name, or the name regex fails).
 /// The second value explains why a ready pod is not an endpoint (no IP, no such port), for
 /// the log.
-pub fn entry(pod: &Pod, s: &Settings) -> (Option<PodEntry>, Option<String>) {
+pub(crate) fn entry(pod: &Pod, s: &Settings) -> (Option<PodEntry>, Option<String>) {
     let Some(name) = pod.metadata.name.as_deref() else {
         return (None, None);
     };
@@ -210,7 +204,7 @@ pub fn entry(pod: &Pod, s: &Settings) -> (Option<PodEntry>, Option<String>) {
 
 /// The source's state from every selected pod: the default set `""` with every endpoint, and
 /// one set per group (possibly empty). Sets are sorted and free of duplicate addresses.
-pub fn build<'a>(entries: impl IntoIterator<Item = &'a PodEntry>) -> SourceData {
+pub(crate) fn build<'a>(entries: impl IntoIterator<Item = &'a PodEntry>) -> SourceData {
     let mut sets: BTreeMap<String, Vec<Backend>> = BTreeMap::from([(DEFAULT_SET.to_string(), Vec::new())]);
     for e in entries {
         if let Some(g) = &e.group {
@@ -233,7 +227,7 @@ pub fn build<'a>(entries: impl IntoIterator<Item = &'a PodEntry>) -> SourceData 
 
 /// One namespace watcher's news, its pods already reduced to entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Msg {
+pub(crate) enum Msg {
     /// A (re)list starts: buffer what follows.
     Init,
     InitApply(String, Option<PodEntry>),
@@ -254,12 +248,12 @@ struct Namespace {
 
 /// The pods of every namespace, and whether each has completed a list.
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     namespaces: Vec<Namespace>,
 }
 
 impl Tracker {
-    pub fn new(namespaces: usize) -> Tracker {
+    pub(crate) fn new(namespaces: usize) -> Tracker {
         Tracker {
             namespaces: (0..namespaces).map(|_| Namespace::default()).collect(),
         }
@@ -267,7 +261,7 @@ impl Tracker {
 
     /// Applies one message; returns the full state when it may be published (every namespace
     /// has completed a list, and the message could have changed something).
-    pub fn on(&mut self, ns: usize, msg: Msg) -> Option<SourceData> {
+    pub(crate) fn on(&mut self, ns: usize, msg: Msg) -> Option<SourceData> {
         let n = self.namespaces.get_mut(ns)?;
         match msg {
             Msg::Init => {
@@ -309,7 +303,7 @@ impl Tracker {
     }
 
     /// The full state, once every namespace has completed a list.
-    pub fn state(&self) -> Option<SourceData> {
+    pub(crate) fn state(&self) -> Option<SourceData> {
         if !self.namespaces.iter().all(|n| n.synced) {
             return None;
         }
@@ -446,7 +440,7 @@ fn logged_entry(pod: &Pod, s: &Settings) -> Option<PodEntry> {
 }
 
 /// Runs the source until `shutdown`.
-pub async fn run(p: Publisher, settings: Settings, shutdown: CancellationToken) {
+pub(crate) async fn run(p: Publisher, settings: Settings, shutdown: CancellationToken) {
     let settings = Arc::new(settings);
     let mut backoff = DefaultBackoff::default();
     let client = loop {
@@ -508,7 +502,7 @@ pub async fn run(p: Publisher, settings: Settings, shutdown: CancellationToken) 
 }
 
 /// Lists the pods once (for `render`).
-pub async fn read_once(settings: &Settings) -> Result<SourceData, String> {
+pub(crate) async fn read_once(settings: &Settings) -> Result<SourceData, String> {
     let client = settings.client().await?;
     let mut entries = Vec::new();
     for ns in &settings.namespaces {

@@ -11,10 +11,10 @@
 //! ready" before the first good value and keeps the last good state after it.
 
 pub mod assignment;
-pub mod consul;
-pub mod etcd;
-pub mod file;
-pub mod kubernetes;
+pub(crate) mod consul;
+pub(crate) mod etcd;
+pub(crate) mod file;
+pub(crate) mod kubernetes;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,19 +31,19 @@ use crate::model::SourceData;
 #[derive(Debug, Clone, Default)]
 pub struct SourceState {
     /// The last good data; `None` until the first delivery.
-    pub data: Option<Arc<SourceData>>,
-    pub health: Health,
+    pub(crate) data: Option<Arc<SourceData>>,
+    pub(crate) health: Health,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Health {
+pub(crate) struct Health {
     /// `starting`, `ok` or `error`.
-    pub state: &'static str,
+    pub(crate) state: &'static str,
     #[serde(serialize_with = "ser_opt_time")]
-    pub last_success: Option<SystemTime>,
-    pub last_error: Option<String>,
+    pub(crate) last_success: Option<SystemTime>,
+    pub(crate) last_error: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
-    pub last_error_at: Option<SystemTime>,
+    pub(crate) last_error_at: Option<SystemTime>,
 }
 
 fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -61,14 +61,14 @@ pub struct SourceHandle {
 }
 
 /// The writing side a source task uses.
-pub struct Publisher {
+pub(crate) struct Publisher {
     name: String,
     tx: watch::Sender<SourceState>,
     metrics: Arc<Metrics>,
 }
 
 impl Publisher {
-    pub fn new(name: &str, metrics: Arc<Metrics>) -> (Publisher, SourceHandle) {
+    pub(crate) fn new(name: &str, metrics: Arc<Metrics>) -> (Publisher, SourceHandle) {
         let (tx, rx) = watch::channel(SourceState {
             data: None,
             health: Health {
@@ -90,7 +90,7 @@ impl Publisher {
     }
 
     /// Delivers a good state. Receivers are woken only when the data changed.
-    pub fn deliver(&self, data: SourceData) {
+    pub(crate) fn deliver(&self, data: SourceData) {
         self.metrics.source_update(&self.name);
         let now = SystemTime::now();
         self.metrics.source_success(&self.name, now);
@@ -107,7 +107,7 @@ impl Publisher {
     }
 
     /// Reports the source healthy again with its data unchanged (after a transient failure).
-    pub fn healthy(&self) {
+    pub(crate) fn healthy(&self) {
         let now = SystemTime::now();
         self.metrics.source_success(&self.name, now);
         self.tx.send_if_modified(|st| {
@@ -121,13 +121,13 @@ impl Publisher {
     }
 
     /// Counts an event worth a metric that is not a failure (the source recovers by itself).
-    pub fn count_error(&self, kind: &'static str) {
+    pub(crate) fn count_error(&self, kind: &'static str) {
         self.metrics.source_error(&self.name, kind);
     }
 
     /// Records a failure; the last good data stays. The message (which may quote parts of a
     /// source's value) is cut to [`MAX_ERROR_CHARS`] characters, and logged quoted and escaped.
-    pub fn fail(&self, kind: &'static str, message: String) {
+    pub(crate) fn fail(&self, kind: &'static str, message: String) {
         let message = cut(message, MAX_ERROR_CHARS);
         tracing::warn!(source = %self.name, kind, error = ?message, "source error; keeping the last good state");
         self.metrics.source_error(&self.name, kind);
@@ -148,11 +148,6 @@ fn cut(message: String, max: usize) -> String {
         None => message,
         Some((at, _)) => format!("{}… ({} bytes in all)", &message[..at], message.len()),
     }
-}
-
-/// Starts every configured source; each stops when `shutdown` is cancelled.
-pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Vec<SourceHandle> {
-    spawn(&config.sources, metrics, shutdown)
 }
 
 /// Starts these sources (the reload supervisor starts one at a time, each with its own token).
@@ -201,12 +196,7 @@ pub(crate) fn spawn<'a>(
             }
             SourceConfig::Kubernetes(k) => {
                 let (p, h) = Publisher::new(&k.name, metrics.clone());
-                match kubernetes::Settings::resolve(k) {
-                    Ok(settings) => {
-                        tokio::spawn(kubernetes::run(p, settings, shutdown.clone()));
-                    }
-                    Err(e) => p.fail("config", e),
-                }
+                tokio::spawn(kubernetes::run(p, kubernetes::Settings::resolve(k), shutdown.clone()));
                 h
             }
         })
@@ -215,11 +205,11 @@ pub(crate) fn spawn<'a>(
 
 /// The rules for a source that follows one value (a KV key, a file): what its value means.
 #[derive(Debug)]
-pub struct KeyState {
+pub(crate) struct KeyState {
     /// The key has had a good value.
     had_value: bool,
     /// The last value applied was good.
-    pub value_ok: bool,
+    pub(crate) value_ok: bool,
     /// A larger value is an error (`too_large`).
     max_value_bytes: usize,
 }
@@ -255,7 +245,7 @@ impl KeyState {
     /// oversized value is an error, and so is a missing key: before the first good value the
     /// source stays not ready (kind `absent`); after it, the last good state is kept (kind
     /// `deleted`: an empty endpoint set would black-hole all traffic).
-    pub fn apply(&mut self, p: &Publisher, format: crate::config::FileFormat, what: &str, value: Option<&[u8]>) {
+    pub(crate) fn apply(&mut self, p: &Publisher, format: crate::config::FileFormat, what: &str, value: Option<&[u8]>) {
         self.value_ok = match value {
             Some(bytes) => {
                 let parsed = assignment::check_size(bytes.len() as u64, self.max_value_bytes)
@@ -301,7 +291,7 @@ impl KeyState {
 /// Waits between retries: exponential from `initial` to `max`, each wait drawn uniformly from
 /// its upper half (jitter, so a fleet of servers does not retry in step).
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
@@ -309,7 +299,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
@@ -323,7 +313,7 @@ impl Backoff {
     }
 
     /// The wait before the next retry; doubles the one after it, up to `max`.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         // xorshift64: enough randomness for jitter, no dependency.
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
@@ -336,7 +326,7 @@ impl Backoff {
     }
 
     /// After a success: the next failure waits `initial` again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.initial;
     }
 }
@@ -371,7 +361,7 @@ pub async fn read_once(config: &Config) -> Result<crate::model::Model, String> {
             }
             SourceConfig::Kubernetes(k) => {
                 let at = |e: String| format!("source {:?}: {e}", k.name);
-                let settings = kubernetes::Settings::resolve(k).map_err(at)?;
+                let settings = kubernetes::Settings::resolve(k);
                 let data = kubernetes::read_once(&settings).await.map_err(at)?;
                 m.sources.insert(k.name.clone(), Arc::new(data));
             }

@@ -20,13 +20,13 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::Any;
 
 use super::{any, duration, TranslateError};
-use crate::config::{parse_host_port, parse_static, ClusterConfig, DnsLookup, LbPolicy, Protocol};
+use crate::config::{ClusterConfig, DnsLookup, LbPolicy, Protocol};
 use crate::model::{Model, DEFAULT_SET};
 
 /// A configured cluster's Envoy clusters: itself, or with `fan_out` one member per non-default
 /// set of its source (`vcore{}` over sets `1`, `2` → `vcore1`, `vcore2`), in set order. A set
 /// that appears or disappears adds or removes its member.
-pub fn clusters(
+pub(crate) fn clusters(
     c: &ClusterConfig,
     model: &Model,
 ) -> Result<Vec<(Cluster, Option<ClusterLoadAssignment>)>, TranslateError> {
@@ -51,7 +51,10 @@ pub fn clusters(
 }
 
 /// A cluster, and its load assignment when it is served over EDS.
-pub fn cluster(c: &ClusterConfig, model: &Model) -> Result<(Cluster, Option<ClusterLoadAssignment>), TranslateError> {
+pub(crate) fn cluster(
+    c: &ClusterConfig,
+    model: &Model,
+) -> Result<(Cluster, Option<ClusterLoadAssignment>), TranslateError> {
     let ep = &c.endpoints;
     // host, port pairs, and whether any host is a DNS name.
     let mut hosts: Vec<(String, u16)> = Vec::new();
@@ -71,19 +74,10 @@ pub fn cluster(c: &ClusterConfig, model: &Model) -> Result<(Cluster, Option<Clus
             }
             hosts.push((b.host.clone(), port));
         }
-    } else if let Some(list) = &ep.static_endpoints {
-        for s in list {
-            let a =
-                parse_static(s, ep.port).map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
-            hosts.push((a.ip().to_string(), a.port()));
-        }
-    } else if let Some(list) = &ep.dns {
-        dns = true;
-        for s in list {
-            let hp = parse_host_port(s, ep.port)
-                .map_err(|m| TranslateError::Config(format!("cluster {:?}: {m}", c.name)))?;
-            hosts.push(hp);
-        }
+    } else {
+        // `static` or `dns`, parsed when the configuration was read.
+        dns = ep.dns.is_some();
+        hosts.extend(ep.fixed_hosts.iter().cloned());
     }
     hosts.sort();
     hosts.dedup();
@@ -133,7 +127,7 @@ pub fn cluster(c: &ClusterConfig, model: &Model) -> Result<(Cluster, Option<Clus
 }
 
 /// `ConfigSource { ads: {}, resource_api_version: V3 }`.
-pub fn ads_config_source() -> ConfigSource {
+pub(crate) fn ads_config_source() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
@@ -154,7 +148,7 @@ fn protocol_options(p: Protocol) -> Any {
     })
 }
 
-pub fn socket_address(host: &str, port: u16) -> Address {
+pub(crate) fn socket_address(host: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: host.to_string(),

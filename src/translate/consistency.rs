@@ -15,7 +15,7 @@ use prost::Message;
 
 use super::{GroupResources, TranslateError};
 
-pub fn check(group: &str, r: &GroupResources) -> Result<(), TranslateError> {
+pub(crate) fn check(group: &str, r: &GroupResources) -> Result<(), TranslateError> {
     let mut problems = Vec::new();
     let mut dup = |what: &str, names: Vec<&str>| -> BTreeSet<String> {
         let mut seen = BTreeSet::new();

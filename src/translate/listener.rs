@@ -19,16 +19,13 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, TlsCertificate,
 };
 
+use super::any;
 use super::cluster::{ads_config_source, socket_address};
 use super::route::route_config_name;
-use super::{any, TranslateError};
 use crate::config::{Codec, ListenerConfig};
 
-pub fn listener(l: &ListenerConfig) -> Result<Listener, TranslateError> {
-    let addr: std::net::SocketAddr = l
-        .address
-        .parse()
-        .map_err(|_| TranslateError::Config(format!("listener {:?}: bad address {:?}", l.name, l.address)))?;
+pub(crate) fn listener(l: &ListenerConfig) -> Listener {
+    let addr = l.address.addr();
     let mut http_filters = Vec::new();
     if let Some(t) = &l.grpc_json_transcoder {
         let descriptor = match &t.descriptor {
@@ -109,7 +106,7 @@ pub fn listener(l: &ListenerConfig) -> Result<Listener, TranslateError> {
             }))),
         }
     });
-    Ok(Listener {
+    Listener {
         name: l.name.clone(),
         address: Some(socket_address(&addr.ip().to_string(), addr.port())),
         filter_chains: vec![FilterChain {
@@ -121,7 +118,7 @@ pub fn listener(l: &ListenerConfig) -> Result<Listener, TranslateError> {
             ..Default::default()
         }],
         ..Default::default()
-    })
+    }
 }
 
 fn file(path: &str) -> DataSource {

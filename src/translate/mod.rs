@@ -106,7 +106,7 @@ pub fn translate(model: &Model, config: &Config) -> Result<BTreeMap<String, Grou
             let l = config
                 .listener(name)
                 .ok_or_else(|| TranslateError::Config(format!("unknown listener {name:?}")))?;
-            res.listeners.push(listener::listener(l)?);
+            res.listeners.push(listener::listener(l));
             res.routes.push(route::route_configuration(l, config));
         }
         consistency::check(&g.name, &res)?;

@@ -12,11 +12,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, 
 use super::duration;
 use crate::config::{Config, LbPolicy, ListenerConfig, Timeout};
 
-pub fn route_config_name(listener: &str) -> String {
+pub(crate) fn route_config_name(listener: &str) -> String {
     format!("{listener}-routes")
 }
 
-pub fn route_configuration(l: &ListenerConfig, config: &Config) -> RouteConfiguration {
+pub(crate) fn route_configuration(l: &ListenerConfig, config: &Config) -> RouteConfiguration {
     let routes = l
         .routes
         .iter()

@@ -9,6 +9,7 @@ pub mod kube_api;
 pub mod pki;
 pub mod png;
 pub mod proxy;
+pub mod sotw;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,15 @@ pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
         .connect()
         .await
         .expect("connect")
+}
+
+/// A gRPC channel to an Envoy listener on 127.0.0.1 `port`, connected on first use (the
+/// listener may not be there yet); each connection attempt gives up after 2 s.
+pub fn lazy_channel(port: u16) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
 }
 
 /// The value of the first line of `admin`'s `/metrics` that starts with `series` (a metric name

@@ -1,9 +1,10 @@
 //! A loopback TCP proxy in front of a test double or a real server, to cut connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -16,6 +17,8 @@ pub struct Proxy {
     cut: watch::Sender<u64>,
     freeze: watch::Sender<u64>,
     stop: watch::Sender<bool>,
+    /// Bytes carried from the target to the clients, over every connection.
+    to_clients: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -29,6 +32,8 @@ impl Proxy {
         let is_open = open.clone();
         let target = Arc::new(Mutex::new(target));
         let current = target.clone();
+        let to_clients = Arc::new(AtomicU64::new(0));
+        let carried = to_clients.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -45,6 +50,7 @@ impl Proxy {
                 let mut freeze_rx = freeze_rx.clone();
                 freeze_rx.borrow_and_update();
                 let to = *current.lock().expect("target");
+                let carried = carried.clone();
                 tokio::spawn(async move {
                     let Ok(up) = TcpStream::connect(to).await else {
                         return;
@@ -55,7 +61,7 @@ impl Proxy {
                         _ = cut_rx.changed() => false,
                         _ = freeze_rx.changed() => true,
                         _ = tokio::io::copy(&mut dr, &mut uw) => false,
-                        _ = tokio::io::copy(&mut ur, &mut dw) => false,
+                        _ = copy_counted(&mut ur, &mut dw, &carried) => false,
                     };
                     if frozen {
                         // Both sockets stay open, but nothing crosses any more: a peer that
@@ -73,7 +79,13 @@ impl Proxy {
             cut,
             freeze,
             stop,
+            to_clients,
         }
+    }
+
+    /// Bytes carried from the target to the clients so far, over every connection.
+    pub fn bytes_to_clients(&self) -> u64 {
+        self.to_clients.load(Ordering::SeqCst)
     }
 
     /// Stops forwarding on every open connection without closing either side.
@@ -94,6 +106,24 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends, adding each chunk to `n` before writing it (so a
+/// byte the client has read is always counted).
+async fn copy_counted(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    n: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let k = from.read(&mut buf).await?;
+        if k == 0 {
+            return Ok(());
+        }
+        n.fetch_add(k as u64, Ordering::SeqCst);
+        to.write_all(&buf[..k]).await?;
     }
 }
 

@@ -75,11 +75,7 @@ groups:
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.server.xds_addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
+        super::support::channel(self.server.xds_addr).await
     }
 
     /// The current version of `ty` in `group`.
@@ -99,27 +95,19 @@ pub fn node(id: &str, cluster: &str) -> Option<Node> {
     })
 }
 
-/// A SotW ADS client that keeps its stream open.
+/// A SotW ADS client that keeps its stream open, as one node.
 pub struct Sotw {
     pub node_id: String,
     pub cluster: String,
-    pub tx: mpsc::Sender<DiscoveryRequest>,
-    pub rx: Streaming<DiscoveryResponse>,
+    pub stream: super::support::sotw::Sotw,
 }
 
 impl Sotw {
     pub async fn open(ch: Channel, node_id: &str, cluster: &str) -> Sotw {
-        let (tx, rx) = mpsc::channel(16);
-        let rx = AggregatedDiscoveryServiceClient::new(ch)
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
         Sotw {
             node_id: node_id.into(),
             cluster: cluster.into(),
-            tx,
-            rx,
+            stream: super::support::sotw::Sotw::open(ch).await,
         }
     }
 
@@ -135,25 +123,21 @@ impl Sotw {
     }
 
     pub async fn next(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .expect("no error")
-            .expect("stream open")
+        self.stream.next().await
     }
 
     /// Requests a type, waits for the response and ACKs it.
     pub async fn sync(&mut self, ty: &str, names: &[&str]) -> DiscoveryResponse {
-        self.tx.send(self.req(ty, names, None)).await.expect("send");
+        self.stream.send(self.req(ty, names, None)).await;
         let r = self.next().await;
         assert_eq!(r.type_url, ty);
-        self.tx.send(self.req(ty, names, Some(&r))).await.expect("ack");
+        self.stream.send(self.req(ty, names, Some(&r))).await;
         r
     }
 
     /// Requests a type, waits for the response and NACKs it with [`NACK_ERROR`].
     pub async fn reject(&mut self, ty: &str, names: &[&str]) -> DiscoveryResponse {
-        self.tx.send(self.req(ty, names, None)).await.expect("send");
+        self.stream.send(self.req(ty, names, None)).await;
         let r = self.next().await;
         let mut nack = self.req(ty, names, None);
         nack.response_nonce = r.nonce.clone();
@@ -162,7 +146,7 @@ impl Sotw {
             message: NACK_ERROR.into(),
             ..Default::default()
         });
-        self.tx.send(nack).await.expect("nack");
+        self.stream.send(nack).await;
         r
     }
 }

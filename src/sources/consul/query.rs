@@ -10,12 +10,12 @@ use super::Settings;
 /// A failure of one query, by kind (the label of `voltha_xds_source_errors_total`).
 #[derive(Debug)]
 pub(super) struct Failure {
-    pub kind: &'static str,
-    pub message: String,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
     /// Consul did not answer: its return is worth probing for rather than waiting out the
     /// backoff. (A 5xx is not: Consul answers; a probe that fails after it, say with no
     /// leader, shows it down.)
-    pub down: bool,
+    pub(crate) down: bool,
 }
 
 fn failure(kind: &'static str, message: impl std::fmt::Display) -> Failure {
@@ -81,8 +81,8 @@ pub(super) enum Got {
 /// One answer: the index it carries and what it says of the key.
 #[derive(Debug, PartialEq)]
 pub(super) struct Answer {
-    pub index: u64,
-    pub got: Got,
+    pub(crate) index: u64,
+    pub(crate) got: Got,
 }
 
 #[derive(serde::Deserialize)]
