@@ -1,8 +1,8 @@
 //! The reconciler: one task that waits for any source to change, debounces (a change after a
 //! quiet spell is built at once; changes that follow within the quiet period are coalesced,
-//! bounded by a maximum delay: [`Debounce`]), merges the sources into a [`Model`], translates, checks and publishes a new
-//! snapshot when the content changed. A translation that fails is logged and counted, and the
-//! last good snapshot keeps being served.
+//! bounded by a maximum delay: [`Debounce`]), merges the sources into a [`Model`], translates,
+//! checks and publishes a new snapshot when the content changed. A translation that fails is
+//! logged and counted, and the last good snapshot keeps being served.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
