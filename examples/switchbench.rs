@@ -38,9 +38,17 @@
 //! benchmark shortens both (2 s and 3 s by default) so that 20 changes fit in minutes, which
 //! makes the hot restart path look better than envoyd's, not worse.
 //!
+//! `--source consul|etcd --path xds` runs the xDS path from a KV write instead of the file
+//! (`examples/kv_writer/mod.rs`): the Consul double with the shipped
+//! `config/voltha-consul.yaml`, or a real etcd with `config/voltha-etcd.yaml`; the switch time
+//! then runs from just before the write (the double's `PUT`, etcd's `/v3/kv/put`).
+//! `scripts/bench-kv-call.sh` runs the three sources in a row.
+//!
 //! Every wait is bounded; a process that dies or a switch that does not happen is reported.
 
 mod common;
+#[path = "kv_writer/mod.rs"]
+mod kv_writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -82,6 +90,14 @@ struct Args {
     /// The file source's poll interval on the xDS path.
     #[arg(long, default_value = "10ms")]
     poll_interval: String,
+    /// Where the xDS path's assignment is written: the file (the embedded default profile),
+    /// Consul (the Consul double, shipped `config/voltha-consul.yaml`) or a real etcd (shipped
+    /// `config/voltha-etcd.yaml`). The hot restart path reads the file only.
+    #[arg(long, value_enum, default_value = "file")]
+    source: kv_writer::Source,
+    /// The etcd binary for `--source etcd`.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
     /// The voltha-xds binary [default: next to this example's directory].
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -434,7 +450,7 @@ fn start_sampler(
 // ---- One path. ----
 
 struct Report {
-    path: &'static str,
+    path: String,
     switch_ms: Vec<f64>,
     missed: usize,
     sent: usize,
@@ -453,11 +469,11 @@ struct Setup {
     server_bin: PathBuf,
     envoy_bin: PathBuf,
     config: PathBuf,
-    assignment: PathBuf,
+    writer: kv_writer::Writer,
     grpc_port: u16,
 }
 
-fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)> {
+async fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)> {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir)?;
     let server_bin = args.server_bin.clone().unwrap_or_else(|| sibling_bin("voltha-xds"));
@@ -484,9 +500,9 @@ fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)> {
         cores.push(Proc::spawn(&mut cmd, &dir.join(format!("{id}.log")), id)?);
     }
     let assignment_file = dir.join("assignment.json");
-    std::fs::write(&assignment_file, assignment(0))?;
+    let writer = kv_writer::start(args.source, &dir, &assignment_file, &args.etcd_bin, &assignment(0)).await?;
     let grpc_port = free_port()?;
-    let yaml = voltha_xds::config::EMBEDDED_DEFAULT
+    let yaml = kv_writer::shipped(args.source)
         .replace("0.0.0.0:50555", &format!("127.0.0.1:{grpc_port}"))
         .replace("0.0.0.0:8882", &format!("127.0.0.1:{}", free_port()?))
         .replace("0.0.0.0:3000", &format!("127.0.0.1:{}", free_port()?))
@@ -502,6 +518,7 @@ fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)> {
             "poll_interval: 250ms",
             &format!("poll_interval: {}", args.poll_interval),
         );
+    let yaml = writer.configure(&yaml);
     let config = dir.join("voltha-xds.yaml");
     std::fs::write(&config, yaml)?;
     Ok((
@@ -510,7 +527,7 @@ fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)> {
             server_bin,
             envoy_bin,
             config,
-            assignment: assignment_file,
+            writer,
             grpc_port,
         },
         cores,
@@ -527,7 +544,13 @@ fn envoy_cmd(s: &Setup, bootstrap: &Path) -> Command {
 
 async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report> {
     let name = if hot_restart { "hot-restart" } else { "xds" };
-    let (s, mut cores) = setup(args, root, name)?;
+    if hot_restart && args.source != kv_writer::Source::File {
+        bail!(
+            "the hot restart path renders the file only: use --path xds with --source {:?}",
+            args.source
+        );
+    }
+    let (mut s, mut cores) = setup(args, root, name).await?;
     let admin_port = free_port()?;
     let base_id = 100 + std::process::id() % 10_000;
     let mut envoys: Vec<Proc> = Vec::new();
@@ -620,7 +643,7 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
         for i in 1..=args.changes {
             let core = CORES[i % 2].0;
             let from = calls.lock().len();
-            let t0 = write_atomically(&s.assignment, assignment(i).as_bytes())?;
+            let t0 = s.writer.write(&assignment(i)).await?;
             changes_at.push((t0, CORES[(i + 1) % 2].0));
             if hot_restart {
                 // The previous parent must be gone before the next epoch starts.
@@ -691,9 +714,9 @@ async fn run_path(args: &Args, root: &Path, hot_restart: bool) -> Result<Report>
     let m = mem.lock();
     let report = Report {
         path: if hot_restart {
-            "hot restart (envoyd)"
+            "hot restart (envoyd)".to_string()
         } else {
-            "xDS (voltha-xds)"
+            format!("xDS (voltha-xds, {})", args.source.name())
         },
         switch_ms,
         missed,
@@ -774,7 +797,8 @@ async fn run(args: Args) -> Result<()> {
     let mut first_err = None;
     for hot in [true, false] {
         let wanted = match args.path {
-            Which::Both => true,
+            // A KV source has no hot restart path: its static configuration is the file's.
+            Which::Both => !hot || args.source == kv_writer::Source::File,
             Which::HotRestart => hot,
             Which::Xds => !hot,
         };

@@ -73,6 +73,7 @@ pub struct Metrics {
     source_errors: Family<SourceKindLabel, Counter>,
     source_updates: Family<SourceLabel, Counter>,
     debounce_coalesced: Counter,
+    debounce_leading: Counter,
     snapshot_resources: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     snapshot_bytes: Family<GroupTypeLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
@@ -97,6 +98,7 @@ impl Metrics {
             source_errors: Family::default(),
             source_updates: Family::default(),
             debounce_coalesced: Counter::default(),
+            debounce_leading: Counter::default(),
             snapshot_resources: Family::default(),
             snapshot_bytes: Family::default(),
             source_last_success: Family::default(),
@@ -136,6 +138,11 @@ impl Metrics {
             "debounce_coalesced",
             "Input changes merged into a later snapshot by the debounce",
             m.debounce_coalesced.clone(),
+        );
+        registry.register(
+            "debounce_leading_edge",
+            "Input changes built at once, after a quiet spell (the debounce's leading edge)",
+            m.debounce_leading.clone(),
         );
         m.xds.register_push_latency(&mut registry);
         registry.register(
@@ -243,6 +250,14 @@ impl Metrics {
 
     pub(crate) fn coalesced(&self, n: u64) {
         self.debounce_coalesced.inc_by(n);
+    }
+
+    /// One debounce round: built at once (`leading`), and how many changes it merged.
+    pub fn debounced(&self, leading: bool, merged: u64) {
+        if leading {
+            self.debounce_leading.inc();
+        }
+        self.coalesced(merged);
     }
 
     /// The Prometheus text exposition of every metric.

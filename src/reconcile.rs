@@ -1,7 +1,8 @@
-//! The reconciler: one task that waits for any source to change, debounces (a quiet period and
-//! a maximum delay), merges the sources into a [`Model`], translates, checks and publishes a new
-//! snapshot when the content changed. A translation that fails is logged and counted, and the
-//! last good snapshot keeps being served.
+//! The reconciler: one task that waits for any source to change, debounces (a change after a
+//! quiet spell is built at once; changes that follow within the quiet period are coalesced,
+//! bounded by a maximum delay: [`Debounce`]), merges the sources into a [`Model`], translates,
+//! checks and publishes a new snapshot when the content changed. A translation that fails is
+//! logged and counted, and the last good snapshot keeps being served.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -132,14 +133,15 @@ pub async fn run(
     for r in &mut rxs {
         r.mark_changed();
     }
+    let mut debounce = Debounce::new(quiet, max_delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             ok = any_changed(&mut rxs) => if !ok { return },
         }
         let first = Instant::now();
-        let coalesced = debounce(&mut rxs, quiet, max_delay, &shutdown).await;
-        metrics.coalesced(coalesced);
+        let settled = debounce.wait(&mut rxs, &shutdown).await;
+        metrics.debounced(settled.leading, settled.merged);
         if shutdown.is_cancelled() {
             return;
         }
@@ -152,6 +154,57 @@ pub async fn run(
     }
 }
 
+/// How a build was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// At once: the change came after a quiet spell (the leading edge).
+    pub leading: bool,
+    /// Further changes merged into the build.
+    pub merged: u64,
+}
+
+/// The debounce between a change and its build. A change that comes `quiet` or more after
+/// the last change seen is built at once (the leading edge). A change within `quiet` of the
+/// last one is part of a burst: the build waits until the inputs have been quiet for `quiet`,
+/// or `max_delay` after that change, whichever comes first ([`debounce`]).
+pub struct Debounce {
+    quiet: Duration,
+    max_delay: Duration,
+    last_change: Option<tokio::time::Instant>,
+}
+
+impl Debounce {
+    pub fn new(quiet: Duration, max_delay: Duration) -> Debounce {
+        Debounce {
+            quiet,
+            max_delay,
+            last_change: None,
+        }
+    }
+
+    /// Called when a change has just been seen; returns when its build may start.
+    pub async fn wait(
+        &mut self,
+        rxs: &mut [watch::Receiver<crate::sources::SourceState>],
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let now = tokio::time::Instant::now();
+        let quiet_spell = self
+            .last_change
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.quiet);
+        if quiet_spell {
+            self.last_change = Some(now);
+            return Settled {
+                leading: true,
+                merged: 0,
+            };
+        }
+        let (merged, last) = debounce_from(rxs, self.quiet, self.max_delay, shutdown).await;
+        self.last_change = Some(last);
+        Settled { leading: false, merged }
+    }
+}
+
 /// After a first change: waits until no change for `quiet`, or `max_delay` after the first.
 /// Returns how many further changes were merged.
 pub async fn debounce(
@@ -160,20 +213,32 @@ pub async fn debounce(
     max_delay: Duration,
     shutdown: &CancellationToken,
 ) -> u64 {
-    let deadline = tokio::time::Instant::now() + max_delay;
+    debounce_from(rxs, quiet, max_delay, shutdown).await.0
+}
+
+/// [`debounce`], also returning when the last change it saw came (the first one: at the call).
+async fn debounce_from(
+    rxs: &mut [watch::Receiver<crate::sources::SourceState>],
+    quiet: Duration,
+    max_delay: Duration,
+    shutdown: &CancellationToken,
+) -> (u64, tokio::time::Instant) {
+    let mut last = tokio::time::Instant::now();
+    let deadline = last + max_delay;
     let mut merged = 0;
     loop {
         for r in rxs.iter_mut() {
             r.borrow_and_update();
         }
-        let until = std::cmp::min(tokio::time::Instant::now() + quiet, deadline);
+        let until = std::cmp::min(last + quiet, deadline);
         tokio::select! {
-            _ = shutdown.cancelled() => return merged,
-            _ = tokio::time::sleep_until(until) => return merged,
+            _ = shutdown.cancelled() => return (merged, last),
+            _ = tokio::time::sleep_until(until) => return (merged, last),
             ok = any_changed(rxs) => {
-                if !ok { return merged; }
+                if !ok { return (merged, last); }
                 merged += 1;
-                if tokio::time::Instant::now() >= deadline { return merged; }
+                last = tokio::time::Instant::now();
+                if last >= deadline { return (merged, last); }
             }
         }
     }
@@ -306,5 +371,132 @@ mod tests {
         let start = tokio::time::Instant::now();
         let merged = debounce(&mut rxs, QUIET, MAX, &CancellationToken::new()).await;
         assert_eq!((merged, start.elapsed()), (0, QUIET));
+    }
+
+    /// Bumps `tx` at each offset (from now) and returns it at the end.
+    fn bumps_at(
+        tx: watch::Sender<SourceState>,
+        at_ms: &'static [u64],
+    ) -> tokio::task::JoinHandle<watch::Sender<SourceState>> {
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for ms in at_ms {
+                tokio::time::sleep_until(start + Duration::from_millis(*ms)).await;
+                bump(&tx);
+            }
+            tx
+        })
+    }
+
+    /// Waits for the next change, as the reconciler's loop does, then for the debounce.
+    async fn next_build(d: &mut Debounce, rxs: &mut [watch::Receiver<SourceState>]) -> Settled {
+        assert!(any_changed(rxs).await, "sender alive");
+        d.wait(rxs, &CancellationToken::new()).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_change_after_a_quiet_spell_is_built_at_once() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let mut d = Debounce::new(QUIET, MAX);
+        let start = tokio::time::Instant::now();
+        // The first change ever, then one long after it.
+        let t = bumps_at(tx, &[0, 500]);
+        let s = next_build(&mut d, &mut rxs).await;
+        assert_eq!(
+            (s, start.elapsed()),
+            (
+                Settled {
+                    leading: true,
+                    merged: 0
+                },
+                Duration::ZERO
+            )
+        );
+        let s = next_build(&mut d, &mut rxs).await;
+        assert_eq!(
+            (s, start.elapsed()),
+            (
+                Settled {
+                    leading: true,
+                    merged: 0
+                },
+                Duration::from_millis(500)
+            ),
+            "built when it came, not a quiet period later"
+        );
+        drop(t.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_within_the_window_of_a_leading_build_are_coalesced() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let mut d = Debounce::new(QUIET, MAX);
+        let start = tokio::time::Instant::now();
+        // A lone change, then a burst of four 20 ms apart that starts 20 ms after it.
+        let t = bumps_at(tx, &[0, 20, 40, 60, 80]);
+        assert!(next_build(&mut d, &mut rxs).await.leading);
+        let s = next_build(&mut d, &mut rxs).await;
+        assert_eq!(
+            s,
+            Settled {
+                leading: false,
+                merged: 3
+            },
+            "the burst's first change waits; its other three are merged"
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(80) + QUIET);
+        drop(t.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_is_measured_from_the_last_change_not_the_last_build() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let mut d = Debounce::new(QUIET, MAX);
+        let start = tokio::time::Instant::now();
+        // 0: leading. 30: within the window, built at 80 (quiet). 90: 60 ms after the last
+        // change, so after a quiet spell though only 10 ms after the last build: at once.
+        let t = bumps_at(tx, &[0, 30, 90]);
+        assert!(next_build(&mut d, &mut rxs).await.leading);
+        let s = next_build(&mut d, &mut rxs).await;
+        assert_eq!((s.leading, start.elapsed()), (false, Duration::from_millis(30) + QUIET));
+        let s = next_build(&mut d, &mut rxs).await;
+        assert_eq!((s.leading, start.elapsed()), (true, Duration::from_millis(90)));
+        drop(t.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_after_a_leading_build_is_built_every_max_delay() {
+        let (tx, rx) = watch::channel(SourceState::default());
+        let mut rxs = vec![rx];
+        let mut d = Debounce::new(QUIET, MAX);
+        let start = tokio::time::Instant::now();
+        let stop = CancellationToken::new();
+        let stop2 = stop.clone();
+        let flood = tokio::spawn(async move {
+            // A change every 10 ms, for ever: the quiet period never comes.
+            bump(&tx);
+            while !stop2.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                bump(&tx);
+            }
+        });
+        assert!(next_build(&mut d, &mut rxs).await.leading);
+        for n in 1..=3u32 {
+            let s = next_build(&mut d, &mut rxs).await;
+            assert!(!s.leading, "a storm never has a quiet spell");
+            // Each round starts at its first change (at most 10 ms after the last round) and
+            // is built max_delay later.
+            let at = start.elapsed();
+            assert!(
+                MAX * n <= at && at <= (MAX + Duration::from_millis(10)) * n,
+                "round {n} built at {at:?}: max_delay bounds it"
+            );
+            assert!((95..=100).contains(&s.merged), "{} merged", s.merged);
+        }
+        stop.cancel();
+        let _ = flood.await;
     }
 }

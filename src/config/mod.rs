@@ -258,6 +258,9 @@ pub enum SourceConfig {
         /// The largest file accepted, in bytes; a larger one is an error (`too_large`).
         #[serde(default = "default_max_value_bytes")]
         max_value_bytes: usize,
+        /// Poll at once when the file's directory reports a change (inotify), beside the polls.
+        #[serde(default = "default_true")]
+        watch: bool,
     },
     /// An etcd v3 key, read and then watched from the revision read.
     Etcd(EtcdSource),
@@ -265,6 +268,10 @@ pub enum SourceConfig {
     Consul(ConsulSource),
     /// Pods watched through the Kubernetes API.
     Kubernetes(KubernetesSource),
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_poll() -> Dur {

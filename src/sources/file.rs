@@ -1,5 +1,7 @@
 //! The file source: polls a file and re-reads it when it changed (a poll also sees atomic
-//! renames, editors' replace-on-save and files on network mounts).
+//! renames, editors' replace-on-save and files on network mounts). With `watch` on (the
+//! default), a change notification from the file's directory makes the poll happen at once
+//! ([`watch`]); the `poll_interval` tick goes on beside it as the fallback.
 //!
 //! Each poll first compares the file's metadata with the last read: its size, modification
 //! time and, on unix, its change time (`ctime`, which no `touch` can set back), inode and
@@ -29,6 +31,8 @@ use super::assignment::{self, check_size, parse};
 use super::{KeyState, Publisher};
 use crate::config::FileFormat;
 use crate::model::SourceData;
+
+mod watch;
 
 /// How long after its last change a file's metadata is trusted to reveal the next change.
 pub(crate) const SETTLE: Duration = Duration::from_secs(2);
@@ -188,15 +192,79 @@ impl Watcher {
     }
 }
 
-pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, shutdown: CancellationToken) {
+/// Polls at once on a notification from the file's directory (when `watch` is on and the
+/// platform allows it), and every `poll` whatever happens (see [`watch`]).
+pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, watch: bool, shutdown: CancellationToken) {
+    let mut notes = None;
+    let mut watch_error = None;
+    if watch {
+        try_watch(&w, &mut notes, &mut watch_error);
+    }
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An in-place write seen and not closed yet: poll at this time at the latest.
+    let mut write_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            wake = next(&mut notes) => match wake {
+                Some(watch::Wake::Now) => {}
+                Some(watch::Wake::AfterWrite) => {
+                    write_due.get_or_insert_with(|| tokio::time::Instant::now() + watch::WRITE_GRACE);
+                    continue;
+                }
+                None => {
+                    tracing::warn!(file = %w.what, "the file's change notifications stopped; polling every poll_interval");
+                    notes = None;
+                    continue;
+                }
+            },
+            _ = sleep_until(write_due), if write_due.is_some() => {}
+        }
+        write_due = None;
+        // Whatever was queued happened before this poll, which covers it.
+        if let Some(n) = &mut notes {
+            while n.rx.try_recv().is_ok() {}
         }
         w.poll(&p, SystemTime::now()).await;
+        if watch && notes.is_none() {
+            // The directory may exist now.
+            try_watch(&w, &mut notes, &mut watch_error);
+        }
+    }
+}
+
+/// Starts the watch; a failure is logged once per distinct error, and the source polls.
+fn try_watch(w: &Watcher, notes: &mut Option<watch::Watch>, error: &mut Option<String>) {
+    match watch::start(&w.path) {
+        Ok(n) => {
+            tracing::debug!(file = %w.what, dirs = ?n.dirs, "watching the file's directory for changes");
+            if error.take().is_some() {
+                tracing::info!(file = %w.what, "watching the file's directory for changes again");
+            }
+            *notes = Some(n);
+        }
+        Err(e) => {
+            if error.as_deref() != Some(e.as_str()) {
+                tracing::warn!(file = %w.what, error = %e, "cannot watch the file for changes; polling every poll_interval");
+                *error = Some(e);
+            }
+        }
+    }
+}
+
+async fn next(notes: &mut Option<watch::Watch>) -> Option<watch::Wake> {
+    match notes {
+        Some(n) => n.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -220,3 +288,5 @@ pub(crate) fn read_once(path: &Path, format: FileFormat, max_value_bytes: usize)
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch_tests;

@@ -165,10 +165,11 @@ pub(crate) fn spawn<'a>(
                 format,
                 poll_interval,
                 max_value_bytes,
+                watch,
             } => {
                 let (p, h) = Publisher::new(name, metrics.clone());
                 let w = file::Watcher::new(path.clone(), *format, *max_value_bytes);
-                tokio::spawn(file::run(p, w, poll_interval.0, shutdown.clone()));
+                tokio::spawn(file::run(p, w, poll_interval.0, *watch, shutdown.clone()));
                 h
             }
             SourceConfig::Consul(c) => {

@@ -37,6 +37,14 @@ pub struct XdsTlsConfig {
     pub reload_interval: Duration,
 }
 
+/// The HTTP/2 flow-control window the server grants each ADS stream: what a client may send
+/// before the server has read it (HTTP/2's default; an ADS request is a few KiB at most with
+/// Envoy's EDS names, and a larger one flows as it is read).
+pub const STREAM_WINDOW: u32 = 65_535;
+
+/// The window for all of a connection's streams together (hyper's default, stated).
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// A handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
