@@ -12,6 +12,10 @@
 
 #[path = "../../tests/support/consul.rs"]
 mod consul;
+// The Consul double's TLS front (unused here) names it.
+#[allow(dead_code)]
+#[path = "../../tests/support/pki.rs"]
+mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
