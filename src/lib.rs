@@ -77,6 +77,18 @@ pub async fn start(
     admin_listen: SocketAddr,
     admin_debug_listen: SocketAddr,
 ) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    start_with(config, xds_listen, admin_listen, admin_debug_listen, metrics).await
+}
+
+/// [`start`], counting into `metrics` (made by the caller, e.g. with the binary's heap probe).
+pub async fn start_with(
+    config: Config,
+    xds_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    admin_debug_listen: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Running> {
     if config::same_port(admin_listen, admin_debug_listen) {
         anyhow::bail!(
             "the admin debug listener ({admin_debug_listen}) must not share the admin listener's \
@@ -86,7 +98,6 @@ pub async fn start(
     }
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
     let cache = Cache::new();
     let clients = Arc::new(ClientTable::default());
 
@@ -207,14 +218,17 @@ pub async fn start(
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully: stops accepting, ends every
 /// stream after the responses already queued, and waits at most `server.shutdown_grace`.
+/// `heap_probe` (the binary's allocator) feeds `voltha_xds_heap_bytes`.
 pub async fn serve(
     config: Config,
     xds_listen: SocketAddr,
     admin_listen: SocketAddr,
     admin_debug_listen: SocketAddr,
+    heap_probe: Option<metrics::HeapProbe>,
 ) -> anyhow::Result<()> {
     let grace = config.server.shutdown_grace.0;
-    let running = start(config, xds_listen, admin_listen, admin_debug_listen).await?;
+    let metrics = Arc::new(Metrics::with_heap_probe(heap_probe));
+    let running = start_with(config, xds_listen, admin_listen, admin_debug_listen, metrics).await?;
     wait_for_signal().await;
     tracing::info!(
         streams = running.clients.len(),

@@ -164,7 +164,6 @@ fn load(config: &Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    voltha_xds::metrics::set_heap_probe(heap_bytes);
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve { .. }) {
         with_allocator_env();
@@ -213,7 +212,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("server.admin_debug_listen: {e}"))?,
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(voltha_xds::serve(config, xds, admin, admin_debug))
+            rt.block_on(voltha_xds::serve(config, xds, admin, admin_debug, Some(heap_bytes)))
                 .map_err(|e| format!("{e:#}"))
         }
         Command::Validate { config } => {
