@@ -146,6 +146,7 @@ pub async fn start_with(
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         max_request_bytes: config.server.max_request_bytes,
         csds: config::csds_limits(&config.server.csds),
+        name_sets: Arc::default(),
     };
     let s = &config.server;
     let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);

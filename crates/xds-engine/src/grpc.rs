@@ -11,29 +11,23 @@
 //! largest response ever sent on the stream).
 //!
 //! Requests are decoded by [`Requests`], which releases a large buffer once a large request
-//! has been decoded. Routing is by path,
-//! as tonic's generated services do; every service is a [`GrpcService`] with its own
-//! [`NamedService::NAME`] so the tonic router can hold them side by side.
+//! has been decoded. [`ResponseBody`] sends the messages of a stream (xDS responses here, CSDS
+//! answers in `csds`) chunk by chunk, then the trailers. This module knows nothing of the
+//! services built on it (`services`, `server`, `csds`).
 
-use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codegen::{http, BoxFuture, Service};
-use tonic::server::NamedService;
+use tonic::codegen::http;
 use tonic::{Code, Status};
 
-use super::resources::ResourceType;
-use super::server::XdsServer;
-use super::stream::Scope;
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 
 /// Largest request accepted (tonic's default): a larger one ends the stream with
@@ -96,7 +90,7 @@ impl Framed {
     }
 
     /// The next DATA chunk, or `None` when the message is complete.
-    fn next_chunk(&mut self) -> Option<Bytes> {
+    pub(crate) fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(large) = self.next_large.take() {
             return Some(large);
         }
@@ -150,25 +144,52 @@ fn frame<M: WireMessage>(msg: M) -> Option<Vec<Bytes>> {
 /// must be small (two words, not a whole `Framed`).
 pub type Outbound = Result<Box<Framed>, Box<Status>>;
 
-/// The response body: DATA chunks from the stream task, then trailers with the final status.
-pub struct ResponseBody {
-    rx: mpsc::Receiver<Outbound>,
-    current: Option<Box<Framed>>,
-    done: bool,
+/// A message a [`ResponseBody`] sends: its DATA chunks, made as HTTP/2 asks for them.
+pub(crate) trait Chunked: Send + 'static {
+    /// The next DATA chunk, or `None` when the message is complete.
+    fn next_chunk(&mut self) -> Option<Bytes>;
 }
 
-impl ResponseBody {
-    /// A body that frames the messages received on `rx`.
-    pub fn new(rx: mpsc::Receiver<Outbound>) -> Self {
+impl Chunked for Box<Framed> {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        Framed::next_chunk(self)
+    }
+}
+
+/// The response body: the DATA chunks of each message from the stream task, then trailers with
+/// the final status. A message (and what it holds, e.g. a slot) is released when its last chunk
+/// is taken, or when the body is dropped (the client went away); `guard` lives as long as the
+/// body.
+pub(crate) struct ResponseBody<M, G = ()> {
+    rx: mpsc::Receiver<Result<M, Box<Status>>>,
+    current: Option<M>,
+    done: bool,
+    _guard: G,
+}
+
+impl<M: Chunked + Unpin, G: Send + Unpin + 'static> ResponseBody<M, G> {
+    /// A body that sends the messages received on `rx`, holding `guard` until it is dropped.
+    pub(crate) fn new(rx: mpsc::Receiver<Result<M, Box<Status>>>, guard: G) -> Self {
         ResponseBody {
             rx,
             current: None,
             done: false,
+            _guard: guard,
         }
+    }
+
+    /// The body as an HTTP response with the gRPC content type.
+    pub(crate) fn into_response(self) -> http::Response<Body> {
+        let mut r = http::Response::new(Body::new(self));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        r
     }
 }
 
-pub(super) fn trailers(status: &Status) -> http::HeaderMap {
+fn trailers(status: &Status) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     if status.add_header(&mut h).is_err() {
         h.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
@@ -176,14 +197,14 @@ pub(super) fn trailers(status: &Status) -> http::HeaderMap {
     h
 }
 
-impl http_body::Body for ResponseBody {
+impl<M: Chunked + Unpin, G: Unpin> http_body::Body for ResponseBody<M, G> {
     type Data = Bytes;
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         loop {
-            if let Some(chunk) = this.current.as_deref_mut().and_then(Framed::next_chunk) {
+            if let Some(chunk) = this.current.as_mut().and_then(Chunked::next_chunk) {
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             this.current = None;
@@ -208,15 +229,6 @@ impl http_body::Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         self.done && self.current.is_none()
     }
-}
-
-fn grpc_response(rx: mpsc::Receiver<Outbound>) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::new(ResponseBody::new(rx)));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    r
 }
 
 /// The request side of a stream: gRPC messages decoded from the HTTP/2 body. Unlike tonic's
@@ -318,157 +330,11 @@ pub fn undecodable(e: prost::DecodeError) -> Status {
     Status::invalid_argument(format!("undecodable request: {e}"))
 }
 
-/// One xDS gRPC service: its name and how its methods map onto streams.
-pub trait ServiceDef: Send + Sync + 'static {
-    /// The gRPC service name.
-    const NAME: &'static str;
-    /// The types it serves.
-    const SCOPE: Scope;
-    /// The State of the World stream method.
-    const STREAM: &'static str;
-    /// The Delta stream method.
-    const DELTA: &'static str;
-    /// The unary fetch method and its type (per-type services only).
-    const FETCH: Option<(&'static str, ResourceType)>;
-}
-
-macro_rules! service_def {
-    ($t:ident, $name:expr, $scope:expr, $stream:expr, $delta:expr, $fetch:expr) => {
-        /// One xDS gRPC service (see [`ServiceDef`]).
-        pub struct $t;
-        impl ServiceDef for $t {
-            const NAME: &'static str = $name;
-            const SCOPE: Scope = $scope;
-            const STREAM: &'static str = $stream;
-            const DELTA: &'static str = $delta;
-            const FETCH: Option<(&'static str, ResourceType)> = $fetch;
-        }
-    };
-}
-
-service_def!(
-    Ads,
-    "envoy.service.discovery.v3.AggregatedDiscoveryService",
-    Scope::Ads,
-    "StreamAggregatedResources",
-    "DeltaAggregatedResources",
-    None
-);
-service_def!(
-    Cds,
-    "envoy.service.cluster.v3.ClusterDiscoveryService",
-    Scope::Single(ResourceType::Cluster),
-    "StreamClusters",
-    "DeltaClusters",
-    Some(("FetchClusters", ResourceType::Cluster))
-);
-service_def!(
-    Eds,
-    "envoy.service.endpoint.v3.EndpointDiscoveryService",
-    Scope::Single(ResourceType::Endpoint),
-    "StreamEndpoints",
-    "DeltaEndpoints",
-    Some(("FetchEndpoints", ResourceType::Endpoint))
-);
-service_def!(
-    Lds,
-    "envoy.service.listener.v3.ListenerDiscoveryService",
-    Scope::Single(ResourceType::Listener),
-    "StreamListeners",
-    "DeltaListeners",
-    Some(("FetchListeners", ResourceType::Listener))
-);
-service_def!(
-    Rds,
-    "envoy.service.route.v3.RouteDiscoveryService",
-    Scope::Single(ResourceType::Route),
-    "StreamRoutes",
-    "DeltaRoutes",
-    Some(("FetchRoutes", ResourceType::Route))
-);
-
-/// A tower service serving one xDS gRPC service.
-pub struct GrpcService<D> {
-    server: XdsServer,
-    _def: PhantomData<fn() -> D>,
-}
-
-impl<D> GrpcService<D> {
-    /// The services of `server`.
-    pub fn new(server: XdsServer) -> Self {
-        GrpcService {
-            server,
-            _def: PhantomData,
-        }
-    }
-}
-
-impl<D> Clone for GrpcService<D> {
-    fn clone(&self) -> Self {
-        GrpcService::new(self.server.clone())
-    }
-}
-
-impl<D: ServiceDef> NamedService for GrpcService<D> {
-    const NAME: &'static str = D::NAME;
-}
-
-impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let server = self.server.clone();
-        Box::pin(async move {
-            let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
-            let body = req.into_body();
-            if method == D::STREAM {
-                let inbound = Requests::with_limit(body, server.max_request_bytes);
-                return Ok(match server.sotw(D::SCOPE, inbound) {
-                    Ok(rx) => grpc_response(rx),
-                    Err(status) => status.into_http(),
-                });
-            }
-            if method == D::DELTA {
-                let inbound = Requests::with_limit(body, server.max_request_bytes);
-                return Ok(match server.delta(D::SCOPE, inbound) {
-                    Ok(rx) => grpc_response(rx),
-                    Err(status) => status.into_http(),
-                });
-            }
-            if let Some((fetch, ty)) = D::FETCH {
-                if method == fetch {
-                    let (tx, rx) = mpsc::channel(1);
-                    let out = match Requests::<DiscoveryRequest>::with_limit(body, server.max_request_bytes)
-                        .message()
-                        .await
-                    {
-                        Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
-                            Framed::new(resp)
-                                .map(Box::new)
-                                .ok_or_else(|| Status::resource_exhausted("response too large"))
-                        }),
-                        Ok(None) => Err(Status::invalid_argument("a fetch needs one request message")),
-                        Err(s) => Err(s),
-                    };
-                    let _ = tx.try_send(out.map_err(Box::new));
-                    return Ok(grpc_response(rx));
-                }
-            }
-            Ok(Status::unimplemented(format!("{}/{method} is not served", D::NAME)).into_http())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3 as pb;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use envoy_types::pb::google::protobuf::Any;
 
     fn join(chunks: &[Bytes]) -> Vec<u8> {

@@ -58,15 +58,76 @@ impl ResourceType {
         }
     }
 
-    /// The position in [`ResourceType::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
     /// CDS and LDS are wildcard types: an empty first subscription means "everything", and a
     /// SotW response must carry the full set.
     pub fn is_wildcard_type(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+/// One value per resource type, in push order ([`ResourceType::ALL`]): indexed by type, never
+/// by number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeMap<T>([T; 4]);
+
+impl<T> TypeMap<T> {
+    /// The value of each type, `f(ty)`.
+    pub fn from_fn(mut f: impl FnMut(ResourceType) -> T) -> Self {
+        TypeMap(ResourceType::ALL.map(&mut f))
+    }
+
+    /// Each type and its value, in push order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// Each type and its value, mutable, in push order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ResourceType, &mut T)> {
+        ResourceType::ALL.into_iter().zip(self.0.iter_mut())
+    }
+
+    /// The values, in push order.
+    pub fn values(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// The value of each type, `f(ty)`, or the first error.
+    pub fn try_from_fn<E>(f: impl FnMut(ResourceType) -> Result<T, E>) -> Result<Self, E> {
+        let [c, e, l, r] = ResourceType::ALL.map(f);
+        Ok(TypeMap([c?, e?, l?, r?]))
+    }
+
+    /// Each type's value turned into another.
+    pub fn map<U>(self, mut f: impl FnMut(ResourceType, T) -> U) -> TypeMap<U> {
+        let [c, e, l, r] = self.0;
+        use ResourceType as Ty;
+        TypeMap([
+            f(Ty::Cluster, c),
+            f(Ty::Endpoint, e),
+            f(Ty::Listener, l),
+            f(Ty::Route, r),
+        ])
+    }
+}
+
+impl<T> std::ops::Index<ResourceType> for TypeMap<T> {
+    type Output = T;
+    fn index(&self, ty: ResourceType) -> &T {
+        &self.0[ty as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<ResourceType> for TypeMap<T> {
+    fn index_mut(&mut self, ty: ResourceType) -> &mut T {
+        &mut self.0[ty as usize]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a TypeMap<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 

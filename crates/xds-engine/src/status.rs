@@ -1,5 +1,10 @@
 //! What the admin API shows about connected streams: one [`ClientStatus`] per stream, kept in
 //! a [`ClientTable`] while the stream lives, plus a short log of recent NACKs.
+//!
+//! A stream's task owns its status: it folds its state machine's events into it
+//! ([`ClientStatus::apply`]) and, after each turn that changed it, publishes an immutable copy
+//! to the table ([`Registration::publish`]). Readers (the status page, CSDS) take the copies;
+//! nothing of a stream is locked while it runs.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +17,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::cache::Snapshot;
+use super::names::NameSet;
 use super::resources::ResourceType;
-use super::stream::NameSet;
+use super::stream::StreamEvent;
 
 /// How many NACKs the table remembers across all streams.
 const RECENT_NACKS: usize = 100;
@@ -27,9 +33,9 @@ pub struct Nack {
     pub node_id: String,
     /// The client's `node.cluster`.
     pub node_cluster: String,
-    #[serde(rename = "type")]
-    /// The short type name (`cds`, `eds`, `lds`, `rds`).
-    pub ty: &'static str,
+    #[serde(rename = "type", serialize_with = "ser_type")]
+    /// The type (shown by its short name: `cds`, `eds`, `lds`, `rds`).
+    pub ty: ResourceType,
     /// The version that was rejected.
     pub version: String,
     /// The nonce of the rejected response.
@@ -181,6 +187,71 @@ impl ClientStatus {
     pub fn ty(&mut self, ty: ResourceType) -> &mut TypeStatus {
         self.types.entry(ty.short()).or_default()
     }
+
+    /// Folds what the stream's state machine reported, at `at`, into the status. Returns
+    /// whether anything shown changed (a repeated subscription changes nothing).
+    pub fn apply(&mut self, event: &StreamEvent, at: SystemTime) -> bool {
+        match event {
+            StreamEvent::Node { id, cluster } => {
+                self.node_id.clone_from(id);
+                self.node_cluster.clone_from(cluster);
+            }
+            StreamEvent::Group { name } => self.group = Some(name.clone()),
+            StreamEvent::Subscribed { ty, wildcard, names } => {
+                let t = self.ty(*ty);
+                if t.subscribed && t.wildcard == *wildcard && Arc::ptr_eq(&t.name_set, names) {
+                    return false;
+                }
+                t.subscribed = true;
+                t.wildcard = *wildcard;
+                t.names = names.len();
+                t.name_set = names.clone();
+            }
+            StreamEvent::Sent { ty, version, nonce, .. } => {
+                let t = self.ty(*ty);
+                t.last_sent_version = Some(version.clone());
+                t.last_sent_nonce = Some(nonce.clone());
+                t.last_sent_at = Some(at);
+                t.responses += 1;
+            }
+            StreamEvent::Acked { ty, version, .. } => {
+                let t = self.ty(*ty);
+                t.last_acked_version = Some(version.clone());
+                t.last_ack_at = Some(at);
+                t.acks += 1;
+            }
+            StreamEvent::Nacked {
+                ty,
+                version,
+                nonce,
+                error,
+            } => {
+                let nack = Nack {
+                    node_id: self.node_id.clone(),
+                    node_cluster: self.node_cluster.clone(),
+                    ty: *ty,
+                    version: version.clone(),
+                    nonce: nonce.clone(),
+                    error: error.clone(),
+                    at,
+                };
+                let t = self.ty(*ty);
+                t.last_nack = Some(nack);
+                t.nacks += 1;
+            }
+            StreamEvent::Held { ty, version } => {
+                let t = self.ty(*ty);
+                t.last_acked_version = Some(version.clone());
+                t.last_ack_at = Some(at);
+            }
+            StreamEvent::Stale { .. } | StreamEvent::UnknownType { .. } => return false,
+        }
+        true
+    }
+}
+
+fn ser_type<S: serde::Serializer>(t: &ResourceType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.short())
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -198,12 +269,12 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S:
     }
 }
 
-/// Every live stream's status. A stream registers on start; its [`Registration`] removes it when
-/// dropped, whatever way the stream ends.
+/// Every live stream's status, as last published. A stream registers on start; its
+/// [`Registration`] removes it when dropped, whatever way the stream ends.
 #[derive(Default)]
 pub struct ClientTable {
     next_id: AtomicU64,
-    streams: DashMap<u64, Arc<Mutex<ClientStatus>>>,
+    streams: DashMap<u64, Arc<ClientStatus>>,
     nacks: Mutex<VecDeque<Nack>>,
 }
 
@@ -212,8 +283,6 @@ pub struct Registration {
     table: Arc<ClientTable>,
     /// The stream's id.
     pub id: u64,
-    /// The stream's status.
-    pub status: Arc<Mutex<ClientStatus>>,
 }
 
 impl Drop for Registration {
@@ -222,17 +291,26 @@ impl Drop for Registration {
     }
 }
 
+impl Registration {
+    /// Replaces the stream's record in the table (its owner's copy, after a turn that changed it).
+    pub fn publish(&self, status: Arc<ClientStatus>) {
+        self.table.streams.insert(self.id, status);
+    }
+}
+
 impl ClientTable {
-    /// Registers a new stream.
-    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> Registration {
+    /// Registers a new stream; returns its place and its first status (published already).
+    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> (Registration, ClientStatus) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = Arc::new(Mutex::new(ClientStatus::new(id, api, service)));
-        self.streams.insert(id, status.clone());
-        Registration {
-            table: self.clone(),
-            id,
+        let status = ClientStatus::new(id, api, service);
+        self.streams.insert(id, Arc::new(status.clone()));
+        (
+            Registration {
+                table: self.clone(),
+                id,
+            },
             status,
-        }
+        )
     }
 
     /// Open streams.
@@ -245,9 +323,9 @@ impl ClientTable {
         self.streams.is_empty()
     }
 
-    /// A copy of every stream's status, ordered by stream id.
-    pub fn snapshot(&self) -> Vec<ClientStatus> {
-        let mut v: Vec<ClientStatus> = self.streams.iter().map(|e| e.value().lock().clone()).collect();
+    /// Every stream's status as last published, ordered by stream id.
+    pub fn snapshot(&self) -> Vec<Arc<ClientStatus>> {
+        let mut v: Vec<Arc<ClientStatus>> = self.streams.iter().map(|e| e.value().clone()).collect();
         v.sort_by_key(|c| c.stream_id);
         v
     }
@@ -380,8 +458,8 @@ mod tests {
     #[test]
     fn registration_is_removed_when_dropped() {
         let t = Arc::new(ClientTable::default());
-        let a = t.register("sotw", "ads");
-        let b = t.register("delta", "ads");
+        let (a, _) = t.register("sotw", "ads");
+        let (b, _) = t.register("delta", "ads");
         assert_eq!(t.len(), 2);
         assert_ne!(a.id, b.id);
         drop(a);
@@ -397,7 +475,7 @@ mod tests {
             t.record_nack(Nack {
                 node_id: format!("n{i}"),
                 node_cluster: String::new(),
-                ty: "cds",
+                ty: ResourceType::Cluster,
                 version: String::new(),
                 nonce: String::new(),
                 error: String::new(),
