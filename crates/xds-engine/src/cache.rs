@@ -35,18 +35,18 @@ pub struct TypeSnapshot {
     pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
     /// The version this one was built on, and what changed since: computed once here so that a
     /// stream that held the previous version looks only at the changed names.
-    pub delta_from: Option<TypeDelta>,
+    pub(crate) delta_from: Option<TypeDelta>,
 }
 
 /// The names that differ between two consecutive versions of one type.
 #[derive(Debug)]
-pub struct TypeDelta {
+pub(crate) struct TypeDelta {
     /// The version the changes are counted from.
-    pub previous_version: String,
+    pub(crate) previous_version: String,
     /// Added or modified.
-    pub changed: Vec<Arc<str>>,
+    pub(crate) changed: Vec<Arc<str>>,
     /// Present in the previous version, absent from this one.
-    pub removed: Vec<Arc<str>>,
+    pub(crate) removed: Vec<Arc<str>>,
 }
 
 impl TypeDelta {
@@ -116,7 +116,7 @@ impl TypeSnapshot {
     }
 
     /// The key `Arc` for a name this snapshot holds, so subscriptions share the string.
-    pub fn intern(&self, name: &str) -> Arc<str> {
+    pub(crate) fn intern(&self, name: &str) -> Arc<str> {
         self.resources
             .get_key_value(name)
             .map(|(k, _)| k.clone())

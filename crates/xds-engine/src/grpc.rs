@@ -30,10 +30,6 @@ use tonic::{Code, Status};
 
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 
-/// Largest request accepted (tonic's default): a larger one ends the stream with
-/// `OUT_OF_RANGE`.
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-
 /// Resources at most this large are copied into a DATA chunk; larger ones are sent as their
 /// shared bytes.
 const INLINE_MAX: usize = 1024;
@@ -43,7 +39,7 @@ const INLINE_MAX: usize = 1024;
 const CHUNK: usize = 16 * 1024;
 
 /// A response message, ready to frame: its resources are field 2.
-pub trait WireMessage: Message + Send + 'static {
+pub(crate) trait WireMessage: Message + Send + 'static {
     /// Takes the pre-encoded resources out, leaving the rest of the message to encode.
     fn take_resources(&mut self) -> Vec<Bytes>;
 }
@@ -62,7 +58,7 @@ impl WireMessage for DeltaDiscoveryResponse {
 
 /// One gRPC message on its way out: the prefix and small fields, then the resources (shared
 /// bytes, each sent as a `repeated bytes` field 2; field order is free in protobuf).
-pub struct Framed {
+pub(crate) struct Framed {
     head: Option<Bytes>,
     resources: std::vec::IntoIter<Bytes>,
     /// A large resource whose field prefix has gone out in the previous chunk.
@@ -71,7 +67,7 @@ pub struct Framed {
 
 impl Framed {
     /// Returns `None` when the message exceeds the 4 GiB a gRPC length prefix can express.
-    pub fn new<M: WireMessage>(mut msg: M) -> Option<Framed> {
+    pub(crate) fn new<M: WireMessage>(mut msg: M) -> Option<Framed> {
         let resources = msg.take_resources();
         let field_len = |r: &Bytes| 1 + prost::encoding::encoded_len_varint(r.len() as u64) + r.len();
         let head_len = msg.encoded_len();
@@ -142,7 +138,7 @@ fn frame<M: WireMessage>(msg: M) -> Option<Vec<Bytes>> {
 /// (The status is boxed: the channel's slots are allocated in blocks, and a `Status` is large.)
 /// Boxed both ways: a stream's channel keeps a block of slots for its whole life, so a slot
 /// must be small (two words, not a whole `Framed`).
-pub type Outbound = Result<Box<Framed>, Box<Status>>;
+pub(crate) type Outbound = Result<Box<Framed>, Box<Status>>;
 
 /// A message a [`ResponseBody`] sends: its DATA chunks, made as HTTP/2 asks for them.
 pub(crate) trait Chunked: Send + 'static {
@@ -234,7 +230,7 @@ impl<M: Chunked + Unpin, G: Unpin> http_body::Body for ResponseBody<M, G> {
 /// The request side of a stream: gRPC messages decoded from the HTTP/2 body. Unlike tonic's
 /// decoder, it does not keep a buffer as large as the largest request between requests (an
 /// Envoy re-sends its whole EDS subscription with every ACK).
-pub struct Requests<T> {
+pub(crate) struct Requests<T> {
     body: Body,
     buf: BytesMut,
     ended: bool,
@@ -243,13 +239,8 @@ pub struct Requests<T> {
 }
 
 impl<T: Message + Default> Requests<T> {
-    /// Decodes the gRPC messages of `body`.
-    pub fn new(body: Body) -> Self {
-        Self::with_limit(body, MAX_REQUEST_BYTES)
-    }
-
     /// Requests larger than `limit` bytes end the stream with OUT_OF_RANGE.
-    pub fn with_limit(body: Body, limit: usize) -> Self {
+    pub(crate) fn with_limit(body: Body, limit: usize) -> Self {
         Requests {
             body,
             buf: BytesMut::new(),
@@ -260,7 +251,7 @@ impl<T: Message + Default> Requests<T> {
     }
 
     /// The next request; `Ok(None)` when the client closed its side.
-    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+    pub(crate) async fn message(&mut self) -> Result<Option<T>, Status> {
         match self.raw_message().await? {
             Some(raw) => T::decode(&raw[..]).map(Some).map_err(undecodable),
             None => Ok(None),
@@ -269,7 +260,7 @@ impl<T: Message + Default> Requests<T> {
 
     /// The next request's bytes (the gRPC message, without its 5-byte prefix), for the caller
     /// to decode; `Ok(None)` when the client closed its side.
-    pub async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
+    pub(crate) async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if let Some(msg) = self.take()? {
                 return Ok(Some(msg));
@@ -326,7 +317,7 @@ impl<T: Message + Default> Requests<T> {
 }
 
 /// The status for a request that does not decode.
-pub fn undecodable(e: prost::DecodeError) -> Status {
+pub(crate) fn undecodable(e: prost::DecodeError) -> Status {
     Status::invalid_argument(format!("undecodable request: {e}"))
 }
 
@@ -335,6 +326,9 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3 as pb;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    /// The largest request of these tests' streams (tonic's default).
+    const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
     use envoy_types::pb::google::protobuf::Any;
 
     fn join(chunks: &[Bytes]) -> Vec<u8> {
@@ -467,7 +461,7 @@ mod tests {
         wire.extend(grpc(&small, 0));
         // Cut into uneven frames, one boundary inside the length prefix.
         let chunks: Vec<Vec<u8>> = wire.chunks(997).map(|c| c.to_vec()).collect();
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(chunks));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(chunks), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect("ok"), Some(big));
         assert_eq!(r.message().await.expect("ok"), Some(small));
         assert_eq!(r.buf.capacity(), 0, "buffer kept between requests");
@@ -477,15 +471,18 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_get_clear_statuses() {
         let m = DiscoveryRequest::default();
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![grpc(&m, 1)]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(vec![grpc(&m, 1)]), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect_err("compressed").code(), Code::Unimplemented);
         let mut huge = vec![0u8];
         huge.extend_from_slice(&((MAX_REQUEST_BYTES + 1) as u32).to_be_bytes());
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![huge]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(vec![huge]), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect_err("too large").code(), Code::OutOfRange);
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(
+            body_of(vec![vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]]),
+            MAX_REQUEST_BYTES,
+        );
         assert_eq!(r.message().await.expect_err("garbage").code(), Code::InvalidArgument);
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 9, 1]]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(vec![vec![0, 0, 0, 0, 9, 1]]), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect_err("truncated").code(), Code::Internal);
     }
 }

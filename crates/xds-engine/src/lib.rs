@@ -11,13 +11,13 @@
 //!   encoded once.
 //! - [`stream`]: the per-stream protocol state machines (SotW and Delta).
 //! - [`names`]: subscribed names, shared between the streams of a server.
-//! - [`server`], `services`, [`grpc`], [`wire`]: the stream tasks, the gRPC services and their
+//! - [`server`], `services`, `grpc`, [`wire`]: the stream tasks, the gRPC services and their
 //!   framing.
 //! - [`csds`]: client status (CSDS) over the same port.
 //! - [`listen`]: the listener, its connection bound and TLS.
 //! - [`status`]: the table of open streams, for status pages and CSDS.
 //! - [`metrics`]: the engine's Prometheus metrics.
-//! - [`logsafe`]: escaping and rate-limiting of client-supplied text in logs.
+//! - `logsafe`: escaping and rate-limiting of client-supplied text in logs.
 //!
 //! # Serving a snapshot to Envoy
 //!
@@ -66,9 +66,9 @@
 
 pub mod cache;
 pub mod csds;
-pub mod grpc;
+mod grpc;
 pub mod listen;
-pub mod logsafe;
+mod logsafe;
 pub mod metrics;
 pub mod names;
 pub mod resources;

@@ -20,7 +20,7 @@ pub struct Names {
 }
 
 /// The names of a set end to end, in the set's order.
-pub struct FlatNames {
+pub(crate) struct FlatNames {
     bytes: Box<[u8]>,
     /// Where each name ends in `bytes`.
     ends: Box<[u32]>,
@@ -28,7 +28,7 @@ pub struct FlatNames {
 
 impl FlatNames {
     /// The `i`-th name's bytes.
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
+    pub(crate) fn get(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)? as usize;
         let start = match i {
             0 => 0,
@@ -40,7 +40,7 @@ impl FlatNames {
 
 impl Names {
     /// Names from a set.
-    pub fn new(set: std::collections::BTreeSet<Arc<str>>) -> Names {
+    pub(crate) fn new(set: std::collections::BTreeSet<Arc<str>>) -> Names {
         Names {
             set,
             flat: std::sync::OnceLock::new(),
@@ -48,12 +48,12 @@ impl Names {
     }
 
     /// The set of names.
-    pub fn into_set(self) -> std::collections::BTreeSet<Arc<str>> {
+    pub(crate) fn into_set(self) -> std::collections::BTreeSet<Arc<str>> {
         self.set
     }
 
     /// The names end to end (`None` past 4 GiB of names, which no request can carry).
-    pub fn flat(&self) -> Option<&FlatNames> {
+    pub(crate) fn flat(&self) -> Option<&FlatNames> {
         self.flat
             .get_or_init(|| {
                 let mut bytes = Vec::new();

@@ -184,7 +184,7 @@ impl ClientStatus {
     }
 
     /// The state of type `ty`.
-    pub fn ty(&mut self, ty: ResourceType) -> &mut TypeStatus {
+    pub(crate) fn ty(&mut self, ty: ResourceType) -> &mut TypeStatus {
         self.types.entry(ty.short()).or_default()
     }
 
@@ -331,7 +331,7 @@ impl ClientTable {
     }
 
     /// Keeps `nack` among the recent NACKs (bounded).
-    pub fn record_nack(&self, nack: Nack) {
+    pub(crate) fn record_nack(&self, nack: Nack) {
         let mut q = self.nacks.lock();
         if q.len() == RECENT_NACKS {
             q.pop_front();
@@ -465,6 +465,71 @@ mod tests {
         drop(a);
         assert_eq!(t.snapshot().iter().map(|c| c.stream_id).collect::<Vec<_>>(), vec![b.id]);
         drop(b);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn events_fold_into_the_record_and_a_repeated_subscription_changes_nothing() {
+        use crate::names::NameSets;
+        const EDS: ResourceType = ResourceType::Endpoint;
+        let mut st = ClientStatus::new(1, "sotw", "ads");
+        let at = SystemTime::now();
+        let node = StreamEvent::Node {
+            id: "envoy-1".into(),
+            cluster: "g".into(),
+        };
+        assert!(st.apply(&node, at));
+        let names = NameSets::default().share(["a", "b"].into_iter().map(Arc::from).collect());
+        let sub = StreamEvent::Subscribed {
+            ty: EDS,
+            wildcard: false,
+            names: names.clone(),
+        };
+        assert!(st.apply(&sub, at));
+        assert!(!st.apply(&sub, at), "the same subscription again changes nothing");
+        let sent = StreamEvent::Sent {
+            ty: EDS,
+            version: "v1".into(),
+            nonce: "1".into(),
+            resources: 2,
+            removed: 0,
+        };
+        assert!(st.apply(&sent, at));
+        assert_eq!(st.types["eds"].sync_state(Some("v1")), SyncState::Stale, "in flight");
+        let nack = StreamEvent::Nacked {
+            ty: EDS,
+            version: "v1".into(),
+            nonce: "1".into(),
+            error: "bad".into(),
+        };
+        assert!(st.apply(&nack, at));
+        assert!(!st.apply(&StreamEvent::Stale { ty: EDS }, at));
+        let t = &st.types["eds"];
+        assert_eq!((t.responses, t.acks, t.nacks, t.names), (1, 0, 1, 2));
+        assert!(Arc::ptr_eq(&t.name_set, &names), "the stream's set, shared");
+        let n = t.last_nack.as_ref().expect("nack recorded");
+        assert_eq!(
+            (n.node_id.as_str(), n.node_cluster.as_str(), n.ty, n.error.as_str()),
+            ("envoy-1", "g", EDS, "bad")
+        );
+        assert_eq!(t.sync_state(Some("v1")), SyncState::Nacked);
+        let json = serde_json::to_value(n).expect("json");
+        assert_eq!(json["type"], "eds", "shown by its short name");
+    }
+
+    #[test]
+    fn readers_see_the_last_published_record_and_it_does_not_change_under_them() {
+        let t = Arc::new(ClientTable::default());
+        let (reg, mut st) = t.register("sotw", "ads");
+        st.node_id = "envoy-1".into();
+        assert_eq!(t.snapshot()[0].node_id, "", "not published yet");
+        reg.publish(Arc::new(st.clone()));
+        let seen = t.snapshot();
+        st.node_id = "envoy-2".into();
+        reg.publish(Arc::new(st));
+        assert_eq!(seen[0].node_id, "envoy-1", "a record taken is immutable");
+        assert_eq!(t.snapshot()[0].node_id, "envoy-2");
+        drop(reg);
         assert!(t.is_empty());
     }
 
