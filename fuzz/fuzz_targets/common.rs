@@ -177,7 +177,7 @@ pub fn resource_type(i: u8) -> ResourceType {
 
 /// Publishes `items` (the last of a group, type and name wins) as the cache's next snapshot.
 pub fn publish(cache: &Cache, items: &[Item], pool: &[String]) -> Option<Arc<Snapshot>> {
-    let mut by_group: BTreeMap<&str, BTreeMap<(usize, &str), u8>> = BTreeMap::new();
+    let mut by_group: BTreeMap<&str, BTreeMap<(ResourceType, &str), u8>> = BTreeMap::new();
     by_group.insert("default", BTreeMap::new());
     for it in items.iter().take(64) {
         let group = if it.edge { "edge" } else { "default" };
