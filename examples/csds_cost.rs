@@ -39,6 +39,7 @@ use tonic::codegen::Service;
 use voltha_xds::config::Config;
 use voltha_xds::xds::cache::Cache;
 use voltha_xds::xds::csds::{Csds, CsdsLimits};
+use voltha_xds::xds::names::NameSets;
 use voltha_xds::xds::resources::ResourceType;
 use voltha_xds::xds::server::XdsServer;
 use voltha_xds::xds::status::{ClientTable, Registration, TypeStatus};
@@ -92,10 +93,9 @@ async fn published(cores: usize, dir: &std::path::Path) -> Result<(Config, Cache
     let config = Config::from_yaml(&yaml).map_err(|e| anyhow!("{e}"))?;
     let model = voltha_xds::sources::read_once(&config).await.map_err(|e| anyhow!(e))?;
     let groups = voltha_xds::translate::translate(&model, &config).map_err(|e| anyhow!("{e}"))?;
-    let inputs = groups.iter().map(|(k, g)| (k.clone(), g.encode())).collect();
     let cache = Cache::new();
     cache
-        .publish(inputs, &config.default_group, std::time::Instant::now())
+        .publish(&groups, &config.default_group, std::time::Instant::now())
         .map_err(|e| anyhow!("{e}"))?;
     Ok((config, cache))
 }
@@ -105,10 +105,10 @@ fn envoys(table: &Arc<ClientTable>, cache: &Cache, group: &str, n: usize) -> Res
     let snap = cache.current().context("no snapshot")?;
     let g = snap.groups.get(group).context("no such group")?;
     let mut regs = Vec::with_capacity(n);
+    let name_sets = NameSets::default();
     for i in 0..n {
-        let reg = table.register("sotw", "ads");
+        let (reg, mut st) = table.register("sotw", "ads");
         {
-            let mut st = reg.status.lock();
             st.node_id = format!("olt-{i:05}");
             st.node_cluster = group.to_string();
             st.group = Some(group.to_string());
@@ -125,7 +125,7 @@ fn envoys(table: &Arc<ClientTable>, cache: &Cache, group: &str, n: usize) -> Res
                         subscribed: true,
                         wildcard: ty.is_wildcard_type(),
                         names: names.len(),
-                        name_set: voltha_xds::xds::stream::share_names(names),
+                        name_set: name_sets.share(names),
                         last_sent_version: Some(t.version.clone()),
                         last_sent_nonce: Some("1".into()),
                         last_acked_version: Some(t.version.clone()),
@@ -137,6 +137,7 @@ fn envoys(table: &Arc<ClientTable>, cache: &Cache, group: &str, n: usize) -> Res
                 );
             }
         }
+        reg.publish(Arc::new(st));
         regs.push(reg);
     }
     Ok(regs)
@@ -202,6 +203,7 @@ async fn run(args: Args) -> Result<()> {
             max_response_bytes: u32::MAX as usize,
             ..Default::default()
         },
+        name_sets: Arc::default(),
     };
     let mut svc = Csds::new(server);
     println!(

@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::reload::Live;
 use crate::xds::cache::Cache;
 use crate::xds::resources::ResourceType;
-use crate::xds::status::{ClientTable, PushLog};
+use crate::xds::status::{ClientStatus, ClientTable, PushLog};
 
 pub mod endpoints;
 pub mod latency;
@@ -209,8 +209,10 @@ async fn snapshot(State(s): State<AdminState>, Query(q): Query<SnapshotQuery>) -
 }
 
 async fn clients(State(s): State<AdminState>) -> Response {
+    let clients = s.clients.snapshot();
+    let clients: Vec<&ClientStatus> = clients.iter().map(|c| &**c).collect();
     Json(json!({
-        "clients": s.clients.snapshot(),
+        "clients": clients,
         "recent_nacks": s.clients.recent_nacks(),
     }))
     .into_response()

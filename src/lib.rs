@@ -84,6 +84,18 @@ pub async fn start(
     admin_listen: SocketAddr,
     admin_debug_listen: SocketAddr,
 ) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    start_with(config, xds_listen, admin_listen, admin_debug_listen, metrics).await
+}
+
+/// [`start`], counting into `metrics` (made by the caller, e.g. with the binary's heap probe).
+pub async fn start_with(
+    config: Config,
+    xds_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    admin_debug_listen: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Running> {
     if config::same_port(admin_listen, admin_debug_listen) {
         anyhow::bail!(
             "the admin debug listener ({admin_debug_listen}) must not share the admin listener's \
@@ -93,7 +105,6 @@ pub async fn start(
     }
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
     let cache = Cache::new();
     let clients = Arc::new(ClientTable::default());
 
@@ -140,6 +151,7 @@ pub async fn start(
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
         max_request_bytes: config.server.max_request_bytes,
         csds: config::csds_limits(&config.server.csds),
+        name_sets: Arc::default(),
     };
     let s = &config.server;
     let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);
@@ -224,14 +236,17 @@ pub async fn start(
 /// stream after the responses already queued, and waits at most `server.shutdown_grace`.
 /// Reloads `config_file` (the file `config` was read from; `None` for the embedded default)
 /// on SIGHUP and when its content changes ([`reload`]).
+/// `heap_probe` (the binary's allocator) feeds `voltha_xds_heap_bytes`.
 pub async fn serve(
     config: Config,
     config_file: Option<std::path::PathBuf>,
     xds_listen: SocketAddr,
     admin_listen: SocketAddr,
     admin_debug_listen: SocketAddr,
+    heap_probe: Option<metrics::HeapProbe>,
 ) -> anyhow::Result<()> {
-    let mut running = start(config, xds_listen, admin_listen, admin_debug_listen).await?;
+    let metrics = Arc::new(Metrics::with_heap_probe(heap_probe));
+    let mut running = start_with(config, xds_listen, admin_listen, admin_debug_listen, metrics).await?;
     let triggers = reload::trigger::spawn(running.reload.clone(), config_file, running.shutdown.clone()).await;
     running.tasks.extend(triggers);
     wait_for_signal().await;

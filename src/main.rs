@@ -232,7 +232,6 @@ fn load(config: &Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    voltha_xds::metrics::set_heap_probe(heap_bytes);
     let cli = Cli::parse();
     let (log_format, log_level) = log_options(&cli).unwrap_or_else(|e| e.exit());
     if matches!(cli.command, Command::Serve { .. }) {
@@ -271,8 +270,15 @@ fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
                 None => config.server.admin_debug_listen.addr(),
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(voltha_xds::serve(config, config_file, xds, admin, admin_debug))
-                .map_err(|e| format!("{e:#}"))
+            rt.block_on(voltha_xds::serve(
+                config,
+                config_file,
+                xds,
+                admin,
+                admin_debug,
+                Some(heap_bytes),
+            ))
+            .map_err(|e| format!("{e:#}"))
         }
         Command::Validate { config } => {
             let c = Config::load(&config).map_err(|e| e.to_string())?;

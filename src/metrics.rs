@@ -52,18 +52,16 @@ struct BuildInfoLabel {
     revision: &'static str,
 }
 
-/// Reads the live heap size; set by the binary, which owns the global allocator.
-static HEAP_PROBE: std::sync::OnceLock<fn() -> usize> = std::sync::OnceLock::new();
-
-/// Makes `voltha_xds_heap_bytes` report `probe()`; the first call wins.
-pub fn set_heap_probe(probe: fn() -> usize) {
-    let _ = HEAP_PROBE.set(probe);
-}
+/// Reads the live heap size. Given by the binary, which owns the global allocator; a library
+/// user (the tests) has none, and `voltha_xds_heap_bytes` is then not registered.
+pub type HeapProbe = fn() -> usize;
 
 pub struct Metrics {
     /// The xDS engine's metrics, registered in this registry.
     pub(crate) xds: Arc<xds_engine::metrics::Metrics>,
     heap_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// What `heap_bytes` reports, read at each render.
+    heap_probe: Option<HeapProbe>,
     registry: Registry,
     /// `process_*`: the standard names, without the `voltha_xds_` prefix.
     process: Registry,
@@ -88,10 +86,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a process without a heap probe.
     pub(crate) fn new() -> Self {
+        Self::with_heap_probe(None)
+    }
+
+    /// The metrics, `voltha_xds_heap_bytes` reporting `heap_probe()` when there is one.
+    pub(crate) fn with_heap_probe(heap_probe: Option<HeapProbe>) -> Self {
         let mut registry = Registry::with_prefix("voltha_xds");
         let m = Metrics {
             heap_bytes: Gauge::default(),
+            heap_probe,
             snapshots: Counter::default(),
             snapshot_rejections: Family::default(),
             snapshot_build_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -161,7 +166,7 @@ impl Metrics {
             m.source_last_success.clone(),
         );
         m.xds.register_listener(&mut registry);
-        if HEAP_PROBE.get().is_some() {
+        if m.heap_probe.is_some() {
             registry.register(
                 "heap_bytes",
                 "Heap bytes allocated and not yet freed (live data, not what the allocator keeps from the system)",
@@ -262,7 +267,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
-        if let Some(probe) = HEAP_PROBE.get() {
+        if let Some(probe) = self.heap_probe {
             self.heap_bytes.set(probe() as i64);
         }
         let mut s = String::new();

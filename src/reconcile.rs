@@ -4,7 +4,6 @@
 //! checks and publishes a new snapshot when the content changed. A translation that fails is
 //! logged and counted, and the last good snapshot keeps being served.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,9 +67,8 @@ pub fn build_snapshot(
     observed_at: Instant,
 ) -> Result<Option<Arc<Snapshot>>, BuildError> {
     let groups = translate(model, config).map_err(BuildError::Translate)?;
-    let inputs: BTreeMap<_, _> = groups.iter().map(|(k, v)| (k.clone(), v.encode())).collect();
     cache
-        .publish(inputs, &config.default_group, observed_at)
+        .publish(&groups, &config.default_group, observed_at)
         .map_err(BuildError::Cache)
 }
 

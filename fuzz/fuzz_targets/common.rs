@@ -10,9 +10,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use voltha_xds::xds::cache::{Cache, GroupInput, Snapshot};
-use voltha_xds::xds::resources::{Resource, ResourceType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use voltha_xds::xds::cache::{Cache, GroupResources, Snapshot};
+use voltha_xds::xds::resources::ResourceType;
 use voltha_xds::xds::status::ClientStatus;
 use voltha_xds::xds::stream::StreamEvent;
 
@@ -174,7 +177,7 @@ pub fn resource_type(i: u8) -> ResourceType {
 
 /// Publishes `items` (the last of a group, type and name wins) as the cache's next snapshot.
 pub fn publish(cache: &Cache, items: &[Item], pool: &[String]) -> Option<Arc<Snapshot>> {
-    let mut by_group: BTreeMap<&str, BTreeMap<(usize, &str), u8>> = BTreeMap::new();
+    let mut by_group: BTreeMap<&str, BTreeMap<(ResourceType, &str), u8>> = BTreeMap::new();
     by_group.insert("default", BTreeMap::new());
     for it in items.iter().take(64) {
         let group = if it.edge { "edge" } else { "default" };
@@ -182,25 +185,61 @@ pub fn publish(cache: &Cache, items: &[Item], pool: &[String]) -> Option<Arc<Sna
         by_group
             .entry(group)
             .or_default()
-            .insert((ty.index(), pick(pool, it.name)), it.body);
+            .insert((ty, pick(pool, it.name)), it.body);
     }
     let mut groups = BTreeMap::new();
     for (g, content) in by_group {
-        let mut input = GroupInput::default();
+        // Each resource's content is told apart by one number, its `body`.
+        let mut input = GroupResources::default();
         for ((ty, name), body) in content {
-            let ty = ResourceType::ALL[ty];
-            input.resources[ty.index()].push(Resource::new(ty, name, vec![body]));
+            let name = name.to_string();
+            match ty {
+                ResourceType::Cluster => input.clusters.push(Cluster {
+                    name,
+                    connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                        seconds: i64::from(body),
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ResourceType::Endpoint => input.endpoints.push(ClusterLoadAssignment {
+                    cluster_name: name,
+                    endpoints: vec![LocalityLbEndpoints {
+                        priority: u32::from(body),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ResourceType::Listener => input.listeners.push(Listener {
+                    name,
+                    stat_prefix: body.to_string(),
+                    ..Default::default()
+                }),
+                ResourceType::Route => input.routes.push(RouteConfiguration {
+                    name,
+                    internal_only_headers: vec![body.to_string()],
+                    ..Default::default()
+                }),
+            }
         }
         groups.insert(g.to_string(), input);
     }
-    match cache.publish(groups, "default", std::time::Instant::now()) {
+    match cache.publish(&groups, "default", std::time::Instant::now()) {
         Ok(snap) => snap,
         Err(e) => panic!("a snapshot of distinct names is refused: {e}"),
     }
 }
 
-pub fn status() -> Arc<Mutex<ClientStatus>> {
-    Arc::new(Mutex::new(ClientStatus::new(1, "fuzz", "ads")))
+/// A stream's status record, as the server keeps it.
+pub fn status() -> ClientStatus {
+    ClientStatus::new(1, "fuzz", "ads")
+}
+
+/// Folds a stream's events into its status record, as the server does after each turn.
+pub fn fold(st: &mut ClientStatus, events: &[StreamEvent]) {
+    for e in events {
+        st.apply(e, std::time::SystemTime::now());
+    }
 }
 
 /// An event with its clock readings zeroed, to compare two streams' events.
@@ -211,10 +250,6 @@ pub fn timeless(e: StreamEvent) -> StreamEvent {
             version,
             after: std::time::Duration::ZERO,
         },
-        StreamEvent::Nacked(mut n) => {
-            n.at = std::time::UNIX_EPOCH;
-            StreamEvent::Nacked(n)
-        }
         other => other,
     }
 }

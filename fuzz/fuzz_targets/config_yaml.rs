@@ -48,8 +48,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(g) => g,
         Err(e) => panic!("an accepted configuration does not translate: {e}"),
     };
-    let inputs = groups.iter().map(|(k, v)| (k.clone(), v.encode())).collect();
-    if let Err(e) = Cache::new().publish(inputs, &config.default_group, std::time::Instant::now()) {
+    if let Err(e) = Cache::new().publish(&groups, &config.default_group, std::time::Instant::now()) {
         panic!("an accepted configuration's resources are refused: {e}");
     }
 });

@@ -18,9 +18,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Resource as PbResource};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use libfuzzer_sys::fuzz_target;
-use parking_lot::Mutex;
 use prost::Message;
 use voltha_xds::xds::cache::{Cache, Snapshot};
+use voltha_xds::xds::names::NameSets;
 use voltha_xds::xds::resources::{version_string, ResourceType};
 use voltha_xds::xds::status::ClientStatus;
 use voltha_xds::xds::stream::{DeltaStream, Limits, Scope};
@@ -160,8 +160,8 @@ fn type_url(ty: u8) -> (Option<ResourceType>, String) {
 struct Pair {
     a: DeltaStream,
     b: DeltaStream,
-    sa: Arc<Mutex<ClientStatus>>,
-    sb: Arc<Mutex<ClientStatus>>,
+    sa: ClientStatus,
+    sb: ClientStatus,
     limits: Limits,
     snapshot: Option<Arc<Snapshot>>,
     /// Nonces sent, per type.
@@ -231,7 +231,7 @@ impl Pair {
                 (name, v)
             })
             .collect();
-        let list = ty.map(|t| &self.nonces[t.index()][..]).unwrap_or(&[]);
+        let list = ty.map(|t| &self.nonces[t as usize][..]).unwrap_or(&[]);
         let nonce = match r.nonce {
             Nonce::Empty => String::new(),
             Nonce::Last => list.last().cloned().unwrap_or_default(),
@@ -266,8 +266,9 @@ impl Pair {
             (g, f) => panic!("the decodes disagree: ours {g:?}, prost's {f:?}"),
         };
         assert_eq!(got, full, "our decode is prost's");
-        let ra = self.a.on_request(got);
-        let rb = self.b.on_request(full);
+        let now = std::time::Instant::now();
+        let ra = self.a.on_request(got, now);
+        let rb = self.b.on_request(full, now);
         assert_eq!(ra, rb, "the two streams answer the request alike");
         if ra.is_err() {
             // The server ends the stream here: it is not polled again.
@@ -285,17 +286,20 @@ impl Pair {
     }
 
     fn compare(&mut self) {
-        let pa = self.a.poll();
-        let pb = self.b.poll();
+        let now = std::time::Instant::now();
+        let pa = self.a.poll(now);
+        let pb = self.b.poll(now);
         assert_eq!(pa, pb, "responses");
-        for r in &pa {
-            self.check_response(r);
-        }
         let ea: Vec<_> = self.a.take_events().into_iter().map(timeless).collect();
         let eb: Vec<_> = self.b.take_events().into_iter().map(timeless).collect();
         assert_eq!(ea, eb, "events");
-        let st = self.sa.lock();
-        assert_eq!(status_view(&st), status_view(&self.sb.lock()), "status");
+        fold(&mut self.sa, &ea);
+        fold(&mut self.sb, &eb);
+        for r in &pa {
+            self.check_response(r);
+        }
+        let st = &self.sa;
+        assert_eq!(status_view(st), status_view(&self.sb), "status");
         for t in st.types.values() {
             assert!(t.names <= self.limits.max_names, "{} names held", t.names);
             assert_eq!(t.names, t.name_set.len());
@@ -310,8 +314,8 @@ impl Pair {
             );
             return;
         };
-        self.nonces[ty.index()].push(r.nonce.clone());
-        let st = self.sa.lock();
+        self.nonces[ty as usize].push(r.nonce.clone());
+        let st = &self.sa;
         let t = st
             .types
             .get(ty.short())
@@ -358,12 +362,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let cache = Cache::new();
     publish(&cache, &s.content, &pool);
-    let (sa, sb) = (status(), status());
+    let names = Arc::new(NameSets::default());
     let mut p = Pair {
-        a: DeltaStream::new(scope, limits, sa.clone()),
-        b: DeltaStream::new(scope, limits, sb.clone()),
-        sa,
-        sb,
+        a: DeltaStream::new(scope, limits, names.clone()),
+        b: DeltaStream::new(scope, limits, names),
+        sa: status(),
+        sb: status(),
         limits,
         snapshot: None,
         nonces: Default::default(),

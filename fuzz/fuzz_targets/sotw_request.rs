@@ -22,9 +22,9 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, ResourceLocator};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use libfuzzer_sys::fuzz_target;
-use parking_lot::Mutex;
 use prost::Message;
 use voltha_xds::xds::cache::Cache;
+use voltha_xds::xds::names::NameSets;
 use voltha_xds::xds::resources::ResourceType;
 use voltha_xds::xds::status::ClientStatus;
 use voltha_xds::xds::stream::{Limits, Scope, SotwStream};
@@ -156,7 +156,7 @@ struct Sent {
 
 impl Sent {
     fn pick(&self, ty: Option<ResourceType>, p: Pick, version: bool) -> String {
-        let list = ty.map(|t| &self.by_type[t.index()][..]).unwrap_or(&[]);
+        let list = ty.map(|t| &self.by_type[t as usize][..]).unwrap_or(&[]);
         let of = |i: usize| {
             list.len()
                 .checked_sub(i)
@@ -261,8 +261,8 @@ fn encode(r: &Req, pool: &[String], sent: &Sent, scope: Scope) -> Vec<u8> {
 struct Pair {
     a: SotwStream,
     b: SotwStream,
-    sa: Arc<Mutex<ClientStatus>>,
-    sb: Arc<Mutex<ClientStatus>>,
+    sa: ClientStatus,
+    sb: ClientStatus,
     scope: Scope,
     sent: Sent,
 }
@@ -297,8 +297,11 @@ impl Pair {
             };
             let ty = ty.unwrap_or_else(|| panic!("a repeat of type {:?}", full.type_url));
             let held: Vec<String> = {
-                let st = self.sa.lock();
-                let t = st.types.get(ty.short()).expect("a repeat of a type never subscribed");
+                let t = self
+                    .sa
+                    .types
+                    .get(ty.short())
+                    .expect("a repeat of a type never subscribed");
                 t.name_set.iter().map(|n| n.to_string()).collect()
             };
             let mut names = full.resource_names.clone();
@@ -308,12 +311,12 @@ impl Pair {
                 resource_names: Vec::new(),
                 ..full.clone()
             };
-            assert_eq!(got, rest, "every other field as prost reads it");
+            assert_eq!(*got, rest, "every other field as prost reads it");
             if trace() {
                 eprintln!("{} names taken as the held set of {}", names.len(), ty.short());
             }
         } else {
-            assert_eq!(got, full);
+            assert_eq!(*got, full);
             if trace() {
                 eprintln!(
                     "decoded in full: {} names of {:?}",
@@ -322,8 +325,9 @@ impl Pair {
                 );
             }
         }
-        let ra = self.a.on_request(got);
-        let rb = self.b.on_request(full);
+        let now = std::time::Instant::now();
+        let ra = self.a.on_request(got, now);
+        let rb = self.b.on_request(full, now);
         assert_eq!(ra, rb, "the two streams answer the request alike");
         if trace() {
             eprintln!("  -> {ra:?}");
@@ -344,8 +348,9 @@ impl Pair {
 
     /// Polls both and compares everything observable.
     fn compare(&mut self) {
-        let pa = self.a.poll();
-        let pb = self.b.poll();
+        let now = std::time::Instant::now();
+        let pa = self.a.poll(now);
+        let pb = self.b.poll(now);
         assert_eq!(pa, pb, "responses");
         for r in &pa {
             if trace() {
@@ -358,13 +363,15 @@ impl Pair {
                 );
             }
             if let Some(ty) = ResourceType::from_type_url(&r.type_url) {
-                self.sent.by_type[ty.index()].push((r.version_info.clone(), r.nonce.clone()));
+                self.sent.by_type[ty as usize].push((r.version_info.clone(), r.nonce.clone()));
             }
         }
         let ea: Vec<_> = self.a.take_events().into_iter().map(timeless).collect();
         let eb: Vec<_> = self.b.take_events().into_iter().map(timeless).collect();
         assert_eq!(ea, eb, "events");
-        assert_eq!(status_view(&self.sa.lock()), status_view(&self.sb.lock()), "status");
+        fold(&mut self.sa, &ea);
+        fold(&mut self.sb, &eb);
+        assert_eq!(status_view(&self.sa), status_view(&self.sb), "status");
     }
 }
 
@@ -383,12 +390,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let cache = Cache::new();
     publish(&cache, &s.content, &pool);
-    let (sa, sb) = (status(), status());
+    let names = Arc::new(NameSets::default());
     let mut p = Pair {
-        a: SotwStream::new(scope, limits, sa.clone()),
-        b: SotwStream::new(scope, limits, sb.clone()),
-        sa,
-        sb,
+        a: SotwStream::new(scope, limits, names.clone()),
+        b: SotwStream::new(scope, limits, names),
+        sa: status(),
+        sb: status(),
         scope,
         sent: Sent::default(),
     };

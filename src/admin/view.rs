@@ -141,7 +141,7 @@ fn nack_view(n: &Nack) -> NackView {
     NackView {
         node_id: n.node_id.clone(),
         node_cluster: n.node_cluster.clone(),
-        ty: n.ty.to_string(),
+        ty: n.ty.short().to_string(),
         version: n.version.clone(),
         error: n.error.clone(),
         at: secs(n.at),
@@ -176,7 +176,7 @@ pub(crate) fn groups(snapshot: Option<&Snapshot>) -> Vec<GroupView> {
 }
 
 /// Every connected Envoy (streams merged per node) against `snapshot`.
-pub(crate) fn nodes(streams: &[ClientStatus], snapshot: Option<&Snapshot>) -> Vec<NodeView> {
+pub(crate) fn nodes<S: std::borrow::Borrow<ClientStatus>>(streams: &[S], snapshot: Option<&Snapshot>) -> Vec<NodeView> {
     merge_nodes(streams)
         .into_iter()
         .map(|n| {
@@ -261,21 +261,30 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::xds::cache::{Cache, GroupInput};
-    use crate::xds::resources::Resource;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    use crate::xds::cache::{Cache, GroupResources};
     use crate::xds::status::{PushLog, TypeStatus};
 
+    /// Clusters named `n`, each made distinct by its connect timeout (`b` seconds).
     fn publish(cache: &Cache, groups: &[(&str, &[(&str, u8)])]) -> Arc<Snapshot> {
         let mut input = BTreeMap::new();
         for (g, clusters) in groups {
-            let mut gi = GroupInput::default();
+            let mut gi = GroupResources::default();
             for (n, b) in *clusters {
-                gi.resources[0].push(Resource::new(ResourceType::Cluster, n, vec![*b]));
+                gi.clusters.push(Cluster {
+                    name: n.to_string(),
+                    connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                        seconds: i64::from(*b),
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                });
             }
             input.insert(g.to_string(), gi);
         }
         cache
-            .publish(input, groups[0].0, std::time::Instant::now())
+            .publish(&input, groups[0].0, std::time::Instant::now())
             .expect("ok")
             .expect("published")
     }

@@ -16,17 +16,13 @@ pub mod route;
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
 use crate::config::Config;
 use crate::model::Model;
-use crate::xds::cache::GroupInput;
-use crate::xds::resources::{Resource, ResourceType};
+/// The typed resources of one node group: what `translate` gives the engine, which encodes them.
+pub use crate::xds::cache::GroupResources;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TranslateError {
@@ -48,43 +44,6 @@ impl TranslateError {
             TranslateError::Config(_) => "config",
             TranslateError::Inconsistent { .. } => "inconsistent",
         }
-    }
-}
-
-/// The typed resources of one node group.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GroupResources {
-    pub clusters: Vec<Cluster>,
-    pub endpoints: Vec<ClusterLoadAssignment>,
-    pub listeners: Vec<Listener>,
-    pub routes: Vec<RouteConfiguration>,
-}
-
-impl GroupResources {
-    /// Encodes every resource once, for the cache.
-    pub fn encode(&self) -> GroupInput {
-        let mut g = GroupInput::default();
-        g.resources[ResourceType::Cluster.index()] = self
-            .clusters
-            .iter()
-            .map(|c| Resource::new(ResourceType::Cluster, &c.name, c.encode_to_vec()))
-            .collect();
-        g.resources[ResourceType::Endpoint.index()] = self
-            .endpoints
-            .iter()
-            .map(|c| Resource::new(ResourceType::Endpoint, &c.cluster_name, c.encode_to_vec()))
-            .collect();
-        g.resources[ResourceType::Listener.index()] = self
-            .listeners
-            .iter()
-            .map(|l| Resource::new(ResourceType::Listener, &l.name, l.encode_to_vec()))
-            .collect();
-        g.resources[ResourceType::Route.index()] = self
-            .routes
-            .iter()
-            .map(|r| Resource::new(ResourceType::Route, &r.name, r.encode_to_vec()))
-            .collect();
-        g
     }
 }
 

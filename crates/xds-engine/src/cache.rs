@@ -8,13 +8,21 @@
 //!
 //! Versions are content hashes: the same input gives the same versions on every replica and
 //! after a restart.
+//!
+//! The cache takes plain Envoy resources by group ([`GroupResources`]) and encodes each once,
+//! when it is published.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::Message;
 use tokio::sync::watch;
 
-use super::resources::{content_hash, version_string, Resource, ResourceType};
+use super::resources::{content_hash, version_string, Resource, ResourceType, TypeMap};
 
 /// All resources of one type for one node group.
 #[derive(Debug)]
@@ -27,18 +35,18 @@ pub struct TypeSnapshot {
     pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
     /// The version this one was built on, and what changed since: computed once here so that a
     /// stream that held the previous version looks only at the changed names.
-    pub delta_from: Option<TypeDelta>,
+    pub(crate) delta_from: Option<TypeDelta>,
 }
 
 /// The names that differ between two consecutive versions of one type.
 #[derive(Debug)]
-pub struct TypeDelta {
+pub(crate) struct TypeDelta {
     /// The version the changes are counted from.
-    pub previous_version: String,
+    pub(crate) previous_version: String,
     /// Added or modified.
-    pub changed: Vec<Arc<str>>,
+    pub(crate) changed: Vec<Arc<str>>,
     /// Present in the previous version, absent from this one.
-    pub removed: Vec<Arc<str>>,
+    pub(crate) removed: Vec<Arc<str>>,
 }
 
 impl TypeDelta {
@@ -107,20 +115,8 @@ impl TypeSnapshot {
         }))
     }
 
-    /// A snapshot of type `ty` with no resources.
-    pub fn empty(ty: ResourceType) -> Arc<Self> {
-        Self::build(ty, Vec::new(), None).unwrap_or_else(|_| {
-            Arc::new(TypeSnapshot {
-                ty,
-                version: String::new(),
-                resources: BTreeMap::new(),
-                delta_from: None,
-            })
-        })
-    }
-
     /// The key `Arc` for a name this snapshot holds, so subscriptions share the string.
-    pub fn intern(&self, name: &str) -> Arc<str> {
+    pub(crate) fn intern(&self, name: &str) -> Arc<str> {
         self.resources
             .get_key_value(name)
             .map(|(k, _)| k.clone())
@@ -133,19 +129,19 @@ impl TypeSnapshot {
 pub struct GroupSnapshot {
     /// The group's name (matched against a client's `node.cluster`).
     pub name: String,
-    /// One snapshot per type, in [`ResourceType::ALL`] order.
-    pub types: [Arc<TypeSnapshot>; 4],
+    /// One snapshot per type.
+    pub types: TypeMap<Arc<TypeSnapshot>>,
 }
 
 impl GroupSnapshot {
     /// The snapshot of type `ty`.
     pub fn get(&self, ty: ResourceType) -> &Arc<TypeSnapshot> {
-        &self.types[ty.index()]
+        &self.types[ty]
     }
 
     /// One version string for the whole group (for logs and the admin API).
     pub fn version(&self) -> String {
-        let parts: Vec<&[u8]> = self.types.iter().map(|t| t.version.as_bytes()).collect();
+        let parts: Vec<&[u8]> = self.types.values().map(|t| t.version.as_bytes()).collect();
         version_string(content_hash(&parts))
     }
 }
@@ -202,11 +198,39 @@ pub fn is_proxyless_grpc(user_agent_name: &str) -> bool {
     user_agent_name == "gRPC" || user_agent_name.starts_with("gRPC ")
 }
 
-/// Resources of one group, by type, before encoding into a snapshot.
-#[derive(Debug, Default)]
-pub struct GroupInput {
-    /// The resources of each type, in [`ResourceType::ALL`] order (`ty.index()`).
-    pub resources: [Vec<Resource>; 4],
+/// The Envoy resources of one node group, as handed to [`Cache::publish`]. Each is named by
+/// its own name field (`name`, or `cluster_name` for a load assignment).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupResources {
+    /// CDS.
+    pub clusters: Vec<Cluster>,
+    /// EDS.
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    /// LDS.
+    pub listeners: Vec<Listener>,
+    /// RDS.
+    pub routes: Vec<RouteConfiguration>,
+}
+
+/// One group's resources encoded, by type, before they become a snapshot.
+pub(crate) type EncodedGroup = TypeMap<Vec<Resource>>;
+
+impl GroupResources {
+    /// Encodes every resource once.
+    fn encode(&self) -> EncodedGroup {
+        fn each<M: Message>(ty: ResourceType, items: &[M], name: impl Fn(&M) -> &str) -> Vec<Resource> {
+            items
+                .iter()
+                .map(|m| Resource::new(ty, name(m), m.encode_to_vec()))
+                .collect()
+        }
+        TypeMap::from_fn(|ty| match ty {
+            ResourceType::Cluster => each(ty, &self.clusters, |c| &c.name),
+            ResourceType::Endpoint => each(ty, &self.endpoints, |c| &c.cluster_name),
+            ResourceType::Listener => each(ty, &self.listeners, |l| &l.name),
+            ResourceType::Route => each(ty, &self.routes, |r| &r.name),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,11 +278,25 @@ impl Cache {
         self.tx.borrow().clone()
     }
 
-    /// Builds a snapshot from per-group resources and publishes it if any group's content
+    /// Encodes per-group resources, builds a snapshot and publishes it if any group's content
     /// changed. Returns the published snapshot, or `None` when nothing changed.
     pub fn publish(
         &self,
-        groups: BTreeMap<String, GroupInput>,
+        groups: &BTreeMap<String, GroupResources>,
+        default_group: &str,
+        observed_at: std::time::Instant,
+    ) -> Result<Option<Arc<Snapshot>>, CacheError> {
+        if !groups.contains_key(default_group) {
+            return Err(CacheError::NoDefaultGroup(default_group.to_string()));
+        }
+        let encoded = groups.iter().map(|(name, g)| (name.clone(), g.encode())).collect();
+        self.publish_encoded(encoded, default_group, observed_at)
+    }
+
+    /// [`Cache::publish`] of resources already encoded.
+    pub(crate) fn publish_encoded(
+        &self,
+        groups: BTreeMap<String, EncodedGroup>,
         default_group: &str,
         observed_at: std::time::Instant,
     ) -> Result<Option<Arc<Snapshot>>, CacheError> {
@@ -267,19 +305,13 @@ impl Cache {
         }
         let previous = self.current();
         let mut built = BTreeMap::new();
-        for (name, input) in groups {
+        for (name, mut input) in groups {
             let prev_group = previous.as_ref().and_then(|p| p.groups.get(&name));
-            let [c, e, l, r] = input.resources;
-            let mut types = Vec::with_capacity(4);
-            for (ty, res) in ResourceType::ALL.into_iter().zip([c, e, l, r]) {
-                types.push(TypeSnapshot::build(ty, res, prev_group.map(|g| g.get(ty)))?);
-            }
-            let types: [Arc<TypeSnapshot>; 4] = match types.try_into() {
-                Ok(t) => t,
-                Err(_) => unreachable!("four resource types"),
-            };
+            let types = TypeMap::try_from_fn(|ty| {
+                TypeSnapshot::build(ty, std::mem::take(&mut input[ty]), prev_group.map(|g| g.get(ty)))
+            })?;
             let group = match prev_group {
-                Some(pg) if pg.types.iter().zip(&types).all(|(a, b)| Arc::ptr_eq(a, b)) => pg.clone(),
+                Some(pg) if pg.types.values().zip(types.values()).all(|(a, b)| Arc::ptr_eq(a, b)) => pg.clone(),
                 _ => Arc::new(GroupSnapshot {
                     name: name.clone(),
                     types,
@@ -313,10 +345,10 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn input(clusters: &[(&str, u8)]) -> BTreeMap<String, GroupInput> {
-        let mut g = GroupInput::default();
+    fn input(clusters: &[(&str, u8)]) -> BTreeMap<String, EncodedGroup> {
+        let mut g = EncodedGroup::default();
         for (n, b) in clusters {
-            g.resources[0].push(Resource::new(ResourceType::Cluster, n, vec![*b]));
+            g[ResourceType::Cluster].push(Resource::new(ResourceType::Cluster, n, vec![*b]));
         }
         BTreeMap::from([("default".to_string(), g)])
     }
@@ -326,17 +358,17 @@ mod tests {
         let cache = Cache::new();
         let now = std::time::Instant::now();
         let s1 = cache
-            .publish(input(&[("a", 1), ("b", 2)]), "default", now)
+            .publish_encoded(input(&[("a", 1), ("b", 2)]), "default", now)
             .expect("ok")
             .expect("published");
         assert!(cache
-            .publish(input(&[("b", 2), ("a", 1)]), "default", now)
+            .publish_encoded(input(&[("b", 2), ("a", 1)]), "default", now)
             .expect("ok")
             .is_none());
         // A second cache (another replica, or a restart) hands out the same versions.
         let other = Cache::new();
         let s2 = other
-            .publish(input(&[("a", 1), ("b", 2)]), "default", now)
+            .publish_encoded(input(&[("a", 1), ("b", 2)]), "default", now)
             .expect("ok")
             .expect("published");
         let v = |s: &Snapshot| s.groups["default"].get(ResourceType::Cluster).version.clone();
@@ -348,11 +380,11 @@ mod tests {
         let cache = Cache::new();
         let now = std::time::Instant::now();
         let s1 = cache
-            .publish(input(&[("a", 1), ("b", 2)]), "default", now)
+            .publish_encoded(input(&[("a", 1), ("b", 2)]), "default", now)
             .expect("ok")
             .expect("published");
         let s2 = cache
-            .publish(input(&[("a", 1), ("b", 3)]), "default", now)
+            .publish_encoded(input(&[("a", 1), ("b", 3)]), "default", now)
             .expect("ok")
             .expect("published");
         let c1 = s1.groups["default"].get(ResourceType::Cluster);
@@ -377,11 +409,11 @@ mod tests {
         let cache = Cache::new();
         let now = std::time::Instant::now();
         assert!(matches!(
-            cache.publish(input(&[("a", 1), ("a", 2)]), "default", now),
+            cache.publish_encoded(input(&[("a", 1), ("a", 2)]), "default", now),
             Err(CacheError::DuplicateName { .. })
         ));
         assert!(matches!(
-            cache.publish(input(&[("a", 1)]), "other", now),
+            cache.publish_encoded(input(&[("a", 1)]), "other", now),
             Err(CacheError::NoDefaultGroup(_))
         ));
         assert!(cache.current().is_none());
@@ -391,12 +423,12 @@ mod tests {
     fn a_grpc_client_gets_its_groups_grpc_twin_and_an_envoy_never_does() {
         let cache = Cache::new();
         let mut groups = input(&[("envoy-cluster", 1)]);
-        let mut twin = GroupInput::default();
-        twin.resources[0].push(Resource::new(ResourceType::Cluster, "grpc-cluster", vec![2]));
+        let mut twin = EncodedGroup::default();
+        twin[ResourceType::Cluster].push(Resource::new(ResourceType::Cluster, "grpc-cluster", vec![2]));
         groups.insert("default/grpc".into(), twin);
-        groups.insert("other".into(), GroupInput::default());
+        groups.insert("other".into(), EncodedGroup::default());
         let s = cache
-            .publish(groups, "default", std::time::Instant::now())
+            .publish_encoded(groups, "default", std::time::Instant::now())
             .expect("ok")
             .expect("published");
         let name = |g: Option<&Arc<GroupSnapshot>>| g.map(|g| g.name.clone());
@@ -423,9 +455,9 @@ mod tests {
     fn unknown_node_cluster_gets_the_default_group() {
         let cache = Cache::new();
         let mut groups = input(&[("a", 1)]);
-        groups.insert("front-proxy".into(), GroupInput::default());
+        groups.insert("front-proxy".into(), EncodedGroup::default());
         let s = cache
-            .publish(groups, "default", std::time::Instant::now())
+            .publish_encoded(groups, "default", std::time::Instant::now())
             .expect("ok")
             .expect("published");
         assert_eq!(s.group_for("front-proxy").map(|g| g.name.as_str()), Some("front-proxy"));

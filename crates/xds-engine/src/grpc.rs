@@ -11,34 +11,24 @@
 //! largest response ever sent on the stream).
 //!
 //! Requests are decoded by [`Requests`], which releases a large buffer once a large request
-//! has been decoded. Routing is by path,
-//! as tonic's generated services do; every service is a [`GrpcService`] with its own
-//! [`NamedService::NAME`] so the tonic router can hold them side by side.
+//! has been decoded. [`ResponseBody`] sends the messages of a stream (xDS responses here, CSDS
+//! answers in `csds`) chunk by chunk, then the trailers. This module knows nothing of the
+//! services built on it (`services`, `server`, `csds`).
 
-use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codegen::{http, BoxFuture, Service};
-use tonic::server::NamedService;
+use tonic::codegen::http;
 use tonic::{Code, Status};
 
-use super::resources::ResourceType;
-use super::server::XdsServer;
-use super::stream::Scope;
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
-
-/// Largest request accepted (tonic's default): a larger one ends the stream with
-/// `OUT_OF_RANGE`.
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Resources at most this large are copied into a DATA chunk; larger ones are sent as their
 /// shared bytes.
@@ -49,7 +39,7 @@ const INLINE_MAX: usize = 1024;
 const CHUNK: usize = 16 * 1024;
 
 /// A response message, ready to frame: its resources are field 2.
-pub trait WireMessage: Message + Send + 'static {
+pub(crate) trait WireMessage: Message + Send + 'static {
     /// Takes the pre-encoded resources out, leaving the rest of the message to encode.
     fn take_resources(&mut self) -> Vec<Bytes>;
 }
@@ -68,7 +58,7 @@ impl WireMessage for DeltaDiscoveryResponse {
 
 /// One gRPC message on its way out: the prefix and small fields, then the resources (shared
 /// bytes, each sent as a `repeated bytes` field 2; field order is free in protobuf).
-pub struct Framed {
+pub(crate) struct Framed {
     head: Option<Bytes>,
     resources: std::vec::IntoIter<Bytes>,
     /// A large resource whose field prefix has gone out in the previous chunk.
@@ -77,7 +67,7 @@ pub struct Framed {
 
 impl Framed {
     /// Returns `None` when the message exceeds the 4 GiB a gRPC length prefix can express.
-    pub fn new<M: WireMessage>(mut msg: M) -> Option<Framed> {
+    pub(crate) fn new<M: WireMessage>(mut msg: M) -> Option<Framed> {
         let resources = msg.take_resources();
         let field_len = |r: &Bytes| 1 + prost::encoding::encoded_len_varint(r.len() as u64) + r.len();
         let head_len = msg.encoded_len();
@@ -96,7 +86,7 @@ impl Framed {
     }
 
     /// The next DATA chunk, or `None` when the message is complete.
-    fn next_chunk(&mut self) -> Option<Bytes> {
+    pub(crate) fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(large) = self.next_large.take() {
             return Some(large);
         }
@@ -148,27 +138,54 @@ fn frame<M: WireMessage>(msg: M) -> Option<Vec<Bytes>> {
 /// (The status is boxed: the channel's slots are allocated in blocks, and a `Status` is large.)
 /// Boxed both ways: a stream's channel keeps a block of slots for its whole life, so a slot
 /// must be small (two words, not a whole `Framed`).
-pub type Outbound = Result<Box<Framed>, Box<Status>>;
+pub(crate) type Outbound = Result<Box<Framed>, Box<Status>>;
 
-/// The response body: DATA chunks from the stream task, then trailers with the final status.
-pub struct ResponseBody {
-    rx: mpsc::Receiver<Outbound>,
-    current: Option<Box<Framed>>,
-    done: bool,
+/// A message a [`ResponseBody`] sends: its DATA chunks, made as HTTP/2 asks for them.
+pub(crate) trait Chunked: Send + 'static {
+    /// The next DATA chunk, or `None` when the message is complete.
+    fn next_chunk(&mut self) -> Option<Bytes>;
 }
 
-impl ResponseBody {
-    /// A body that frames the messages received on `rx`.
-    pub fn new(rx: mpsc::Receiver<Outbound>) -> Self {
+impl Chunked for Box<Framed> {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        Framed::next_chunk(self)
+    }
+}
+
+/// The response body: the DATA chunks of each message from the stream task, then trailers with
+/// the final status. A message (and what it holds, e.g. a slot) is released when its last chunk
+/// is taken, or when the body is dropped (the client went away); `guard` lives as long as the
+/// body.
+pub(crate) struct ResponseBody<M, G = ()> {
+    rx: mpsc::Receiver<Result<M, Box<Status>>>,
+    current: Option<M>,
+    done: bool,
+    _guard: G,
+}
+
+impl<M: Chunked + Unpin, G: Send + Unpin + 'static> ResponseBody<M, G> {
+    /// A body that sends the messages received on `rx`, holding `guard` until it is dropped.
+    pub(crate) fn new(rx: mpsc::Receiver<Result<M, Box<Status>>>, guard: G) -> Self {
         ResponseBody {
             rx,
             current: None,
             done: false,
+            _guard: guard,
         }
+    }
+
+    /// The body as an HTTP response with the gRPC content type.
+    pub(crate) fn into_response(self) -> http::Response<Body> {
+        let mut r = http::Response::new(Body::new(self));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        r
     }
 }
 
-pub(super) fn trailers(status: &Status) -> http::HeaderMap {
+fn trailers(status: &Status) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     if status.add_header(&mut h).is_err() {
         h.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
@@ -176,14 +193,14 @@ pub(super) fn trailers(status: &Status) -> http::HeaderMap {
     h
 }
 
-impl http_body::Body for ResponseBody {
+impl<M: Chunked + Unpin, G: Unpin> http_body::Body for ResponseBody<M, G> {
     type Data = Bytes;
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         loop {
-            if let Some(chunk) = this.current.as_deref_mut().and_then(Framed::next_chunk) {
+            if let Some(chunk) = this.current.as_mut().and_then(Chunked::next_chunk) {
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             this.current = None;
@@ -210,19 +227,10 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-fn grpc_response(rx: mpsc::Receiver<Outbound>) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::new(ResponseBody::new(rx)));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    r
-}
-
 /// The request side of a stream: gRPC messages decoded from the HTTP/2 body. Unlike tonic's
 /// decoder, it does not keep a buffer as large as the largest request between requests (an
 /// Envoy re-sends its whole EDS subscription with every ACK).
-pub struct Requests<T> {
+pub(crate) struct Requests<T> {
     body: Body,
     buf: BytesMut,
     ended: bool,
@@ -231,13 +239,8 @@ pub struct Requests<T> {
 }
 
 impl<T: Message + Default> Requests<T> {
-    /// Decodes the gRPC messages of `body`.
-    pub fn new(body: Body) -> Self {
-        Self::with_limit(body, MAX_REQUEST_BYTES)
-    }
-
     /// Requests larger than `limit` bytes end the stream with OUT_OF_RANGE.
-    pub fn with_limit(body: Body, limit: usize) -> Self {
+    pub(crate) fn with_limit(body: Body, limit: usize) -> Self {
         Requests {
             body,
             buf: BytesMut::new(),
@@ -248,7 +251,7 @@ impl<T: Message + Default> Requests<T> {
     }
 
     /// The next request; `Ok(None)` when the client closed its side.
-    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+    pub(crate) async fn message(&mut self) -> Result<Option<T>, Status> {
         match self.raw_message().await? {
             Some(raw) => T::decode(&raw[..]).map(Some).map_err(undecodable),
             None => Ok(None),
@@ -257,7 +260,7 @@ impl<T: Message + Default> Requests<T> {
 
     /// The next request's bytes (the gRPC message, without its 5-byte prefix), for the caller
     /// to decode; `Ok(None)` when the client closed its side.
-    pub async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
+    pub(crate) async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
             if let Some(msg) = self.take()? {
                 return Ok(Some(msg));
@@ -314,161 +317,18 @@ impl<T: Message + Default> Requests<T> {
 }
 
 /// The status for a request that does not decode.
-pub fn undecodable(e: prost::DecodeError) -> Status {
+pub(crate) fn undecodable(e: prost::DecodeError) -> Status {
     Status::invalid_argument(format!("undecodable request: {e}"))
-}
-
-/// One xDS gRPC service: its name and how its methods map onto streams.
-pub trait ServiceDef: Send + Sync + 'static {
-    /// The gRPC service name.
-    const NAME: &'static str;
-    /// The types it serves.
-    const SCOPE: Scope;
-    /// The State of the World stream method.
-    const STREAM: &'static str;
-    /// The Delta stream method.
-    const DELTA: &'static str;
-    /// The unary fetch method and its type (per-type services only).
-    const FETCH: Option<(&'static str, ResourceType)>;
-}
-
-macro_rules! service_def {
-    ($t:ident, $name:expr, $scope:expr, $stream:expr, $delta:expr, $fetch:expr) => {
-        /// One xDS gRPC service (see [`ServiceDef`]).
-        pub struct $t;
-        impl ServiceDef for $t {
-            const NAME: &'static str = $name;
-            const SCOPE: Scope = $scope;
-            const STREAM: &'static str = $stream;
-            const DELTA: &'static str = $delta;
-            const FETCH: Option<(&'static str, ResourceType)> = $fetch;
-        }
-    };
-}
-
-service_def!(
-    Ads,
-    "envoy.service.discovery.v3.AggregatedDiscoveryService",
-    Scope::Ads,
-    "StreamAggregatedResources",
-    "DeltaAggregatedResources",
-    None
-);
-service_def!(
-    Cds,
-    "envoy.service.cluster.v3.ClusterDiscoveryService",
-    Scope::Single(ResourceType::Cluster),
-    "StreamClusters",
-    "DeltaClusters",
-    Some(("FetchClusters", ResourceType::Cluster))
-);
-service_def!(
-    Eds,
-    "envoy.service.endpoint.v3.EndpointDiscoveryService",
-    Scope::Single(ResourceType::Endpoint),
-    "StreamEndpoints",
-    "DeltaEndpoints",
-    Some(("FetchEndpoints", ResourceType::Endpoint))
-);
-service_def!(
-    Lds,
-    "envoy.service.listener.v3.ListenerDiscoveryService",
-    Scope::Single(ResourceType::Listener),
-    "StreamListeners",
-    "DeltaListeners",
-    Some(("FetchListeners", ResourceType::Listener))
-);
-service_def!(
-    Rds,
-    "envoy.service.route.v3.RouteDiscoveryService",
-    Scope::Single(ResourceType::Route),
-    "StreamRoutes",
-    "DeltaRoutes",
-    Some(("FetchRoutes", ResourceType::Route))
-);
-
-/// A tower service serving one xDS gRPC service.
-pub struct GrpcService<D> {
-    server: XdsServer,
-    _def: PhantomData<fn() -> D>,
-}
-
-impl<D> GrpcService<D> {
-    /// The services of `server`.
-    pub fn new(server: XdsServer) -> Self {
-        GrpcService {
-            server,
-            _def: PhantomData,
-        }
-    }
-}
-
-impl<D> Clone for GrpcService<D> {
-    fn clone(&self) -> Self {
-        GrpcService::new(self.server.clone())
-    }
-}
-
-impl<D: ServiceDef> NamedService for GrpcService<D> {
-    const NAME: &'static str = D::NAME;
-}
-
-impl<D: ServiceDef> Service<http::Request<Body>> for GrpcService<D> {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let server = self.server.clone();
-        Box::pin(async move {
-            let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
-            let body = req.into_body();
-            if method == D::STREAM {
-                let inbound = Requests::with_limit(body, server.max_request_bytes);
-                return Ok(match server.sotw(D::SCOPE, inbound) {
-                    Ok(rx) => grpc_response(rx),
-                    Err(status) => status.into_http(),
-                });
-            }
-            if method == D::DELTA {
-                let inbound = Requests::with_limit(body, server.max_request_bytes);
-                return Ok(match server.delta(D::SCOPE, inbound) {
-                    Ok(rx) => grpc_response(rx),
-                    Err(status) => status.into_http(),
-                });
-            }
-            if let Some((fetch, ty)) = D::FETCH {
-                if method == fetch {
-                    let (tx, rx) = mpsc::channel(1);
-                    let out = match Requests::<DiscoveryRequest>::with_limit(body, server.max_request_bytes)
-                        .message()
-                        .await
-                    {
-                        Ok(Some(r)) => server.fetch(ty, r).and_then(|resp| {
-                            Framed::new(resp)
-                                .map(Box::new)
-                                .ok_or_else(|| Status::resource_exhausted("response too large"))
-                        }),
-                        Ok(None) => Err(Status::invalid_argument("a fetch needs one request message")),
-                        Err(s) => Err(s),
-                    };
-                    let _ = tx.try_send(out.map_err(Box::new));
-                    return Ok(grpc_response(rx));
-                }
-            }
-            Ok(Status::unimplemented(format!("{}/{method} is not served", D::NAME)).into_http())
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3 as pb;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    /// The largest request of these tests' streams (tonic's default).
+    const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
     use envoy_types::pb::google::protobuf::Any;
 
     fn join(chunks: &[Bytes]) -> Vec<u8> {
@@ -601,7 +461,7 @@ mod tests {
         wire.extend(grpc(&small, 0));
         // Cut into uneven frames, one boundary inside the length prefix.
         let chunks: Vec<Vec<u8>> = wire.chunks(997).map(|c| c.to_vec()).collect();
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(chunks));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(chunks), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect("ok"), Some(big));
         assert_eq!(r.message().await.expect("ok"), Some(small));
         assert_eq!(r.buf.capacity(), 0, "buffer kept between requests");
@@ -611,15 +471,18 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_get_clear_statuses() {
         let m = DiscoveryRequest::default();
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![grpc(&m, 1)]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(vec![grpc(&m, 1)]), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect_err("compressed").code(), Code::Unimplemented);
         let mut huge = vec![0u8];
         huge.extend_from_slice(&((MAX_REQUEST_BYTES + 1) as u32).to_be_bytes());
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![huge]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(vec![huge]), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect_err("too large").code(), Code::OutOfRange);
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(
+            body_of(vec![vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff]]),
+            MAX_REQUEST_BYTES,
+        );
         assert_eq!(r.message().await.expect_err("garbage").code(), Code::InvalidArgument);
-        let mut r = Requests::<DiscoveryRequest>::new(body_of(vec![vec![0, 0, 0, 0, 9, 1]]));
+        let mut r = Requests::<DiscoveryRequest>::with_limit(body_of(vec![vec![0, 0, 0, 0, 9, 1]]), MAX_REQUEST_BYTES);
         assert_eq!(r.message().await.expect_err("truncated").code(), Code::Internal);
     }
 }

@@ -7,14 +7,17 @@
 //! and serves the shared bytes to every stream to the letter of the xDS protocol.
 //!
 //! - [`cache`]: the snapshot cache ([`cache::Cache::publish`], one version per group and type).
-//! - [`resources`]: the four types (CDS, EDS, LDS, RDS) and a resource encoded once.
+//! - [`resources`]: the four types (CDS, EDS, LDS, RDS), a map keyed by type, and a resource
+//!   encoded once.
 //! - [`stream`]: the per-stream protocol state machines (SotW and Delta).
-//! - [`server`], [`grpc`], [`wire`]: the gRPC services and their framing.
+//! - [`names`]: subscribed names, shared between the streams of a server.
+//! - [`server`], `services`, `grpc`, [`wire`]: the stream tasks, the gRPC services and their
+//!   framing.
 //! - [`csds`]: client status (CSDS) over the same port.
 //! - [`listen`]: the listener, its connection bound and TLS.
 //! - [`status`]: the table of open streams, for status pages and CSDS.
 //! - [`metrics`]: the engine's Prometheus metrics.
-//! - [`logsafe`]: escaping and rate-limiting of client-supplied text in logs.
+//! - `logsafe`: escaping and rate-limiting of client-supplied text in logs.
 //!
 //! # Serving a snapshot to Envoy
 //!
@@ -23,23 +26,21 @@
 //! use std::sync::Arc;
 //!
 //! use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-//! use prost::Message;
-//! use xds_engine::cache::{Cache, GroupInput};
+//! use xds_engine::cache::{Cache, GroupResources};
 //! use xds_engine::csds::CsdsLimits;
 //! use xds_engine::metrics::Metrics;
-//! use xds_engine::resources::{Resource, ResourceType};
 //! use xds_engine::server::XdsServer;
 //! use xds_engine::status::ClientTable;
 //! use xds_engine::stream::Limits;
 //!
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
-//! // One group ("default") with one cluster.
-//! let cluster = Cluster { name: "backend".into(), ..Default::default() };
-//! let mut group = GroupInput::default();
-//! group.resources[ResourceType::Cluster.index()] =
-//!     vec![Resource::new(ResourceType::Cluster, &cluster.name, cluster.encode_to_vec())];
+//! // One group ("default") with one cluster, encoded once when published.
+//! let group = GroupResources {
+//!     clusters: vec![Cluster { name: "backend".into(), ..Default::default() }],
+//!     ..Default::default()
+//! };
 //! let cache = Cache::new();
-//! cache.publish(BTreeMap::from([("default".to_string(), group)]), "default", std::time::Instant::now())?;
+//! cache.publish(&BTreeMap::from([("default".to_string(), group)]), "default", std::time::Instant::now())?;
 //!
 //! // ADS, the per-type services and CSDS on one port.
 //! let server = XdsServer {
@@ -51,6 +52,7 @@
 //!     stream_slots: Arc::new(tokio::sync::Semaphore::new(10_000)),
 //!     max_request_bytes: 4 * 1024 * 1024,
 //!     csds: CsdsLimits::default(),
+//!     name_sets: Arc::default(),
 //! };
 //! server
 //!     .into_router(tonic::transport::Server::builder())
@@ -64,12 +66,14 @@
 
 pub mod cache;
 pub mod csds;
-pub mod grpc;
+mod grpc;
 pub mod listen;
-pub mod logsafe;
+mod logsafe;
 pub mod metrics;
+pub mod names;
 pub mod resources;
 pub mod server;
+mod services;
 pub mod status;
 pub mod stream;
 pub mod wire;

@@ -64,7 +64,7 @@ pub struct Metrics {
 }
 
 /// Decrements a gauge (open streams, CSDS responses in flight) when dropped.
-pub struct StreamGauge(Gauge<i64, AtomicI64>);
+pub(crate) struct StreamGauge(Gauge<i64, AtomicI64>);
 
 impl Drop for StreamGauge {
     fn drop(&mut self) {

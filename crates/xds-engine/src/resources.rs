@@ -58,15 +58,59 @@ impl ResourceType {
         }
     }
 
-    /// The position in [`ResourceType::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
     /// CDS and LDS are wildcard types: an empty first subscription means "everything", and a
     /// SotW response must carry the full set.
     pub fn is_wildcard_type(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+/// One value per resource type, in push order ([`ResourceType::ALL`]): indexed by type, never
+/// by number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeMap<T>([T; 4]);
+
+impl<T> TypeMap<T> {
+    /// The value of each type, `f(ty)`.
+    pub fn from_fn(mut f: impl FnMut(ResourceType) -> T) -> Self {
+        TypeMap(ResourceType::ALL.map(&mut f))
+    }
+
+    /// Each type and its value, in push order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// The values, in push order.
+    pub fn values(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// The value of each type, `f(ty)`, or the first error.
+    pub fn try_from_fn<E>(f: impl FnMut(ResourceType) -> Result<T, E>) -> Result<Self, E> {
+        let [c, e, l, r] = ResourceType::ALL.map(f);
+        Ok(TypeMap([c?, e?, l?, r?]))
+    }
+}
+
+impl<T> std::ops::Index<ResourceType> for TypeMap<T> {
+    type Output = T;
+    fn index(&self, ty: ResourceType) -> &T {
+        &self.0[ty as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<ResourceType> for TypeMap<T> {
+    fn index_mut(&mut self, ty: ResourceType) -> &mut T {
+        &mut self.0[ty as usize]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a TypeMap<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 
@@ -76,7 +120,7 @@ pub fn version_string(v: u64) -> String {
 }
 
 /// Parses a version this server handed out; anything else is `None` (never equal to ours).
-pub fn parse_version(s: &str) -> Option<u64> {
+pub(crate) fn parse_version(s: &str) -> Option<u64> {
     if s.len() == 16 {
         u64::from_str_radix(s, 16).ok()
     } else {
@@ -86,7 +130,7 @@ pub fn parse_version(s: &str) -> Option<u64> {
 
 /// The first 8 bytes of a SHA-256, as a number: a content version that is the same on every
 /// replica and across restarts for the same bytes.
-pub fn content_hash(parts: &[&[u8]]) -> u64 {
+pub(crate) fn content_hash(parts: &[&[u8]]) -> u64 {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
@@ -117,7 +161,7 @@ pub struct Resource {
 
 impl Resource {
     /// A resource of type `ty` named `name`, `body` its encoded message.
-    pub fn new(ty: ResourceType, name: &str, body: Vec<u8>) -> Self {
+    pub(crate) fn new(ty: ResourceType, name: &str, body: Vec<u8>) -> Self {
         let version = content_hash(&[ty.type_url().as_bytes(), &body]);
         let any = Any {
             type_url: ty.type_url().to_string(),
@@ -142,7 +186,7 @@ impl Resource {
     /// The answer for a requested EDS or RDS name that the snapshot does not hold: an empty
     /// load assignment or an empty route configuration. Without it Envoy keeps the cluster or
     /// listener warming until `initial_fetch_timeout` (15 s by default).
-    pub fn placeholder(ty: ResourceType, name: &str) -> Option<Self> {
+    pub(crate) fn placeholder(ty: ResourceType, name: &str) -> Option<Self> {
         let body = match ty {
             ResourceType::Endpoint => ClusterLoadAssignment {
                 cluster_name: name.to_string(),
@@ -179,6 +223,32 @@ mod tests {
             None
         );
         assert_eq!(ResourceType::from_type_url(""), None);
+    }
+
+    #[test]
+    fn a_type_map_is_indexed_by_type_and_iterates_in_push_order() {
+        let mut m: TypeMap<Vec<&str>> = TypeMap::default();
+        m[ResourceType::Route].push("r");
+        m[ResourceType::Cluster].push("c");
+        let order: Vec<(ResourceType, usize)> = m.iter().map(|(t, v)| (t, v.len())).collect();
+        assert_eq!(
+            order,
+            vec![
+                (ResourceType::Cluster, 1),
+                (ResourceType::Endpoint, 0),
+                (ResourceType::Listener, 0),
+                (ResourceType::Route, 1)
+            ]
+        );
+        assert_eq!(m[ResourceType::Route], vec!["r"]);
+        let shorts = TypeMap::from_fn(ResourceType::short);
+        assert_eq!(
+            shorts.values().copied().collect::<Vec<_>>(),
+            vec!["cds", "eds", "lds", "rds"]
+        );
+        let failed: Result<TypeMap<u8>, ResourceType> =
+            TypeMap::try_from_fn(|t| if t == ResourceType::Listener { Err(t) } else { Ok(1) });
+        assert_eq!(failed, Err(ResourceType::Listener));
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! all on one port.
 //!
 //! Each stream runs in its own task: it selects over "request arrived", "snapshot changed" and
-//! "shutdown", feeds its state machine, and sends what the machine says. No lock is shared
+//! "shutdown", feeds its state machine (with the time), and sends what the machine says. It
+//! applies what the machine reports (metrics, logs, its status record) and, after each turn
+//! that changed the record, publishes an immutable copy to the client table. No lock is shared
 //! on the send path; the snapshot is read through a `watch` channel and shared by `Arc`.
+//!
+//! The routing of gRPC paths to these streams is in `services`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -16,11 +20,12 @@ use tracing::{debug, info, warn};
 
 use super::cache::Cache;
 use super::cache::Snapshot;
-use super::grpc::{self, Framed, GrpcService, Outbound, Requests, WireMessage};
+use super::grpc::{self, Framed, Outbound, Requests, WireMessage};
 use super::logsafe::{LogBudget, Noise, Safe, Verdict};
-use super::resources::ResourceType;
-use super::status::{ClientTable, Registration};
-use super::stream::{DeltaStream, Limits, Scope, SotwStream, StreamError, StreamEvent};
+use super::names::NameSets;
+use super::resources::{ResourceType, TypeMap};
+use super::status::{ClientStatus, ClientTable, Registration};
+use super::stream::{DeltaStream, Limits, Scope, SotwRequest, SotwStream, StreamError, StreamEvent};
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 use crate::metrics::Metrics;
 
@@ -45,7 +50,33 @@ pub struct XdsServer {
     /// The largest request message accepted (`server.max_request_bytes`).
     pub max_request_bytes: usize,
     /// CSDS's bounds (`server.csds`).
-    pub csds: super::csds::CsdsLimits,
+    pub csds: CsdsLimits,
+    /// The subscriptions' name sets, shared by this server's streams.
+    pub name_sets: Arc<NameSets>,
+}
+
+/// CSDS's bounds (`server.csds`, documented in `docs/configuration.md`).
+#[derive(Clone, Copy, Debug)]
+pub struct CsdsLimits {
+    /// CSDS answers being built or sent at once, over every client.
+    pub max_concurrent_requests: usize,
+    /// The largest CSDS response message, in bytes.
+    pub max_response_bytes: usize,
+    /// Requests one `StreamClientStatus` stream may make per second, on average.
+    pub stream_requests_per_second: f64,
+    /// Requests one `StreamClientStatus` stream may make at once after a quiet period.
+    pub stream_burst: u32,
+}
+
+impl Default for CsdsLimits {
+    fn default() -> Self {
+        CsdsLimits {
+            max_concurrent_requests: 4,
+            max_response_bytes: 4 * 1024 * 1024,
+            stream_requests_per_second: 1.0,
+            stream_burst: 5,
+        }
+    }
 }
 
 impl From<StreamError> for Status {
@@ -60,28 +91,32 @@ impl From<StreamError> for Status {
 }
 
 impl XdsServer {
-    /// Adds every xDS service to a tonic router.
-    pub fn into_router(self, builder: tonic::transport::Server) -> tonic::transport::server::Router {
-        let mut builder = builder;
-        builder
-            .add_service(GrpcService::<grpc::Ads>::new(self.clone()))
-            .add_service(GrpcService::<grpc::Cds>::new(self.clone()))
-            .add_service(GrpcService::<grpc::Eds>::new(self.clone()))
-            .add_service(GrpcService::<grpc::Lds>::new(self.clone()))
-            .add_service(super::csds::Csds::new(self.clone()))
-            .add_service(GrpcService::<grpc::Rds>::new(self))
-    }
-
-    /// Counts and logs what a stream's machine reports. Client-supplied strings are logged
-    /// through [`Safe`]; client-caused lines are limited per stream by `budget`.
-    fn observe(&self, events: Vec<StreamEvent>, api: &'static str, push: &mut PendingPush, budget: &mut LogBudget) {
+    /// Applies what a stream's machine reports: folds it into the stream's `status` (returns
+    /// whether that changed), counts and logs it. Client-supplied strings are logged through
+    /// [`Safe`]; client-caused lines are limited per stream by `budget`.
+    fn observe(
+        &self,
+        events: Vec<StreamEvent>,
+        status: &mut ClientStatus,
+        api: &'static str,
+        push: &mut PendingPush,
+        budget: &mut LogBudget,
+    ) -> bool {
+        let mut changed = false;
+        let at = SystemTime::now();
         for e in events {
+            changed |= status.apply(&e, at);
             match e {
+                StreamEvent::Node { .. }
+                | StreamEvent::Group { .. }
+                | StreamEvent::Subscribed { .. }
+                | StreamEvent::Held { .. } => {}
                 StreamEvent::Sent {
                     ty,
                     version,
                     resources,
                     removed,
+                    ..
                 } => {
                     self.metrics.response_sent(ty, api);
                     if let Some(observed) = push.take(ty) {
@@ -93,19 +128,19 @@ impl XdsServer {
                     self.metrics.acked(ty, after);
                     debug!(r#type = ty.short(), %version, ms = after.as_millis() as u64, "ack");
                 }
-                StreamEvent::Nacked(n) => {
-                    let ty = ResourceType::ALL.into_iter().find(|t| t.short() == n.ty);
-                    if let Some(ty) = ty {
-                        self.metrics.nacked(ty);
-                    }
+                StreamEvent::Nacked { ty, .. } => {
+                    self.metrics.nacked(ty);
+                    let Some(n) = status.types.get(ty.short()).and_then(|t| t.last_nack.clone()) else {
+                        continue;
+                    };
                     let verdict = budget.take(Noise::Nack, &self.metrics);
                     if verdict != Verdict::Suppressed {
-                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), r#type = n.ty, version = %n.version, error = %Safe(&n.error), "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
+                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), r#type = ty.short(), version = %n.version, error = %Safe(&n.error), "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
                     }
                     if verdict == Verdict::LogLast {
                         warn!(node = %Safe(&n.node_id), "further NACKs on this stream are not logged (see voltha_xds_nacks_total and the status page)");
                     }
-                    self.clients.record_nack(*n);
+                    self.clients.record_nack(n);
                 }
                 StreamEvent::Stale { ty } => {
                     self.metrics.stale_request(ty);
@@ -123,6 +158,7 @@ impl XdsServer {
                 }
             }
         }
+        changed
     }
 
     /// A slot of `server.max_streams`, or RESOURCE_EXHAUSTED (counted and logged).
@@ -141,7 +177,7 @@ impl XdsServer {
     ) -> Result<mpsc::Receiver<Outbound>, Status> {
         let slot = self.stream_slot()?;
         let reg = self.clients.register("sotw", scope.name());
-        let sm = SotwStream::new(scope, self.limits, reg.status.clone());
+        let sm = SotwStream::new(scope, self.limits, self.name_sets.clone());
         Ok(self.spawn_stream(reg, slot, scope, sm, inbound))
     }
 
@@ -152,7 +188,7 @@ impl XdsServer {
     ) -> Result<mpsc::Receiver<Outbound>, Status> {
         let slot = self.stream_slot()?;
         let reg = self.clients.register("delta", scope.name());
-        let sm = DeltaStream::new(scope, self.limits, reg.status.clone());
+        let sm = DeltaStream::new(scope, self.limits, self.name_sets.clone());
         Ok(self.spawn_stream(reg, slot, scope, sm, inbound))
     }
 
@@ -160,7 +196,7 @@ impl XdsServer {
     /// whatever the state machine wants sent.
     fn spawn_stream<M: Machine>(
         &self,
-        reg: Registration,
+        (reg, mut status): (Registration, ClientStatus),
         slot: OwnedSemaphorePermit,
         scope: Scope,
         mut sm: M,
@@ -189,7 +225,7 @@ impl XdsServer {
                         raw.map(|raw| sm.decode(&raw).map_err(grpc::undecodable)).transpose()
                     }) {
                         Ok(Some(req)) => {
-                            if let Err(e) = sm.on_request(req) {
+                            if let Err(e) = sm.on_request(req, Instant::now()) {
                                 this.metrics.bad_request();
                                 warn!(stream = _reg.id, error = %Safe(&e), "ending stream on a bad request");
                                 let _ = tx.send(Err(Box::new(e.into()))).await;
@@ -212,17 +248,15 @@ impl XdsServer {
                     changed = snaps.changed() => {
                         if changed.is_err() { break; }
                         let next = snaps.borrow_and_update().clone();
-                        let (cluster, agent) = {
-                            let st = _reg.status.lock();
-                            (st.node_cluster.clone(), st.user_agent_name.clone())
-                        };
-                        push.on_snapshot(current.as_deref(), next.as_deref(), &cluster, &agent);
+                        push.on_snapshot(current.as_deref(), next.as_deref(), &status.node_cluster, &status.user_agent_name);
                         current = next;
                         sm.on_snapshot(current.clone());
                     }
                 }
-                let out = sm.poll();
-                this.observe(sm.take_events(), M::API, &mut push, &mut budget);
+                let out = sm.poll(Instant::now());
+                if this.observe(sm.take_events(), &mut status, M::API, &mut push, &mut budget) {
+                    _reg.publish(Arc::new(status.clone()));
+                }
                 for r in out {
                     let framed = Framed::new(r)
                         .map(Box::new)
@@ -244,16 +278,15 @@ impl XdsServer {
 
     /// A unary fetch: the current resources of one type for the request's subscription.
     pub(super) fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<DiscoveryResponse, Status> {
-        let table = Arc::new(ClientTable::default());
-        let reg = table.register("sotw", "fetch");
-        let mut sm = SotwStream::new(Scope::Single(ty), self.limits, reg.status.clone());
+        let mut sm = SotwStream::new(Scope::Single(ty), self.limits, self.name_sets.clone());
         sm.on_snapshot(self.cache.current());
         let mut req = req;
         // A fetch always answers with the current content.
         req.version_info.clear();
         req.response_nonce.clear();
-        sm.on_request(req)?;
-        match sm.poll().pop() {
+        let now = Instant::now();
+        sm.on_request(req, now)?;
+        match sm.poll(now).pop() {
             Some(r) => Ok(r),
             None => Err(Status::unavailable("no snapshot has been built yet")),
         }
@@ -263,7 +296,7 @@ impl XdsServer {
 /// Per type, when the input change behind the newest snapshot was observed, until the stream
 /// sends its first response of that type: the push latency.
 #[derive(Default)]
-pub(super) struct PendingPush([Option<Instant>; 4]);
+pub(super) struct PendingPush(TypeMap<Option<Instant>>);
 
 impl PendingPush {
     /// Marks the types whose content for this node's group differs between the snapshots.
@@ -276,46 +309,50 @@ impl PendingPush {
         for ty in ResourceType::ALL {
             let same = before.is_some_and(|b| Arc::ptr_eq(b.get(ty), group.get(ty)));
             if !same {
-                self.0[ty.index()] = Some(next.observed_at);
+                self.0[ty] = Some(next.observed_at);
             }
         }
     }
 
     fn take(&mut self, ty: ResourceType) -> Option<Instant> {
-        self.0[ty.index()].take()
+        self.0[ty].take()
     }
 }
 
 /// What the stream loop needs of a state machine (SotW or Delta).
 trait Machine: Send + 'static {
+    /// The message on the wire.
     type Request: prost::Message + Default + Send + 'static;
+    /// A request as `decode` reads it.
+    type Decoded: Send + 'static;
     type Response: WireMessage;
     const API: &'static str;
     /// Decodes a request, with whatever the stream already holds at hand.
-    fn decode(&mut self, raw: &[u8]) -> Result<Self::Request, prost::DecodeError>;
-    fn on_request(&mut self, req: Self::Request) -> Result<(), StreamError>;
+    fn decode(&mut self, raw: &[u8]) -> Result<Self::Decoded, prost::DecodeError>;
+    fn on_request(&mut self, req: Self::Decoded, now: Instant) -> Result<(), StreamError>;
     fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>);
-    fn poll(&mut self) -> Vec<Self::Response>;
+    fn poll(&mut self, now: Instant) -> Vec<Self::Response>;
     fn take_events(&mut self) -> Vec<StreamEvent>;
 }
 
 macro_rules! machine {
-    ($sm:ty, $req:ty, $resp:ty, $api:expr) => {
+    ($sm:ty, $req:ty, $decoded:ty, $resp:ty, $api:expr) => {
         impl Machine for $sm {
             type Request = $req;
+            type Decoded = $decoded;
             type Response = $resp;
             const API: &'static str = $api;
-            fn decode(&mut self, raw: &[u8]) -> Result<$req, prost::DecodeError> {
+            fn decode(&mut self, raw: &[u8]) -> Result<$decoded, prost::DecodeError> {
                 <$sm>::decode(self, raw)
             }
-            fn on_request(&mut self, req: $req) -> Result<(), StreamError> {
-                <$sm>::on_request(self, req)
+            fn on_request(&mut self, req: $decoded, now: Instant) -> Result<(), StreamError> {
+                <$sm>::on_request(self, req, now)
             }
             fn on_snapshot(&mut self, snapshot: Option<Arc<Snapshot>>) {
                 <$sm>::on_snapshot(self, snapshot)
             }
-            fn poll(&mut self) -> Vec<$resp> {
-                <$sm>::poll(self)
+            fn poll(&mut self, now: Instant) -> Vec<$resp> {
+                <$sm>::poll(self, now)
             }
             fn take_events(&mut self) -> Vec<StreamEvent> {
                 <$sm>::take_events(self)
@@ -324,20 +361,24 @@ macro_rules! machine {
     };
 }
 
-machine!(SotwStream, DiscoveryRequest, DiscoveryResponse, "sotw");
-machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse, "delta");
+machine!(SotwStream, DiscoveryRequest, SotwRequest, DiscoveryResponse, "sotw");
+machine!(
+    DeltaStream,
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    "delta"
+);
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::time::SystemTime;
 
     use envoy_types::pb::envoy::config::core::v3::Node;
     use parking_lot::Mutex;
 
     use super::*;
     use crate::logsafe::LOGGED_PER_STREAM;
-    use crate::status::Nack;
 
     const FORGED: &str = "type.googleapis.com/x\n2099-01-01T00:00:00Z ERROR voltha_xds::reconcile: FORGED";
 
@@ -385,14 +426,15 @@ mod tests {
             stream_slots: Arc::new(Semaphore::new(10)),
             max_request_bytes: 4 << 20,
             csds: Default::default(),
+            name_sets: Arc::default(),
         }
     }
 
     /// `n` requests for `type_url` on one ADS stream, fed and observed as the stream task does.
     fn unknown_type_requests(srv: &XdsServer, type_url: &str, n: usize) -> String {
         logged(|| {
-            let reg = srv.clients.register("sotw", "ads");
-            let mut sm = SotwStream::new(Scope::Ads, srv.limits, reg.status.clone());
+            let (_reg, mut status) = srv.clients.register("sotw", "ads");
+            let mut sm = SotwStream::new(Scope::Ads, srv.limits, srv.name_sets.clone());
             sm.on_snapshot(srv.cache.current());
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
             for _ in 0..n {
@@ -404,9 +446,10 @@ mod tests {
                     type_url: type_url.into(),
                     ..Default::default()
                 };
-                sm.on_request(req).expect("an unknown type is answered, not an error");
-                assert_eq!(sm.poll().len(), 1, "answered empty");
-                srv.observe(sm.take_events(), "sotw", &mut push, &mut budget);
+                sm.on_request(req, Instant::now())
+                    .expect("an unknown type is answered, not an error");
+                assert_eq!(sm.poll(Instant::now()).len(), 1, "answered empty");
+                srv.observe(sm.take_events(), &mut status, "sotw", &mut push, &mut budget);
             }
         })
     }
@@ -460,20 +503,23 @@ mod tests {
     #[test]
     fn nack_fields_from_the_client_are_escaped_and_nacks_are_budgeted() {
         let srv = server();
-        let nack = Nack {
-            node_id: "envoy\n2099-01-01T00:00:00Z ERROR x: FORGED".into(),
-            node_cluster: "c\r\u{1b}[2J".into(),
-            ty: "cds",
+        let node = StreamEvent::Node {
+            id: "envoy\n2099-01-01T00:00:00Z ERROR x: FORGED".into(),
+            cluster: "c\r\u{1b}[2J".into(),
+            user_agent_name: "envoy".into(),
+        };
+        let nack = StreamEvent::Nacked {
+            ty: ResourceType::Cluster,
             version: "v1".into(),
             nonce: "1".into(),
             error: format!("bad\n{}", "e".repeat(10_000)),
-            at: SystemTime::now(),
         };
+        let (_reg, mut status) = srv.clients.register("sotw", "ads");
         let log = logged(|| {
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
+            srv.observe(vec![node], &mut status, "sotw", &mut push, &mut budget);
             for _ in 0..100 {
-                let e = StreamEvent::Nacked(Box::new(nack.clone()));
-                srv.observe(vec![e], "sotw", &mut push, &mut budget);
+                srv.observe(vec![nack.clone()], &mut status, "sotw", &mut push, &mut budget);
             }
         });
         assert_eq!(log.lines().count(), LOGGED_PER_STREAM as usize + 1, "{log}");

@@ -1,5 +1,10 @@
 //! What the admin API shows about connected streams: one [`ClientStatus`] per stream, kept in
 //! a [`ClientTable`] while the stream lives, plus a short log of recent NACKs.
+//!
+//! A stream's task owns its status: it folds its state machine's events into it
+//! ([`ClientStatus::apply`]) and, after each turn that changed it, publishes an immutable copy
+//! to the table ([`Registration::publish`]). Readers (the status page, CSDS) take the copies;
+//! nothing of a stream is locked while it runs.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +17,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::cache::Snapshot;
+use super::names::NameSet;
 use super::resources::ResourceType;
-use super::stream::NameSet;
+use super::stream::StreamEvent;
 
 /// How many NACKs the table remembers across all streams.
 const RECENT_NACKS: usize = 100;
@@ -27,9 +33,9 @@ pub struct Nack {
     pub node_id: String,
     /// The client's `node.cluster`.
     pub node_cluster: String,
-    #[serde(rename = "type")]
-    /// The short type name (`cds`, `eds`, `lds`, `rds`).
-    pub ty: &'static str,
+    #[serde(rename = "type", serialize_with = "ser_type")]
+    /// The type (shown by its short name: `cds`, `eds`, `lds`, `rds`).
+    pub ty: ResourceType,
     /// The version that was rejected.
     pub version: String,
     /// The nonce of the rejected response.
@@ -181,9 +187,79 @@ impl ClientStatus {
     }
 
     /// The state of type `ty`.
-    pub fn ty(&mut self, ty: ResourceType) -> &mut TypeStatus {
+    pub(crate) fn ty(&mut self, ty: ResourceType) -> &mut TypeStatus {
         self.types.entry(ty.short()).or_default()
     }
+
+    /// Folds what the stream's state machine reported, at `at`, into the status. Returns
+    /// whether anything shown changed (a repeated subscription changes nothing).
+    pub fn apply(&mut self, event: &StreamEvent, at: SystemTime) -> bool {
+        match event {
+            StreamEvent::Node {
+                id,
+                cluster,
+                user_agent_name,
+            } => {
+                self.node_id.clone_from(id);
+                self.node_cluster.clone_from(cluster);
+                self.user_agent_name.clone_from(user_agent_name);
+            }
+            StreamEvent::Group { name } => self.group = Some(name.clone()),
+            StreamEvent::Subscribed { ty, wildcard, names } => {
+                let t = self.ty(*ty);
+                if t.subscribed && t.wildcard == *wildcard && Arc::ptr_eq(&t.name_set, names) {
+                    return false;
+                }
+                t.subscribed = true;
+                t.wildcard = *wildcard;
+                t.names = names.len();
+                t.name_set = names.clone();
+            }
+            StreamEvent::Sent { ty, version, nonce, .. } => {
+                let t = self.ty(*ty);
+                t.last_sent_version = Some(version.clone());
+                t.last_sent_nonce = Some(nonce.clone());
+                t.last_sent_at = Some(at);
+                t.responses += 1;
+            }
+            StreamEvent::Acked { ty, version, .. } => {
+                let t = self.ty(*ty);
+                t.last_acked_version = Some(version.clone());
+                t.last_ack_at = Some(at);
+                t.acks += 1;
+            }
+            StreamEvent::Nacked {
+                ty,
+                version,
+                nonce,
+                error,
+            } => {
+                let nack = Nack {
+                    node_id: self.node_id.clone(),
+                    node_cluster: self.node_cluster.clone(),
+                    ty: *ty,
+                    version: version.clone(),
+                    nonce: nonce.clone(),
+                    error: error.clone(),
+                    at,
+                };
+                let t = self.ty(*ty);
+                t.last_nack = Some(nack);
+                t.nacks += 1;
+            }
+            StreamEvent::Held { ty, version } => {
+                let t = self.ty(*ty);
+                t.last_acked_version = Some(version.clone());
+                t.last_ack_at = Some(at);
+            }
+            StreamEvent::Stale { .. } | StreamEvent::UnknownType { .. } => return false,
+        }
+        true
+    }
+}
+
+fn ser_type<S: serde::Serializer>(t: &ResourceType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.short())
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -201,12 +277,12 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S:
     }
 }
 
-/// Every live stream's status. A stream registers on start; its [`Registration`] removes it when
-/// dropped, whatever way the stream ends.
+/// Every live stream's status, as last published. A stream registers on start; its
+/// [`Registration`] removes it when dropped, whatever way the stream ends.
 #[derive(Default)]
 pub struct ClientTable {
     next_id: AtomicU64,
-    streams: DashMap<u64, Arc<Mutex<ClientStatus>>>,
+    streams: DashMap<u64, Arc<ClientStatus>>,
     nacks: Mutex<VecDeque<Nack>>,
 }
 
@@ -215,8 +291,6 @@ pub struct Registration {
     table: Arc<ClientTable>,
     /// The stream's id.
     pub id: u64,
-    /// The stream's status.
-    pub status: Arc<Mutex<ClientStatus>>,
 }
 
 impl Drop for Registration {
@@ -225,17 +299,26 @@ impl Drop for Registration {
     }
 }
 
+impl Registration {
+    /// Replaces the stream's record in the table (its owner's copy, after a turn that changed it).
+    pub fn publish(&self, status: Arc<ClientStatus>) {
+        self.table.streams.insert(self.id, status);
+    }
+}
+
 impl ClientTable {
-    /// Registers a new stream.
-    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> Registration {
+    /// Registers a new stream; returns its place and its first status (published already).
+    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> (Registration, ClientStatus) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = Arc::new(Mutex::new(ClientStatus::new(id, api, service)));
-        self.streams.insert(id, status.clone());
-        Registration {
-            table: self.clone(),
-            id,
+        let status = ClientStatus::new(id, api, service);
+        self.streams.insert(id, Arc::new(status.clone()));
+        (
+            Registration {
+                table: self.clone(),
+                id,
+            },
             status,
-        }
+        )
     }
 
     /// Open streams.
@@ -248,15 +331,15 @@ impl ClientTable {
         self.streams.is_empty()
     }
 
-    /// A copy of every stream's status, ordered by stream id.
-    pub fn snapshot(&self) -> Vec<ClientStatus> {
-        let mut v: Vec<ClientStatus> = self.streams.iter().map(|e| e.value().lock().clone()).collect();
+    /// Every stream's status as last published, ordered by stream id.
+    pub fn snapshot(&self) -> Vec<Arc<ClientStatus>> {
+        let mut v: Vec<Arc<ClientStatus>> = self.streams.iter().map(|e| e.value().clone()).collect();
         v.sort_by_key(|c| c.stream_id);
         v
     }
 
     /// Keeps `nack` among the recent NACKs (bounded).
-    pub fn record_nack(&self, nack: Nack) {
+    pub(crate) fn record_nack(&self, nack: Nack) {
         let mut q = self.nacks.lock();
         if q.len() == RECENT_NACKS {
             q.pop_front();
@@ -383,13 +466,79 @@ mod tests {
     #[test]
     fn registration_is_removed_when_dropped() {
         let t = Arc::new(ClientTable::default());
-        let a = t.register("sotw", "ads");
-        let b = t.register("delta", "ads");
+        let (a, _) = t.register("sotw", "ads");
+        let (b, _) = t.register("delta", "ads");
         assert_eq!(t.len(), 2);
         assert_ne!(a.id, b.id);
         drop(a);
         assert_eq!(t.snapshot().iter().map(|c| c.stream_id).collect::<Vec<_>>(), vec![b.id]);
         drop(b);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn events_fold_into_the_record_and_a_repeated_subscription_changes_nothing() {
+        use crate::names::NameSets;
+        const EDS: ResourceType = ResourceType::Endpoint;
+        let mut st = ClientStatus::new(1, "sotw", "ads");
+        let at = SystemTime::now();
+        let node = StreamEvent::Node {
+            id: "envoy-1".into(),
+            cluster: "g".into(),
+            user_agent_name: "envoy".into(),
+        };
+        assert!(st.apply(&node, at));
+        let names = NameSets::default().share(["a", "b"].into_iter().map(Arc::from).collect());
+        let sub = StreamEvent::Subscribed {
+            ty: EDS,
+            wildcard: false,
+            names: names.clone(),
+        };
+        assert!(st.apply(&sub, at));
+        assert!(!st.apply(&sub, at), "the same subscription again changes nothing");
+        let sent = StreamEvent::Sent {
+            ty: EDS,
+            version: "v1".into(),
+            nonce: "1".into(),
+            resources: 2,
+            removed: 0,
+        };
+        assert!(st.apply(&sent, at));
+        assert_eq!(st.types["eds"].sync_state(Some("v1")), SyncState::Stale, "in flight");
+        let nack = StreamEvent::Nacked {
+            ty: EDS,
+            version: "v1".into(),
+            nonce: "1".into(),
+            error: "bad".into(),
+        };
+        assert!(st.apply(&nack, at));
+        assert!(!st.apply(&StreamEvent::Stale { ty: EDS }, at));
+        let t = &st.types["eds"];
+        assert_eq!((t.responses, t.acks, t.nacks, t.names), (1, 0, 1, 2));
+        assert!(Arc::ptr_eq(&t.name_set, &names), "the stream's set, shared");
+        let n = t.last_nack.as_ref().expect("nack recorded");
+        assert_eq!(
+            (n.node_id.as_str(), n.node_cluster.as_str(), n.ty, n.error.as_str()),
+            ("envoy-1", "g", EDS, "bad")
+        );
+        assert_eq!(t.sync_state(Some("v1")), SyncState::Nacked);
+        let json = serde_json::to_value(n).expect("json");
+        assert_eq!(json["type"], "eds", "shown by its short name");
+    }
+
+    #[test]
+    fn readers_see_the_last_published_record_and_it_does_not_change_under_them() {
+        let t = Arc::new(ClientTable::default());
+        let (reg, mut st) = t.register("sotw", "ads");
+        st.node_id = "envoy-1".into();
+        assert_eq!(t.snapshot()[0].node_id, "", "not published yet");
+        reg.publish(Arc::new(st.clone()));
+        let seen = t.snapshot();
+        st.node_id = "envoy-2".into();
+        reg.publish(Arc::new(st));
+        assert_eq!(seen[0].node_id, "envoy-1", "a record taken is immutable");
+        assert_eq!(t.snapshot()[0].node_id, "envoy-2");
+        drop(reg);
         assert!(t.is_empty());
     }
 
@@ -400,7 +549,7 @@ mod tests {
             t.record_nack(Nack {
                 node_id: format!("n{i}"),
                 node_cluster: String::new(),
-                ty: "cds",
+                ty: ResourceType::Cluster,
                 version: String::new(),
                 nonce: String::new(),
                 error: String::new(),

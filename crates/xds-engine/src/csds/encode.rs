@@ -8,6 +8,7 @@
 //! costs any memory. Fields are written in an order of their own (protobuf readers accept any
 //! order): the per-type constant fields of an entry are encoded once per Envoy and type.
 
+use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -60,13 +61,15 @@ pub struct MergedNode<'a> {
     pub types: BTreeMap<ResourceType, &'a TypeStatus>,
 }
 
-/// Groups the streams by node (id and cluster), ordered by node id. Streams that have not
-/// sent a request yet (no node known) are left out.
-pub fn merge_nodes(streams: &[ClientStatus]) -> Vec<MergedNode<'_>> {
+/// Groups the streams (the client table's records, or plain statuses) by node (id and
+/// cluster), ordered by node id. Streams that have not sent a request yet (no node known) are
+/// left out.
+pub fn merge_nodes<S: Borrow<ClientStatus>>(streams: &[S]) -> Vec<MergedNode<'_>> {
     let mut by_node: BTreeMap<(&str, &str), MergedNode<'_>> = BTreeMap::new();
     let mut ordered: Vec<&ClientStatus> = streams
         .iter()
-        .filter(|s| !s.node_id.is_empty() || !s.types.is_empty())
+        .map(Borrow::borrow)
+        .filter(|s: &&ClientStatus| !s.node_id.is_empty() || !s.types.is_empty())
         .collect();
     ordered.sort_by_key(|s| s.stream_id);
     for s in ordered {
@@ -127,8 +130,8 @@ impl Encoded {
 
 /// Encodes the status of every Envoy `filter` selects; `TooLarge` once the message would pass
 /// `limit` bytes.
-pub(crate) fn encode(
-    streams: &[ClientStatus],
+pub(crate) fn encode<S: Borrow<ClientStatus>>(
+    streams: &[S],
     snapshot: Option<&Snapshot>,
     filter: &NodeFilter,
     contents: bool,

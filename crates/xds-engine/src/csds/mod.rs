@@ -43,14 +43,12 @@ mod tests;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
-use http_body::Frame;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
@@ -63,7 +61,9 @@ pub use encode::{merge_nodes, MergedNode};
 use self::encode::{encode, Chunks, TooLarge};
 use self::filter::NodeFilter;
 use self::limit::{LogGate, TokenBucket};
-use super::grpc::Requests;
+pub use super::server::CsdsLimits;
+
+use super::grpc::{Chunked, Requests, ResponseBody};
 use super::listen::ConnInfo;
 use super::logsafe::Safe;
 use super::server::XdsServer;
@@ -74,30 +74,6 @@ const NAME: &str = "envoy.service.status.v3.ClientStatusDiscoveryService";
 
 /// How often a refused CSDS request is logged as a warning (the others are logged at debug).
 const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// CSDS's bounds (`server.csds`, documented in `docs/configuration.md`).
-#[derive(Clone, Copy, Debug)]
-pub struct CsdsLimits {
-    /// CSDS answers being built or sent at once, over every client.
-    pub max_concurrent_requests: usize,
-    /// The largest CSDS response message, in bytes.
-    pub max_response_bytes: usize,
-    /// Requests one `StreamClientStatus` stream may make per second, on average.
-    pub stream_requests_per_second: f64,
-    /// Requests one `StreamClientStatus` stream may make at once after a quiet period.
-    pub stream_burst: u32,
-}
-
-impl Default for CsdsLimits {
-    fn default() -> Self {
-        CsdsLimits {
-            max_concurrent_requests: 4,
-            max_response_bytes: 4 * 1024 * 1024,
-            stream_requests_per_second: 1.0,
-            stream_burst: 5,
-        }
-    }
-}
 
 /// The CSDS service: reads the stream table and the cache, drives nothing. Clones share the
 /// slots of `max_concurrent_requests`.
@@ -130,6 +106,17 @@ struct Answer {
     /// Dropped with the answer: tells the stream its previous answer is out.
     _sent: Option<oneshot::Sender<()>>,
 }
+
+impl Chunked for Answer {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        self.chunks.next_chunk()
+    }
+}
+
+/// The response body: each answer's chunks as HTTP/2 asks for them, then trailers with the
+/// final status. An answer (and its slot) is released when its last chunk is taken, or when the
+/// body is dropped (the client went away). A fetch's body holds its `server.max_streams` slot.
+type CsdsBody = ResponseBody<Answer, Option<Hold>>;
 
 impl Csds {
     /// The CSDS service of `server`'s streams and cache.
@@ -238,7 +225,7 @@ impl Csds {
             Ok(answer) => {
                 let (tx, rx) = mpsc::channel(1);
                 let _ = tx.try_send(Ok(answer));
-                grpc_response(CsdsBody::new(rx, Some(hold)))
+                CsdsBody::new(rx, Some(hold)).into_response()
             }
             Err(status) => status.into_http(),
         }
@@ -252,13 +239,13 @@ impl Csds {
         };
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(self.clone().run_stream(inbound, tx, hold, remote));
-        grpc_response(CsdsBody::new(rx, None))
+        CsdsBody::new(rx, None).into_response()
     }
 
     async fn run_stream(
         self,
         mut inbound: Requests<ClientStatusRequest>,
-        tx: mpsc::Sender<Result<Answer, Status>>,
+        tx: mpsc::Sender<Result<Answer, Box<Status>>>,
         _hold: Hold,
         remote: Remote,
     ) {
@@ -295,7 +282,7 @@ impl Csds {
                     return;
                 }
                 Err(status) => {
-                    let _ = tx.send(Err(self.refuse(status, "invalid", remote))).await;
+                    let _ = tx.send(Err(Box::new(self.refuse(status, "invalid", remote)))).await;
                     return;
                 }
             };
@@ -322,7 +309,9 @@ impl Csds {
                 },
             };
             let (sent_tx, sent_rx) = oneshot::channel();
-            let out = self.answer(&req, self.busy(permit), Some(sent_tx), remote);
+            let out = self
+                .answer(&req, self.busy(permit), Some(sent_tx), remote)
+                .map_err(Box::new);
             let failed = out.is_err();
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -361,70 +350,5 @@ impl Service<http::Request<Body>> for Csds {
                 _ => Status::unimplemented(format!("{NAME}/{} is not served", Safe(&method))).into_http(),
             })
         })
-    }
-}
-
-fn grpc_response(body: CsdsBody) -> http::Response<Body> {
-    let mut r = http::Response::new(Body::new(body));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
-    r
-}
-
-/// The response body: each answer's chunks as HTTP/2 asks for them, then trailers with the
-/// final status. An answer (and its slot) is released when its last chunk is taken, or when the
-/// body is dropped (the client went away).
-struct CsdsBody {
-    rx: mpsc::Receiver<Result<Answer, Status>>,
-    current: Option<Answer>,
-    done: bool,
-    _hold: Option<Hold>,
-}
-
-impl CsdsBody {
-    fn new(rx: mpsc::Receiver<Result<Answer, Status>>, hold: Option<Hold>) -> Self {
-        CsdsBody {
-            rx,
-            current: None,
-            done: false,
-            _hold: hold,
-        }
-    }
-}
-
-impl http_body::Body for CsdsBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(chunk) = this.current.as_mut().and_then(|a| a.chunks.next_chunk()) {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            this.current = None;
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(answer))) => this.current = Some(answer),
-                Poll::Ready(Some(Err(status))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::trailers(&status)))));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    let ok = Status::new(Code::Ok, "");
-                    return Poll::Ready(Some(Ok(Frame::trailers(super::grpc::trailers(&ok)))));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.current.is_none()
     }
 }

@@ -21,10 +21,10 @@ use super::encode::{encode, merge_nodes, Encoded};
 use super::filter::tests::exact;
 use super::filter::NodeFilter;
 use super::*;
-use crate::cache::{Cache, GroupInput, Snapshot};
+use crate::cache::{Cache, EncodedGroup, Snapshot};
+use crate::names::NameSets;
 use crate::resources::{Resource, ResourceType};
 use crate::status::{ClientStatus, ClientTable, Nack, TypeStatus};
-use crate::stream::share_names;
 
 /// The response's bytes as a client receives them, decoded with the stock message.
 fn decode(enc: Encoded) -> ClientStatusResponse {
@@ -42,8 +42,8 @@ fn decode(enc: Encoded) -> ClientStatusResponse {
     msg
 }
 
-fn configs(
-    streams: &[ClientStatus],
+fn configs<S: std::borrow::Borrow<ClientStatus>>(
+    streams: &[S],
     snapshot: Option<&Snapshot>,
     filter: &NodeFilter,
     contents: bool,
@@ -53,18 +53,22 @@ fn configs(
 
 fn snapshot(clusters: &[(&str, u8)], routes: &[&str]) -> Arc<Snapshot> {
     let cache = Cache::new();
-    let mut g = GroupInput::default();
+    let mut g = EncodedGroup::default();
     for (n, b) in clusters {
-        g.resources[0].push(Resource::new(ResourceType::Cluster, n, vec![*b]));
+        g[ResourceType::Cluster].push(Resource::new(ResourceType::Cluster, n, vec![*b]));
     }
     for n in routes {
-        g.resources[3].push(Resource::new(ResourceType::Route, n, vec![1]));
+        g[ResourceType::Route].push(Resource::new(ResourceType::Route, n, vec![1]));
     }
     let groups = BTreeMap::from([("g".to_string(), g)]);
     cache
-        .publish(groups, "g", std::time::Instant::now())
+        .publish_encoded(groups, "g", std::time::Instant::now())
         .expect("ok")
         .expect("published")
+}
+
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
 fn stream(id: u64, node: &str) -> ClientStatus {
@@ -75,8 +79,8 @@ fn stream(id: u64, node: &str) -> ClientStatus {
     s
 }
 
-fn names(ns: &[&str]) -> crate::stream::NameSet {
-    share_names(ns.iter().map(|n| Arc::from(*n)).collect())
+fn names(ns: &[&str]) -> crate::names::NameSet {
+    NameSets::default().share(ns.iter().map(|n| Arc::from(*n)).collect())
 }
 
 fn acked(version: &str) -> TypeStatus {
@@ -132,7 +136,7 @@ fn per_resource_status_from_stream_state_and_snapshot() {
     cds.last_nack = Some(Nack {
         node_id: "b".into(),
         node_cluster: "g".into(),
-        ty: "cds",
+        ty: ResourceType::Cluster,
         version: cds_v.clone(),
         nonce: "2".into(),
         error: "bad cluster c2".into(),
@@ -248,33 +252,48 @@ fn state_machines_feed_csds() {
         response_nonce: nonce.into(),
         ..Default::default()
     };
-    let reg = table.register("sotw", "ads");
-    let mut sm = SotwStream::new(Scope::Ads, Limits::default(), reg.status.clone());
+    // The server's part: fold the machine's events into the stream's record, publish it.
+    let publish =
+        |reg: &crate::status::Registration, st: &mut ClientStatus, events: Vec<crate::stream::StreamEvent>| {
+            for e in &events {
+                st.apply(e, std::time::SystemTime::now());
+            }
+            reg.publish(Arc::new(st.clone()));
+        };
+    let names = Arc::new(NameSets::default());
+    let (reg, mut st) = table.register("sotw", "ads");
+    let mut sm = SotwStream::new(Scope::Ads, Limits::default(), names.clone());
     sm.on_snapshot(Some(snap.clone()));
-    sm.on_request(req(ResourceType::Route, &["r1", "r2"], "", ""))
+    sm.on_request(req(ResourceType::Route, &["r1", "r2"], "", ""), now())
         .expect("ok");
-    let rds = sm.poll().pop().expect("rds response");
-    sm.on_request(req(ResourceType::Route, &["r1", "r2"], &rds.version_info, &rds.nonce))
-        .expect("ack");
-    sm.on_request(req(ResourceType::Cluster, &[], "", "")).expect("ok");
-    let cds = sm.poll().pop().expect("cds response");
+    let rds = sm.poll(now()).pop().expect("rds response");
+    sm.on_request(
+        req(ResourceType::Route, &["r1", "r2"], &rds.version_info, &rds.nonce),
+        now(),
+    )
+    .expect("ack");
+    sm.on_request(req(ResourceType::Cluster, &[], "", ""), now())
+        .expect("ok");
+    let cds = sm.poll(now()).pop().expect("cds response");
     let mut nack = req(ResourceType::Cluster, &[], "", &cds.nonce);
     nack.error_detail = Some(envoy_types::pb::google::rpc::Status {
         message: "cluster c1: bad".into(),
         ..Default::default()
     });
-    sm.on_request(nack).expect("nack");
+    sm.on_request(nack, now()).expect("nack");
+    publish(&reg, &mut st, sm.take_events());
 
     // A second Envoy reconnects claiming the current CDS version: nothing is sent.
-    let reg2 = table.register("sotw", "ads");
-    let mut sm2 = SotwStream::new(Scope::Ads, Limits::default(), reg2.status.clone());
+    let (reg2, mut st2) = table.register("sotw", "ads");
+    let mut sm2 = SotwStream::new(Scope::Ads, Limits::default(), names);
     sm2.on_snapshot(Some(snap.clone()));
     let mut claim = req(ResourceType::Cluster, &[], &cds.version_info, "");
     if let Some(n) = claim.node.as_mut() {
         n.id = "envoy-2".into();
     }
-    sm2.on_request(claim).expect("ok");
-    assert!(sm2.poll().is_empty(), "it already holds the current version");
+    sm2.on_request(claim, now()).expect("ok");
+    assert!(sm2.poll(now()).is_empty(), "it already holds the current version");
+    publish(&reg2, &mut st2, sm2.take_events());
 
     // An empty cache: statuses are still reported (no snapshot to compare with).
     assert_eq!(
@@ -311,11 +330,11 @@ fn state_machines_feed_csds() {
 /// every cluster (wildcard CDS, ACKed).
 fn three_envoys_on_a_big_cluster() -> (Arc<Snapshot>, Vec<ClientStatus>) {
     let cache = Cache::new();
-    let mut g = GroupInput::default();
-    g.resources[0].push(Resource::new(ResourceType::Cluster, "big", vec![7; 5000]));
-    g.resources[0].push(Resource::new(ResourceType::Cluster, "small", vec![1; 10]));
+    let mut g = EncodedGroup::default();
+    g[ResourceType::Cluster].push(Resource::new(ResourceType::Cluster, "big", vec![7; 5000]));
+    g[ResourceType::Cluster].push(Resource::new(ResourceType::Cluster, "small", vec![1; 10]));
     let snap = cache
-        .publish(BTreeMap::from([("g".to_string(), g)]), "g", std::time::Instant::now())
+        .publish_encoded(BTreeMap::from([("g".to_string(), g)]), "g", std::time::Instant::now())
         .expect("ok")
         .expect("published");
     let version = snap.groups["g"].get(ResourceType::Cluster).version.clone();
@@ -408,6 +427,7 @@ fn server(csds: CsdsLimits, max_streams: usize) -> XdsServer {
         stream_slots: Arc::new(tokio::sync::Semaphore::new(max_streams)),
         max_request_bytes: 4 * 1024 * 1024,
         csds,
+        name_sets: Arc::default(),
     }
 }
 
@@ -453,8 +473,9 @@ fn messages(buf: &mut Vec<u8>) -> Vec<ClientStatusResponse> {
 }
 
 fn one_envoy(s: &XdsServer) -> crate::status::Registration {
-    let reg = s.clients.register("sotw", "ads");
-    reg.status.lock().node_id = "envoy-1".into();
+    let (reg, mut status) = s.clients.register("sotw", "ads");
+    status.node_id = "envoy-1".into();
+    reg.publish(Arc::new(status));
     reg
 }
 

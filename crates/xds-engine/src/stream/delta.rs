@@ -20,19 +20,33 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use parking_lot::Mutex;
 
-use super::{
-    error_text, share_names, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
-};
+use super::{error_text, Core, Limits, Pending, Scope, StreamError, StreamEvent, TypeCheck};
 use crate::cache::{Snapshot, TypeSnapshot};
-use crate::resources::{parse_version, Resource, ResourceType};
-use crate::status::ClientStatus;
+use crate::names::{NameSet, NameSets, Names};
+use crate::resources::{parse_version, Resource, ResourceType, TypeMap};
 use crate::wire::DeltaDiscoveryResponse;
+
+/// Whether a Delta subscription of one type takes every resource of the type. Its names are
+/// kept either way: leaving the wildcard (`*` unsubscribed) keeps them.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+enum Subscription {
+    /// The names subscribed to (and only those).
+    #[default]
+    Names,
+    /// Every resource of the type (plus the names, which count again once it is left).
+    Wildcard,
+}
+
+impl Subscription {
+    fn is_wildcard(self) -> bool {
+        self == Subscription::Wildcard
+    }
+}
 
 #[derive(Default)]
 struct TypeState {
-    wildcard: bool,
+    subscription: Subscription,
     names: NameSet,
     /// What the client holds.
     known: Known,
@@ -48,7 +62,7 @@ struct TypeState {
 /// The state machine of one Delta stream: what the client has and wants, per type.
 pub struct DeltaStream {
     core: Core,
-    types: [Option<TypeState>; 4],
+    types: TypeMap<Option<TypeState>>,
     unknown: Vec<DeltaDiscoveryResponse>,
 }
 
@@ -59,11 +73,11 @@ impl DeltaStream {
         <DeltaDiscoveryRequest as prost::Message>::decode(raw)
     }
 
-    /// A stream of `scope`, its status published to `status`.
-    pub fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
+    /// A stream of `scope`, sharing its subscriptions' names through `name_sets`.
+    pub fn new(scope: Scope, limits: Limits, name_sets: Arc<NameSets>) -> Self {
         DeltaStream {
-            core: Core::new(scope, limits, status),
-            types: Default::default(),
+            core: Core::new(scope, limits, name_sets),
+            types: TypeMap::default(),
             unknown: Vec::new(),
         }
     }
@@ -78,8 +92,8 @@ impl DeltaStream {
         std::mem::take(&mut self.core.events)
     }
 
-    /// A request from the client; an error ends the stream.
-    pub fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), StreamError> {
+    /// A request from the client, arrived at `now`; an error ends the stream.
+    pub fn on_request(&mut self, req: DeltaDiscoveryRequest, now: Instant) -> Result<(), StreamError> {
         self.core.accept_node(req.node.as_ref())?;
         let ty = match self.core.check_type(&req.type_url)? {
             TypeCheck::Known(t) => t,
@@ -101,26 +115,33 @@ impl DeltaStream {
             Some(ts) => ts.intern(n),
             None => Arc::from(n),
         };
-        if self.types[ty.index()].is_none() {
+        if self.types[ty].is_none() {
             // Over the limit: the stream ends, and nothing of the map is stored.
             self.core
                 .check_initial_versions(ty, req.initial_resource_versions.len())?;
         }
-        let slot = &mut self.types[ty.index()];
+        let slot = &mut self.types[ty];
+        let before = slot
+            .as_ref()
+            .map(|st| (st.subscription.is_wildcard(), st.names.clone()));
         let st = match slot {
             Some(st) => st,
             None => {
+                // Legacy wildcard: a first CDS/LDS request that names nothing.
+                let legacy = ty.is_wildcard_type() && req.resource_names_subscribe.is_empty();
                 let mut st = TypeState {
                     force: true,
                     dirty: true,
-                    // Legacy wildcard: a first CDS/LDS request that names nothing.
-                    wildcard: ty.is_wildcard_type() && req.resource_names_subscribe.is_empty(),
+                    subscription: match legacy {
+                        true => Subscription::Wildcard,
+                        false => Subscription::Names,
+                    },
                     ..Default::default()
                 };
                 // What the client says it holds matters only for what it subscribes to: under
                 // a wildcard, anything of the type; otherwise the names it subscribes to now.
                 // Other entries would be kept for the stream's life and never looked at.
-                let wildcard = st.wildcard || req.resource_names_subscribe.iter().any(|n| n == "*");
+                let wildcard = legacy || req.resource_names_subscribe.iter().any(|n| n == "*");
                 let subscribed: std::collections::HashSet<&str> = match wildcard {
                     true => Default::default(),
                     false => req.resource_names_subscribe.iter().map(String::as_str).collect(),
@@ -135,7 +156,7 @@ impl DeltaStream {
         };
         if !req.response_nonce.is_empty() {
             match st.pending.take_if(|p| p.nonce == req.response_nonce) {
-                Some(p) => self.core.record_answer(ty, &p, error_text(&req.error_detail)),
+                Some(p) => self.core.record_answer(ty, p, error_text(&req.error_detail), now),
                 None => self.core.events.push(StreamEvent::Stale { ty }),
             }
         }
@@ -153,7 +174,7 @@ impl DeltaStream {
         };
         for n in &req.resource_names_subscribe {
             if n == "*" {
-                st.wildcard = true;
+                st.subscription = Subscription::Wildcard;
             } else {
                 names.insert(intern(n));
             }
@@ -161,12 +182,12 @@ impl DeltaStream {
         }
         for n in &req.resource_names_unsubscribe {
             if n == "*" {
-                st.wildcard = false;
+                st.subscription = Subscription::Names;
                 let held = if changes_names { &names } else { st.names.as_ref() };
                 st.known.retain(|k| held.contains(k));
             } else {
                 names.remove(n.as_str());
-                if !st.wildcard {
+                if !st.subscription.is_wildcard() {
                     st.known.remove(n.as_str());
                 }
             }
@@ -175,21 +196,21 @@ impl DeltaStream {
         if changes_names {
             // Over the limit: the stream ends, and the oversized set is never stored.
             self.core.check_names(ty, names.len())?;
-            st.names = share_names(names);
+            st.names = self.core.name_sets.share(names);
         }
-        let (wildcard, names) = (st.wildcard, st.names.clone());
-        self.core.record_subscription(ty, wildcard, &names);
+        let (wildcard, names) = (st.subscription.is_wildcard(), st.names.clone());
+        self.core.record_subscription(ty, before, wildcard, &names);
         Ok(())
     }
 
     /// How many resources the stream records the client as holding, for `ty`.
     #[cfg(test)]
     pub(super) fn held_count(&self, ty: ResourceType) -> usize {
-        self.types[ty.index()].as_ref().map_or(0, |st| st.known.held().len())
+        self.types[ty].as_ref().map_or(0, |st| st.known.held().len())
     }
 
-    /// The responses to send now, in push order.
-    pub fn poll(&mut self) -> Vec<DeltaDiscoveryResponse> {
+    /// The responses to send at `now`, in push order.
+    pub fn poll(&mut self, now: Instant) -> Vec<DeltaDiscoveryResponse> {
         let mut out = std::mem::take(&mut self.unknown);
         let Some(group) = self.core.group.clone() else {
             return out;
@@ -198,7 +219,7 @@ impl DeltaStream {
         // newer content back until its ACK: routes must not name clusters Envoy lacks.
         let mut held_back = false;
         for ty in ResourceType::ALL {
-            let Some(st) = self.types[ty.index()].as_mut() else {
+            let Some(st) = self.types[ty].as_mut() else {
                 continue;
             };
             let ts = group.get(ty);
@@ -225,7 +246,7 @@ impl DeltaStream {
             st.pending = Some(Pending {
                 nonce: nonce.clone(),
                 version: ts.version.clone(),
-                sent_at: Instant::now(),
+                sent_at: now,
             });
             self.core
                 .record_sent(ty, &ts.version, &nonce, resources.len(), removed.len());
@@ -260,13 +281,13 @@ fn diff(ty: ResourceType, st: &mut TypeState, ts: &Arc<TypeSnapshot>) -> (Vec<By
     } else {
         let mut all: BTreeSet<Arc<str>> = st.names.iter().cloned().collect();
         all.extend(st.known.held());
-        if st.wildcard {
+        if st.subscription.is_wildcard() {
             all.extend(ts.resources.keys().cloned());
         }
         all.into_iter().collect()
     };
     for name in candidates {
-        let subscribed = st.wildcard || st.names.contains(&name);
+        let subscribed = st.subscription.is_wildcard() || st.names.contains(&name);
         if !subscribed {
             continue;
         }
@@ -424,7 +445,7 @@ mod known_tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::cache::{Cache, GroupInput};
+    use crate::cache::{Cache, EncodedGroup};
 
     /// Publishes one EDS snapshot per content map; returns the type snapshots in order.
     fn history(versions: &[BTreeMap<String, u8>]) -> Vec<Arc<TypeSnapshot>> {
@@ -432,17 +453,13 @@ mod known_tests {
         versions
             .iter()
             .map(|v| {
-                let mut input = GroupInput::default();
+                let mut input = EncodedGroup::default();
                 for (name, b) in v {
-                    input.resources[ResourceType::Endpoint.index()].push(Resource::new(
-                        ResourceType::Endpoint,
-                        name,
-                        vec![*b],
-                    ));
+                    input[ResourceType::Endpoint].push(Resource::new(ResourceType::Endpoint, name, vec![*b]));
                 }
                 let mut groups = BTreeMap::new();
                 groups.insert("g".to_string(), input);
-                let _ = cache.publish(groups, "g", std::time::Instant::now());
+                let _ = cache.publish_encoded(groups, "g", std::time::Instant::now());
                 cache.current().expect("snapshot").groups["g"]
                     .get(ResourceType::Endpoint)
                     .clone()

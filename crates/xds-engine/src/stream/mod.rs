@@ -5,6 +5,12 @@
 //! protocol says about nonces, versions, ACK/NACK, subscriptions and ordering lives here, so
 //! each corner case is an ordinary unit test (see `tests.rs`).
 //!
+//! A machine is the only owner of its stream's state. It is given the time (`now`) and returns
+//! values: the responses to send, and what happened ([`StreamEvent`]s: node known, subscribed,
+//! sent, ACKed, NACKed, …). The server applies the events (metrics, logs, the stream's status
+//! record for the status page and CSDS); nothing is shared with the machine but the snapshot
+//! and the server's [`NameSets`].
+//!
 //! Rules common to both variants:
 //! - `node` must be on the first request of a stream; later copies are ignored. The node's
 //!   `cluster` picks the node group (or the default group).
@@ -19,19 +25,19 @@ mod delta;
 mod sotw;
 #[cfg(test)]
 mod tests;
+pub(crate) mod wire;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use parking_lot::Mutex;
 
 pub use delta::DeltaStream;
-pub use sotw::SotwStream;
+pub use sotw::{SotwRequest, SotwStream};
 
 use super::cache::{GroupSnapshot, Snapshot};
+use super::names::{NameSet, NameSets};
 use super::resources::ResourceType;
-use super::status::{ClientStatus, Nack};
 
 /// Which service a stream came in on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -104,15 +110,41 @@ pub enum StreamError {
     },
 }
 
-/// What happened on a stream, for metrics and logs (the server drains these after each input).
+/// What happened on a stream: the server counts and logs these, and folds them into the
+/// stream's status record (see `ClientStatus::apply`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
+    /// The first request named the client.
+    Node {
+        /// Its `node.id`.
+        id: String,
+        /// Its `node.cluster`.
+        cluster: String,
+        /// Its `node.user_agent_name`, cut to 128 bytes.
+        user_agent_name: String,
+    },
+    /// The stream is served from this node group (now, or from now on).
+    Group {
+        /// The group's name.
+        name: String,
+    },
+    /// A request set or changed the subscription of a type.
+    Subscribed {
+        /// Its type.
+        ty: ResourceType,
+        /// Whether it is a wildcard (every resource).
+        wildcard: bool,
+        /// The names subscribed to (not counting a wildcard), shared.
+        names: NameSet,
+    },
     /// A response was sent.
     Sent {
         /// Its type.
         ty: ResourceType,
         /// Its version.
         version: String,
+        /// Its nonce.
+        nonce: String,
         /// Resources in it.
         resources: usize,
         /// Names removed by it (Delta).
@@ -125,10 +157,27 @@ pub enum StreamEvent {
         /// Its version.
         version: String,
         /// The time from sending to the ACK.
-        after: std::time::Duration,
+        after: Duration,
     },
     /// A response was rejected.
-    Nacked(Box<Nack>),
+    Nacked {
+        /// Its type.
+        ty: ResourceType,
+        /// The version rejected.
+        version: String,
+        /// The nonce of the rejected response.
+        nonce: String,
+        /// The client's error message, length-capped ([`MAX_ERROR_TEXT`]).
+        error: String,
+    },
+    /// A reconnecting client's first request said it holds `version`, the current one: it
+    /// holds it as if ACKed (nothing is sent).
+    Held {
+        /// Its type.
+        ty: ResourceType,
+        /// The version held.
+        version: String,
+    },
     /// A request whose nonce is not the latest one sent for its type (ignored).
     Stale {
         /// Its type.
@@ -164,12 +213,14 @@ struct Core {
     snapshot: Option<Arc<Snapshot>>,
     group: Option<Arc<GroupSnapshot>>,
     nonce: u64,
-    status: Arc<Mutex<ClientStatus>>,
+    /// The server's shared name sets.
+    name_sets: Arc<NameSets>,
+    /// What happened since the server last took the events.
     events: Vec<StreamEvent>,
 }
 
 impl Core {
-    fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
+    fn new(scope: Scope, limits: Limits, name_sets: Arc<NameSets>) -> Self {
         Core {
             scope,
             limits,
@@ -177,7 +228,7 @@ impl Core {
             snapshot: None,
             group: None,
             nonce: 0,
-            status,
+            name_sets,
             events: Vec::new(),
         }
     }
@@ -190,12 +241,11 @@ impl Core {
         let node = node.ok_or(StreamError::MissingNode)?;
         let agent = cut(&node.user_agent_name, MAX_USER_AGENT_BYTES).to_string();
         self.node = Some((node.id.clone(), node.cluster.clone(), agent.clone()));
-        {
-            let mut st = self.status.lock();
-            st.node_id = node.id.clone();
-            st.node_cluster = node.cluster.clone();
-            st.user_agent_name = agent;
-        }
+        self.events.push(StreamEvent::Node {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            user_agent_name: agent,
+        });
         self.regroup();
         Ok(())
     }
@@ -259,9 +309,8 @@ impl Core {
         };
         let group = snap.group_for_client(cluster, agent).cloned();
         if let Some(g) = &group {
-            let mut st = self.status.lock();
-            if st.group.as_deref() != Some(g.name.as_str()) {
-                st.group = Some(g.name.clone());
+            if self.group.as_ref().is_none_or(|old| old.name != g.name) {
+                self.events.push(StreamEvent::Group { name: g.name.clone() });
             }
         }
         self.group = group;
@@ -273,76 +322,57 @@ impl Core {
     }
 
     fn record_sent(&mut self, ty: ResourceType, version: &str, nonce: &str, resources: usize, removed: usize) {
-        {
-            let mut st = self.status.lock();
-            let t = st.ty(ty);
-            t.last_sent_version = Some(version.to_string());
-            t.last_sent_nonce = Some(nonce.to_string());
-            t.last_sent_at = Some(SystemTime::now());
-            t.responses += 1;
-        }
         self.events.push(StreamEvent::Sent {
             ty,
             version: version.to_string(),
+            nonce: nonce.to_string(),
             resources,
             removed,
         });
     }
 
-    /// Records the client's answer to `pending`: an ACK, or a NACK when `error` is set.
-    fn record_answer(&mut self, ty: ResourceType, pending: &Pending, error: Option<String>) {
-        let mut st = self.status.lock();
-        let node_id = st.node_id.clone();
-        let node_cluster = st.node_cluster.clone();
-        let t = st.ty(ty);
-        match error {
-            None => {
-                t.last_acked_version = Some(pending.version.clone());
-                t.last_ack_at = Some(SystemTime::now());
-                t.acks += 1;
-                drop(st);
-                self.events.push(StreamEvent::Acked {
-                    ty,
-                    version: pending.version.clone(),
-                    after: pending.sent_at.elapsed(),
-                });
-            }
-            Some(error) => {
-                let nack = Nack {
-                    node_id,
-                    node_cluster,
-                    ty: ty.short(),
-                    version: pending.version.clone(),
-                    nonce: pending.nonce.clone(),
-                    error,
-                    at: SystemTime::now(),
-                };
-                t.last_nack = Some(nack.clone());
-                t.nacks += 1;
-                drop(st);
-                self.events.push(StreamEvent::Nacked(Box::new(nack)));
-            }
-        }
+    /// Records the client's answer to `pending`, at `now`: an ACK, or a NACK when `error` is set.
+    fn record_answer(&mut self, ty: ResourceType, pending: Pending, error: Option<String>, now: Instant) {
+        self.events.push(match error {
+            None => StreamEvent::Acked {
+                ty,
+                version: pending.version,
+                after: now.saturating_duration_since(pending.sent_at),
+            },
+            Some(error) => StreamEvent::Nacked {
+                ty,
+                version: pending.version,
+                nonce: pending.nonce,
+                error,
+            },
+        });
     }
 
-    fn record_subscription(&self, ty: ResourceType, wildcard: bool, names: &NameSet) {
-        let mut st = self.status.lock();
-        let t = st.ty(ty);
-        t.subscribed = true;
-        t.wildcard = wildcard;
-        t.names = names.len();
-        if !Arc::ptr_eq(&t.name_set, names) {
-            t.name_set = names.clone();
+    /// Reports the subscription of `ty` after a request, if it differs from `before` (what it
+    /// was before the request, `None` for a type's first request).
+    fn record_subscription(
+        &mut self,
+        ty: ResourceType,
+        before: Option<(bool, NameSet)>,
+        wildcard: bool,
+        names: &NameSet,
+    ) {
+        if before.is_some_and(|(w, n)| w == wildcard && Arc::ptr_eq(&n, names)) {
+            return;
         }
+        self.events.push(StreamEvent::Subscribed {
+            ty,
+            wildcard,
+            names: names.clone(),
+        });
     }
 
-    /// A reconnecting client's first request said it holds `version`, the current one: for the
-    /// status views it holds it as if ACKed (nothing is sent).
-    fn record_held(&self, ty: ResourceType, version: &str) {
-        let mut st = self.status.lock();
-        let t = st.ty(ty);
-        t.last_acked_version = Some(version.to_string());
-        t.last_ack_at = Some(SystemTime::now());
+    /// A reconnecting client's first request said it holds `version`, the current one.
+    fn record_held(&mut self, ty: ResourceType, version: &str) {
+        self.events.push(StreamEvent::Held {
+            ty,
+            version: version.to_string(),
+        });
     }
 }
 
@@ -377,234 +407,4 @@ fn error_text(detail: &Option<envoy_types::pb::google::rpc::Status>) -> Option<S
             s.message.clone()
         }
     })
-}
-
-/// A subscription's names. Streams that subscribe to the same names (every Envoy of a fleet
-/// asks for the same EDS clusters) share one set.
-pub type NameSet = Arc<Names>;
-
-/// The names of a subscription, in order, and (made on first use, for the SotW ACK check)
-/// laid end to end in one buffer: comparing an ACK's names with them reads one small block of
-/// memory instead of following a pointer per name. Reads as the set it holds.
-#[derive(Default)]
-pub struct Names {
-    set: std::collections::BTreeSet<Arc<str>>,
-    flat: std::sync::OnceLock<Option<FlatNames>>,
-}
-
-/// The names of a set end to end, in the set's order.
-pub struct FlatNames {
-    bytes: Box<[u8]>,
-    /// Where each name ends in `bytes`.
-    ends: Box<[u32]>,
-}
-
-impl FlatNames {
-    /// The `i`-th name's bytes.
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(i)? as usize;
-        let start = match i {
-            0 => 0,
-            _ => *self.ends.get(i - 1)? as usize,
-        };
-        self.bytes.get(start..end)
-    }
-}
-
-impl Names {
-    /// Names from a set.
-    pub fn new(set: std::collections::BTreeSet<Arc<str>>) -> Names {
-        Names {
-            set,
-            flat: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The set of names.
-    pub fn into_set(self) -> std::collections::BTreeSet<Arc<str>> {
-        self.set
-    }
-
-    /// The names end to end (`None` past 4 GiB of names, which no request can carry).
-    pub fn flat(&self) -> Option<&FlatNames> {
-        self.flat
-            .get_or_init(|| {
-                let mut bytes = Vec::new();
-                let mut ends = Vec::with_capacity(self.set.len());
-                for n in &self.set {
-                    bytes.extend_from_slice(n.as_bytes());
-                    ends.push(u32::try_from(bytes.len()).ok()?);
-                }
-                Some(FlatNames {
-                    bytes: bytes.into_boxed_slice(),
-                    ends: ends.into_boxed_slice(),
-                })
-            })
-            .as_ref()
-    }
-}
-
-impl std::ops::Deref for Names {
-    type Target = std::collections::BTreeSet<Arc<str>>;
-    fn deref(&self) -> &Self::Target {
-        &self.set
-    }
-}
-
-impl PartialEq for Names {
-    fn eq(&self, other: &Names) -> bool {
-        self.set == other.set
-    }
-}
-
-impl PartialEq<std::collections::BTreeSet<Arc<str>>> for Names {
-    fn eq(&self, other: &std::collections::BTreeSet<Arc<str>>) -> bool {
-        self.set == *other
-    }
-}
-
-impl std::fmt::Debug for Names {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.set.fmt(f)
-    }
-}
-
-/// The shared name sets, by a hash of their content. Entries are weak: a set lives as long as
-/// some stream holds it.
-static NAME_SETS: std::sync::LazyLock<Mutex<NameSets>> = std::sync::LazyLock::new(Default::default);
-
-#[derive(Default)]
-struct NameSets {
-    by_hash: std::collections::HashMap<u64, Vec<std::sync::Weak<Names>>>,
-    inserts: usize,
-}
-
-/// The shared copy of `set` (the one another stream already holds, or `set` itself).
-pub fn share_names(set: std::collections::BTreeSet<Arc<str>>) -> NameSet {
-    use std::hash::{Hash, Hasher};
-    if set.is_empty() {
-        return Arc::new(Names::new(set));
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for n in &set {
-        n.hash(&mut h);
-    }
-    let key = h.finish();
-    let mut sets = NAME_SETS.lock();
-    let bucket = sets.by_hash.entry(key).or_default();
-    bucket.retain(|w| w.strong_count() > 0);
-    if let Some(shared) = bucket.iter().filter_map(|w| w.upgrade()).find(|s| **s == set) {
-        return shared;
-    }
-    let shared = Arc::new(Names::new(set));
-    bucket.push(Arc::downgrade(&shared));
-    sets.inserts += 1;
-    if sets.inserts % 1024 == 0 {
-        sets.by_hash.retain(|_, b| {
-            b.retain(|w| w.strong_count() > 0);
-            !b.is_empty()
-        });
-    }
-    shared
-}
-
-/// A minimal protobuf wire reader: the top-level fields of a message, without decoding them.
-pub(crate) mod wire {
-    /// One field: its number, its bytes as they stand in the message (key included), and its
-    /// payload (for length-delimited fields, the bytes after the length).
-    pub struct Field<'a> {
-        pub tag: u32,
-        /// 0 varint, 1 fixed 64-bit, 2 length-delimited ([`LEN`]), 5 fixed 32-bit.
-        pub wire_type: u8,
-        pub whole: &'a [u8],
-        pub payload: &'a [u8],
-    }
-
-    /// The wire type of strings, bytes and messages.
-    pub const LEN: u8 = 2;
-
-    /// The fields of `msg` in order; `None` (and the end) at the first malformed field. (The
-    /// server reads one field at a time with [`field_at`]; the tests read whole messages.)
-    #[cfg(test)]
-    pub fn fields(msg: &[u8]) -> impl Iterator<Item = Option<Field<'_>>> {
-        let mut rest = msg;
-        let mut failed = false;
-        std::iter::from_fn(move || {
-            if rest.is_empty() || failed {
-                return None;
-            }
-            let field = next(rest);
-            match field {
-                Some((f, after)) => {
-                    rest = after;
-                    Some(Some(f))
-                }
-                None => {
-                    failed = true;
-                    Some(None)
-                }
-            }
-        })
-    }
-
-    /// The field at the start of `buf`; `None` if it is malformed (or `buf` is empty).
-    pub fn field_at(buf: &[u8]) -> Option<Field<'_>> {
-        next(buf).map(|(f, _)| f)
-    }
-
-    fn next(buf: &[u8]) -> Option<(Field<'_>, &[u8])> {
-        let (key, mut at) = varint(buf)?;
-        // As prost: a key over 32 bits, or field number 0, is malformed.
-        let key = u32::try_from(key).ok()?;
-        let tag = Some(key >> 3).filter(|t| *t > 0)?;
-        let wire_type = (key & 7) as u8;
-        let payload = match wire_type {
-            0 => {
-                let (_, n) = varint(&buf[at..])?;
-                let p = &buf[at..at + n];
-                at += n;
-                p
-            }
-            1 | 5 => {
-                let n = if wire_type == 1 { 8 } else { 4 };
-                let p = buf.get(at..at.checked_add(n)?)?;
-                at += n;
-                p
-            }
-            2 => {
-                let (len, n) = varint(&buf[at..])?;
-                let start = at + n;
-                let end = start.checked_add(usize::try_from(len).ok()?)?;
-                let p = buf.get(start..end)?;
-                at = end;
-                p
-            }
-            _ => return None,
-        };
-        Some((
-            Field {
-                tag,
-                wire_type,
-                whole: &buf[..at],
-                payload,
-            },
-            &buf[at..],
-        ))
-    }
-
-    /// A base-128 varint: its value and how many bytes it took. As prost: at most 10 bytes, and
-    /// a 10th byte over 1 (bits past 64) is malformed.
-    fn varint(buf: &[u8]) -> Option<(u64, usize)> {
-        let mut v: u64 = 0;
-        for (i, b) in buf.iter().take(10).enumerate() {
-            if i == 9 && *b > 1 {
-                return None;
-            }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some((v, i + 1));
-            }
-        }
-        None
-    }
 }

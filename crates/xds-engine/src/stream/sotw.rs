@@ -16,15 +16,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use parking_lot::Mutex;
 use prost::Message;
 
-use super::{
-    error_text, share_names, wire, Core, Limits, NameSet, Names, Pending, Scope, StreamError, StreamEvent, TypeCheck,
-};
+use super::{error_text, wire, Core, Limits, Pending, Scope, StreamError, StreamEvent, TypeCheck};
 use crate::cache::{Snapshot, TypeSnapshot};
-use crate::resources::{Resource, ResourceType};
-use crate::status::ClientStatus;
+use crate::names::{NameSet, NameSets, Names};
+use crate::resources::{Resource, ResourceType, TypeMap};
 use crate::wire::DiscoveryResponse;
 
 /// `DiscoveryRequest` field numbers (envoy/service/discovery/v3/discovery.proto).
@@ -33,12 +30,52 @@ const DISCOVERY_REQUEST_TYPE_URL: u32 = 4;
 /// The key of a `resource_names` field: field 3, length-delimited, in its one-byte form.
 const NAMES_KEY: u8 = (3 << 3) | 2;
 
+/// What a SotW subscription of one type covers.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+enum Subscription {
+    /// The names listed (and only those).
+    #[default]
+    Names,
+    /// Every resource of the type: the client listed `*`.
+    Wildcard,
+    /// Every resource of the type: the first request of a wildcard type (CDS, LDS) listed no
+    /// name, and an empty list keeps meaning "everything" for the stream's life.
+    LegacyWildcard,
+    /// The names listed, on a stream that began with [`Subscription::LegacyWildcard`]: an empty
+    /// list goes back to "everything".
+    LegacyNames,
+}
+
+impl Subscription {
+    /// The subscription of a type's first request.
+    fn first(ty: ResourceType, star: bool, no_names: bool) -> Self {
+        match (ty.is_wildcard_type() && no_names, star) {
+            (true, _) => Subscription::LegacyWildcard,
+            (false, true) => Subscription::Wildcard,
+            (false, false) => Subscription::Names,
+        }
+    }
+
+    /// The subscription after a later request.
+    fn next(self, star: bool, no_names: bool) -> Self {
+        let legacy = matches!(self, Subscription::LegacyWildcard | Subscription::LegacyNames);
+        match (legacy, star || (legacy && no_names)) {
+            (true, true) => Subscription::LegacyWildcard,
+            (true, false) => Subscription::LegacyNames,
+            (false, true) => Subscription::Wildcard,
+            (false, false) => Subscription::Names,
+        }
+    }
+
+    /// Every resource of the type.
+    fn is_wildcard(self) -> bool {
+        matches!(self, Subscription::Wildcard | Subscription::LegacyWildcard)
+    }
+}
+
 #[derive(Default)]
 struct TypeState {
-    /// Subscribed to everything (CDS/LDS).
-    wildcard: bool,
-    /// The first request had no names: an empty list keeps meaning "everything".
-    legacy_wildcard: bool,
+    subscription: Subscription,
     names: NameSet,
     /// The order in which the client last listed `names`, when it was not sorted: its `k`-th
     /// name is the held set's `order[k]`-th. Every name is compared before a request is taken
@@ -60,40 +97,60 @@ struct TypeState {
 /// The state machine of one State of the World stream: what the client has and wants, per type.
 pub struct SotwStream {
     core: Core,
-    types: [Option<TypeState>; 4],
+    types: TypeMap<Option<TypeState>>,
     /// Answers to requests for types this server does not serve.
     unknown: Vec<DiscoveryResponse>,
-    /// Set by [`SotwStream::decode`] when the request repeats, name for name, the subscription
-    /// held for this type (its names were compared in place, not decoded); taken by the next
-    /// [`SotwStream::on_request`].
-    repeated: Option<ResourceType>,
+}
+
+/// A SotW request as [`SotwStream::decode`] read it: the message (it reads as one), and
+/// whether its names repeat, name for name, the subscription the stream holds for its type (then
+/// they were compared in place, not decoded, and the message holds none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SotwRequest {
+    request: DiscoveryRequest,
+    repeats: Option<ResourceType>,
+}
+
+impl From<DiscoveryRequest> for SotwRequest {
+    /// A request decoded in full (its names are its own).
+    fn from(request: DiscoveryRequest) -> Self {
+        SotwRequest { request, repeats: None }
+    }
+}
+
+impl std::ops::Deref for SotwRequest {
+    type Target = DiscoveryRequest;
+    fn deref(&self) -> &DiscoveryRequest {
+        &self.request
+    }
 }
 
 impl SotwStream {
-    /// A stream of `scope`, its status published to `status`.
-    pub fn new(scope: Scope, limits: Limits, status: Arc<Mutex<ClientStatus>>) -> Self {
+    /// A stream of `scope`, sharing its subscriptions' names through `name_sets`.
+    pub fn new(scope: Scope, limits: Limits, name_sets: Arc<NameSets>) -> Self {
         SotwStream {
-            core: Core::new(scope, limits, status),
-            types: Default::default(),
+            core: Core::new(scope, limits, name_sets),
+            types: TypeMap::default(),
             unknown: Vec::new(),
-            repeated: None,
         }
     }
 
     /// Decodes a request. An Envoy re-sends its whole subscription with every ACK (for EDS, every
     /// cluster name, on every push, in its own order, which is not sorted); a request whose
     /// names are exactly those this stream holds for its type, in any order, is decoded without
-    /// them, and `on_request` keeps the held set. Any other request, or bytes that do not parse,
-    /// take the full decode, which reports what is malformed.
-    pub fn decode(&mut self, raw: &[u8]) -> Result<DiscoveryRequest, prost::DecodeError> {
-        self.repeated = None;
+    /// them, and says so ([`SotwRequest`]): `on_request` then keeps the held set. Any other
+    /// request, or bytes that do not parse, take the full decode, which reports what is
+    /// malformed. (The client's order of the names is kept, to compare the next one faster.)
+    pub fn decode(&mut self, raw: &[u8]) -> Result<SotwRequest, prost::DecodeError> {
         if let Some((ty, names)) = self.repeats_held_names(raw) {
             // The request without its names: the bytes before and after them.
-            let req = DiscoveryRequest::decode(bytes::Buf::chain(&raw[..names.start], &raw[names.end..]))?;
-            self.repeated = Some(ty);
-            return Ok(req);
+            let request = DiscoveryRequest::decode(bytes::Buf::chain(&raw[..names.start], &raw[names.end..]))?;
+            return Ok(SotwRequest {
+                request,
+                repeats: Some(ty),
+            });
         }
-        DiscoveryRequest::decode(raw)
+        DiscoveryRequest::decode(raw).map(SotwRequest::from)
     }
 
     /// The request's type and where its `resource_names` fields lie, when those names
@@ -113,7 +170,7 @@ impl SotwStream {
             return Some(found);
         }
         // No held set has more names than this: a longer list is not a repeat.
-        let most = self.types.iter().flatten().map(|st| st.names.len()).max()?;
+        let most = self.types.values().flatten().map(|st| st.names.len()).max()?;
         let mut type_url: &[u8] = b"";
         let (mut names_start, mut names_end) = (None, 0);
         // Room for every name at once; a name takes at least two bytes, so a small request
@@ -165,7 +222,7 @@ impl SotwStream {
             TypeCheck::Known(t) => t,
             TypeCheck::Unknown(_) => return None,
         };
-        let st = self.types[ty.index()].as_mut()?;
+        let st = self.types[ty].as_mut()?;
         if names.len() != st.names.len() {
             return None;
         }
@@ -190,7 +247,7 @@ impl SotwStream {
         }
         let start = at;
         ResourceType::ALL.into_iter().find_map(|ty| {
-            let st = self.types[ty.index()].as_ref()?;
+            let st = self.types[ty].as_ref()?;
             if st.names.is_empty() {
                 return None;
             }
@@ -231,9 +288,9 @@ impl SotwStream {
         std::mem::take(&mut self.core.events)
     }
 
-    /// A request from the client; an error ends the stream.
-    pub fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamError> {
-        let repeated = self.repeated.take();
+    /// A request from the client, arrived at `now`; an error ends the stream.
+    pub fn on_request(&mut self, req: impl Into<SotwRequest>, now: Instant) -> Result<(), StreamError> {
+        let SotwRequest { request: req, repeats } = req.into();
         self.core.accept_node(req.node.as_ref())?;
         let ty = match self.core.check_type(&req.type_url)? {
             TypeCheck::Known(t) => t,
@@ -252,9 +309,12 @@ impl SotwStream {
                 return Ok(());
             }
         };
-        let held = self.types[ty.index()].as_ref().map(|st| st.names.clone());
+        let before = self.types[ty]
+            .as_ref()
+            .map(|st| (st.subscription.is_wildcard(), st.names.clone()));
+        let held = before.as_ref().map(|(_, names)| names.clone());
         // The names as decoded, or (`decode` found them equal to the held set) that set.
-        let repeated = match (repeated == Some(ty), &held) {
+        let repeated = match (repeats == Some(ty), &held) {
             (true, Some(h)) => Some(h.clone()),
             _ => None,
         };
@@ -278,18 +338,16 @@ impl SotwStream {
                     .collect();
                 match held {
                     Some(h) if *h == built => h,
-                    _ => share_names(built),
+                    _ => self.core.name_sets.share(built),
                 }
             }
         };
 
-        let slot = &mut self.types[ty.index()];
+        let slot = &mut self.types[ty];
         match slot {
             None => {
-                let legacy = ty.is_wildcard_type() && no_names;
                 let mut st = TypeState {
-                    wildcard: star || legacy,
-                    legacy_wildcard: legacy,
+                    subscription: Subscription::first(ty, star, no_names),
                     names,
                     ..Default::default()
                 };
@@ -311,13 +369,13 @@ impl SotwStream {
                 // An answer to the response in flight is an ACK or a NACK; a later request with
                 // the same nonce only changes the subscription.
                 if let Some(p) = st.pending.take_if(|p| p.nonce == req.response_nonce) {
-                    self.core.record_answer(ty, &p, error_text(&req.error_detail));
+                    self.core.record_answer(ty, p, error_text(&req.error_detail), now);
                 }
-                let wildcard = star || (st.legacy_wildcard && no_names);
-                if wildcard && !st.wildcard {
+                let next = st.subscription.next(star, no_names);
+                if next.is_wildcard() && !st.subscription.is_wildcard() {
                     st.force = true;
                 }
-                st.wildcard = wildcard;
+                st.subscription = next;
                 if !Arc::ptr_eq(&names, &st.names) {
                     st.added.extend(names.difference(&st.names).cloned());
                     if ty.is_wildcard_type() {
@@ -328,14 +386,15 @@ impl SotwStream {
                 }
             }
         }
-        if let Some(st) = &self.types[ty.index()] {
-            self.core.record_subscription(ty, st.wildcard, &st.names);
+        if let Some(st) = &self.types[ty] {
+            self.core
+                .record_subscription(ty, before, st.subscription.is_wildcard(), &st.names);
         }
         Ok(())
     }
 
-    /// The responses to send now, in push order.
-    pub fn poll(&mut self) -> Vec<DiscoveryResponse> {
+    /// The responses to send at `now`, in push order.
+    pub fn poll(&mut self, now: Instant) -> Vec<DiscoveryResponse> {
         let mut out = std::mem::take(&mut self.unknown);
         let Some(group) = self.core.group.clone() else {
             return out;
@@ -344,7 +403,7 @@ impl SotwStream {
         // newer content back until its ACK: routes must not name clusters Envoy lacks.
         let mut held_back = false;
         for ty in ResourceType::ALL {
-            let Some(st) = self.types[ty.index()].as_mut() else {
+            let Some(st) = self.types[ty].as_mut() else {
                 continue;
             };
             let ts = group.get(ty);
@@ -374,7 +433,7 @@ impl SotwStream {
             st.pending = Some(Pending {
                 nonce: nonce.clone(),
                 version: ts.version.clone(),
-                sent_at: Instant::now(),
+                sent_at: now,
             });
             st.last_nonce = Some(nonce.clone());
             st.sent = Some(ts.clone());
@@ -514,7 +573,7 @@ fn select(ty: ResourceType, st: &TypeState, ts: &Arc<TypeSnapshot>) -> Option<Ve
         if !(st.force || changed_since_sent) {
             return None;
         }
-        let out = if st.wildcard {
+        let out = if st.subscription.is_wildcard() {
             ts.resources.values().map(|r| r.any.clone()).collect()
         } else {
             st.names

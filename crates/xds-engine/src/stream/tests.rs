@@ -8,11 +8,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, Resource as PbResource};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use parking_lot::Mutex;
 use prost::Message;
 
 use super::*;
-use crate::cache::{Cache, GroupInput, Snapshot};
+use crate::cache::{Cache, EncodedGroup, Snapshot};
+use crate::names::Names;
 use crate::resources::{Resource, ResourceType};
 use crate::status::ClientStatus;
 use crate::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
@@ -42,21 +42,36 @@ impl World {
     fn publish_groups(&self, groups: &[GroupSpec]) -> Arc<Snapshot> {
         let mut map = BTreeMap::new();
         for (g, items) in groups {
-            let mut input = GroupInput::default();
+            let mut input = EncodedGroup::default();
             for (ty, name, b) in items.iter() {
-                input.resources[ty.index()].push(Resource::new(*ty, name, vec![*b]));
+                input[*ty].push(Resource::new(*ty, name, vec![*b]));
             }
             map.insert(g.to_string(), input);
         }
         self.cache
-            .publish(map, "default", std::time::Instant::now())
+            .publish_encoded(map, "default", std::time::Instant::now())
             .expect("publish")
             .unwrap_or_else(|| self.cache.current().expect("current"))
     }
 }
 
-fn status() -> Arc<Mutex<ClientStatus>> {
-    Arc::new(Mutex::new(ClientStatus::new(1, "test", "ads")))
+/// The name sets of a test's server.
+fn status() -> Arc<NameSets> {
+    Arc::default()
+}
+
+/// The time a test's input arrives (the machines only compare it with itself).
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// A stream's status record, as the server folds it from the events.
+fn fold(events: &[StreamEvent]) -> ClientStatus {
+    let mut st = ClientStatus::new(1, "test", "ads");
+    for e in events {
+        st.apply(e, std::time::SystemTime::now());
+    }
+    st
 }
 
 fn node(cluster: &str) -> Option<Node> {
@@ -122,8 +137,9 @@ fn sotw(world: &World) -> SotwStream {
 fn sotw_holding_abc(w: &World) -> (SotwStream, DiscoveryResponse) {
     w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
     let mut s = sotw(w);
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], "", ""), now())
+        .expect("ok");
+    let r = one(s.poll(now()));
     (s, r)
 }
 
@@ -137,35 +153,35 @@ fn sotw_first_wildcard_request_gets_every_cluster() {
     let w = World::new();
     let snap = w.publish(&[(CDS, "a", 1), (CDS, "b", 2)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    let r = one(s.poll(now()));
     assert_eq!(r.type_url, CDS.type_url());
     assert_eq!(r.version_info, snap.groups["default"].get(CDS).version);
     assert_eq!(names_in(&r, &snap), vec!["a", "b"]);
     assert!(!r.nonce.is_empty());
     // Explicit "*" is a wildcard too.
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &["*"], "", "")).expect("ok");
-    assert_eq!(names_in(&one(s.poll()), &snap), vec!["a", "b"]);
+    s.on_request(sotw_req(CDS, &["*"], "", ""), now()).expect("ok");
+    assert_eq!(names_in(&one(s.poll(now())), &snap), vec!["a", "b"]);
 }
 
 #[test]
 fn sotw_ack_is_recorded_and_nothing_is_resent() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1)]);
-    let st = status();
-    let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), status());
     s.on_snapshot(w.cache.current());
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    let r = one(s.poll());
-    s.on_request(sotw_req(CDS, &[], &r.version_info, &r.nonce)).expect("ok");
-    assert!(s.poll().is_empty());
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    let r = one(s.poll(now()));
+    s.on_request(sotw_req(CDS, &[], &r.version_info, &r.nonce), now())
+        .expect("ok");
+    assert!(s.poll(now()).is_empty());
     let events = s.take_events();
     assert!(events
         .iter()
         .any(|e| matches!(e, StreamEvent::Acked { ty, version, .. } if *ty == CDS && *version == r.version_info)));
     assert_eq!(
-        st.lock().types["cds"].last_acked_version.as_deref(),
+        fold(&events).types["cds"].last_acked_version.as_deref(),
         Some(r.version_info.as_str())
     );
 }
@@ -174,23 +190,22 @@ fn sotw_ack_is_recorded_and_nothing_is_resent() {
 fn nack_is_not_resent_until_content_changes() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1)]);
-    let st = status();
-    let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
+    let mut s = SotwStream::new(Scope::Ads, Limits::default(), status());
     s.on_snapshot(w.cache.current());
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    let r1 = one(s.poll());
-    s.on_request(nack(sotw_req(CDS, &[], "", &r1.nonce), "bad cluster"))
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    let r1 = one(s.poll(now()));
+    s.on_request(nack(sotw_req(CDS, &[], "", &r1.nonce), "bad cluster"), now())
         .expect("ok");
-    assert!(s.poll().is_empty(), "a NACKed version must not be re-sent");
+    assert!(s.poll(now()).is_empty(), "a NACKed version must not be re-sent");
     // Envoy's next requests carry the last accepted version (none): still nothing.
     s.on_snapshot(w.cache.current());
-    assert!(s.poll().is_empty());
+    assert!(s.poll(now()).is_empty());
     let events = s.take_events();
     assert!(events
         .iter()
-        .any(|e| matches!(e, StreamEvent::Nacked(n) if n.error == "bad cluster" && n.version == r1.version_info)));
+        .any(|e| matches!(e, StreamEvent::Nacked { error, version, .. } if error == "bad cluster" && *version == r1.version_info)));
     {
-        let g = st.lock();
+        let g = fold(&events);
         let n = g.types["cds"].last_nack.as_ref().expect("nack recorded");
         assert_eq!(n.error, "bad cluster");
         assert_eq!(n.node_id, "envoy-1");
@@ -198,7 +213,7 @@ fn nack_is_not_resent_until_content_changes() {
     // New content goes out.
     let snap = w.publish(&[(CDS, "a", 2)]);
     s.on_snapshot(Some(snap.clone()));
-    let r2 = one(s.poll());
+    let r2 = one(s.poll(now()));
     assert_ne!(r2.version_info, r1.version_info);
     assert_eq!(names_in(&r2, &snap), vec!["a"]);
 }
@@ -208,18 +223,19 @@ fn stale_nonce_is_ignored() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    let r1 = one(s.poll());
-    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce))
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    let r1 = one(s.poll(now()));
+    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce), now())
         .expect("ok");
     w.publish(&[(CDS, "a", 2)]);
     s.on_snapshot(w.cache.current());
-    let r2 = one(s.poll());
+    let r2 = one(s.poll(now()));
     // A request naming the old nonce (or garbage) neither ACKs r2 nor triggers anything.
-    s.on_request(sotw_req(CDS, &["x"], &r1.version_info, &r1.nonce))
+    s.on_request(sotw_req(CDS, &["x"], &r1.version_info, &r1.nonce), now())
         .expect("ok");
-    s.on_request(sotw_req(CDS, &["x"], "", "garbage-nonce")).expect("ok");
-    assert!(s.poll().is_empty());
+    s.on_request(sotw_req(CDS, &["x"], "", "garbage-nonce"), now())
+        .expect("ok");
+    assert!(s.poll(now()).is_empty());
     let events = s.take_events();
     assert_eq!(
         events.iter().filter(|e| matches!(e, StreamEvent::Stale { .. })).count(),
@@ -229,7 +245,7 @@ fn stale_nonce_is_ignored() {
         .iter()
         .any(|e| matches!(e, StreamEvent::Acked { version, .. } if *version == r2.version_info)));
     // The real ACK still works.
-    s.on_request(sotw_req(CDS, &[], &r2.version_info, &r2.nonce))
+    s.on_request(sotw_req(CDS, &[], &r2.version_info, &r2.nonce), now())
         .expect("ok");
     assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Acked { .. })));
 }
@@ -239,15 +255,17 @@ fn nonces_are_per_type() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (LDS, "l", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    s.on_request(sotw_req(LDS, &[], "", "")).expect("ok");
-    let out = s.poll();
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    s.on_request(sotw_req(LDS, &[], "", ""), now()).expect("ok");
+    let out = s.poll(now());
     assert_eq!(out.len(), 2);
     let (c, l) = (&out[0], &out[1]);
     // An LDS request carrying the CDS nonce is stale for LDS.
-    s.on_request(sotw_req(LDS, &[], &l.version_info, &c.nonce)).expect("ok");
+    s.on_request(sotw_req(LDS, &[], &l.version_info, &c.nonce), now())
+        .expect("ok");
     assert!(matches!(s.take_events().last(), Some(StreamEvent::Stale { ty }) if *ty == LDS));
-    s.on_request(sotw_req(LDS, &[], &l.version_info, &l.nonce)).expect("ok");
+    s.on_request(sotw_req(LDS, &[], &l.version_info, &l.nonce), now())
+        .expect("ok");
     assert!(matches!(s.take_events().last(), Some(StreamEvent::Acked { ty, .. }) if *ty == LDS));
 }
 
@@ -256,18 +274,18 @@ fn eds_sends_only_changed_resources() {
     let w = World::new();
     let (mut s, r1) = sotw_holding_abc(&w);
     assert_eq!(r1.resources.len(), 3);
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce))
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce), now())
         .expect("ok");
     let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1)]);
     s.on_snapshot(Some(snap.clone()));
-    let r2 = one(s.poll());
+    let r2 = one(s.poll(now()));
     assert_eq!(names_in(&r2, &snap), vec!["b"]);
     // A change to a resource the stream does not subscribe to sends nothing.
-    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce))
+    s.on_request(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce), now())
         .expect("ok");
     w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1), (EDS, "d", 1)]);
     s.on_snapshot(w.cache.current());
-    assert!(s.poll().is_empty());
+    assert!(s.poll(now()).is_empty());
 }
 
 #[test]
@@ -275,18 +293,18 @@ fn resubscribe_after_unsubscribe_is_answered_at_the_same_version() {
     let w = World::new();
     let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(EDS, &["a", "b"], "", "")).expect("ok");
-    let r1 = one(s.poll());
-    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce))
+    s.on_request(sotw_req(EDS, &["a", "b"], "", ""), now()).expect("ok");
+    let r1 = one(s.poll(now()));
+    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce), now())
         .expect("ok");
     // Drop b (same nonce: an ACK was already given, this only changes the subscription).
-    s.on_request(sotw_req(EDS, &["a"], &r1.version_info, &r1.nonce))
+    s.on_request(sotw_req(EDS, &["a"], &r1.version_info, &r1.nonce), now())
         .expect("ok");
-    assert!(s.poll().is_empty());
+    assert!(s.poll(now()).is_empty());
     // Ask for b again: the version did not change, but b must be sent.
-    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce))
+    s.on_request(sotw_req(EDS, &["a", "b"], &r1.version_info, &r1.nonce), now())
         .expect("ok");
-    let r2 = one(s.poll());
+    let r2 = one(s.poll(now()));
     assert_eq!(names_in(&r2, &snap), vec!["b"]);
     assert_eq!(r2.version_info, r1.version_info);
 }
@@ -296,11 +314,13 @@ fn unknown_eds_and_rds_names_get_empty_placeholders() {
     let w = World::new();
     let snap = w.publish(&[(EDS, "a", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(EDS, &["a", "missing"], "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(EDS, &["a", "missing"], "", ""), now())
+        .expect("ok");
+    let r = one(s.poll(now()));
     assert_eq!(names_in(&r, &snap), vec!["a", "placeholder:missing"]);
-    s.on_request(sotw_req(RDS, &["no-such-routes"], "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(RDS, &["no-such-routes"], "", ""), now())
+        .expect("ok");
+    let r = one(s.poll(now()));
     assert_eq!(r.resources.len(), 1);
 }
 
@@ -310,12 +330,13 @@ fn reconnect_with_the_current_version_gets_no_spurious_update() {
     let snap = w.publish(&[(CDS, "a", 1)]);
     let v = snap.groups["default"].get(CDS).version.clone();
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], &v, "")).expect("ok");
-    assert!(s.poll().is_empty());
+    s.on_request(sotw_req(CDS, &[], &v, ""), now()).expect("ok");
+    assert!(s.poll(now()).is_empty());
     // With an older version it is answered.
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "0000000000000000", "")).expect("ok");
-    assert_eq!(one(s.poll()).version_info, v);
+    s.on_request(sotw_req(CDS, &[], "0000000000000000", ""), now())
+        .expect("ok");
+    assert_eq!(one(s.poll(now())).version_info, v);
 }
 
 #[test]
@@ -323,14 +344,14 @@ fn ads_pushes_cds_before_eds_and_lds_before_rds() {
     let w = World::new();
     let mut s = SotwStream::new(Scope::Ads, Limits::default(), status());
     // Requests arrive in the "wrong" order before any snapshot exists.
-    s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
-    s.on_request(sotw_req(LDS, &[], "", "")).expect("ok");
-    s.on_request(sotw_req(EDS, &["c"], "", "")).expect("ok");
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    assert!(s.poll().is_empty(), "nothing before a snapshot exists");
+    s.on_request(sotw_req(RDS, &["r"], "", ""), now()).expect("ok");
+    s.on_request(sotw_req(LDS, &[], "", ""), now()).expect("ok");
+    s.on_request(sotw_req(EDS, &["c"], "", ""), now()).expect("ok");
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    assert!(s.poll(now()).is_empty(), "nothing before a snapshot exists");
     w.publish(&[(CDS, "c", 1), (EDS, "c", 1), (LDS, "l", 1), (RDS, "r", 1)]);
     s.on_snapshot(w.cache.current());
-    let order: Vec<String> = s.poll().into_iter().map(|r| r.type_url).collect();
+    let order: Vec<String> = s.poll(now()).into_iter().map(|r| r.type_url).collect();
     let want: Vec<String> = [CDS, EDS, LDS, RDS].iter().map(|t| t.type_url().to_string()).collect();
     assert_eq!(order, want);
 }
@@ -340,16 +361,16 @@ fn one_response_in_flight_per_type_and_newer_content_waits_for_the_ack() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    let r1 = one(s.poll());
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    let r1 = one(s.poll(now()));
     w.publish(&[(CDS, "a", 2)]);
     s.on_snapshot(w.cache.current());
     let snap3 = w.publish(&[(CDS, "a", 3)]);
     s.on_snapshot(w.cache.current());
-    assert!(s.poll().is_empty(), "wait for the ACK of r1");
-    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce))
+    assert!(s.poll(now()).is_empty(), "wait for the ACK of r1");
+    s.on_request(sotw_req(CDS, &[], &r1.version_info, &r1.nonce), now())
         .expect("ok");
-    let r2 = one(s.poll());
+    let r2 = one(s.poll(now()));
     assert_eq!(
         r2.version_info,
         snap3.groups["default"].get(CDS).version,
@@ -364,13 +385,13 @@ fn node_is_required_first_and_optional_after() {
     let mut s = sotw(&w);
     let mut r = sotw_req(CDS, &[], "", "");
     r.node = None;
-    assert_eq!(s.on_request(r.clone()), Err(StreamError::MissingNode));
+    assert_eq!(s.on_request(r.clone(), now()), Err(StreamError::MissingNode));
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    let resp = one(s.poll());
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    let resp = one(s.poll(now()));
     let mut ack = sotw_req(CDS, &[], &resp.version_info, &resp.nonce);
     ack.node = None;
-    s.on_request(ack).expect("later requests may omit node");
+    s.on_request(ack, now()).expect("later requests may omit node");
 }
 
 #[test]
@@ -385,8 +406,8 @@ fn node_cluster_selects_the_group_and_unknown_gets_the_default() {
         let mut s = sotw(&w);
         let mut r = sotw_req(CDS, &[], "", "");
         r.node = node(cluster);
-        s.on_request(r).expect("ok");
-        let resp = one(s.poll());
+        s.on_request(r, now()).expect("ok");
+        let resp = one(s.poll(now()));
         let group = snap.group_for(cluster).expect("group");
         let any = Any::decode(resp.resources[0].clone()).expect("any");
         let name = group
@@ -413,19 +434,17 @@ fn a_grpc_user_agent_selects_the_groups_twin_and_is_kept_cut_in_the_status() {
         ("grpc", 1),
         ("", 1),
     ] {
-        let st = status();
-        let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
-        s.on_snapshot(w.cache.current());
+        let mut s = sotw(&w);
         let mut r = sotw_req(LDS, &[], "", "");
         r.node = node("default");
         if let Some(n) = r.node.as_mut() {
             n.user_agent_name = agent.into();
         }
-        s.on_request(r).expect("ok");
-        let resp = one(s.poll());
+        s.on_request(r, now()).expect("ok");
+        let resp = one(s.poll(now()));
         let any = Any::decode(resp.resources[0].clone()).expect("any");
         assert_eq!(any.value, vec![want], "user agent {agent:?}");
-        let st = st.lock();
+        let st = fold(&s.take_events());
         assert_eq!(st.user_agent_name, agent);
         assert_eq!(
             st.group.as_deref(),
@@ -433,19 +452,18 @@ fn a_grpc_user_agent_selects_the_groups_twin_and_is_kept_cut_in_the_status() {
         );
     }
     // A client-supplied name is kept at most 128 bytes, cut at a character boundary.
-    let st = status();
-    let mut s = SotwStream::new(Scope::Ads, Limits::default(), st.clone());
-    s.on_snapshot(w.cache.current());
+    let mut s = sotw(&w);
     let mut r = sotw_req(LDS, &[], "", "");
     r.node = node("default");
     if let Some(n) = r.node.as_mut() {
         n.user_agent_name = format!("gRPC {}", "é".repeat(10_000));
     }
-    s.on_request(r).expect("ok");
-    let kept = st.lock().user_agent_name.clone();
+    s.on_request(r, now()).expect("ok");
+    let st = fold(&s.take_events());
+    let kept = st.user_agent_name.clone();
     assert!(kept.len() <= 128 && kept.len() >= 126, "{}", kept.len());
     assert!(kept.starts_with("gRPC é"));
-    assert_eq!(st.lock().group.as_deref(), Some("default/grpc"));
+    assert_eq!(st.group.as_deref(), Some("default/grpc"));
 }
 
 #[test]
@@ -456,17 +474,17 @@ fn unknown_type_is_answered_once_and_its_ack_is_not_answered() {
     let url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     let mut r = sotw_req(CDS, &[], "", "");
     r.type_url = url.into();
-    s.on_request(r.clone()).expect("ok");
-    let resp = one(s.poll());
+    s.on_request(r.clone(), now()).expect("ok");
+    let resp = one(s.poll(now()));
     assert_eq!(resp.type_url, url);
     assert!(resp.resources.is_empty());
     r.response_nonce = resp.nonce;
-    s.on_request(r).expect("ok");
-    assert!(s.poll().is_empty(), "no loop on the ACK");
+    s.on_request(r, now()).expect("ok");
+    assert!(s.poll(now()).is_empty(), "no loop on the ACK");
     // An ADS request without a type is an error.
     let mut r = sotw_req(CDS, &[], "", "");
     r.type_url.clear();
-    assert_eq!(s.on_request(r), Err(StreamError::MissingTypeUrl));
+    assert_eq!(s.on_request(r, now()), Err(StreamError::MissingTypeUrl));
 }
 
 #[test]
@@ -477,10 +495,10 @@ fn per_type_service_fills_in_its_type_and_refuses_others() {
     s.on_snapshot(w.cache.current());
     let mut r = sotw_req(CDS, &[], "", "");
     r.type_url.clear();
-    s.on_request(r).expect("empty type_url means the service's type");
-    assert_eq!(one(s.poll()).type_url, CDS.type_url());
+    s.on_request(r, now()).expect("empty type_url means the service's type");
+    assert_eq!(one(s.poll(now())).type_url, CDS.type_url());
     let r = sotw_req(EDS, &[], "", "");
-    assert!(matches!(s.on_request(r), Err(StreamError::WrongType { .. })));
+    assert!(matches!(s.on_request(r, now()), Err(StreamError::WrongType { .. })));
 }
 
 #[test]
@@ -492,7 +510,7 @@ fn too_many_names_is_an_error_not_a_memory_blowup() {
     let names: Vec<String> = (0..11).map(|i| format!("n{i}")).collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     assert!(matches!(
-        s.on_request(sotw_req(EDS, &refs, "", "")),
+        s.on_request(sotw_req(EDS, &refs, "", ""), now()),
         Err(StreamError::TooManyNames { count: 11, .. })
     ));
 }
@@ -541,13 +559,14 @@ fn delta_wildcard_sends_everything_then_only_changes_and_removals() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (CDS, "b", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(CDS, &[], &[], "")).expect("legacy wildcard");
-    let r1 = one_d(s.poll());
+    s.on_request(delta_req(CDS, &[], &[], ""), now())
+        .expect("legacy wildcard");
+    let r1 = one_d(s.poll(now()));
     assert_eq!(just_names(&r1), vec!["a", "b"]);
-    s.on_request(delta_req(CDS, &[], &[], &r1.nonce)).expect("ack");
+    s.on_request(delta_req(CDS, &[], &[], &r1.nonce), now()).expect("ack");
     w.publish(&[(CDS, "a", 2), (CDS, "c", 1)]);
     s.on_snapshot(w.cache.current());
-    let r2 = one_d(s.poll());
+    let r2 = one_d(s.poll(now()));
     assert_eq!(just_names(&r2), vec!["a", "c"]);
     assert_eq!(r2.removed_resources, vec!["b"]);
 }
@@ -564,8 +583,8 @@ fn delta_initial_resource_versions_are_not_resent() {
         ("gone".to_string(), "0123456789abcdef".to_string()),
     ]
     .into();
-    s.on_request(r).expect("ok");
-    let resp = one_d(s.poll());
+    s.on_request(r, now()).expect("ok");
+    let resp = one_d(s.poll(now()));
     assert_eq!(just_names(&resp), vec!["b"], "a is held at the current version");
     assert_eq!(resp.removed_resources, vec!["gone"]);
 }
@@ -583,15 +602,16 @@ fn delta_initial_versions_of_names_not_subscribed_are_not_kept() {
         .map(|i| (format!("never-subscribed-{i}"), "0123456789abcdef".to_string()))
         .collect();
     r.initial_resource_versions.insert("a".into(), va);
-    s.on_request(r).expect("ok");
+    s.on_request(r, now()).expect("ok");
     assert_eq!(s.held_count(EDS), 1, "only the subscribed name is kept");
-    let resp = one_d(s.poll());
+    let resp = one_d(s.poll(now()));
     assert!(resp.resources.is_empty(), "a is held at the current version");
     assert!(resp.removed_resources.is_empty());
     assert_eq!(s.held_count(EDS), 1);
     // Subscribing to b later sends it: nothing said about b was kept.
-    s.on_request(delta_req(EDS, &["b"], &[], &resp.nonce)).expect("ok");
-    assert_eq!(just_names(&one_d(s.poll())), vec!["b"]);
+    s.on_request(delta_req(EDS, &["b"], &[], &resp.nonce), now())
+        .expect("ok");
+    assert_eq!(just_names(&one_d(s.poll(now()))), vec!["b"]);
     assert_eq!(s.held_count(EDS), 2);
 }
 
@@ -606,9 +626,9 @@ fn delta_initial_versions_under_a_wildcard_are_kept_until_compared() {
     r.initial_resource_versions = (0..100)
         .map(|i| (format!("old-{i:03}"), "0123456789abcdef".to_string()))
         .collect();
-    s.on_request(r).expect("ok");
+    s.on_request(r, now()).expect("ok");
     assert_eq!(s.held_count(EDS), 100);
-    let resp = one_d(s.poll());
+    let resp = one_d(s.poll(now()));
     assert_eq!(just_names(&resp), vec!["a"]);
     assert_eq!(resp.removed_resources.len(), 100);
     assert_eq!(s.held_count(EDS), 1);
@@ -625,7 +645,7 @@ fn delta_initial_versions_over_the_limit_end_the_stream_and_are_not_stored() {
         .map(|i| (format!("c{i}"), "0123456789abcdef".to_string()))
         .collect();
     assert_eq!(
-        s.on_request(r.clone()),
+        s.on_request(r.clone(), now()),
         Err(StreamError::TooManyInitialVersions {
             ty: "cds",
             count: 11,
@@ -635,7 +655,7 @@ fn delta_initial_versions_over_the_limit_end_the_stream_and_are_not_stored() {
     assert_eq!(s.held_count(CDS), 0);
     // At the limit: accepted.
     r.initial_resource_versions.remove("c0");
-    s.on_request(r).expect("ten entries");
+    s.on_request(r, now()).expect("ten entries");
     assert_eq!(s.held_count(CDS), 10);
 }
 
@@ -644,8 +664,8 @@ fn delta_first_request_is_answered_even_when_empty() {
     let w = World::new();
     w.publish(&[(EDS, "a", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
-    let r = one_d(s.poll());
+    s.on_request(delta_req(CDS, &["*"], &[], ""), now()).expect("ok");
+    let r = one_d(s.poll(now()));
     assert!(r.resources.is_empty() && r.removed_resources.is_empty());
     assert_eq!(r.type_url, CDS.type_url());
 }
@@ -655,19 +675,20 @@ fn delta_subscribe_and_unsubscribe_apply_whatever_the_nonce() {
     let w = World::new();
     w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(EDS, &["a", "b"], &[], "")).expect("ok");
-    let r1 = one_d(s.poll());
+    s.on_request(delta_req(EDS, &["a", "b"], &[], ""), now()).expect("ok");
+    let r1 = one_d(s.poll(now()));
     assert_eq!(just_names(&r1), vec!["a", "b"]);
     // Before the ACK, subscribe c and drop b in one request with a stale nonce.
-    s.on_request(delta_req(EDS, &["c"], &["b"], "stale")).expect("ok");
-    assert!(s.poll().is_empty(), "r1 is still in flight");
-    s.on_request(delta_req(EDS, &[], &[], &r1.nonce)).expect("ack");
-    let r2 = one_d(s.poll());
+    s.on_request(delta_req(EDS, &["c"], &["b"], "stale"), now())
+        .expect("ok");
+    assert!(s.poll(now()).is_empty(), "r1 is still in flight");
+    s.on_request(delta_req(EDS, &[], &[], &r1.nonce), now()).expect("ack");
+    let r2 = one_d(s.poll(now()));
     assert_eq!(just_names(&r2), vec!["c"]);
-    s.on_request(delta_req(EDS, &[], &[], &r2.nonce)).expect("ack");
+    s.on_request(delta_req(EDS, &[], &[], &r2.nonce), now()).expect("ack");
     // Asking for b again resends it although it did not change.
-    s.on_request(delta_req(EDS, &["b"], &[], "")).expect("ok");
-    assert_eq!(just_names(&one_d(s.poll())), vec!["b"]);
+    s.on_request(delta_req(EDS, &["b"], &[], ""), now()).expect("ok");
+    assert_eq!(just_names(&one_d(s.poll(now()))), vec!["b"]);
 }
 
 #[test]
@@ -675,20 +696,20 @@ fn delta_nack_is_not_resent_until_content_changes() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
-    let r1 = one_d(s.poll());
+    s.on_request(delta_req(CDS, &["*"], &[], ""), now()).expect("ok");
+    let r1 = one_d(s.poll(now()));
     let mut n = delta_req(CDS, &[], &[], &r1.nonce);
     n.error_detail = Some(RpcStatus {
         code: 3,
         message: "no".into(),
         details: vec![],
     });
-    s.on_request(n).expect("ok");
-    assert!(s.poll().is_empty());
-    assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Nacked(_))));
+    s.on_request(n, now()).expect("ok");
+    assert!(s.poll(now()).is_empty());
+    assert!(s.take_events().iter().any(|e| matches!(e, StreamEvent::Nacked { .. })));
     w.publish(&[(CDS, "a", 2)]);
     s.on_snapshot(w.cache.current());
-    assert_eq!(just_names(&one_d(s.poll())), vec!["a"]);
+    assert_eq!(just_names(&one_d(s.poll(now()))), vec!["a"]);
 }
 
 #[test]
@@ -696,22 +717,22 @@ fn delta_unknown_named_eds_gets_placeholder_and_wildcard_can_be_left() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (CDS, "b", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(EDS, &["nope"], &[], "")).expect("ok");
-    let r = one_d(s.poll());
+    s.on_request(delta_req(EDS, &["nope"], &[], ""), now()).expect("ok");
+    let r = one_d(s.poll(now()));
     assert_eq!(just_names(&r), vec!["nope"]);
-    s.on_request(delta_req(EDS, &[], &[], &r.nonce)).expect("ack");
+    s.on_request(delta_req(EDS, &[], &[], &r.nonce), now()).expect("ack");
     // Wildcard CDS plus an explicit name; leaving the wildcard keeps only that name.
-    s.on_request(delta_req(CDS, &["*", "a"], &[], "")).expect("ok");
-    let r = one_d(s.poll());
+    s.on_request(delta_req(CDS, &["*", "a"], &[], ""), now()).expect("ok");
+    let r = one_d(s.poll(now()));
     assert_eq!(just_names(&r), vec!["a", "b"]);
-    s.on_request(delta_req(CDS, &[], &["*"], &r.nonce)).expect("ok");
-    assert!(s.poll().is_empty());
+    s.on_request(delta_req(CDS, &[], &["*"], &r.nonce), now()).expect("ok");
+    assert!(s.poll(now()).is_empty());
     w.publish(&[(CDS, "a", 1), (CDS, "b", 2)]);
     s.on_snapshot(w.cache.current());
-    assert!(s.poll().is_empty(), "b is no longer subscribed");
+    assert!(s.poll(now()).is_empty(), "b is no longer subscribed");
     w.publish(&[(CDS, "a", 3), (CDS, "b", 2)]);
     s.on_snapshot(w.cache.current());
-    assert_eq!(just_names(&one_d(s.poll())), vec!["a"]);
+    assert_eq!(just_names(&one_d(s.poll(now()))), vec!["a"]);
 }
 
 #[test]
@@ -719,15 +740,16 @@ fn delta_incremental_path_matches_full_comparison_across_skipped_versions() {
     let w = World::new();
     w.publish(&[(EDS, "a", 1), (EDS, "b", 1), (EDS, "c", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(EDS, &["a", "b", "c"], &[], "")).expect("ok");
-    let r = one_d(s.poll());
+    s.on_request(delta_req(EDS, &["a", "b", "c"], &[], ""), now())
+        .expect("ok");
+    let r = one_d(s.poll(now()));
     // Two snapshots while r is in flight: the stream skips a version.
     w.publish(&[(EDS, "a", 2), (EDS, "b", 1), (EDS, "c", 1)]);
     s.on_snapshot(w.cache.current());
     w.publish(&[(EDS, "a", 2), (EDS, "b", 2), (EDS, "c", 1)]);
     s.on_snapshot(w.cache.current());
-    s.on_request(delta_req(EDS, &[], &[], &r.nonce)).expect("ack");
-    let r2 = one_d(s.poll());
+    s.on_request(delta_req(EDS, &[], &[], &r.nonce), now()).expect("ack");
+    let r2 = one_d(s.poll(now()));
     assert_eq!(just_names(&r2), vec!["a", "b"]);
 }
 
@@ -739,14 +761,15 @@ fn equal_subscriptions_share_one_name_set() {
             .map(|n| Arc::<str>::from(*n))
             .collect::<std::collections::BTreeSet<_>>()
     };
-    let a = super::share_names(set(&["x-shared-1", "x-shared-2"]));
-    let b = super::share_names(set(&["x-shared-2", "x-shared-1"]));
-    let c = super::share_names(set(&["x-shared-1"]));
+    let sets = NameSets::default();
+    let a = sets.share(set(&["x-shared-1", "x-shared-2"]));
+    let b = sets.share(set(&["x-shared-2", "x-shared-1"]));
+    let c = sets.share(set(&["x-shared-1"]));
     assert!(Arc::ptr_eq(&a, &b));
     assert!(!Arc::ptr_eq(&a, &c));
     drop((a, b));
     // Once no stream holds it, a new equal set is a fresh one (weak entries).
-    let d = super::share_names(set(&["x-shared-1", "x-shared-2"]));
+    let d = sets.share(set(&["x-shared-1", "x-shared-2"]));
     assert_eq!(Arc::strong_count(&d), 1);
 }
 
@@ -755,20 +778,24 @@ fn sotw_ads_routes_do_not_run_ahead_of_clusters_waiting_for_an_ack() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
-    let first = s.poll();
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    s.on_request(sotw_req(RDS, &["r"], "", ""), now()).expect("ok");
+    let first = s.poll(now());
     assert_eq!(first.len(), 2);
     let (cds1, rds1) = (&first[0], &first[1]);
-    s.on_request(sotw_req(RDS, &["r"], &rds1.version_info, &rds1.nonce))
+    s.on_request(sotw_req(RDS, &["r"], &rds1.version_info, &rds1.nonce), now())
         .expect("ack rds");
     // V2 adds cluster "x" and a route to it while CDS V1 is not yet ACKed.
     let v2 = w.publish(&[(CDS, "a", 1), (CDS, "x", 1), (RDS, "r", 2)]);
     s.on_snapshot(w.cache.current());
-    assert!(s.poll().is_empty(), "RDS V2 must wait for CDS V2");
-    s.on_request(sotw_req(CDS, &[], &cds1.version_info, &cds1.nonce))
+    assert!(s.poll(now()).is_empty(), "RDS V2 must wait for CDS V2");
+    s.on_request(sotw_req(CDS, &[], &cds1.version_info, &cds1.nonce), now())
         .expect("ack cds");
-    let order: Vec<(String, String)> = s.poll().into_iter().map(|r| (r.type_url, r.version_info)).collect();
+    let order: Vec<(String, String)> = s
+        .poll(now())
+        .into_iter()
+        .map(|r| (r.type_url, r.version_info))
+        .collect();
     let g = &v2.groups["default"];
     assert_eq!(
         order,
@@ -784,17 +811,17 @@ fn delta_ads_routes_do_not_run_ahead_of_clusters_waiting_for_an_ack() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
     let mut s = delta(&w);
-    s.on_request(delta_req(CDS, &["*"], &[], "")).expect("ok");
-    s.on_request(delta_req(RDS, &["r"], &[], "")).expect("ok");
-    let first = s.poll();
+    s.on_request(delta_req(CDS, &["*"], &[], ""), now()).expect("ok");
+    s.on_request(delta_req(RDS, &["r"], &[], ""), now()).expect("ok");
+    let first = s.poll(now());
     assert_eq!(first.len(), 2);
     let (cds1, rds1) = (first[0].nonce.clone(), first[1].nonce.clone());
-    s.on_request(delta_req(RDS, &[], &[], &rds1)).expect("ack rds");
+    s.on_request(delta_req(RDS, &[], &[], &rds1), now()).expect("ack rds");
     w.publish(&[(CDS, "a", 1), (CDS, "x", 1), (RDS, "r", 2)]);
     s.on_snapshot(w.cache.current());
-    assert!(s.poll().is_empty(), "RDS must wait for the CDS ACK");
-    s.on_request(delta_req(CDS, &[], &[], &cds1)).expect("ack cds");
-    let out = s.poll();
+    assert!(s.poll(now()).is_empty(), "RDS must wait for the CDS ACK");
+    s.on_request(delta_req(CDS, &[], &[], &cds1), now()).expect("ack cds");
+    let out = s.poll(now());
     let types: Vec<&str> = out.iter().map(|r| r.type_url.as_str()).collect();
     assert_eq!(types, vec![CDS.type_url(), RDS.type_url()]);
     assert_eq!(
@@ -808,11 +835,11 @@ fn a_type_waiting_for_an_ack_of_the_current_version_holds_nothing_back() {
     let w = World::new();
     w.publish(&[(CDS, "a", 1), (RDS, "r", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(CDS, &[], "", "")).expect("ok");
-    assert_eq!(s.poll().len(), 1);
+    s.on_request(sotw_req(CDS, &[], "", ""), now()).expect("ok");
+    assert_eq!(s.poll(now()).len(), 1);
     // CDS V1 is in flight and is the current version: RDS goes out at once.
-    s.on_request(sotw_req(RDS, &["r"], "", "")).expect("ok");
-    assert_eq!(one(s.poll()).type_url, RDS.type_url());
+    s.on_request(sotw_req(RDS, &["r"], "", ""), now()).expect("ok");
+    assert_eq!(one(s.poll(now())).type_url, RDS.type_url());
 }
 
 #[test]
@@ -842,8 +869,8 @@ fn an_ack_repeating_the_held_names_is_decoded_without_them_and_keeps_the_subscri
         .decode(&raw(sotw_req(EDS, &["a", "b", "c"], "", "")))
         .expect("decodes");
     assert_eq!(first.resource_names, vec!["a", "b", "c"]);
-    s.on_request(first).expect("ok");
-    let r1 = one(s.poll());
+    s.on_request(first, now()).expect("ok");
+    let r1 = one(s.poll(now()));
     // The ACK repeats them: decoded without them, and the ACK is taken as one.
     let ack = s
         .decode(&raw(sotw_req(EDS, &["a", "b", "c"], &r1.version_info, &r1.nonce)))
@@ -854,16 +881,16 @@ fn an_ack_repeating_the_held_names_is_decoded_without_them_and_keeps_the_subscri
         (r1.version_info.as_str(), r1.nonce.as_str())
     );
     assert_eq!(ack.node, node("default"));
-    s.on_request(ack).expect("ok");
+    s.on_request(ack, now()).expect("ok");
     assert!(s
         .take_events()
         .iter()
         .any(|e| matches!(e, StreamEvent::Acked { ty, .. } if *ty == EDS)));
-    assert!(s.poll().is_empty());
+    assert!(s.poll(now()).is_empty());
     // The held subscription is intact: a change to b is pushed.
     let snap = w.publish(&[(EDS, "a", 1), (EDS, "b", 2), (EDS, "c", 1)]);
     s.on_snapshot(Some(snap.clone()));
-    let r2 = one(s.poll());
+    let r2 = one(s.poll(now()));
     assert_eq!(names_in(&r2, &snap), vec!["b"]);
 
     // The same names in another order (Envoy does not sort its list): decoded without them.
@@ -899,12 +926,12 @@ fn an_ack_repeating_the_held_names_is_decoded_without_them_and_keeps_the_subscri
         .decode(&raw(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce)))
         .expect("decodes");
     assert!(ack2.resource_names.is_empty());
-    s.on_request(ack2).expect("ok");
+    s.on_request(ack2, now()).expect("ok");
     let drop_b = s
         .decode(&raw(sotw_req(EDS, &["a", "c"], &r2.version_info, &r2.nonce)))
         .expect("decodes");
-    s.on_request(drop_b).expect("ok");
-    assert!(s.poll().is_empty());
+    s.on_request(drop_b, now()).expect("ok");
+    assert!(s.poll(now()).is_empty());
     let again = s
         .decode(&raw(sotw_req(EDS, &["a", "b", "c"], &r2.version_info, &r2.nonce)))
         .expect("decodes");
@@ -913,8 +940,8 @@ fn an_ack_repeating_the_held_names_is_decoded_without_them_and_keeps_the_subscri
         vec!["a", "b", "c"],
         "held is [a, c] now: decoded in full"
     );
-    s.on_request(again).expect("ok");
-    assert_eq!(names_in(&one(s.poll()), &snap), vec!["b"]);
+    s.on_request(again, now()).expect("ok");
+    assert_eq!(names_in(&one(s.poll(now())), &snap), vec!["b"]);
 }
 
 #[test]
@@ -922,8 +949,8 @@ fn a_malformed_request_fails_to_decode_on_either_path() {
     let w = World::new();
     w.publish(&[(EDS, "a", 1)]);
     let mut s = sotw(&w);
-    s.on_request(sotw_req(EDS, &["a"], "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(EDS, &["a"], "", ""), now()).expect("ok");
+    let r = one(s.poll(now()));
     let good = sotw_req(EDS, &["a"], &r.version_info, &r.nonce).encode_to_vec();
     // Truncated: the wire reader stops, the full decode reports the error.
     let mut cut = good.clone();
@@ -973,8 +1000,8 @@ fn a_malformed_request_fails_to_decode_on_either_path() {
     }
     // The stream still takes a good ACK afterwards.
     let ack = s.decode(&good).expect("decodes");
-    s.on_request(ack).expect("ok");
-    assert!(s.poll().is_empty());
+    s.on_request(ack, now()).expect("ok");
+    assert!(s.poll(now()).is_empty());
 }
 
 #[test]
@@ -1093,8 +1120,9 @@ fn names_too_long_for_the_short_form_are_matched_as_well_in_any_order() {
     w.publish(&[(EDS, "a", 1), (EDS, &long, 1), (EDS, "c", 1)]);
     let mut s = sotw(&w);
     let raw = |r: DiscoveryRequest| r.encode_to_vec();
-    s.on_request(sotw_req(EDS, &["a", &long, "c"], "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(EDS, &["a", &long, "c"], "", ""), now())
+        .expect("ok");
+    let r = one(s.poll(now()));
     // Short and long names mixed, in an order that is not sorted (the long name needs a
     // two-byte length, read by the general field reader in the middle of the run).
     for order in [
@@ -1118,8 +1146,8 @@ fn names_too_long_for_the_short_form_are_matched_as_well_in_any_order() {
     ]);
     let mut s = sotw(&w);
     let all = [n128.as_str(), "c", &n127, "a", &long];
-    s.on_request(sotw_req(EDS, &all, "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(EDS, &all, "", ""), now()).expect("ok");
+    let r = one(s.poll(now()));
     let ack = s
         .decode(&raw(sotw_req(EDS, &all, &r.version_info, &r.nonce)))
         .expect("decodes");
@@ -1182,15 +1210,15 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
     let mut order: Vec<&str> = held.iter().map(String::as_str).collect();
     order.reverse();
     order.swap(2, 7);
-    s.on_request(sotw_req(EDS, &order, "", "")).expect("ok");
-    let r = one(s.poll());
+    s.on_request(sotw_req(EDS, &order, "", ""), now()).expect("ok");
+    let r = one(s.poll(now()));
     let good = sotw_req(EDS, &order, &r.version_info, &r.nonce).encode_to_vec();
     // The first ACK keeps the order, the second is matched through it.
     assert!(s.repeats_in_kept_order(&good).is_none(), "no order kept yet");
     for _ in 0..2 {
         let ack = s.decode(&good).expect("decodes");
         assert!(ack.resource_names.is_empty(), "{:?}", ack.resource_names);
-        s.on_request(ack).expect("ok");
+        s.on_request(ack, now()).expect("ok");
     }
     let fast = |s: &SotwStream, m: &[u8]| s.repeats_in_kept_order(m).map(|(ty, _)| ty);
     assert_eq!(fast(&s, &good), Some(EDS), "the kept order is used");
@@ -1213,7 +1241,7 @@ fn an_ack_in_the_kept_order_is_taken_as_a_repeat_only_when_it_is_one() {
                     resource_names: Vec::new(),
                     ..full
                 };
-                assert_eq!(got, rest, "{what}");
+                assert_eq!(*got, rest, "{what}");
             } else {
                 assert_eq!(got.resource_names, full.resource_names, "{what}");
             }
