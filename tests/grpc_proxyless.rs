@@ -159,18 +159,38 @@ async fn a_grpc_client_reaches_the_cores_and_follows_an_assignment_change_on_one
     drop(envoy);
 }
 
-/// An assignment gRPC's client cannot take (a DNS name in EDS; Envoy resolves it itself) is
-/// NACKed: the NACK is recorded for that client, the assignment is not sent again, the client
-/// keeps calling the cores it had, and the next good assignment is taken.
+/// A source host that is a DNS name (Envoy resolves it) is left out of the gRPC clients'
+/// assignment and counted: the client moves to the assignment's IP hosts, no NACK. Then an
+/// assignment gRPC's client rejects while the server's validation allows it (one IPv6 address
+/// written two ways: gRPC refuses duplicate endpoint addresses, Envoy takes them) is NACKed:
+/// the NACK is recorded for that client, the assignment is not sent again, the client keeps
+/// calling the cores it had, and the next good assignment is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent() {
     let d = DefaultProfile::start(&["127.0.0.1"]).await;
     let mut c = d.client("grpc-nack");
     c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
-    let before = client_of(&d.server, "grpc-nack").await.expect("stream");
-    let eds_responses = before["types"]["eds"]["responses"].as_u64().expect("responses");
 
     d.write_assignment(&["127.0.0.2", "vcore-x.voltha.invalid"]);
+    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-1"]).await;
+    for _ in 0..10 {
+        assert_eq!(c.health().await, Ok("vcore-1".into()));
+    }
+    let g = client_of(&d.server, "grpc-nack").await.expect("stream");
+    assert_eq!(g["types"]["eds"]["nacks"], 0, "the name is not sent: {g}");
+    assert_eq!(
+        metric(
+            d.server.admin_addr,
+            "voltha_xds_grpc_hosts_dropped{group=\"voltha/grpc\"}"
+        )
+        .await,
+        2.0,
+        "one name in each of the two clusters"
+    );
+
+    let before = client_of(&d.server, "grpc-nack").await.expect("stream");
+    let eds_responses = before["types"]["eds"]["responses"].as_u64().expect("responses");
+    d.write_assignment(&["127.0.0.3", "::3", "0:0::3"]);
     let nacked = wait_for(Duration::from_secs(10), "the NACK", || {
         let s = &d.server;
         async move {
@@ -191,9 +211,17 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
         "{all}"
     );
     assert!(metric(d.server.admin_addr, "voltha_xds_nacks_total{type=\"eds\"}").await >= 1.0);
-    // The rejected assignment (which has vcore-1) is not applied and not sent again.
+    assert_eq!(
+        metric(
+            d.server.admin_addr,
+            "voltha_xds_grpc_hosts_dropped{group=\"voltha/grpc\"}"
+        )
+        .await,
+        0.0
+    );
+    // The rejected assignment (which has vcore-2) is not applied and not sent again.
     for _ in 0..20 {
-        assert_eq!(c.health().await, Ok("vcore-0".into()));
+        assert_eq!(c.health().await, Ok("vcore-1".into()));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let later = client_of(&d.server, "grpc-nack").await.expect("stream");

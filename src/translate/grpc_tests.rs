@@ -122,13 +122,26 @@ fn envoy_groups_are_the_same_with_and_without_grpc_services() {
 }
 
 #[test]
-fn a_dns_host_goes_to_grpc_over_eds_while_envoy_resolves_it() {
+fn a_dns_host_is_left_out_of_the_grpc_assignment_while_envoy_resolves_it() {
     let config = Config::embedded_default().expect("config");
-    let groups = translate(&assignment(&["10.0.0.1", "core.voltha.svc"]), &config).expect("translate");
+    let model = assignment(&["10.0.0.1", "core.voltha.svc", "::1"]);
+    let groups = translate(&model, &config).expect("translate");
     assert!(groups["voltha"].endpoints.is_empty(), "Envoy: STRICT_DNS, inline");
+    let envoy_hosts = groups["voltha"].clusters[0]
+        .load_assignment
+        .as_ref()
+        .map(|c| c.endpoints[0].lb_endpoints.len());
+    assert_eq!(envoy_hosts, Some(3), "Envoy keeps the name");
     let twin = &groups["voltha/grpc"];
     assert_eq!(twin.endpoints.len(), 2, "gRPC: EDS");
-    assert_eq!(twin.endpoints[0].endpoints[0].lb_endpoints.len(), 2);
+    for cla in &twin.endpoints {
+        let hosts: Vec<_> = cla.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .filter_map(super::endpoint_host)
+            .collect();
+        assert_eq!(hosts, ["10.0.0.1", "::1"], "{}: IP addresses only", cla.cluster_name);
+    }
     for c in &twin.clusters {
         assert_eq!(
             c.cluster_discovery_type,
@@ -136,6 +149,19 @@ fn a_dns_host_goes_to_grpc_over_eds_while_envoy_resolves_it() {
         );
         assert!(c.load_assignment.is_none());
     }
+    let dropped = super::dropped_hosts(&config, &model);
+    let got: Vec<_> = dropped
+        .iter()
+        .map(|d| (d.group.as_str(), d.cluster.as_str(), d.host.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("voltha/grpc", "voltha-grpc", "core.voltha.svc"),
+            ("voltha/grpc", "voltha-grpc-RR", "core.voltha.svc"),
+        ]
+    );
+    assert!(super::dropped_hosts(&config, &assignment(&["10.0.0.1"])).is_empty());
 }
 
 #[test]
