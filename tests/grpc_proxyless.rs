@@ -242,7 +242,7 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
 }
 
 /// The Kubernetes profile: `voltha_backend_name: vcore2` reaches affinity group 2 (gRPC has no
-/// cluster_header; one route per group), read-only methods reach the read-only cores, and a
+/// cluster_header; one route per group), `vcore9` fails UNAVAILABLE, read-only methods reach the read-only cores, and a
 /// device id header sticks to one core of the ring-hash cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_profile_binding_header_read_only_routes_and_device_affinity() {
@@ -300,9 +300,13 @@ async fn kubernetes_profile_binding_header_read_only_routes_and_device_affinity(
             "{core:?}"
         );
     }
-    // A group that does not exist matches no binding route, and falls through to rw_vcore.
+    // A group that does not exist fails UNAVAILABLE, as on Envoy (no such cluster), instead
+    // of falling through to rw_vcore.
     let core = c.call(HEALTH, &[("voltha_backend_name", "vcore9")]).await;
-    assert!(core.as_deref().is_ok_and(|k| k.starts_with("rw-")), "{core:?}");
+    assert!(
+        core.as_deref().is_err_and(|e| e.starts_with("err UNAVAILABLE")),
+        "{core:?}"
+    );
     // read_only methods go to the read-only cores.
     for _ in 0..10 {
         let core = c.call("/voltha.VolthaService/ListDevices", &[]).await;

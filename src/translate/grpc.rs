@@ -8,7 +8,9 @@
 //! - RDS: path prefix / exact path and header matches, a cluster per route, hash policy on the
 //!   ring-hash cluster's header (A42), `max_stream_duration` for a route timeout (A31; gRPC
 //!   ignores `timeout`). gRPC has no `cluster_header`: such a route becomes one route per fan-out
-//!   member, with an exact match of the header on the member's name.
+//!   member, with an exact match of the header on the member's name, then the original match
+//!   with `non_forwarding_action`, so that a value naming no member fails (UNAVAILABLE, as on
+//!   Envoy) rather than falling through to the next routes.
 //! - CDS: EDS clusters over ADS, `ROUND_ROBIN` or `RING_HASH` (A27, A42), nothing else.
 //! - EDS: the same endpoints as the Envoy group's, always as a load assignment, IP addresses
 //!   only: a source host that is a DNS name (Envoy resolves it) is left out of the twin's
@@ -256,6 +258,12 @@ pub(crate) fn route_configuration(
                         routes.push(route(r, &member, std::slice::from_ref(&pin), config));
                     }
                 }
+                // A value that names no member: Envoy answers UNAVAILABLE (no such cluster), so
+                // the original match ends here too instead of falling through to later routes.
+                // gRPC fails a call whose route is not a forwarding one with UNAVAILABLE.
+                let mut stop = route(r, "", &[], config);
+                stop.action = Some(Action::NonForwardingAction(Default::default()));
+                routes.push(stop);
             }
         }
     }

@@ -210,8 +210,28 @@ fn kubernetes_binding_route_becomes_one_route_per_group_with_ring_hash() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(routes.len(), 2 + 27 + 1, "the read-only routes and rw_vcore follow");
-    assert_eq!(cluster_of(&routes[2]), "ro_vcore");
+    // Then the original match, ending there: a value naming no group does not fall through.
+    let stop = &routes[2];
+    assert!(
+        matches!(stop.action, Some(Action::NonForwardingAction(_))),
+        "{:?}",
+        stop.action
+    );
+    let m = stop.r#match.as_ref().expect("match");
+    assert_eq!(m.path_specifier, Some(PathSpecifier::Prefix("/voltha.".into())));
+    assert_eq!(m.headers.len(), 1);
+    assert_eq!(m.headers[0].name, "voltha_backend_name");
+    assert_eq!(
+        m.headers[0].header_match_specifier,
+        Some(HeaderMatchSpecifier::StringMatch(
+            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix("vcore".into())),
+                ignore_case: false,
+            }
+        ))
+    );
+    assert_eq!(routes.len(), 3 + 27 + 1, "the read-only routes and rw_vcore follow");
+    assert_eq!(cluster_of(&routes[3]), "ro_vcore");
     assert_eq!(cluster_of(routes.last().expect("last")), "rw_vcore");
     let policy = |name: &str| twin.clusters.iter().find(|c| c.name == name).map(|c| c.lb_policy);
     assert_eq!(policy("vcore1"), Some(PbLb::RingHash as i32));
