@@ -7,7 +7,7 @@
 //!   the router as its only HTTP filter (A39).
 //! - RDS: path prefix / exact path and header matches, a cluster per route, hash policy on the
 //!   ring-hash cluster's header (A42), `max_stream_duration` for a route timeout (A31; gRPC
-//!   ignores `timeout`). gRPC has no `cluster_header`: such a route becomes one route per fan-out
+//!   ignores `timeout`), Envoy's default 15 s when the route sets none. gRPC has no `cluster_header`: such a route becomes one route per fan-out
 //!   member, with an exact match of the header on the member's name, then the original match
 //!   with `non_forwarding_action`, so that a value naming no member fails (UNAVAILABLE, as on
 //!   Envoy) rather than falling through to the next routes.
@@ -332,13 +332,22 @@ fn route(r: &RouteConfig, cluster: &str, extra: &[HeaderMatchConfig], config: &C
                     max_stream_duration: Some(duration(d)),
                     ..Default::default()
                 }),
-                Some(Timeout::None) | None => None,
+                // Envoy's route timeout defaults to 15 s; gRPC's max_stream_duration to none.
+                None => Some(MaxStreamDuration {
+                    max_stream_duration: Some(duration(ENVOY_DEFAULT_ROUTE_TIMEOUT)),
+                    ..Default::default()
+                }),
+                Some(Timeout::None) => None,
             },
             ..Default::default()
         })),
         ..Default::default()
     }
 }
+
+/// Envoy's route timeout when a route sets none; a gRPC route without `timeout` gets it as its
+/// `max_stream_duration`, so that both kinds of client give up on a call at the same time.
+pub(crate) const ENVOY_DEFAULT_ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Whether `name` is a member of the fan-out template `tpl` (`vcore{}` and `vcore2`).
 fn matches_template(tpl: &str, name: &str) -> bool {

@@ -248,7 +248,13 @@ default_group: g
 sources: [{ name: assignment, type: file, path: /x }]
 clusters: [{ name: c, endpoints: { source: assignment, port: 9 } }]
 grpc_services:
-  - { name: svc, route_config: inline, domains: [svc], routes: [{ prefix: /, cluster: c, timeout: 1500ms }] }
+  - name: svc
+    route_config: inline
+    domains: [svc]
+    routes:
+      - { prefix: /a, cluster: c, timeout: 1500ms }
+      - { prefix: /b, cluster: c }
+      - { prefix: /c, cluster: c, timeout: none }
 groups: [{ name: g, grpc_services: [svc] }]
 "#;
     let config = Config::from_yaml(yaml).expect("config");
@@ -269,6 +275,26 @@ groups: [{ name: g, grpc_services: [svc] }]
         .expect("duration");
     assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
     assert!(a.timeout.is_none());
+    // No timeout: Envoy's default, 15 s, for gRPC clients too. `none`: no limit.
+    let limit = |i: usize| match &rc.virtual_hosts[0].routes[i].action {
+        Some(Action::Route(a)) => a
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| m.max_stream_duration.as_ref())
+            .map(|d| (d.seconds, d.nanos)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(limit(1), Some((15, 0)));
+    assert_eq!(limit(2), None);
+    let envoy = Config::from_yaml(include_str!("../../config/voltha-xds.yaml")).expect("config");
+    let envoy = translate(&assignment(&["10.0.0.1"]), &envoy).expect("translate");
+    assert!(
+        envoy["voltha"].routes[0].virtual_hosts[0]
+            .routes
+            .iter()
+            .all(|r| matches!(&r.action, Some(Action::Route(a)) if a.max_stream_duration.is_none())),
+        "Envoy's routes are unchanged"
+    );
     // The group itself has no listener and no cluster: Envoys of g get nothing.
     assert!(groups["g"].listeners.is_empty() && groups["g"].clusters.is_empty());
 }
