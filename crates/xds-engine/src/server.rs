@@ -100,7 +100,9 @@ impl XdsServer {
                     }
                     let verdict = budget.take(Noise::Nack, &self.metrics);
                     if verdict != Verdict::Suppressed {
-                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), r#type = n.ty, version = %n.version, error = %Safe(&n.error), "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
+                        // Envoy or a proxyless gRPC client: the group says which.
+                        let group = self.clients.group_of(&n.node_id, &n.node_cluster).unwrap_or_default();
+                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), group = %Safe(&group), r#type = n.ty, version = %n.version, error = %Safe(&n.error), "NACK: client rejected the configuration; it will not be re-sent until it changes");
                     }
                     if verdict == Verdict::LogLast {
                         warn!(node = %Safe(&n.node_id), "further NACKs on this stream are not logged (see voltha_xds_nacks_total and the status page)");
@@ -458,6 +460,39 @@ mod tests {
     }
 
     #[test]
+    fn a_nack_log_line_names_the_group_of_the_client_that_sent_it() {
+        let srv = server();
+        let reg = srv.clients.register("sotw", "ads");
+        {
+            let mut st = reg.status.lock();
+            st.node_id = "grpc-1".into();
+            st.node_cluster = "voltha".into();
+            st.group = Some("voltha/grpc".into());
+        }
+        let nack = Nack {
+            node_id: "grpc-1".into(),
+            node_cluster: "voltha".into(),
+            ty: "eds",
+            version: "v1".into(),
+            nonce: "1".into(),
+            error: "duplicate endpoint address".into(),
+            at: SystemTime::now(),
+        };
+        let log = logged(|| {
+            let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
+            srv.observe(
+                vec![StreamEvent::Nacked(Box::new(nack))],
+                "sotw",
+                &mut push,
+                &mut budget,
+            );
+        });
+        assert!(log.contains("NACK: client rejected the configuration"), "{log}");
+        assert!(log.contains(r#"group="voltha/grpc""#), "{log}");
+        drop(reg);
+    }
+
+    #[test]
     fn nack_fields_from_the_client_are_escaped_and_nacks_are_budgeted() {
         let srv = server();
         let nack = Nack {
@@ -480,6 +515,12 @@ mod tests {
         assert!(log.lines().all(|l| l.len() < 2048), "lines are capped");
         assert!(log.contains(r#"node="envoy\n2099"#), "{log}");
         assert!(log.contains(r#"cluster="c\r\u{1b}[2J""#), "{log}");
+        assert!(
+            log.lines()
+                .take(LOGGED_PER_STREAM as usize)
+                .all(|l| l.contains("NACK: client rejected the configuration") && !l.contains("Envoy")),
+            "{log}"
+        );
         assert!(!log.contains('\r') && !log.contains('\u{1b}'));
         assert_eq!(metric(&srv, "voltha_xds_nacks_total{type=\"cds\"}"), Some(100));
         assert_eq!(

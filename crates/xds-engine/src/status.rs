@@ -248,6 +248,16 @@ impl ClientTable {
         self.streams.is_empty()
     }
 
+    /// The group a stream of node `node_id` in `node_cluster` is served from, if any (for logs).
+    pub fn group_of(&self, node_id: &str, node_cluster: &str) -> Option<String> {
+        self.streams.iter().find_map(|e| {
+            let st = e.value().lock();
+            (st.node_id == node_id && st.node_cluster == node_cluster)
+                .then(|| st.group.clone())
+                .flatten()
+        })
+    }
+
     /// A copy of every stream's status, ordered by stream id.
     pub fn snapshot(&self) -> Vec<ClientStatus> {
         let mut v: Vec<ClientStatus> = self.streams.iter().map(|e| e.value().lock().clone()).collect();
