@@ -48,6 +48,7 @@ struct DefaultProfile {
     server: voltha_xds::Running,
     _cores: Vec<Proc>,
     grpc_port: u16,
+    yaml: String,
 }
 
 const CORES: [(&str, &str); 3] = [
@@ -68,12 +69,14 @@ impl DefaultProfile {
         for (_, ip) in CORES {
             wait_listening(format!("{ip}:{core_port}").parse().expect("addr")).await;
         }
-        let server = start_server(&config_yaml(dir.path(), grpc_port, rest, core_port, "")).await;
+        let yaml = config_yaml(dir.path(), grpc_port, rest, core_port, "");
+        let server = start_server(&yaml).await;
         DefaultProfile {
             dir,
             server,
             _cores: cores,
             grpc_port,
+            yaml,
         }
     }
 
@@ -239,6 +242,51 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
         g["types"]["eds"]["last_acked_version"], g["types"]["eds"]["last_sent_version"],
         "{g}"
     );
+}
+
+/// `bootstrap --grpc` asks for `ignore_resource_deletion` (gRFC A53): a reload that drops the
+/// service the client uses (renamed here; its route configuration inline, since A53 covers
+/// listeners and clusters only) leaves the client on its last good listener and clusters,
+/// calling the same core, instead of failing its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_the_service_leaves_the_grpc_client_its_last_good_state() {
+    let d = DefaultProfile::start(&["127.0.0.1"]).await;
+    let inline = |name: &str| {
+        d.yaml
+            .replace(
+                "grpc_services:\n  - name: voltha-grpc\n    routes: *voltha_routes\n",
+                &format!("grpc_services:\n  - name: {name}\n    route_config: inline\n    routes: *voltha_routes\n"),
+            )
+            .replace("grpc_services: [voltha-grpc]", &format!("grpc_services: [{name}]"))
+    };
+    let path = d.dir.path().join("config.yaml");
+    let reload = |yaml: String| {
+        std::fs::write(&path, yaml).expect("write");
+        d.server.reload.reload_file(&path, voltha_xds::reload::Trigger::Request)
+    };
+    assert_eq!(reload(inline("voltha-grpc")).await.result(), "ok");
+    let mut c = d.client("grpc-a53");
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    let lds_before = client_of(&d.server, "grpc-a53").await.expect("stream")["types"]["lds"]["responses"]
+        .as_u64()
+        .expect("lds responses");
+    assert_eq!(reload(inline("voltha-grpc-v2")).await.result(), "ok");
+    // The client is sent an LDS response without voltha-grpc, and keeps what it had.
+    wait_for(Duration::from_secs(10), "the LDS response without the service", || {
+        let s = &d.server;
+        async move {
+            client_of(s, "grpc-a53")
+                .await
+                .filter(|g| g["types"]["lds"]["responses"].as_u64() > Some(lds_before))
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(c.health().await, Ok("vcore-0".into()), "{}", c.log_tail());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let g = client_of(&d.server, "grpc-a53").await.expect("stream");
+    assert_eq!(g["types"]["lds"]["nacks"], 0, "{g}");
 }
 
 /// The Kubernetes profile: `voltha_backend_name: vcore2` reaches affinity group 2 (gRPC has no
