@@ -115,7 +115,9 @@ pub fn bootstrap(o: &BootstrapOptions) -> Result<String, String> {
 }
 
 /// `voltha-xds bootstrap --grpc`: the JSON bootstrap of a proxyless gRPC client (the file
-/// `GRPC_XDS_BOOTSTRAP` names): one xDS server with `server_features: ["xds_v3"]`, plain text or
+/// `GRPC_XDS_BOOTSTRAP` names): one xDS server with `server_features: ["xds_v3",
+/// "ignore_resource_deletion"]` (gRFC A53: the client keeps a listener or cluster a later
+/// response leaves out, instead of failing its calls), plain text or
 /// gRPC's `tls` channel credentials (gRFC A65: CA, and for mutual TLS a certificate and key),
 /// and the node. gRPC's xDS client speaks State of the World only, so `delta` is refused; the
 /// admin options have no meaning for it and are not used.
@@ -151,7 +153,9 @@ pub fn grpc_bootstrap(o: &BootstrapOptions) -> Result<String, String> {
         "xds_servers": [{
             "server_uri": server_uri,
             "channel_creds": [creds],
-            "server_features": ["xds_v3"],
+            // A53: a resource missing from a later response (a reload that drops the service)
+            // is not deleted; the client keeps its last good LDS/CDS.
+            "server_features": ["xds_v3", "ignore_resource_deletion"],
         }],
         "node": { "id": o.node_id, "cluster": o.node_cluster, "locality": {} },
     });
@@ -170,7 +174,7 @@ mod tests {
             serde_json::from_str(&grpc_bootstrap(&opts("127.0.0.1:18000", false)).expect("ok")).expect("json");
         let server = &v["xds_servers"][0];
         assert_eq!(server["server_uri"], "127.0.0.1:18000");
-        assert_eq!(server["server_features"], json!(["xds_v3"]));
+        assert_eq!(server["server_features"], json!(["xds_v3", "ignore_resource_deletion"]));
         assert_eq!(server["channel_creds"], json!([{ "type": "insecure" }]));
         assert_eq!(v["node"]["id"], "n1");
         assert_eq!(v["node"]["cluster"], "voltha");

@@ -167,8 +167,9 @@ enum Command {
         /// Use Delta xDS instead of State of the World.
         #[arg(long)]
         delta: bool,
-        /// Connect over TLS, verifying the server's certificate with this CA file (as Envoy
-        /// reads it) and its name or IP against the --xds host.
+        /// Connect over TLS, verifying the server's certificate with this CA file and its name
+        /// or IP against the --xds host (Envoy's TLS transport socket, or with --grpc gRPC's
+        /// `tls` channel credentials).
         #[arg(long)]
         tls_ca: Option<String>,
         /// Client certificate for mutual TLS (with --tls-key and --tls-ca).

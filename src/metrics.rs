@@ -47,6 +47,11 @@ pub(crate) struct GroupTypeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildInfoLabel {
     version: &'static str,
     revision: &'static str,
@@ -77,6 +82,9 @@ pub struct Metrics {
     source_last_success: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     config_reloads: Family<ResultLabel, Counter>,
     config_last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
+    grpc_hosts_dropped: Family<GroupLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    /// A digest of the hosts last reported left out of gRPC assignments (logged on change).
+    grpc_hosts_dropped_digest: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -109,6 +117,8 @@ impl Metrics {
             source_last_success: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_ok: Gauge::default(),
+            grpc_hosts_dropped: Family::default(),
+            grpc_hosts_dropped_digest: AtomicU64::new(0),
             registry: Registry::default(),
             process: Registry::default(),
             xds: Arc::new(xds_engine::metrics::Metrics::new()),
@@ -195,6 +205,11 @@ impl Metrics {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
         m.config_last_reload_ok.set(1);
+        registry.register(
+            "grpc_hosts_dropped",
+            "Source hosts left out of a proxyless gRPC group's load assignments (DNS names), by group",
+            m.grpc_hosts_dropped.clone(),
+        );
         registry.register(
             "config_last_reload_successful",
             "1 when the last configuration reload was applied (or none was tried), 0 when it was invalid or refused",
@@ -299,6 +314,31 @@ impl Metrics {
 
     pub fn config_reload_count(&self, result: &'static str) -> u64 {
         self.config_reloads.get_or_create(&ResultLabel { result }).get()
+    }
+
+    /// The number of hosts left out of gRPC group `group`'s assignments in the current snapshot.
+    pub fn grpc_hosts_dropped(&self, group: &str, n: usize) {
+        self.grpc_hosts_dropped
+            .get_or_create(&GroupLabel {
+                group: group.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn grpc_hosts_dropped_count(&self, group: &str) -> i64 {
+        self.grpc_hosts_dropped
+            .get_or_create(&GroupLabel {
+                group: group.to_string(),
+            })
+            .get()
+    }
+
+    /// Records `digest` of the hosts now left out of gRPC assignments; whether it differs from
+    /// the last one (the reconciler logs the list only then, not on every snapshot).
+    pub fn grpc_hosts_dropped_changed(&self, digest: u64) -> bool {
+        self.grpc_hosts_dropped_digest
+            .swap(digest, std::sync::atomic::Ordering::Relaxed)
+            != digest
     }
 
     pub fn rejection_count(&self, reason: &'static str) -> u64 {

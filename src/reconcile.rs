@@ -90,6 +90,7 @@ pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics,
                 .map(|g| format!("{}={}", g.name, g.version()))
                 .collect();
             info!(generation = s.generation, groups = %versions.join(" "), build_ms = started.elapsed().as_millis() as u64, "snapshot published");
+            report_grpc_dropped_hosts(config, model, metrics, s.groups.keys().map(String::as_str));
             true
         }
         Ok(None) => false,
@@ -99,6 +100,44 @@ pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics,
             false
         }
     }
+}
+
+/// The longest source host quoted in a log line, and the most hosts listed in one.
+const LOG_HOST_CHARS: usize = 64;
+const LOG_HOSTS: usize = 8;
+
+/// Counts (`voltha_xds_grpc_hosts_dropped`, per twin group) the source hosts left out of the
+/// proxyless gRPC groups' load assignments because they are DNS names, and logs them when that
+/// set changes (once per change, not per snapshot). Called once per published snapshot.
+fn report_grpc_dropped_hosts<'a>(
+    config: &Config,
+    model: &Model,
+    metrics: &Metrics,
+    groups: impl Iterator<Item = &'a str>,
+) {
+    use std::hash::{Hash, Hasher};
+    let dropped = crate::translate::grpc::dropped_hosts(config, model);
+    for g in groups.filter(|g| g.ends_with(crate::xds::cache::PROXYLESS_GROUP_SUFFIX)) {
+        metrics.grpc_hosts_dropped(g, dropped.iter().filter(|d| d.group == g).count());
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dropped.hash(&mut h);
+    if !metrics.grpc_hosts_dropped_changed(h.finish()) || dropped.is_empty() {
+        return;
+    }
+    let listed: Vec<String> = dropped
+        .iter()
+        .take(LOG_HOSTS)
+        .map(|d| {
+            let host: String = d.host.chars().take(LOG_HOST_CHARS).collect();
+            format!("{:?} {:?}: {:?}", d.group, d.cluster, host)
+        })
+        .collect();
+    tracing::warn!(
+        hosts = dropped.len(),
+        first = %listed.join(", "),
+        "source hosts that are not IP addresses are left out of the proxyless gRPC clients' load assignments (Envoys resolve them)"
+    );
 }
 
 /// Waits until any receiver reports a change; `false` when all senders are gone.

@@ -48,6 +48,7 @@ struct DefaultProfile {
     server: voltha_xds::Running,
     _cores: Vec<Proc>,
     grpc_port: u16,
+    yaml: String,
 }
 
 const CORES: [(&str, &str); 3] = [
@@ -68,12 +69,14 @@ impl DefaultProfile {
         for (_, ip) in CORES {
             wait_listening(format!("{ip}:{core_port}").parse().expect("addr")).await;
         }
-        let server = start_server(&config_yaml(dir.path(), grpc_port, rest, core_port, "")).await;
+        let yaml = config_yaml(dir.path(), grpc_port, rest, core_port, "");
+        let server = start_server(&yaml).await;
         DefaultProfile {
             dir,
             server,
             _cores: cores,
             grpc_port,
+            yaml,
         }
     }
 
@@ -159,18 +162,38 @@ async fn a_grpc_client_reaches_the_cores_and_follows_an_assignment_change_on_one
     drop(envoy);
 }
 
-/// An assignment gRPC's client cannot take (a DNS name in EDS; Envoy resolves it itself) is
-/// NACKed: the NACK is recorded for that client, the assignment is not sent again, the client
-/// keeps calling the cores it had, and the next good assignment is taken.
+/// A source host that is a DNS name (Envoy resolves it) is left out of the gRPC clients'
+/// assignment and counted: the client moves to the assignment's IP hosts, no NACK. Then an
+/// assignment gRPC's client rejects while the server's validation allows it (one IPv6 address
+/// written two ways: gRPC refuses duplicate endpoint addresses, Envoy takes them) is NACKed:
+/// the NACK is recorded for that client, the assignment is not sent again, the client keeps
+/// calling the cores it had, and the next good assignment is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent() {
     let d = DefaultProfile::start(&["127.0.0.1"]).await;
     let mut c = d.client("grpc-nack");
     c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
-    let before = client_of(&d.server, "grpc-nack").await.expect("stream");
-    let eds_responses = before["types"]["eds"]["responses"].as_u64().expect("responses");
 
     d.write_assignment(&["127.0.0.2", "vcore-x.voltha.invalid"]);
+    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-1"]).await;
+    for _ in 0..10 {
+        assert_eq!(c.health().await, Ok("vcore-1".into()));
+    }
+    let g = client_of(&d.server, "grpc-nack").await.expect("stream");
+    assert_eq!(g["types"]["eds"]["nacks"], 0, "the name is not sent: {g}");
+    assert_eq!(
+        metric(
+            d.server.admin_addr,
+            "voltha_xds_grpc_hosts_dropped{group=\"voltha/grpc\"}"
+        )
+        .await,
+        2.0,
+        "one name in each of the two clusters"
+    );
+
+    let before = client_of(&d.server, "grpc-nack").await.expect("stream");
+    let eds_responses = before["types"]["eds"]["responses"].as_u64().expect("responses");
+    d.write_assignment(&["127.0.0.3", "::3", "0:0::3"]);
     let nacked = wait_for(Duration::from_secs(10), "the NACK", || {
         let s = &d.server;
         async move {
@@ -191,9 +214,17 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
         "{all}"
     );
     assert!(metric(d.server.admin_addr, "voltha_xds_nacks_total{type=\"eds\"}").await >= 1.0);
-    // The rejected assignment (which has vcore-1) is not applied and not sent again.
+    assert_eq!(
+        metric(
+            d.server.admin_addr,
+            "voltha_xds_grpc_hosts_dropped{group=\"voltha/grpc\"}"
+        )
+        .await,
+        0.0
+    );
+    // The rejected assignment (which has vcore-2) is not applied and not sent again.
     for _ in 0..20 {
-        assert_eq!(c.health().await, Ok("vcore-0".into()));
+        assert_eq!(c.health().await, Ok("vcore-1".into()));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let later = client_of(&d.server, "grpc-nack").await.expect("stream");
@@ -213,8 +244,53 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
     );
 }
 
+/// `bootstrap --grpc` asks for `ignore_resource_deletion` (gRFC A53): a reload that drops the
+/// service the client uses (renamed here; its route configuration inline, since A53 covers
+/// listeners and clusters only) leaves the client on its last good listener and clusters,
+/// calling the same core, instead of failing its calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_the_service_leaves_the_grpc_client_its_last_good_state() {
+    let d = DefaultProfile::start(&["127.0.0.1"]).await;
+    let inline = |name: &str| {
+        d.yaml
+            .replace(
+                "grpc_services:\n  - name: voltha-grpc\n    routes: *voltha_routes\n",
+                &format!("grpc_services:\n  - name: {name}\n    route_config: inline\n    routes: *voltha_routes\n"),
+            )
+            .replace("grpc_services: [voltha-grpc]", &format!("grpc_services: [{name}]"))
+    };
+    let path = d.dir.path().join("config.yaml");
+    let reload = |yaml: String| {
+        std::fs::write(&path, yaml).expect("write");
+        d.server.reload.reload_file(&path, voltha_xds::reload::Trigger::Request)
+    };
+    assert_eq!(reload(inline("voltha-grpc")).await.result(), "ok");
+    let mut c = d.client("grpc-a53");
+    c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
+    let lds_before = client_of(&d.server, "grpc-a53").await.expect("stream")["types"]["lds"]["responses"]
+        .as_u64()
+        .expect("lds responses");
+    assert_eq!(reload(inline("voltha-grpc-v2")).await.result(), "ok");
+    // The client is sent an LDS response without voltha-grpc, and keeps what it had.
+    wait_for(Duration::from_secs(10), "the LDS response without the service", || {
+        let s = &d.server;
+        async move {
+            client_of(s, "grpc-a53")
+                .await
+                .filter(|g| g["types"]["lds"]["responses"].as_u64() > Some(lds_before))
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(c.health().await, Ok("vcore-0".into()), "{}", c.log_tail());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let g = client_of(&d.server, "grpc-a53").await.expect("stream");
+    assert_eq!(g["types"]["lds"]["nacks"], 0, "{g}");
+}
+
 /// The Kubernetes profile: `voltha_backend_name: vcore2` reaches affinity group 2 (gRPC has no
-/// cluster_header; one route per group), read-only methods reach the read-only cores, and a
+/// cluster_header; one route per group), `vcore9` fails UNAVAILABLE, read-only methods reach the read-only cores, and a
 /// device id header sticks to one core of the ring-hash cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_profile_binding_header_read_only_routes_and_device_affinity() {
@@ -272,9 +348,13 @@ async fn kubernetes_profile_binding_header_read_only_routes_and_device_affinity(
             "{core:?}"
         );
     }
-    // A group that does not exist matches no binding route, and falls through to rw_vcore.
+    // A group that does not exist fails UNAVAILABLE, as on Envoy (no such cluster), instead
+    // of falling through to rw_vcore.
     let core = c.call(HEALTH, &[("voltha_backend_name", "vcore9")]).await;
-    assert!(core.as_deref().is_ok_and(|k| k.starts_with("rw-")), "{core:?}");
+    assert!(
+        core.as_deref().is_err_and(|e| e.starts_with("err UNAVAILABLE")),
+        "{core:?}"
+    );
     // read_only methods go to the read-only cores.
     for _ in 0..10 {
         let core = c.call("/voltha.VolthaService/ListDevices", &[]).await;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use super::{Config, EndpointsConfig, LbPolicy, RouteConfig, Timeout};
+use super::{ClusterConfig, Config, LbPolicy, RouteConfig, Timeout};
 
 /// One proxyless gRPC service: an API listener named after the `xds:///` target.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +71,13 @@ pub(super) fn validate(e: &mut Vec<String>, c: &Config) {
         if s.domains.is_empty() {
             e.push(format!("{at}: domains is empty (use [\"*\"] for any)"));
         }
+        for d in &s.domains {
+            if d.is_empty() || d.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                e.push(format!(
+                    "{at}: domain {d:?} is not a host name pattern (not empty, no whitespace or control characters)"
+                ));
+            }
+        }
         for (i, r) in s.routes.iter().enumerate() {
             route(e, c, &format!("{at} route {}", i + 1), r);
         }
@@ -113,7 +120,7 @@ fn route(e: &mut Vec<String>, c: &Config, at: &str, r: &RouteConfig) {
     for h in &r.headers {
         if h.name.is_empty() {
             e.push(format!("{at}: a header match has no name"));
-        } else if h.name.starts_with(':') || h.name.ends_with("-bin") || h.name.starts_with("grpc-") {
+        } else if grpc_unusable_header(&h.name) {
             // gRPC's A28: pseudo-headers and grpc- headers are not matched, -bin ones only as
             // base64 text; a route on them would never (or never as written) match.
             e.push(format!(
@@ -145,7 +152,7 @@ fn route(e: &mut Vec<String>, c: &Config, at: &str, r: &RouteConfig) {
                 ));
             }
             for m in members {
-                cluster(e, at, &m.name, m.lb_policy, &m.endpoints);
+                cluster(e, at, m);
             }
         }
         (false, None) => match c.cluster(&r.cluster) {
@@ -154,14 +161,26 @@ fn route(e: &mut Vec<String>, c: &Config, at: &str, r: &RouteConfig) {
                 "{at}: cluster {:?} fans out into one cluster per set; route to its members with cluster_header",
                 r.cluster
             )),
-            Some(x) => cluster(e, at, &x.name, x.lb_policy, &x.endpoints),
+            Some(x) => cluster(e, at, x),
         },
     }
 }
 
+/// Header names gRPC clients do not match or hash on as written (A28, A42): pseudo-headers,
+/// `grpc-` headers, and binary (`-bin`) ones.
+fn grpc_unusable_header(name: &str) -> bool {
+    name.starts_with(':') || name.ends_with("-bin") || name.starts_with("grpc-")
+}
+
 /// A cluster a gRPC route reaches must be one gRPC's xDS client accepts: EDS, round robin or
-/// ring hash.
-fn cluster(e: &mut Vec<String>, at: &str, name: &str, lb: LbPolicy, ep: &EndpointsConfig) {
+/// ring hash, hashing on a header gRPC hashes on.
+fn cluster(e: &mut Vec<String>, at: &str, c: &ClusterConfig) {
+    let (name, lb, ep) = (&c.name, c.lb_policy, &c.endpoints);
+    if let Some(h) = c.hash_header.as_deref().filter(|h| grpc_unusable_header(h)) {
+        e.push(format!(
+            "{at}: cluster {name:?} hashes on header {h:?}, which gRPC clients do not hash on (no ':' pseudo-headers, 'grpc-' or '-bin' headers)"
+        ));
+    }
     if !matches!(lb, LbPolicy::RoundRobin | LbPolicy::RingHash) {
         e.push(format!(
             "{at}: cluster {name:?} uses lb_policy {lb:?}; gRPC clients support round_robin and ring_hash"
@@ -196,6 +215,8 @@ clusters:
   - { name: lr, lb_policy: least_request, endpoints: { source: s, port: 1 } }
   - { name: names, endpoints: { dns: ["core:1"] } }
   - { name: fan, fan_out: { name: "member-{}" }, endpoints: { source: s, port: 1 } }
+  - { name: binhash, lb_policy: ring_hash, hash_header: x-id-bin, endpoints: { source: s, port: 1 } }
+  - { name: grpchash, lb_policy: ring_hash, hash_header: grpc-x, endpoints: { source: s, port: 1 } }
 "#;
 
     fn with(services: &str, groups: &str) -> String {
@@ -235,7 +256,10 @@ clusters:
                 "      - { prefix: /f, cluster: fan }\n",
                 "      - { prefix: /g, cluster: rr, headers: [{ name: grpc-timeout, exact: x }, { name: k-bin, prefix: a }, { name: ':authority', exact: a }] }\n",
                 "      - { path: nope, cluster: rr, timeout: 0s }\n",
+                "      - { prefix: /h, cluster: binhash }\n",
+                "      - { prefix: /i, cluster: grpchash }\n",
                 "  - { name: svc, routes: [] }\n",
+                "  - { name: dom, domains: ['', 'a b', \"x\\ty\", ok], routes: [{ prefix: /, cluster: rr }] }\n",
                 "  - { name: '', domains: [], routes: [{ prefix: /, cluster: rr }] }\n",
                 "  - { name: 'bad name', routes: [{ prefix: /, cluster: rr }] }\n",
             ),
@@ -254,6 +278,11 @@ clusters:
             "grpc service \"svc\" route 7: header \":authority\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
             "grpc service \"svc\" route 8: \"nope\" must start with '/'",
             "grpc service \"svc\" route 8: timeout 0 is ambiguous; write `none` for no timeout",
+            "grpc service \"svc\" route 9: cluster \"binhash\" hashes on header \"x-id-bin\", which gRPC clients do not hash on (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
+            "grpc service \"svc\" route 10: cluster \"grpchash\" hashes on header \"grpc-x\", which gRPC clients do not hash on (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
+            "grpc service \"dom\": domain \"\" is not a host name pattern (not empty, no whitespace or control characters)",
+            "grpc service \"dom\": domain \"a b\" is not a host name pattern (not empty, no whitespace or control characters)",
+            "grpc service \"dom\": domain \"x\\ty\" is not a host name pattern (not empty, no whitespace or control characters)",
             "duplicate grpc service name \"svc\"",
             "grpc service \"svc\": has no routes",
             "a grpc service has an empty name",

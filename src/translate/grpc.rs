@@ -7,12 +7,15 @@
 //!   the router as its only HTTP filter (A39).
 //! - RDS: path prefix / exact path and header matches, a cluster per route, hash policy on the
 //!   ring-hash cluster's header (A42), `max_stream_duration` for a route timeout (A31; gRPC
-//!   ignores `timeout`). gRPC has no `cluster_header`: such a route becomes one route per fan-out
-//!   member, with an exact match of the header on the member's name.
+//!   ignores `timeout`), Envoy's default 15 s when the route sets none. gRPC has no `cluster_header`: such a route becomes one route per fan-out
+//!   member, with an exact match of the header on the member's name, then the original match
+//!   with `non_forwarding_action`, so that a value naming no member fails (UNAVAILABLE, as on
+//!   Envoy) rather than falling through to the next routes.
 //! - CDS: EDS clusters over ADS, `ROUND_ROBIN` or `RING_HASH` (A27, A42), nothing else.
-//! - EDS: the same endpoints as the Envoy group's, always as a load assignment. A host that is
-//!   a DNS name (Envoy resolves it) is sent as is: gRPC's client rejects it (a NACK, recorded
-//!   per client) and keeps its last good assignment.
+//! - EDS: the same endpoints as the Envoy group's, always as a load assignment, IP addresses
+//!   only: a source host that is a DNS name (Envoy resolves it) is left out of the twin's
+//!   assignment, since gRPC's client would reject the whole assignment (C-core) or dial the name
+//!   (Go). [`dropped_hosts`] names what was left out, for the reconciler to count and log.
 
 use std::collections::BTreeSet;
 
@@ -45,6 +48,45 @@ use crate::model::{Model, DEFAULT_SET};
 
 /// The twin group of `g` for proxyless gRPC clients, or `None` when `g` lists no gRPC service.
 pub(crate) fn group(g: &GroupConfig, config: &Config, model: &Model) -> Result<Option<GroupResources>, TranslateError> {
+    build(g, config, model, &mut Vec::new())
+}
+
+/// A host left out of a twin group's load assignment because it is not an IP address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct DroppedHost {
+    /// The twin group, `<group>/grpc`.
+    pub(crate) group: String,
+    pub(crate) cluster: String,
+    pub(crate) host: String,
+}
+
+/// Every source host the twin groups leave out of their load assignments (not an IP address),
+/// sorted. Runs the twins' translation again: call it once per published snapshot, not per build.
+pub(crate) fn dropped_hosts(config: &Config, model: &Model) -> Vec<DroppedHost> {
+    let mut out = Vec::new();
+    for g in &config.groups {
+        let mut drops = Vec::new();
+        if build(g, config, model, &mut drops).is_ok() {
+            let group = crate::xds::cache::proxyless_group_name(&g.name);
+            out.extend(drops.into_iter().map(|(cluster, host)| DroppedHost {
+                group: group.clone(),
+                cluster,
+                host,
+            }));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The twin group, and in `drops` the (cluster, host) pairs left out of its assignments.
+fn build(
+    g: &GroupConfig,
+    config: &Config,
+    model: &Model,
+    drops: &mut Vec<(String, String)>,
+) -> Result<Option<GroupResources>, TranslateError> {
     if g.grpc_services.is_empty() {
         return Ok(None);
     }
@@ -77,7 +119,7 @@ pub(crate) fn group(g: &GroupConfig, config: &Config, model: &Model) -> Result<O
     for c in fan_out_definitions(config) {
         for (cluster, cla) in super::cluster::clusters(c, model)? {
             if cluster_names.remove(&cluster.name) {
-                push_cluster(&mut res, c, cluster, cla);
+                push_cluster(&mut res, c, cluster, cla, drops);
             }
         }
     }
@@ -86,7 +128,7 @@ pub(crate) fn group(g: &GroupConfig, config: &Config, model: &Model) -> Result<O
             .cluster(&name)
             .ok_or_else(|| TranslateError::Config(format!("unknown cluster {name:?}")))?;
         let (cluster, cla) = super::cluster::cluster(c, model)?;
-        push_cluster(&mut res, c, cluster, cla);
+        push_cluster(&mut res, c, cluster, cla, drops);
     }
     res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     res.endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
@@ -104,8 +146,20 @@ fn push_cluster(
     c: &ClusterConfig,
     mut envoy: Cluster,
     cla: Option<envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>,
+    drops: &mut Vec<(String, String)>,
 ) {
     let mut cla = cla.or_else(|| envoy.load_assignment.take()).unwrap_or_default();
+    // EDS endpoints must be IP addresses: gRPC C-core rejects the whole assignment for one name,
+    // grpc-go dials it as is. Envoy's group keeps the name (Envoy resolves it, STRICT_DNS).
+    for l in &mut cla.endpoints {
+        l.lb_endpoints.retain(|e| match endpoint_host(e) {
+            Some(h) if h.parse::<std::net::IpAddr>().is_err() => {
+                drops.push((envoy.name.clone(), h.to_string()));
+                false
+            }
+            _ => true,
+        });
+    }
     // gRPC's client skips a locality without a weight (A27): each gets weight 1 and an empty
     // `Locality` (Envoy's group, unchanged, leaves both out).
     for l in &mut cla.endpoints {
@@ -132,6 +186,19 @@ fn push_cluster(
             cluster_name: envoy.name,
             ..cla
         });
+}
+
+/// The address (host) of an endpoint.
+fn endpoint_host(e: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint) -> Option<&str> {
+    use envoy_types::pb::envoy::config::core::v3::address;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    match &e.host_identifier {
+        Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+            address::Address::SocketAddress(sa) => Some(sa.address.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn api_listener(s: &GrpcServiceConfig, inline: Option<RouteConfiguration>) -> Listener {
@@ -191,6 +258,12 @@ pub(crate) fn route_configuration(
                         routes.push(route(r, &member, std::slice::from_ref(&pin), config));
                     }
                 }
+                // A value that names no member: Envoy answers UNAVAILABLE (no such cluster), so
+                // the original match ends here too instead of falling through to later routes.
+                // gRPC fails a call whose route is not a forwarding one with UNAVAILABLE.
+                let mut stop = route(r, "", &[], config);
+                stop.action = Some(Action::NonForwardingAction(Default::default()));
+                routes.push(stop);
             }
         }
     }
@@ -259,13 +332,22 @@ fn route(r: &RouteConfig, cluster: &str, extra: &[HeaderMatchConfig], config: &C
                     max_stream_duration: Some(duration(d)),
                     ..Default::default()
                 }),
-                Some(Timeout::None) | None => None,
+                // Envoy's route timeout defaults to 15 s; gRPC's max_stream_duration to none.
+                None => Some(MaxStreamDuration {
+                    max_stream_duration: Some(duration(ENVOY_DEFAULT_ROUTE_TIMEOUT)),
+                    ..Default::default()
+                }),
+                Some(Timeout::None) => None,
             },
             ..Default::default()
         })),
         ..Default::default()
     }
 }
+
+/// Envoy's route timeout when a route sets none; a gRPC route without `timeout` gets it as its
+/// `max_stream_duration`, so that both kinds of client give up on a call at the same time.
+pub(crate) const ENVOY_DEFAULT_ROUTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Whether `name` is a member of the fan-out template `tpl` (`vcore{}` and `vcore2`).
 fn matches_template(tpl: &str, name: &str) -> bool {

@@ -122,13 +122,26 @@ fn envoy_groups_are_the_same_with_and_without_grpc_services() {
 }
 
 #[test]
-fn a_dns_host_goes_to_grpc_over_eds_while_envoy_resolves_it() {
+fn a_dns_host_is_left_out_of_the_grpc_assignment_while_envoy_resolves_it() {
     let config = Config::embedded_default().expect("config");
-    let groups = translate(&assignment(&["10.0.0.1", "core.voltha.svc"]), &config).expect("translate");
+    let model = assignment(&["10.0.0.1", "core.voltha.svc", "::1"]);
+    let groups = translate(&model, &config).expect("translate");
     assert!(groups["voltha"].endpoints.is_empty(), "Envoy: STRICT_DNS, inline");
+    let envoy_hosts = groups["voltha"].clusters[0]
+        .load_assignment
+        .as_ref()
+        .map(|c| c.endpoints[0].lb_endpoints.len());
+    assert_eq!(envoy_hosts, Some(3), "Envoy keeps the name");
     let twin = &groups["voltha/grpc"];
     assert_eq!(twin.endpoints.len(), 2, "gRPC: EDS");
-    assert_eq!(twin.endpoints[0].endpoints[0].lb_endpoints.len(), 2);
+    for cla in &twin.endpoints {
+        let hosts: Vec<_> = cla.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .filter_map(super::endpoint_host)
+            .collect();
+        assert_eq!(hosts, ["10.0.0.1", "::1"], "{}: IP addresses only", cla.cluster_name);
+    }
     for c in &twin.clusters {
         assert_eq!(
             c.cluster_discovery_type,
@@ -136,6 +149,19 @@ fn a_dns_host_goes_to_grpc_over_eds_while_envoy_resolves_it() {
         );
         assert!(c.load_assignment.is_none());
     }
+    let dropped = super::dropped_hosts(&config, &model);
+    let got: Vec<_> = dropped
+        .iter()
+        .map(|d| (d.group.as_str(), d.cluster.as_str(), d.host.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("voltha/grpc", "voltha-grpc", "core.voltha.svc"),
+            ("voltha/grpc", "voltha-grpc-RR", "core.voltha.svc"),
+        ]
+    );
+    assert!(super::dropped_hosts(&config, &assignment(&["10.0.0.1"])).is_empty());
 }
 
 #[test]
@@ -184,8 +210,28 @@ fn kubernetes_binding_route_becomes_one_route_per_group_with_ring_hash() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(routes.len(), 2 + 27 + 1, "the read-only routes and rw_vcore follow");
-    assert_eq!(cluster_of(&routes[2]), "ro_vcore");
+    // Then the original match, ending there: a value naming no group does not fall through.
+    let stop = &routes[2];
+    assert!(
+        matches!(stop.action, Some(Action::NonForwardingAction(_))),
+        "{:?}",
+        stop.action
+    );
+    let m = stop.r#match.as_ref().expect("match");
+    assert_eq!(m.path_specifier, Some(PathSpecifier::Prefix("/voltha.".into())));
+    assert_eq!(m.headers.len(), 1);
+    assert_eq!(m.headers[0].name, "voltha_backend_name");
+    assert_eq!(
+        m.headers[0].header_match_specifier,
+        Some(HeaderMatchSpecifier::StringMatch(
+            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix("vcore".into())),
+                ignore_case: false,
+            }
+        ))
+    );
+    assert_eq!(routes.len(), 3 + 27 + 1, "the read-only routes and rw_vcore follow");
+    assert_eq!(cluster_of(&routes[3]), "ro_vcore");
     assert_eq!(cluster_of(routes.last().expect("last")), "rw_vcore");
     let policy = |name: &str| twin.clusters.iter().find(|c| c.name == name).map(|c| c.lb_policy);
     assert_eq!(policy("vcore1"), Some(PbLb::RingHash as i32));
@@ -202,7 +248,13 @@ default_group: g
 sources: [{ name: assignment, type: file, path: /x }]
 clusters: [{ name: c, endpoints: { source: assignment, port: 9 } }]
 grpc_services:
-  - { name: svc, route_config: inline, domains: [svc], routes: [{ prefix: /, cluster: c, timeout: 1500ms }] }
+  - name: svc
+    route_config: inline
+    domains: [svc]
+    routes:
+      - { prefix: /a, cluster: c, timeout: 1500ms }
+      - { prefix: /b, cluster: c }
+      - { prefix: /c, cluster: c, timeout: none }
 groups: [{ name: g, grpc_services: [svc] }]
 "#;
     let config = Config::from_yaml(yaml).expect("config");
@@ -223,6 +275,26 @@ groups: [{ name: g, grpc_services: [svc] }]
         .expect("duration");
     assert_eq!((d.seconds, d.nanos), (1, 500_000_000));
     assert!(a.timeout.is_none());
+    // No timeout: Envoy's default, 15 s, for gRPC clients too. `none`: no limit.
+    let limit = |i: usize| match &rc.virtual_hosts[0].routes[i].action {
+        Some(Action::Route(a)) => a
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| m.max_stream_duration.as_ref())
+            .map(|d| (d.seconds, d.nanos)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(limit(1), Some((15, 0)));
+    assert_eq!(limit(2), None);
+    let envoy = Config::from_yaml(include_str!("../../config/voltha-xds.yaml")).expect("config");
+    let envoy = translate(&assignment(&["10.0.0.1"]), &envoy).expect("translate");
+    assert!(
+        envoy["voltha"].routes[0].virtual_hosts[0]
+            .routes
+            .iter()
+            .all(|r| matches!(&r.action, Some(Action::Route(a)) if a.max_stream_duration.is_none())),
+        "Envoy's routes are unchanged"
+    );
     // The group itself has no listener and no cluster: Envoys of g get nothing.
     assert!(groups["g"].listeners.is_empty() && groups["g"].clusters.is_empty());
 }

@@ -135,7 +135,9 @@ impl XdsServer {
                     };
                     let verdict = budget.take(Noise::Nack, &self.metrics);
                     if verdict != Verdict::Suppressed {
-                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), r#type = ty.short(), version = %n.version, error = %Safe(&n.error), "NACK: Envoy rejected the configuration; it will not be re-sent until it changes");
+                        // Envoy or a proxyless gRPC client: the group says which.
+                        let group = status.group.as_deref().unwrap_or_default();
+                        warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), group = %Safe(group), r#type = ty.short(), version = %n.version, error = %Safe(&n.error), "NACK: client rejected the configuration; it will not be re-sent until it changes");
                     }
                     if verdict == Verdict::LogLast {
                         warn!(node = %Safe(&n.node_id), "further NACKs on this stream are not logged (see voltha_xds_nacks_total and the status page)");
@@ -501,6 +503,34 @@ mod tests {
     }
 
     #[test]
+    fn a_nack_log_line_names_the_group_of_the_client_that_sent_it() {
+        let srv = server();
+        let (_reg, mut status) = srv.clients.register("sotw", "ads");
+        let events = vec![
+            StreamEvent::Node {
+                id: "grpc-1".into(),
+                cluster: "voltha".into(),
+                user_agent_name: "gRPC Python".into(),
+            },
+            StreamEvent::Group {
+                name: "voltha/grpc".into(),
+            },
+            StreamEvent::Nacked {
+                ty: ResourceType::Endpoint,
+                version: "v1".into(),
+                nonce: "1".into(),
+                error: "duplicate endpoint address".into(),
+            },
+        ];
+        let log = logged(|| {
+            let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
+            srv.observe(events, &mut status, "sotw", &mut push, &mut budget);
+        });
+        assert!(log.contains("NACK: client rejected the configuration"), "{log}");
+        assert!(log.contains(r#"group="voltha/grpc""#), "{log}");
+    }
+
+    #[test]
     fn nack_fields_from_the_client_are_escaped_and_nacks_are_budgeted() {
         let srv = server();
         let node = StreamEvent::Node {
@@ -526,6 +556,12 @@ mod tests {
         assert!(log.lines().all(|l| l.len() < 2048), "lines are capped");
         assert!(log.contains(r#"node="envoy\n2099"#), "{log}");
         assert!(log.contains(r#"cluster="c\r\u{1b}[2J""#), "{log}");
+        assert!(
+            log.lines()
+                .take(LOGGED_PER_STREAM as usize)
+                .all(|l| l.contains("NACK: client rejected the configuration") && !l.contains("Envoy")),
+            "{log}"
+        );
         assert!(!log.contains('\r') && !log.contains('\u{1b}'));
         assert_eq!(metric(&srv, "voltha_xds_nacks_total{type=\"cds\"}"), Some(100));
         assert_eq!(
