@@ -15,8 +15,18 @@
 //!   versions are content hashes per type, so only the types whose resources changed get a new
 //!   version. No xDS stream or connection is touched.
 //!
-//! A restarted or added source is not ready until it delivers (as at start); until then the
-//! last snapshot keeps being served.
+//! A **restarted** source (its settings changed) starts from the last good data of the one it
+//! replaces, marked `carried_over` in `/readyz` and on the status page until it delivers: the
+//! reconciler keeps building from every source (the others' changes are pushed at once) and
+//! readiness stays up. Its first delivery replaces the carried data; until then its errors
+//! (an unreachable server, a missing key) keep the carried data as the last good state, as any
+//! source's errors keep its own.
+//!
+//! An **added** source has no data to start from and follows the start-up rule: the server is
+//! not ready, and the reconciler builds nothing new, until it delivers (a snapshot built without
+//! it would lack the endpoints of every cluster that names it, see
+//! `TranslateError::MissingSource`); the last snapshot keeps being served meanwhile. A reload
+//! that removes it again, or its first delivery, ends the wait.
 
 pub(crate) mod diff;
 pub mod trigger;
@@ -209,7 +219,7 @@ impl Reloader {
         let sources: Vec<RunningSource> = config
             .sources
             .iter()
-            .flat_map(|s| spawn_source(s, &metrics, &shutdown))
+            .map(|s| spawn_source(s, &metrics, &shutdown, None))
             .collect();
         let handles: Arc<[SourceHandle]> = sources.iter().map(|s| s.handle.clone()).collect();
         live.set(config.clone(), handles.clone());
@@ -329,7 +339,12 @@ impl Reloader {
                     }
                 }
                 SourceChange::Restart | SourceChange::Add => {
-                    next.extend(spawn_source(s, &self.metrics, &self.shutdown));
+                    // A restarted source starts from the last good data of the one it replaces.
+                    let carried = old
+                        .iter()
+                        .find(|r| r.config.name() == name)
+                        .and_then(|r| r.handle.rx.borrow().data.clone());
+                    next.push(spawn_source(s, &self.metrics, &self.shutdown, carried));
                     let what = if *change == SourceChange::Add {
                         "added"
                     } else {
@@ -440,17 +455,20 @@ fn cut(message: String) -> String {
     }
 }
 
-/// Starts one source with a token of its own (a child of `shutdown`).
-fn spawn_source(s: &SourceConfig, metrics: &Arc<Metrics>, shutdown: &CancellationToken) -> Vec<RunningSource> {
+/// Starts one source with a token of its own (a child of `shutdown`), its state starting from
+/// `carried` (the last good data of the source it replaces, if any).
+fn spawn_source(
+    s: &SourceConfig,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    carried: Option<Arc<crate::model::SourceData>>,
+) -> RunningSource {
     let stop = shutdown.child_token();
-    crate::sources::spawn([s], metrics.clone(), stop.clone())
-        .into_iter()
-        .map(|handle| RunningSource {
-            config: s.clone(),
-            handle,
-            stop: stop.clone(),
-        })
-        .collect()
+    RunningSource {
+        config: s.clone(),
+        handle: crate::sources::spawn_one(s, metrics.clone(), stop.clone(), carried),
+        stop,
+    }
 }
 
 fn spawn_reconciler(

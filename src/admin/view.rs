@@ -124,8 +124,12 @@ pub struct SourceView {
     pub name: String,
     /// `starting`, `ok` or `error`.
     pub state: String,
-    /// Whether it has delivered data at least once.
+    /// Whether it has data: delivered at least once, or carried over (below).
     pub delivered: bool,
+    /// Its data is the last good data of the source it replaced on a reload; it has not
+    /// delivered itself yet.
+    #[serde(default)]
+    pub carried_over: bool,
     pub last_success: Option<f64>,
     pub last_error: Option<String>,
     pub last_error_at: Option<f64>,

@@ -44,6 +44,9 @@ pub struct Health {
     pub last_error: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
     pub last_error_at: Option<SystemTime>,
+    /// The data is the last good data of the source this one replaced on a reload (its settings
+    /// changed); it has not delivered itself yet. Cleared by its first delivery.
+    pub carried_over: bool,
 }
 
 fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -69,10 +72,23 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(name: &str, metrics: Arc<Metrics>) -> (Publisher, SourceHandle) {
+        Publisher::starting_from(name, metrics, None)
+    }
+
+    /// A publisher whose state starts from `carried`: the last good data of the source it
+    /// replaces on a reload (marked [`Health::carried_over`] until its own first delivery), so
+    /// the reconciler and readiness go on while it starts. `None`: starts empty, as at start-up.
+    pub(crate) fn starting_from(
+        name: &str,
+        metrics: Arc<Metrics>,
+        carried: Option<Arc<SourceData>>,
+    ) -> (Publisher, SourceHandle) {
+        let carried_over = carried.is_some();
         let (tx, rx) = watch::channel(SourceState {
-            data: None,
+            data: carried,
             health: Health {
                 state: "starting",
+                carried_over,
                 ..Default::default()
             },
         });
@@ -99,8 +115,9 @@ impl Publisher {
             if changed {
                 st.data = Some(Arc::new(data));
             }
-            let first_ok = st.health.state != "ok";
+            let first_ok = st.health.state != "ok" || st.health.carried_over;
             st.health.state = "ok";
+            st.health.carried_over = false;
             st.health.last_success = Some(now);
             changed || first_ok
         });
@@ -112,7 +129,7 @@ impl Publisher {
         self.metrics.source_success(&self.name, now);
         self.tx.send_if_modified(|st| {
             st.health.last_success = Some(now);
-            let was_failing = st.health.state != "ok" && st.data.is_some();
+            let was_failing = st.health.state != "ok" && st.data.is_some() && !st.health.carried_over;
             if was_failing {
                 st.health.state = "ok";
             }
@@ -155,7 +172,7 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
     spawn(&config.sources, metrics, shutdown)
 }
 
-/// Starts these sources (the reload supervisor starts one at a time, each with its own token).
+/// Starts these sources, each empty until its first delivery.
 pub(crate) fn spawn<'a>(
     sources: impl IntoIterator<Item = &'a SourceConfig>,
     metrics: Arc<Metrics>,
@@ -163,54 +180,66 @@ pub(crate) fn spawn<'a>(
 ) -> Vec<SourceHandle> {
     sources
         .into_iter()
-        .map(|s| match s {
-            SourceConfig::File {
-                name,
-                path,
-                format,
-                poll_interval,
-                max_value_bytes,
-            } => {
-                let (p, h) = Publisher::new(name, metrics.clone());
-                let w = file::Watcher::new(path.clone(), *format, *max_value_bytes);
-                tokio::spawn(file::run(p, w, poll_interval.0, shutdown.clone()));
-                h
-            }
-            SourceConfig::Consul(c) => {
-                let (p, h) = Publisher::new(&c.name, metrics.clone());
-                match consul::Settings::resolve(c) {
-                    Ok(settings) => {
-                        let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
-                        tokio::spawn(consul::run(p, settings, backoff, shutdown.clone()));
-                    }
-                    Err(e) => p.fail("config", e),
-                }
-                h
-            }
-            SourceConfig::Etcd(c) => {
-                let (p, h) = Publisher::new(&c.name, metrics.clone());
-                match etcd::Settings::resolve(c) {
-                    Ok(settings) => {
-                        let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
-                        tokio::spawn(etcd::run(p, settings, backoff, shutdown.clone()));
-                    }
-                    // Never delivers: not ready, and the reason is on /readyz and in the log.
-                    Err(e) => p.fail("config", e),
-                }
-                h
-            }
-            SourceConfig::Kubernetes(k) => {
-                let (p, h) = Publisher::new(&k.name, metrics.clone());
-                match kubernetes::Settings::resolve(k) {
-                    Ok(settings) => {
-                        tokio::spawn(kubernetes::run(p, settings, shutdown.clone()));
-                    }
-                    Err(e) => p.fail("config", e),
-                }
-                h
-            }
-        })
+        .map(|s| spawn_one(s, metrics.clone(), shutdown.clone(), None))
         .collect()
+}
+
+/// Starts one source (the reload supervisor starts one at a time, each with its own token);
+/// its state starts from `carried` (see [`Publisher::starting_from`]).
+pub(crate) fn spawn_one(
+    s: &SourceConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    carried: Option<Arc<SourceData>>,
+) -> SourceHandle {
+    let new = |name: &str| Publisher::starting_from(name, metrics.clone(), carried.clone());
+    match s {
+        SourceConfig::File {
+            name,
+            path,
+            format,
+            poll_interval,
+            max_value_bytes,
+        } => {
+            let (p, h) = new(name);
+            let w = file::Watcher::new(path.clone(), *format, *max_value_bytes);
+            tokio::spawn(file::run(p, w, poll_interval.0, shutdown.clone()));
+            h
+        }
+        SourceConfig::Consul(c) => {
+            let (p, h) = new(&c.name);
+            match consul::Settings::resolve(c) {
+                Ok(settings) => {
+                    let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
+                    tokio::spawn(consul::run(p, settings, backoff, shutdown.clone()));
+                }
+                Err(e) => p.fail("config", e),
+            }
+            h
+        }
+        SourceConfig::Etcd(c) => {
+            let (p, h) = new(&c.name);
+            match etcd::Settings::resolve(c) {
+                Ok(settings) => {
+                    let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
+                    tokio::spawn(etcd::run(p, settings, backoff, shutdown.clone()));
+                }
+                // Never delivers: not ready, and the reason is on /readyz and in the log.
+                Err(e) => p.fail("config", e),
+            }
+            h
+        }
+        SourceConfig::Kubernetes(k) => {
+            let (p, h) = new(&k.name);
+            match kubernetes::Settings::resolve(k) {
+                Ok(settings) => {
+                    tokio::spawn(kubernetes::run(p, settings, shutdown.clone()));
+                }
+                Err(e) => p.fail("config", e),
+            }
+            h
+        }
+    }
 }
 
 /// The rules for a source that follows one value (a KV key, a file): what its value means.
