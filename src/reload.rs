@@ -374,6 +374,9 @@ impl Reloader {
         for r in old {
             r.stop.cancel();
         }
+        for name in &removed {
+            self.metrics.forget_source(name);
+        }
         owned.sources = next;
         let kept = plan.iter().filter(|c| **c == SourceChange::Keep).count();
         changes.push(format!("{kept} sources kept running"));

@@ -1,6 +1,6 @@
 //! What a reload does to the sources it restarts or stops: a restarted source starts from the
 //! last good data of the one it replaces (the others' changes keep being pushed and readiness
-//! stays up).
+//! stays up), and the metric series of a stopped source or a removed group go away.
 
 mod support;
 
@@ -120,6 +120,10 @@ impl Setup {
         })
         .await;
     }
+
+    async fn metrics(&self) -> String {
+        get_text(&format!("http://{}/metrics", self.server.admin_addr)).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,5 +162,48 @@ async fn a_restarted_source_carries_its_data_over_and_the_others_keep_being_push
     let (_, body) = s.readyz().await;
     assert_eq!(body["sources"]["spare"]["carried_over"], false, "{body}");
     assert_eq!(body["sources"]["spare"]["state"], "ok", "{body}");
+    s.server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_series_of_a_stopped_source_and_a_removed_group_are_removed() {
+    let s = Setup::new(true).await;
+    // An error counted for `spare`, so that each of its series exists.
+    std::fs::write(s.dir.path().join("spare.json"), "{not json").expect("write");
+    let m = s.server.metrics.clone();
+    wait_for(WAIT, "spare's error to be counted", || {
+        let n = m.source_error_count("spare", "malformed_json");
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let text = s.metrics().await;
+    for series in [
+        "voltha_xds_source_last_success_timestamp_seconds{source=\"spare\"}",
+        "voltha_xds_source_updates_total{source=\"spare\"}",
+        "voltha_xds_source_errors_total{source=\"spare\",kind=\"malformed_json\"}",
+        "voltha_xds_snapshot_resources{group=\"extra\",type=\"lds\"}",
+        "voltha_xds_snapshot_bytes{group=\"extra\",type=\"lds\"}",
+    ] {
+        assert!(text.contains(series), "{series} before the reload:\n{text}");
+    }
+
+    let out = s.reload(&yaml(s.dir.path(), "spare.json", false, false)).await;
+    assert!(matches!(out, Outcome::Applied(_)), "{out:?}");
+    let url = format!("http://{}/debug/snapshot", s.server.admin_debug_addr);
+    wait_for(WAIT, "the group to be gone from the snapshot", || {
+        let url = url.clone();
+        async move { get_json(&url).await.1["groups"].get("extra").is_none().then_some(()) }
+    })
+    .await;
+    let text = s.metrics().await;
+    for gone in ["source=\"spare\"", "group=\"extra\""] {
+        assert!(!text.contains(gone), "{gone} after the reload:\n{text}");
+    }
+    for kept in [
+        "voltha_xds_source_last_success_timestamp_seconds{source=\"assignment\"}",
+        "voltha_xds_snapshot_resources{group=\"nbi\",type=\"lds\"}",
+    ] {
+        assert!(text.contains(kept), "{kept} after the reload:\n{text}");
+    }
     s.server.shutdown.cancel();
 }
