@@ -65,19 +65,50 @@ struct Cli {
     // at each subcommand too, so a bad variable would be refused even under a good flag.
     #[arg(long, global = true, default_value = "human", env = "VOLTHA_XDS_LOG_FORMAT")]
     log_format: String,
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
-    /// `info,voltha_xds::push=debug`. RUST_LOG, when set, takes precedence.
+    /// Log filter: a level (trace, debug, info, warn, error, off), `target=level` directives, or
+    /// a comma-separated list of those, such as `info,voltha_xds::push=debug`; anything else is
+    /// refused. RUST_LOG, when set, takes precedence.
     #[arg(long, global = true, default_value = "info", env = "VOLTHA_XDS_LOG_LEVEL")]
     log_level: String,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Checks a `--log-level` value as a tracing filter, so that a typo is refused at start.
+/// The levels `--log-level` takes, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `--log-level` value, so that a typo is refused at start: a comma-separated list of
+/// levels ([`LOG_LEVELS`], any case) and `target=level` directives. Anything else (`warning`,
+/// `inf`) is refused: tracing would read a bare word as a target name enabled at every level.
+/// Returns the filter with blanks around the commas removed.
 fn parse_log_level(s: &str) -> Result<String, String> {
+    let is_level = |l: &str| LOG_LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l));
+    let parts: Vec<&str> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err(format!("empty; give a level ({})", LOG_LEVELS.join(", ")));
+    }
+    for part in &parts {
+        let ok = match part.split_once('=') {
+            None => is_level(part),
+            Some((target, level)) => {
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+                    && is_level(level)
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "{part:?} is neither a level ({}) nor a target=level directive",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    let filter = parts.join(",");
     tracing_subscriber::EnvFilter::builder()
-        .parse(s)
-        .map(|_| s.to_string())
+        .parse(&filter)
+        .map(|_| filter)
         .map_err(|e| format!("not a log level or filter directive: {e}"))
 }
 
@@ -455,12 +486,44 @@ mod tests {
             assert_eq!(parse_log_level(ok).as_deref(), Ok(ok));
         }
         assert!(parse_log_level("inf o=[").is_err());
+        for ok in [
+            "INFO",
+            "off",
+            "info,",
+            "h2=warn, voltha_xds::xds=debug",
+            "voltha-xds=error",
+        ] {
+            assert!(parse_log_level(ok).is_ok(), "{ok:?}");
+        }
+        // Mistyped levels that tracing would take as a target enabled at every level.
+        for typo in [
+            "warning",
+            "inf",
+            "information",
+            "",
+            " , ",
+            "voltha_xds=warning",
+            "=info",
+            "info,dbug",
+        ] {
+            let e = parse_log_level(typo).err();
+            assert!(e.is_some(), "{typo:?} accepted");
+        }
+        assert!(parse_log_level("warning")
+            .err()
+            .is_some_and(|e| e.contains("\"warning\" is neither a level")));
         let parse = |args: &[&str]| {
             let cli = Cli::try_parse_from(args.iter().copied()).expect("parses");
             log_options(&cli).map_err(|e| e.to_string())
         };
         let err = parse(&["voltha-xds", "--log-level", "=[", "validate", "--config", "x"]).err();
         assert!(err.as_deref().is_some_and(|e| e.contains("'--log-level'")), "{err:?}");
+        let err = parse(&["voltha-xds", "--log-level", "warning", "validate", "--config", "x"]).err();
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("'--log-level'") && e.contains("VOLTHA_XDS_LOG_LEVEL")),
+            "{err:?}"
+        );
         let err = parse(&["voltha-xds", "validate", "--log-format", "xml", "--config", "x"]).err();
         assert!(err.as_deref().is_some_and(|e| e.contains("'--log-format'")), "{err:?}");
         assert_eq!(
