@@ -901,3 +901,33 @@ fn the_deployment_and_the_deploy_doc_agree_on_memory() {
     assert!(!a.is_empty(), "no figures in the Deployment's comment");
     assert_eq!(a, b, "deployment.yaml: {comment}\ndocs/deploy.md: {bullet}");
 }
+
+/// The log level is set with `VOLTHA_XDS_LOG_LEVEL` (`--log-level`'s variable), not `RUST_LOG`,
+/// which would win over `--log-level` and any later change of it.
+#[test]
+fn the_log_level_is_set_by_its_own_variable_not_rust_log() {
+    let all = manifests();
+    let d = find(&all, "Deployment", "voltha-xds");
+    let env: BTreeMap<String, String> = container(d, "voltha-xds")["env"]
+        .as_sequence()
+        .expect("the container's env")
+        .iter()
+        .map(|e| (str_of(&e["name"]).to_string(), str_of(&e["value"]).to_string()))
+        .collect();
+    assert_eq!(
+        env.get("VOLTHA_XDS_LOG_LEVEL").map(String::as_str),
+        Some("info"),
+        "{env:?}"
+    );
+    assert!(!env.contains_key("RUST_LOG"), "{env:?}");
+
+    let compose: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    for (name, svc) in services {
+        let env = &svc["environment"];
+        assert!(env.get("RUST_LOG").is_none(), "{name:?} sets RUST_LOG");
+        if name.as_str() == Some("voltha-xds") {
+            assert_eq!(str_of(&env["VOLTHA_XDS_LOG_LEVEL"]), "info");
+        }
+    }
+}
