@@ -112,6 +112,13 @@ fn parse_log_level(s: &str) -> Result<String, String> {
         .map_err(|e| format!("not a log level or filter directive: {e}"))
 }
 
+/// A `serve` listen address, with an error that names the flag and its variable (clap's own
+/// names only the flag, whichever of the two the value came from).
+fn listen_addr(v: &str, flag: &str, var: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|e| format!("{e}: give ip:port, e.g. 127.0.0.1:18080 (the value of {flag} or {var})"))
+}
+
 #[derive(Copy, Clone, Debug, PartialEq)]
 enum LogFormat {
     Human,
@@ -152,15 +159,15 @@ enum Command {
         #[arg(long, env = "VOLTHA_XDS_CONFIG")]
         config: Option<PathBuf>,
         /// xDS gRPC address [default: server.xds_listen, 0.0.0.0:18000].
-        #[arg(long, env = "VOLTHA_XDS_XDS_LISTEN")]
+        #[arg(long, env = "VOLTHA_XDS_XDS_LISTEN", value_parser = |v: &str| listen_addr(v, "--xds-listen", "VOLTHA_XDS_XDS_LISTEN"))]
         xds_listen: Option<SocketAddr>,
         /// Admin HTTP address: /healthz, /readyz, /metrics [default: server.admin_listen,
         /// 127.0.0.1:18080].
-        #[arg(long, env = "VOLTHA_XDS_ADMIN_LISTEN")]
+        #[arg(long, env = "VOLTHA_XDS_ADMIN_LISTEN", value_parser = |v: &str| listen_addr(v, "--admin-listen", "VOLTHA_XDS_ADMIN_LISTEN"))]
         admin_listen: Option<SocketAddr>,
         /// Admin debug HTTP address: /debug/*, the status page, and the admin routes; keep it
         /// on loopback [default: server.admin_debug_listen, 127.0.0.1:18081].
-        #[arg(long, env = "VOLTHA_XDS_ADMIN_DEBUG_LISTEN")]
+        #[arg(long, env = "VOLTHA_XDS_ADMIN_DEBUG_LISTEN", value_parser = |v: &str| listen_addr(v, "--admin-debug-listen", "VOLTHA_XDS_ADMIN_DEBUG_LISTEN"))]
         admin_debug_listen: Option<SocketAddr>,
     },
     /// Check a configuration; print a summary or every error.
