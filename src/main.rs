@@ -294,8 +294,15 @@ fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
             admin_debug_listen,
         } => {
             init_logs(log_format, log_level);
-            let config_file = config.clone();
-            let config = load(&config)?;
+            // The text parsed is what `serve` records as applied: a change made after this read
+            // is a change to reload, whenever the file is next read.
+            let (config, config_file) = match config {
+                Some(p) => {
+                    let (c, text) = Config::load_text(&p).map_err(|e| e.to_string())?;
+                    (c, Some((p, text.into_bytes())))
+                }
+                None => (load(&None)?, None),
+            };
             let xds = match xds_listen {
                 Some(a) => a,
                 None => config

@@ -242,16 +242,12 @@ impl Reloader {
         &self.live
     }
 
-    /// Records the `--config` file this configuration came from (for the status), and its
-    /// content now, against which the file's checks compare.
-    pub(crate) async fn set_path(&self, path: &Path) {
+    /// Records the `--config` file this configuration came from (for the status), and the
+    /// content it was parsed from, against which the file's checks compare: a change made
+    /// after that content was read is then reloaded.
+    pub(crate) async fn set_path(&self, path: &Path, applied: Vec<u8>) {
         self.live.inner.status.lock().path = Some(path.display().to_string());
-        let p = path.to_path_buf();
-        let content = tokio::task::spawn_blocking(move || trigger::read_bounded(&p))
-            .await
-            .ok()
-            .flatten();
-        self.owned.lock().await.last_read = content;
+        self.owned.lock().await.last_read = Some(applied);
     }
 
     /// Waits for the reconciler to end (after `shutdown`).
@@ -266,7 +262,13 @@ impl Reloader {
     /// Reads `path` and applies it as [`Reloader::apply`] does.
     pub async fn reload_file(&self, path: &Path, trigger: Trigger) -> Outcome {
         let p = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || (trigger::read_bounded(&p), load(&p))).await;
+        // The content recorded is the one parsed when it parses (the file may change between
+        // two reads); else the file's content, so that the same bad content is not tried again.
+        let read = tokio::task::spawn_blocking(move || match Config::load_text(&p) {
+            Ok((config, text)) => (Some(text.into_bytes()), Ok(config)),
+            Err(e) => (trigger::read_bounded(&p), Err(errors_of(e))),
+        })
+        .await;
         let (content, loaded) = match read {
             Ok(r) => r,
             Err(e) => (None, Err(vec![format!("the reload's reading task failed: {e}")])),
@@ -426,12 +428,12 @@ impl Reloader {
     }
 }
 
-/// `Config::load`, with its errors as a list.
-fn load(path: &Path) -> Result<Config, Vec<String>> {
-    Config::load(path).map_err(|e| match e {
+/// A `Config::load` error as a list.
+fn errors_of(e: ConfigError) -> Vec<String> {
+    match e {
         ConfigError::Invalid(list) => list,
         other => vec![other.to_string()],
-    })
+    }
 }
 
 /// The outcome with at most [`MAX_ERRORS`] messages of at most [`MAX_ERROR_CHARS`] each.

@@ -212,3 +212,45 @@ async fn an_invalid_and_a_refused_reload_log_one_warn_line_per_error() {
     r.shutdown.cancel();
     r.stopped().await;
 }
+
+/// The file changed between the read `serve` parsed and the watcher's start: the content
+/// recorded as applied is the one parsed, so the change is reloaded, not taken as applied.
+#[tokio::test]
+async fn a_change_after_the_parsed_read_at_start_is_reloaded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("config.yaml");
+    let parsed = format!("server: {{ config_reload_interval: 100ms }}\n{STATIC}");
+    let (r, _, _) = reloader(config(&parsed));
+    let r = Arc::new(r);
+    // Written after the parse, before the watcher starts.
+    let changed = parsed.replace("10.0.0.1:80", "10.0.0.2:80");
+    std::fs::write(&path, &changed).expect("write");
+    let tasks = trigger::spawn(
+        r.clone(),
+        Some((path.clone(), parsed.into_bytes())),
+        trigger::Hangup::install(),
+        r.shutdown.clone(),
+    )
+    .await;
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while r.live().status().reloads_ok == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(applied.is_ok(), "the change was not reloaded: {:?}", r.live().status());
+    let c = r.live().config();
+    assert_eq!(
+        c.clusters[0]
+            .endpoints
+            .static_endpoints
+            .as_ref()
+            .map(|s| s[0].to_string()),
+        Some("10.0.0.2:80".into())
+    );
+    r.shutdown.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    r.stopped().await;
+}
