@@ -100,7 +100,7 @@ fn parse_log_level(s: &str) -> Result<String, String> {
         };
         if !ok {
             return Err(format!(
-                "{part:?} is neither a level ({}) nor a target=level directive",
+                "{part:?} is not a log level ({}) or a target=level directive",
                 LOG_LEVELS.join(", ")
             ));
         }
@@ -525,7 +525,7 @@ mod tests {
         }
         assert!(parse_log_level("warning")
             .err()
-            .is_some_and(|e| e.contains("\"warning\" is neither a level")));
+            .is_some_and(|e| e.contains("\"warning\" is not a log level")));
         let parse = |args: &[&str]| {
             let cli = Cli::try_parse_from(args.iter().copied()).expect("parses");
             log_options(&cli).map_err(|e| e.to_string())
