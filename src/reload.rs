@@ -496,8 +496,10 @@ fn spawn_reconciler(
 
 /// When every source of `new` keeps running and has delivered: builds `new`'s snapshot from
 /// the current inputs into a scratch cache, so a configuration that cannot be built is invalid
-/// rather than applied. With a source restarted or added there are no inputs to build from
-/// yet; the reconciler then refuses a failing build as at start (the last snapshot stays).
+/// rather than applied. With a source restarted or added, the inputs are not yet those the new
+/// configuration will build from (a restarted source carries the old one's data until it
+/// delivers); the reconciler then refuses a failing build as at start (the last snapshot
+/// stays).
 fn trial_build(new: &Config, running: &[RunningSource], plan: &[SourceChange]) -> Option<String> {
     if plan.iter().any(|c| *c != SourceChange::Keep) {
         return None;
