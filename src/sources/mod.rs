@@ -440,6 +440,31 @@ mod key_state_tests {
     }
 
     #[test]
+    fn carried_data_is_served_until_the_first_delivery_replaces_it() {
+        let m = Arc::new(Metrics::new());
+        let old = assignment::parse(FileFormat::VolthaAssignment, TWO).expect("parses");
+        let (p, mut h) = Publisher::starting_from("k", m, Some(Arc::new(old.clone())));
+        assert_eq!(hosts(&h), Some(2));
+        assert!(h.rx.borrow().health.carried_over);
+        // Neither a failure nor a "healthy" without a delivery ends the carry-over.
+        p.fail("absent", "missing".into());
+        p.healthy();
+        let st = h.rx.borrow_and_update().clone();
+        assert_eq!(
+            (st.health.state, st.health.carried_over, hosts(&h)),
+            ("error", true, Some(2))
+        );
+        // The first delivery, even of equal data, is the source's own, and wakes the reader.
+        p.deliver(old);
+        assert!(h.rx.has_changed().unwrap_or(false));
+        let st = h.rx.borrow_and_update().clone();
+        assert_eq!((st.health.state, st.health.carried_over), ("ok", false));
+        let mut k = KeyState::default();
+        apply(&mut k, &p, Some(br#"{"0001": {"id": "a", "host": "10.0.0.7"}}"#));
+        assert_eq!(hosts(&h), Some(1));
+    }
+
+    #[test]
     fn a_source_error_message_is_cut_where_it_is_kept() {
         let (p, h, _) = setup();
         let long = format!("key \"k\": {}", "é".repeat(100_000));
