@@ -259,6 +259,7 @@ pub(crate) fn status_view(s: &AdminState, pushes: &PushLog, latency: &latency::L
                     name: h.name.clone(),
                     state: st.health.state.to_string(),
                     delivered: st.data.is_some(),
+                    carried_over: st.health.carried_over,
                     last_success: st.health.last_success.map(view::secs),
                     last_error: st.health.last_error.clone(),
                     last_error_at: st.health.last_error_at.map(view::secs),

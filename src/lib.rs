@@ -234,20 +234,26 @@ pub async fn start_with(
 
 /// Runs until SIGINT or SIGTERM, then shuts down gracefully: stops accepting, ends every
 /// stream after the responses already queued, and waits at most `server.shutdown_grace`.
-/// Reloads `config_file` (the file `config` was read from; `None` for the embedded default)
-/// on SIGHUP and when its content changes ([`reload`]).
-/// `heap_probe` (the binary's allocator) feeds `voltha_xds_heap_bytes`.
+/// Reloads `config_file` (the file `config` was read from, and the bytes that were parsed;
+/// `None` for the embedded default) on SIGHUP and when its content differs from those bytes
+/// ([`reload`]).
+///
+/// The SIGHUP handler is installed first, before the listeners and sources start: a SIGHUP
+/// from then on is kept and reloads once the server runs. One that arrives earlier (while the
+/// process starts: arguments, the allocator's re-execution, reading the configuration) gets
+/// the default action and ends the process.
 pub async fn serve(
     config: Config,
-    config_file: Option<std::path::PathBuf>,
+    config_file: Option<(std::path::PathBuf, Vec<u8>)>,
     xds_listen: SocketAddr,
     admin_listen: SocketAddr,
     admin_debug_listen: SocketAddr,
     heap_probe: Option<metrics::HeapProbe>,
 ) -> anyhow::Result<()> {
+    let hangup = reload::trigger::Hangup::install();
     let metrics = Arc::new(Metrics::with_heap_probe(heap_probe));
     let mut running = start_with(config, xds_listen, admin_listen, admin_debug_listen, metrics).await?;
-    let triggers = reload::trigger::spawn(running.reload.clone(), config_file, running.shutdown.clone()).await;
+    let triggers = reload::trigger::spawn(running.reload.clone(), config_file, hangup, running.shutdown.clone()).await;
     running.tasks.extend(triggers);
     wait_for_signal().await;
     let grace = running.reload.live().config().server.shutdown_grace.0;

@@ -65,20 +65,58 @@ struct Cli {
     // at each subcommand too, so a bad variable would be refused even under a good flag.
     #[arg(long, global = true, default_value = "human", env = "VOLTHA_XDS_LOG_FORMAT")]
     log_format: String,
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives such as
-    /// `info,voltha_xds::push=debug`. RUST_LOG, when set, takes precedence.
+    /// Log filter: a level (trace, debug, info, warn, error, off), `target=level` directives, or
+    /// a comma-separated list of those, such as `info,voltha_xds::push=debug`; anything else is
+    /// refused. RUST_LOG, when set, takes precedence.
     #[arg(long, global = true, default_value = "info", env = "VOLTHA_XDS_LOG_LEVEL")]
     log_level: String,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Checks a `--log-level` value as a tracing filter, so that a typo is refused at start.
+/// The levels `--log-level` takes, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `--log-level` value, so that a typo is refused at start: a comma-separated list of
+/// levels ([`LOG_LEVELS`], any case) and `target=level` directives. Anything else (`warning`,
+/// `inf`) is refused: tracing would read a bare word as a target name enabled at every level.
+/// Returns the filter with blanks around the commas removed.
 fn parse_log_level(s: &str) -> Result<String, String> {
+    let is_level = |l: &str| LOG_LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l));
+    let parts: Vec<&str> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err(format!("empty; give a level ({})", LOG_LEVELS.join(", ")));
+    }
+    for part in &parts {
+        let ok = match part.split_once('=') {
+            None => is_level(part),
+            Some((target, level)) => {
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+                    && is_level(level)
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "{part:?} is not a log level ({}) or a target=level directive",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    let filter = parts.join(",");
     tracing_subscriber::EnvFilter::builder()
-        .parse(s)
-        .map(|_| s.to_string())
+        .parse(&filter)
+        .map(|_| filter)
         .map_err(|e| format!("not a log level or filter directive: {e}"))
+}
+
+/// A `serve` listen address, with an error that names the flag and its variable (clap's own
+/// names only the flag, whichever of the two the value came from).
+fn listen_addr(v: &str, flag: &str, var: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|e| format!("{e}: give ip:port, e.g. 127.0.0.1:18080 (the value of {flag} or {var})"))
 }
 
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -121,15 +159,15 @@ enum Command {
         #[arg(long, env = "VOLTHA_XDS_CONFIG")]
         config: Option<PathBuf>,
         /// xDS gRPC address [default: server.xds_listen, 0.0.0.0:18000].
-        #[arg(long, env = "VOLTHA_XDS_XDS_LISTEN")]
+        #[arg(long, env = "VOLTHA_XDS_XDS_LISTEN", value_parser = |v: &str| listen_addr(v, "--xds-listen", "VOLTHA_XDS_XDS_LISTEN"))]
         xds_listen: Option<SocketAddr>,
         /// Admin HTTP address: /healthz, /readyz, /metrics [default: server.admin_listen,
         /// 127.0.0.1:18080].
-        #[arg(long, env = "VOLTHA_XDS_ADMIN_LISTEN")]
+        #[arg(long, env = "VOLTHA_XDS_ADMIN_LISTEN", value_parser = |v: &str| listen_addr(v, "--admin-listen", "VOLTHA_XDS_ADMIN_LISTEN"))]
         admin_listen: Option<SocketAddr>,
         /// Admin debug HTTP address: /debug/*, the status page, and the admin routes; keep it
         /// on loopback [default: server.admin_debug_listen, 127.0.0.1:18081].
-        #[arg(long, env = "VOLTHA_XDS_ADMIN_DEBUG_LISTEN")]
+        #[arg(long, env = "VOLTHA_XDS_ADMIN_DEBUG_LISTEN", value_parser = |v: &str| listen_addr(v, "--admin-debug-listen", "VOLTHA_XDS_ADMIN_DEBUG_LISTEN"))]
         admin_debug_listen: Option<SocketAddr>,
     },
     /// Check a configuration; print a summary or every error.
@@ -256,8 +294,15 @@ fn run(cli: Cli, log_format: LogFormat, log_level: &str) -> Result<(), String> {
             admin_debug_listen,
         } => {
             init_logs(log_format, log_level);
-            let config_file = config.clone();
-            let config = load(&config)?;
+            // The text parsed is what `serve` records as applied: a change made after this read
+            // is a change to reload, whenever the file is next read.
+            let (config, config_file) = match config {
+                Some(p) => {
+                    let (c, text) = Config::load_text(&p).map_err(|e| e.to_string())?;
+                    (c, Some((p, text.into_bytes())))
+                }
+                None => (load(&None)?, None),
+            };
             let xds = match xds_listen {
                 Some(a) => a,
                 None => config.server.xds_listen.addr(),
@@ -450,12 +495,44 @@ mod tests {
             assert_eq!(parse_log_level(ok).as_deref(), Ok(ok));
         }
         assert!(parse_log_level("inf o=[").is_err());
+        for ok in [
+            "INFO",
+            "off",
+            "info,",
+            "h2=warn, voltha_xds::xds=debug",
+            "voltha-xds=error",
+        ] {
+            assert!(parse_log_level(ok).is_ok(), "{ok:?}");
+        }
+        // Mistyped levels that tracing would take as a target enabled at every level.
+        for typo in [
+            "warning",
+            "inf",
+            "information",
+            "",
+            " , ",
+            "voltha_xds=warning",
+            "=info",
+            "info,dbug",
+        ] {
+            let e = parse_log_level(typo).err();
+            assert!(e.is_some(), "{typo:?} accepted");
+        }
+        assert!(parse_log_level("warning")
+            .err()
+            .is_some_and(|e| e.contains("\"warning\" is not a log level")));
         let parse = |args: &[&str]| {
             let cli = Cli::try_parse_from(args.iter().copied()).expect("parses");
             log_options(&cli).map_err(|e| e.to_string())
         };
         let err = parse(&["voltha-xds", "--log-level", "=[", "validate", "--config", "x"]).err();
         assert!(err.as_deref().is_some_and(|e| e.contains("'--log-level'")), "{err:?}");
+        let err = parse(&["voltha-xds", "--log-level", "warning", "validate", "--config", "x"]).err();
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("'--log-level'") && e.contains("VOLTHA_XDS_LOG_LEVEL")),
+            "{err:?}"
+        );
         let err = parse(&["voltha-xds", "validate", "--log-format", "xml", "--config", "x"]).err();
         assert!(err.as_deref().is_some_and(|e| e.contains("'--log-format'")), "{err:?}");
         assert_eq!(

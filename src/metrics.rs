@@ -85,6 +85,17 @@ pub struct Metrics {
     grpc_hosts_dropped: Family<GroupLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// A digest of the hosts last reported left out of gRPC assignments (logged on change).
     grpc_hosts_dropped_digest: AtomicU64,
+    /// The label sets of the per-source and per-group series set so far, so that the series of
+    /// a source or group that is gone can be removed (see [`Metrics::forget_source`]).
+    known: parking_lot::Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// Per source, the error kinds counted.
+    error_kinds: std::collections::BTreeMap<String, std::collections::BTreeSet<&'static str>>,
+    /// The groups of the last published snapshot.
+    groups: std::collections::BTreeSet<String>,
 }
 
 impl Default for Metrics {
@@ -119,6 +130,7 @@ impl Metrics {
             config_last_reload_ok: Gauge::default(),
             grpc_hosts_dropped: Family::default(),
             grpc_hosts_dropped_digest: AtomicU64::new(0),
+            known: parking_lot::Mutex::default(),
             registry: Registry::default(),
             process: Registry::default(),
             xds: Arc::new(xds_engine::metrics::Metrics::new()),
@@ -230,6 +242,11 @@ impl Metrics {
     }
 
     pub(crate) fn source_error(&self, source: &str, kind: &'static str) {
+        let mut known = self.known.lock();
+        if !known.error_kinds.get(source).is_some_and(|k| k.contains(kind)) {
+            known.error_kinds.entry(source.to_string()).or_default().insert(kind);
+        }
+        drop(known);
         self.source_errors
             .get_or_create(&SourceKindLabel {
                 source: source.to_string(),
@@ -268,6 +285,45 @@ impl Metrics {
             .set(secs);
     }
 
+    /// Removes every series of a source that a reload stopped (`source_errors`,
+    /// `source_updates`, `source_last_success_timestamp_seconds`), so none stays behind.
+    pub(crate) fn forget_source(&self, source: &str) {
+        let kinds = self.known.lock().error_kinds.remove(source).unwrap_or_default();
+        for kind in kinds {
+            self.source_errors.remove(&SourceKindLabel {
+                source: source.to_string(),
+                kind,
+            });
+        }
+        let l = SourceLabel {
+            source: source.to_string(),
+        };
+        self.source_updates.remove(&l);
+        self.source_last_success.remove(&l);
+    }
+
+    /// After a snapshot is published: removes the size series of the groups it no longer has
+    /// (`snapshot_resources`, `snapshot_bytes`).
+    pub(crate) fn snapshot_groups<'a>(&self, groups: impl IntoIterator<Item = &'a String>) {
+        let now: std::collections::BTreeSet<String> = groups.into_iter().cloned().collect();
+        let gone: Vec<String> = {
+            let mut known = self.known.lock();
+            let gone = known.groups.difference(&now).cloned().collect();
+            known.groups = now;
+            gone
+        };
+        for group in gone {
+            for ty in ResourceType::ALL {
+                let l = GroupTypeLabel {
+                    group: group.clone(),
+                    r#type: ty.short(),
+                };
+                self.snapshot_resources.remove(&l);
+                self.snapshot_bytes.remove(&l);
+            }
+        }
+    }
+
     pub(crate) fn coalesced(&self, n: u64) {
         self.debounce_coalesced.inc_by(n);
     }
@@ -296,8 +352,7 @@ impl Metrics {
     }
 
     /// A source's error count of one kind (for the tests).
-    #[cfg(test)]
-    pub(crate) fn source_error_count(&self, source: &str, kind: &'static str) -> u64 {
+    pub fn source_error_count(&self, source: &str, kind: &'static str) -> u64 {
         self.source_errors
             .get_or_create(&SourceKindLabel {
                 source: source.to_string(),

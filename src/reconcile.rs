@@ -84,6 +84,7 @@ pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics,
                     metrics.snapshot_size(&g.name, t.ty, t.resources.len(), bytes);
                 }
             }
+            metrics.snapshot_groups(s.groups.keys());
             let versions: Vec<String> = s
                 .groups
                 .values()

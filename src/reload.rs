@@ -15,8 +15,18 @@
 //!   versions are content hashes per type, so only the types whose resources changed get a new
 //!   version. No xDS stream or connection is touched.
 //!
-//! A restarted or added source is not ready until it delivers (as at start); until then the
-//! last snapshot keeps being served.
+//! A **restarted** source (its settings changed) starts from the last good data of the one it
+//! replaces, marked `carried_over` in `/readyz` and on the status page until it delivers: the
+//! reconciler keeps building from every source (the others' changes are pushed at once) and
+//! readiness stays up. Its first delivery replaces the carried data; until then its errors
+//! (an unreachable server, a missing key) keep the carried data as the last good state, as any
+//! source's errors keep its own.
+//!
+//! An **added** source has no data to start from and follows the start-up rule: the server is
+//! not ready, and the reconciler builds nothing new, until it delivers (a snapshot built without
+//! it would lack the endpoints of every cluster that names it, see
+//! `TranslateError::MissingSource`); the last snapshot keeps being served meanwhile. A reload
+//! that removes it again, or its first delivery, ends the wait.
 
 pub(crate) mod diff;
 pub mod trigger;
@@ -209,7 +219,7 @@ impl Reloader {
         let sources: Vec<RunningSource> = config
             .sources
             .iter()
-            .flat_map(|s| spawn_source(s, &metrics, &shutdown))
+            .map(|s| spawn_source(s, &metrics, &shutdown, None))
             .collect();
         let handles: Arc<[SourceHandle]> = sources.iter().map(|s| s.handle.clone()).collect();
         live.set(config.clone(), handles.clone());
@@ -232,16 +242,12 @@ impl Reloader {
         &self.live
     }
 
-    /// Records the `--config` file this configuration came from (for the status), and its
-    /// content now, against which the file's checks compare.
-    pub(crate) async fn set_path(&self, path: &Path) {
+    /// Records the `--config` file this configuration came from (for the status), and the
+    /// content it was parsed from, against which the file's checks compare: a change made
+    /// after that content was read is then reloaded.
+    pub(crate) async fn set_path(&self, path: &Path, applied: Vec<u8>) {
         self.live.inner.status.lock().path = Some(path.display().to_string());
-        let p = path.to_path_buf();
-        let content = tokio::task::spawn_blocking(move || trigger::read_bounded(&p))
-            .await
-            .ok()
-            .flatten();
-        self.owned.lock().await.last_read = content;
+        self.owned.lock().await.last_read = Some(applied);
     }
 
     /// Waits for the reconciler to end (after `shutdown`).
@@ -256,7 +262,13 @@ impl Reloader {
     /// Reads `path` and applies it as [`Reloader::apply`] does.
     pub async fn reload_file(&self, path: &Path, trigger: Trigger) -> Outcome {
         let p = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || (trigger::read_bounded(&p), load(&p))).await;
+        // The content recorded is the one parsed when it parses (the file may change between
+        // two reads); else the file's content, so that the same bad content is not tried again.
+        let read = tokio::task::spawn_blocking(move || match Config::load_text(&p) {
+            Ok((config, text)) => (Some(text.into_bytes()), Ok(config)),
+            Err(e) => (trigger::read_bounded(&p), Err(errors_of(e))),
+        })
+        .await;
         let (content, loaded) = match read {
             Ok(r) => r,
             Err(e) => (None, Err(vec![format!("the reload's reading task failed: {e}")])),
@@ -329,7 +341,12 @@ impl Reloader {
                     }
                 }
                 SourceChange::Restart | SourceChange::Add => {
-                    next.extend(spawn_source(s, &self.metrics, &self.shutdown));
+                    // A restarted source starts from the last good data of the one it replaces.
+                    let carried = old
+                        .iter()
+                        .find(|r| r.config.name() == name)
+                        .and_then(|r| r.handle.rx.borrow().data.clone());
+                    next.push(spawn_source(s, &self.metrics, &self.shutdown, carried));
                     let what = if *change == SourceChange::Add {
                         "added"
                     } else {
@@ -358,6 +375,9 @@ impl Reloader {
         // What is left of the old tasks: restarted and removed sources.
         for r in old {
             r.stop.cancel();
+        }
+        for name in &removed {
+            self.metrics.forget_source(name);
         }
         owned.sources = next;
         let kept = plan.iter().filter(|c| **c == SourceChange::Keep).count();
@@ -408,12 +428,12 @@ impl Reloader {
     }
 }
 
-/// `Config::load`, with its errors as a list.
-fn load(path: &Path) -> Result<Config, Vec<String>> {
-    Config::load(path).map_err(|e| match e {
+/// A `Config::load` error as a list.
+fn errors_of(e: ConfigError) -> Vec<String> {
+    match e {
         ConfigError::Invalid(list) => list,
         other => vec![other.to_string()],
-    })
+    }
 }
 
 /// The outcome with at most [`MAX_ERRORS`] messages of at most [`MAX_ERROR_CHARS`] each.
@@ -440,17 +460,20 @@ fn cut(message: String) -> String {
     }
 }
 
-/// Starts one source with a token of its own (a child of `shutdown`).
-fn spawn_source(s: &SourceConfig, metrics: &Arc<Metrics>, shutdown: &CancellationToken) -> Vec<RunningSource> {
+/// Starts one source with a token of its own (a child of `shutdown`), its state starting from
+/// `carried` (the last good data of the source it replaces, if any).
+fn spawn_source(
+    s: &SourceConfig,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    carried: Option<Arc<crate::model::SourceData>>,
+) -> RunningSource {
     let stop = shutdown.child_token();
-    crate::sources::spawn([s], metrics.clone(), stop.clone())
-        .into_iter()
-        .map(|handle| RunningSource {
-            config: s.clone(),
-            handle,
-            stop: stop.clone(),
-        })
-        .collect()
+    RunningSource {
+        config: s.clone(),
+        handle: crate::sources::spawn_one(s, metrics.clone(), stop.clone(), carried),
+        stop,
+    }
 }
 
 fn spawn_reconciler(
@@ -473,8 +496,10 @@ fn spawn_reconciler(
 
 /// When every source of `new` keeps running and has delivered: builds `new`'s snapshot from
 /// the current inputs into a scratch cache, so a configuration that cannot be built is invalid
-/// rather than applied. With a source restarted or added there are no inputs to build from
-/// yet; the reconciler then refuses a failing build as at start (the last snapshot stays).
+/// rather than applied. With a source restarted or added, the inputs are not yet those the new
+/// configuration will build from (a restarted source carries the old one's data until it
+/// delivers); the reconciler then refuses a failing build as at start (the last snapshot
+/// stays).
 fn trial_build(new: &Config, running: &[RunningSource], plan: &[SourceChange]) -> Option<String> {
     if plan.iter().any(|c| *c != SourceChange::Keep) {
         return None;

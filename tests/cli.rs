@@ -196,6 +196,30 @@ async fn rust_log_wins_over_log_level() {
     );
 }
 
+/// A bad listen address from a `serve` variable is a usage error that names the flag and the
+/// variable.
+#[test]
+fn a_bad_listen_address_names_the_flag_and_the_variable() {
+    for (var, flag) in [
+        ("VOLTHA_XDS_XDS_LISTEN", "--xds-listen"),
+        ("VOLTHA_XDS_ADMIN_LISTEN", "--admin-listen"),
+        ("VOLTHA_XDS_ADMIN_DEBUG_LISTEN", "--admin-debug-listen"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_voltha-xds"))
+            .env_remove("RUST_LOG")
+            .env(var, "localhost:18000")
+            .args(["serve", "--config", "/nonexistent/voltha-xds.yaml"])
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {err}");
+        assert!(
+            err.contains(&format!("'{flag}")) && err.contains(var) && err.contains("localhost:18000"),
+            "{var}: {err}"
+        );
+    }
+}
+
 /// A flag given on the command line wins over its variable.
 #[tokio::test]
 async fn a_flag_wins_over_its_variable() {

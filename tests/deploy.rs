@@ -842,6 +842,74 @@ fn the_network_policy_admits_envoys_to_xds_and_prometheus_to_admin_only() {
         .any(|f| labels_match(&f["podSelector"]["matchLabels"], envoy_pods)));
 }
 
+/// What in a NetworkPolicy's ingress admits more than labelled pods: a rule without `from`
+/// (every source) or without `ports` (every port), and any peer that is not a non-empty pod
+/// selector: an `ipBlock` (`0.0.0.0/0` admits everyone), an empty `podSelector` (every pod of
+/// the namespace), a `namespaceSelector` alone (every pod of the namespaces it selects, all of
+/// them when empty).
+fn allow_all_peers(np: &Value) -> Vec<String> {
+    let selects = |sel: &Value| {
+        let labels = sel["matchLabels"].as_mapping().is_some_and(|m| !m.is_empty());
+        let exprs = sel["matchExpressions"].as_sequence().is_some_and(|e| !e.is_empty());
+        labels || exprs
+    };
+    let mut problems = Vec::new();
+    for (i, rule) in np["spec"]["ingress"].as_sequence().into_iter().flatten().enumerate() {
+        if rule["ports"].as_sequence().is_none_or(|p| p.is_empty()) {
+            problems.push(format!("rule {i} admits every port"));
+        }
+        let Some(from) = rule["from"].as_sequence().filter(|f| !f.is_empty()) else {
+            problems.push(format!("rule {i} admits every source"));
+            continue;
+        };
+        for peer in from {
+            if !peer["ipBlock"].is_null() {
+                problems.push(format!("rule {i}: an ipBlock peer {:?}", peer["ipBlock"]["cidr"]));
+            }
+            if !selects(&peer["podSelector"]) {
+                problems.push(format!("rule {i}: a peer that selects no pod by label: {peer:?}"));
+            }
+        }
+    }
+    problems
+}
+
+/// The policy's rules admit labelled pods only, and the check finds an allow-all peer added to
+/// either rule.
+#[test]
+fn the_network_policy_has_no_allow_all_peer() {
+    let all = manifests();
+    let np = find(&all, "NetworkPolicy", "voltha-xds");
+    assert_eq!(allow_all_peers(np), Vec::<String>::new());
+    let rules = np["spec"]["ingress"].as_sequence().map_or(0, |r| r.len());
+    assert_eq!(rules, 2);
+    let peer = |y: &str| -> Value { serde_yaml::from_str(y).expect("peer") };
+    let wide = [
+        peer("podSelector: {}"),
+        peer("namespaceSelector: {}"),
+        peer("namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}"),
+        peer("{namespaceSelector: {}, podSelector: {}}"),
+        peer("ipBlock: {cidr: 0.0.0.0/0}"),
+        peer("ipBlock: {cidr: \"::/0\"}"),
+    ];
+    for i in 0..rules {
+        for w in &wide {
+            let mut widened = np.clone();
+            widened["spec"]["ingress"][i]["from"]
+                .as_sequence_mut()
+                .expect("from")
+                .push(w.clone());
+            assert!(!allow_all_peers(&widened).is_empty(), "rule {i} with {w:?}");
+        }
+        let mut open = np.clone();
+        open["spec"]["ingress"][i]
+            .as_mapping_mut()
+            .expect("rule")
+            .remove("from");
+        assert!(!allow_all_peers(&open).is_empty(), "rule {i} without from");
+    }
+}
+
 /// The replicas spread over zones first (a zone lost leaves one serving), then nodes.
 #[test]
 fn the_replicas_spread_over_zones_and_nodes() {
@@ -893,4 +961,34 @@ fn the_deployment_and_the_deploy_doc_agree_on_memory() {
     let (a, b) = (mib(&comment), mib(measured));
     assert!(!a.is_empty(), "no figures in the Deployment's comment");
     assert_eq!(a, b, "deployment.yaml: {comment}\ndocs/deploy.md: {bullet}");
+}
+
+/// The log level is set with `VOLTHA_XDS_LOG_LEVEL` (`--log-level`'s variable), not `RUST_LOG`,
+/// which would win over `--log-level` and any later change of it.
+#[test]
+fn the_log_level_is_set_by_its_own_variable_not_rust_log() {
+    let all = manifests();
+    let d = find(&all, "Deployment", "voltha-xds");
+    let env: BTreeMap<String, String> = container(d, "voltha-xds")["env"]
+        .as_sequence()
+        .expect("the container's env")
+        .iter()
+        .map(|e| (str_of(&e["name"]).to_string(), str_of(&e["value"]).to_string()))
+        .collect();
+    assert_eq!(
+        env.get("VOLTHA_XDS_LOG_LEVEL").map(String::as_str),
+        Some("info"),
+        "{env:?}"
+    );
+    assert!(!env.contains_key("RUST_LOG"), "{env:?}");
+
+    let compose: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    for (name, svc) in services {
+        let env = &svc["environment"];
+        assert!(env.get("RUST_LOG").is_none(), "{name:?} sets RUST_LOG");
+        if name.as_str() == Some("voltha-xds") {
+            assert_eq!(str_of(&env["VOLTHA_XDS_LOG_LEVEL"]), "info");
+        }
+    }
 }

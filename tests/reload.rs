@@ -501,9 +501,13 @@ async fn the_file_is_followed_through_a_configmap_swap_an_edit_a_touch_and_a_bad
     let path = cm_root.join("config.yaml");
     // The server runs the ConfigMap's configuration, followed at 100 ms.
     s.server.reload.reload_file(&path, Trigger::Request).await;
-    let triggers =
-        voltha_xds::reload::trigger::spawn(s.server.reload.clone(), Some(path.clone()), s.server.shutdown.clone())
-            .await;
+    let triggers = voltha_xds::reload::trigger::spawn(
+        s.server.reload.clone(),
+        Some((path.clone(), std::fs::read(&path).expect("read"))),
+        voltha_xds::reload::trigger::Hangup::install(),
+        s.server.shutdown.clone(),
+    )
+    .await;
     let ok = |n: u64| {
         let s = &s;
         async move {
@@ -558,9 +562,13 @@ async fn a_save_in_place_is_read_once_complete_and_a_removed_file_reported_once(
     let every = "  config_reload_interval: 300ms";
     s.write(&s.config(every, "", "20ms"));
     assert_eq!(s.reload().await.result(), "ok");
-    let triggers =
-        voltha_xds::reload::trigger::spawn(s.server.reload.clone(), Some(s.path.clone()), s.server.shutdown.clone())
-            .await;
+    let triggers = voltha_xds::reload::trigger::spawn(
+        s.server.reload.clone(),
+        Some((s.path.clone(), std::fs::read(&s.path).expect("read"))),
+        voltha_xds::reload::trigger::Hangup::install(),
+        s.server.shutdown.clone(),
+    )
+    .await;
     let count = |result: &'static str| s.server.metrics.config_reload_count(result);
 
     let text = s.config(every, "      - { path: /saved-in-place, cluster: voltha-grpc }", "20ms");

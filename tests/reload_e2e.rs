@@ -51,8 +51,13 @@ async fn a_route_added_by_reload_is_served_on_the_same_connections(delta: bool) 
     )
     .await
     .expect("server starts");
-    let triggers =
-        voltha_xds::reload::trigger::spawn(server.reload.clone(), Some(path.clone()), server.shutdown.clone()).await;
+    let triggers = voltha_xds::reload::trigger::spawn(
+        server.reload.clone(),
+        Some((path.clone(), std::fs::read(&path).expect("read"))),
+        voltha_xds::reload::trigger::Hangup::install(),
+        server.shutdown.clone(),
+    )
+    .await;
     let bs = bootstrap(&BootstrapOptions {
         tls: None,
         node_id: format!("reload-{}", if delta { "delta" } else { "sotw" }),

@@ -124,8 +124,12 @@ pub(crate) struct SourceView {
     pub(crate) name: String,
     /// `starting`, `ok` or `error`.
     pub(crate) state: String,
-    /// Whether it has delivered data at least once.
+    /// Whether it has data: delivered at least once, or carried over (below).
     pub(crate) delivered: bool,
+    /// Its data is the last good data of the source it replaced on a reload; it has not
+    /// delivered itself yet.
+    #[serde(default)]
+    pub(crate) carried_over: bool,
     pub(crate) last_success: Option<f64>,
     pub(crate) last_error: Option<String>,
     pub(crate) last_error_at: Option<f64>,

@@ -795,6 +795,11 @@ impl Config {
     /// Reads, parses and validates a configuration file.
     /// A file larger than 4 MiB is refused without reading it all.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        Self::load_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with the text it parsed (what `serve` records as applied).
+    pub fn load_text(path: &std::path::Path) -> Result<(Config, String), ConfigError> {
         use std::io::Read;
         let read_error = |error| ConfigError::Read {
             path: path.display().to_string(),
@@ -818,10 +823,11 @@ impl Config {
         if text.len() > MAX_CONFIG_BYTES {
             return Err(too_large(text.len() as u64));
         }
-        Self::from_yaml_named(&text, &path.display().to_string()).map_err(|e| match e {
-            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
-            other => other,
-        })
+        match Self::from_yaml_named(&text, &path.display().to_string()) {
+            Ok(config) => Ok((config, text)),
+            Err(ConfigError::Parse(m)) => Err(ConfigError::Parse(format!("{}: {m}", path.display()))),
+            Err(other) => Err(other),
+        }
     }
 
     /// The embedded default configuration.

@@ -129,3 +129,128 @@ async fn a_refused_reload_changes_nothing() {
     r.shutdown.cancel();
     r.stopped().await;
 }
+
+/// The log lines written while `f` runs, as JSON objects (a capture on this thread).
+async fn logged<F: std::future::Future>(f: F) -> (F::Output, Vec<serde_json::Value>) {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let out = f.await;
+    drop(guard);
+    let text = String::from_utf8_lossy(&buf.0.lock()).to_string();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out, lines)
+}
+
+/// The warn lines of one reload result: one per error (with the error) and the summary.
+fn warn_lines<'a>(lines: &'a [serde_json::Value], result: &str) -> (Vec<&'a str>, Vec<&'a serde_json::Value>) {
+    let warn: Vec<&serde_json::Value> = lines.iter().filter(|l| l["level"] == "WARN").collect();
+    let per_error = warn
+        .iter()
+        .filter(|l| l["fields"]["message"] == format!("configuration reload {result}").as_str())
+        .map(|l| {
+            assert_eq!(l["fields"]["result"], result, "{l}");
+            l["fields"]["error"].as_str().unwrap_or_default()
+        })
+        .collect();
+    let summary = warn
+        .iter()
+        .copied()
+        .filter(|l| {
+            l["fields"]["message"]
+                == format!("configuration reload {result}; the running configuration is kept").as_str()
+        })
+        .collect();
+    (per_error, summary)
+}
+
+#[tokio::test]
+async fn an_invalid_and_a_refused_reload_log_one_warn_line_per_error() {
+    let (r, _, _) = reloader(config(STATIC));
+    let errors = vec!["first \"bad\" key".to_string(), "second".to_string()];
+    let (out, lines) = logged(r.apply(Err(errors.clone()), Trigger::Signal)).await;
+    assert_eq!(out, Outcome::Invalid(errors));
+    let (per_error, summary) = warn_lines(&lines, "invalid");
+    assert_eq!(per_error, ["\"first \\\"bad\\\" key\"", "\"second\""], "{lines:?}");
+    assert_eq!(summary.len(), 1, "{lines:?}");
+    assert_eq!(summary[0]["fields"]["errors"], 2);
+    assert_eq!(summary[0]["fields"]["trigger"], "sighup");
+
+    let refused = config(&format!(
+        "server: {{ max_streams: 7, xds_listen: \"127.0.0.1:1\" }}\n{STATIC}"
+    ));
+    let (out, lines) = logged(r.apply(Ok(refused), Trigger::Request)).await;
+    let Outcome::Refused(keys) = out else {
+        panic!("refused: {out:?}")
+    };
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let (per_error, summary) = warn_lines(&lines, "refused");
+    let want: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    assert_eq!(per_error, want, "{lines:?}");
+    assert_eq!(summary.len(), 1, "{lines:?}");
+    assert_eq!(summary[0]["fields"]["errors"], 2);
+    assert!(warn_lines(&lines, "invalid").0.is_empty());
+    r.shutdown.cancel();
+    r.stopped().await;
+}
+
+/// The file changed between the read `serve` parsed and the watcher's start: the content
+/// recorded as applied is the one parsed, so the change is reloaded, not taken as applied.
+#[tokio::test]
+async fn a_change_after_the_parsed_read_at_start_is_reloaded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("config.yaml");
+    let parsed = format!("server: {{ config_reload_interval: 100ms }}\n{STATIC}");
+    let (r, _, _) = reloader(config(&parsed));
+    let r = Arc::new(r);
+    // Written after the parse, before the watcher starts.
+    let changed = parsed.replace("10.0.0.1:80", "10.0.0.2:80");
+    std::fs::write(&path, &changed).expect("write");
+    let tasks = trigger::spawn(
+        r.clone(),
+        Some((path.clone(), parsed.into_bytes())),
+        trigger::Hangup::install(),
+        r.shutdown.clone(),
+    )
+    .await;
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while r.live().status().reloads_ok == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(applied.is_ok(), "the change was not reloaded: {:?}", r.live().status());
+    let c = r.live().config();
+    assert_eq!(
+        c.clusters[0]
+            .endpoints
+            .static_endpoints
+            .as_ref()
+            .map(|s| s[0].to_string()),
+        Some("10.0.0.2:80".into())
+    );
+    r.shutdown.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    r.stopped().await;
+}

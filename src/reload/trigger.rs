@@ -78,37 +78,71 @@ impl Stamp {
     }
 }
 
-/// Starts the SIGHUP handler and, with a file, its periodic check. Both end with `shutdown`.
-pub async fn spawn(reloader: Arc<Reloader>, path: Option<PathBuf>, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    if let Some(p) = &path {
-        reloader.set_path(p).await;
-        tasks.push(tokio::spawn(watch(reloader.clone(), p.clone(), shutdown.clone())));
-    }
+/// SIGHUP's handler, installed before the server starts so that a SIGHUP during start-up is
+/// kept (and reloads once [`spawn`] runs) instead of ending the process.
+pub struct Hangup {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        got = hup.recv() => if got.is_none() { return },
-                    }
-                    match &path {
-                        Some(p) => {
-                            reloader.reload_file(p, Trigger::Signal).await;
-                        }
-                        None => tracing::info!(
-                            "SIGHUP: the running configuration is the embedded default (no --config); \
-                             there is nothing to reload"
-                        ),
-                    }
-                }
-            })),
-            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; the configuration file is still checked"),
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Installs the handler (within a Tokio runtime). A failure is logged; the file is still
+    /// checked.
+    pub fn install() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cannot handle SIGHUP; the configuration file is still checked"),
+                )
+                .ok();
+            Hangup { signal }
         }
+        #[cfg(not(unix))]
+        Hangup {}
     }
+}
+
+/// Starts the SIGHUP handler and, with a file, its periodic check. Both end with `shutdown`.
+/// `path` is the `--config` file and the content the running configuration was parsed from.
+pub async fn spawn(
+    reloader: Arc<Reloader>,
+    path: Option<(PathBuf, Vec<u8>)>,
+    hangup: Hangup,
+    shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let path = match path {
+        Some((p, applied)) => {
+            reloader.set_path(&p, applied).await;
+            tasks.push(tokio::spawn(watch(reloader.clone(), p.clone(), shutdown.clone())));
+            Some(p)
+        }
+        None => None,
+    };
+    #[cfg(unix)]
+    if let Some(mut hup) = hangup.signal {
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
+                match &path {
+                    Some(p) => {
+                        reloader.reload_file(p, Trigger::Signal).await;
+                    }
+                    None => tracing::info!(
+                        "SIGHUP: the running configuration is the embedded default (no --config); \
+                         there is nothing to reload"
+                    ),
+                }
+            }
+        }));
+    }
+    #[cfg(not(unix))]
+    let _ = (hangup, path);
     tasks
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Health {
     pub(crate) last_error: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
     pub(crate) last_error_at: Option<SystemTime>,
+    /// The data is the last good data of the source this one replaced on a reload (its settings
+    /// changed); it has not delivered itself yet. Cleared by its first delivery.
+    pub(crate) carried_over: bool,
 }
 
 fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
@@ -68,11 +71,25 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
+    #[cfg(test)]
     pub(crate) fn new(name: &str, metrics: Arc<Metrics>) -> (Publisher, SourceHandle) {
+        Publisher::starting_from(name, metrics, None)
+    }
+
+    /// A publisher whose state starts from `carried`: the last good data of the source it
+    /// replaces on a reload (marked [`Health::carried_over`] until its own first delivery), so
+    /// the reconciler and readiness go on while it starts. `None`: starts empty, as at start-up.
+    pub(crate) fn starting_from(
+        name: &str,
+        metrics: Arc<Metrics>,
+        carried: Option<Arc<SourceData>>,
+    ) -> (Publisher, SourceHandle) {
+        let carried_over = carried.is_some();
         let (tx, rx) = watch::channel(SourceState {
-            data: None,
+            data: carried,
             health: Health {
                 state: "starting",
+                carried_over,
                 ..Default::default()
             },
         });
@@ -99,8 +116,9 @@ impl Publisher {
             if changed {
                 st.data = Some(Arc::new(data));
             }
-            let first_ok = st.health.state != "ok";
+            let first_ok = st.health.state != "ok" || st.health.carried_over;
             st.health.state = "ok";
+            st.health.carried_over = false;
             st.health.last_success = Some(now);
             changed || first_ok
         });
@@ -112,7 +130,7 @@ impl Publisher {
         self.metrics.source_success(&self.name, now);
         self.tx.send_if_modified(|st| {
             st.health.last_success = Some(now);
-            let was_failing = st.health.state != "ok" && st.data.is_some();
+            let was_failing = st.health.state != "ok" && st.data.is_some() && !st.health.carried_over;
             if was_failing {
                 st.health.state = "ok";
             }
@@ -150,58 +168,58 @@ fn cut(message: String, max: usize) -> String {
     }
 }
 
-/// Starts these sources (the reload supervisor starts one at a time, each with its own token).
-pub(crate) fn spawn<'a>(
-    sources: impl IntoIterator<Item = &'a SourceConfig>,
+/// Starts one source (the reload supervisor starts one at a time, each with its own token);
+/// its state starts from `carried` (see [`Publisher::starting_from`]).
+pub(crate) fn spawn_one(
+    s: &SourceConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Vec<SourceHandle> {
-    sources
-        .into_iter()
-        .map(|s| match s {
-            SourceConfig::File {
-                name,
-                path,
-                format,
-                poll_interval,
-                max_value_bytes,
-                watch,
-            } => {
-                let (p, h) = Publisher::new(name, metrics.clone());
-                let w = file::Watcher::new(path.clone(), *format, *max_value_bytes);
-                tokio::spawn(file::run(p, w, poll_interval.0, *watch, shutdown.clone()));
-                h
-            }
-            SourceConfig::Consul(c) => {
-                let (p, h) = Publisher::new(&c.name, metrics.clone());
-                match consul::Settings::resolve(c) {
-                    Ok(settings) => {
-                        let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
-                        tokio::spawn(consul::run(p, settings, backoff, shutdown.clone()));
-                    }
-                    Err(e) => p.fail("config", e),
+    carried: Option<Arc<SourceData>>,
+) -> SourceHandle {
+    let new = |name: &str| Publisher::starting_from(name, metrics.clone(), carried.clone());
+    match s {
+        SourceConfig::File {
+            name,
+            path,
+            format,
+            poll_interval,
+            max_value_bytes,
+            watch,
+        } => {
+            let (p, h) = new(name);
+            let w = file::Watcher::new(path.clone(), *format, *max_value_bytes);
+            tokio::spawn(file::run(p, w, poll_interval.0, *watch, shutdown.clone()));
+            h
+        }
+        SourceConfig::Consul(c) => {
+            let (p, h) = new(&c.name);
+            match consul::Settings::resolve(c) {
+                Ok(settings) => {
+                    let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
+                    tokio::spawn(consul::run(p, settings, backoff, shutdown.clone()));
                 }
-                h
+                Err(e) => p.fail("config", e),
             }
-            SourceConfig::Etcd(c) => {
-                let (p, h) = Publisher::new(&c.name, metrics.clone());
-                match etcd::Settings::resolve(c) {
-                    Ok(settings) => {
-                        let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
-                        tokio::spawn(etcd::run(p, settings, backoff, shutdown.clone()));
-                    }
-                    // Never delivers: not ready, and the reason is on /readyz and in the log.
-                    Err(e) => p.fail("config", e),
+            h
+        }
+        SourceConfig::Etcd(c) => {
+            let (p, h) = new(&c.name);
+            match etcd::Settings::resolve(c) {
+                Ok(settings) => {
+                    let backoff = Backoff::new(c.backoff.initial.0, c.backoff.max.0);
+                    tokio::spawn(etcd::run(p, settings, backoff, shutdown.clone()));
                 }
-                h
+                // Never delivers: not ready, and the reason is on /readyz and in the log.
+                Err(e) => p.fail("config", e),
             }
-            SourceConfig::Kubernetes(k) => {
-                let (p, h) = Publisher::new(&k.name, metrics.clone());
-                tokio::spawn(kubernetes::run(p, kubernetes::Settings::resolve(k), shutdown.clone()));
-                h
-            }
-        })
-        .collect()
+            h
+        }
+        SourceConfig::Kubernetes(k) => {
+            let (p, h) = new(&k.name);
+            tokio::spawn(kubernetes::run(p, kubernetes::Settings::resolve(k), shutdown.clone()));
+            h
+        }
+    }
 }
 
 /// The rules for a source that follows one value (a KV key, a file): what its value means.
@@ -399,6 +417,31 @@ mod key_state_tests {
 
     fn apply(k: &mut KeyState, p: &Publisher, v: Option<&[u8]>) {
         k.apply(p, FileFormat::VolthaAssignment, "key \"k\"", v);
+    }
+
+    #[test]
+    fn carried_data_is_served_until_the_first_delivery_replaces_it() {
+        let m = Arc::new(Metrics::new());
+        let old = assignment::parse(FileFormat::VolthaAssignment, TWO).expect("parses");
+        let (p, mut h) = Publisher::starting_from("k", m, Some(Arc::new(old.clone())));
+        assert_eq!(hosts(&h), Some(2));
+        assert!(h.rx.borrow().health.carried_over);
+        // Neither a failure nor a "healthy" without a delivery ends the carry-over.
+        p.fail("absent", "missing".into());
+        p.healthy();
+        let st = h.rx.borrow_and_update().clone();
+        assert_eq!(
+            (st.health.state, st.health.carried_over, hosts(&h)),
+            ("error", true, Some(2))
+        );
+        // The first delivery, even of equal data, is the source's own, and wakes the reader.
+        p.deliver(old);
+        assert!(h.rx.has_changed().unwrap_or(false));
+        let st = h.rx.borrow_and_update().clone();
+        assert_eq!((st.health.state, st.health.carried_over), ("ok", false));
+        let mut k = KeyState::default();
+        apply(&mut k, &p, Some(br#"{"0001": {"id": "a", "host": "10.0.0.7"}}"#));
+        assert_eq!(hosts(&h), Some(1));
     }
 
     #[test]
