@@ -483,7 +483,7 @@ pub fn share_names(set: std::collections::BTreeSet<Arc<str>>) -> NameSet {
     let shared = Arc::new(Names::new(set));
     bucket.push(Arc::downgrade(&shared));
     sets.inserts += 1;
-    if sets.inserts % 1024 == 0 {
+    if sets.inserts.is_multiple_of(1024) {
         sets.by_hash.retain(|_, b| {
             b.retain(|w| w.strong_count() > 0);
             !b.is_empty()
