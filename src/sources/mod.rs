@@ -195,7 +195,8 @@ pub fn spawn_all(config: &Config, metrics: Arc<Metrics>, shutdown: CancellationT
                 let (p, h) = Publisher::new(&k.name, metrics.clone());
                 match kubernetes::Settings::resolve(k) {
                     Ok(settings) => {
-                        tokio::spawn(kubernetes::run(p, settings, shutdown.clone()));
+                        let backoff = Backoff::new(k.backoff.initial.0, k.backoff.max.0);
+                        tokio::spawn(kubernetes::run(p, settings, backoff, shutdown.clone()));
                     }
                     Err(e) => p.fail("config", e),
                 }
