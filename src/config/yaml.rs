@@ -10,9 +10,9 @@
 //!
 //! Bounds, on top of the size and nesting checks made before parsing ([`super::limits`]):
 //! aliases may replay at most [`MAX_ALIAS_EVENTS`] parse events in all (an "alias bomb",
-//! where each anchor repeats the previous one several times, is refused in a few
-//! milliseconds), and the parser's own budgets (one million events, 50,000 anchors and
-//! aliases) apply.
+//! where each anchor repeats the previous one several times, is refused once it has replayed
+//! that many), and the parser's own budgets (one million events, 50,000 anchors and aliases)
+//! apply.
 
 use serde::de::DeserializeOwned;
 
@@ -40,7 +40,7 @@ pub(crate) fn to_string<T: serde::Serialize>(value: &T) -> Result<String, String
     serde_saphyr::to_string(value).map_err(|e| e.to_string())
 }
 
-/// The error on one line, its position first.
+/// The error on one line, ending with its position (`at line L, column C`).
 fn message(e: &serde_saphyr::Error) -> String {
     let text = e.render_with_formatter(&serde_saphyr::UserMessageFormatter);
     text.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -15,9 +15,11 @@
 //! watch error (API server unreachable, refused, …) is reported (`Publisher::fail`: log, metric,
 //! `/readyz`), the last good state stays served, and the namespace's watcher is restarted after
 //! the source's [`Backoff`] (the one every source uses, from its `backoff` settings; back to
-//! `initial` once a list completes), which ends in a full relist. kube-runtime's watcher is run
-//! without a backoff of its own: an error ends it, and this module decides when to start again. A `410 Gone` is routine: the watcher relists at once; it is counted (kind `gone`) and
-//! logged at info level, and the source's health stays `ok`.
+//! `initial` once a list completes), which ends in a full relist. kube-runtime's watcher runs
+//! without a backoff of its own (an error ends it and this module decides when to start
+//! again), and the client's own retry of `429`/`503`/`504` is off. A `410 Gone` is routine:
+//! the watcher relists at once; it is counted (kind `gone`) and logged at info level, and the
+//! source's health stays `ok`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
