@@ -8,6 +8,7 @@
 #    PATH, or when ETCD_BIN is set).
 #  - Chromium: Debian's chromium (apt-get; skipped when it is on PATH, or when CHROMIUM_BIN is
 #    set), for the status page test.
+#  - scripts/check-rust-version.sh: no dependency declares a higher `rust-version` than ours.
 #  - cargo test for every target. The cargo target dir defaults to a cache outside the clone
 #    ($HOME/.cache/voltha-xds/target) so repeated runs and fresh clones build incrementally.
 #  - On a full run (no arguments): deploy/check.sh (offline checks of Dockerfile,
@@ -68,6 +69,9 @@ if [ -z "${CHROMIUM_BIN:-}" ] && ! command -v chromium >/dev/null; then
 fi
 
 echo "== Envoy: $("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: [^ ]*' || echo unknown)"
+
+echo "== rust-version floor against the dependencies' declared floors"
+scripts/check-rust-version.sh
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
 if [ $# -eq 0 ]; then

@@ -111,7 +111,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Result<String, String> {
     if let Some(t) = &o.tls {
         v["static_resources"]["clusters"][0]["transport_socket"] = transport_socket(t, &host, is_ip);
     }
-    serde_yaml::to_string(&v).map_err(|e| e.to_string())
+    crate::config::yaml::to_string(&v)
 }
 
 /// `voltha-xds bootstrap --grpc`: the JSON bootstrap of a proxyless gRPC client (the file
@@ -227,7 +227,7 @@ mod tests {
                 tls: Some(tls(client)),
                 ..opts(xds, false)
             };
-            let y: Value = serde_yaml::from_str(&bootstrap(&o).expect("ok")).expect("yaml");
+            let y: Value = crate::config::yaml::from_str(&bootstrap(&o).expect("ok")).expect("yaml");
             y["static_resources"]["clusters"][0]["transport_socket"]["typed_config"].clone()
         };
         let by_ip = socket("127.0.0.1:18000", false);
@@ -274,7 +274,8 @@ mod tests {
 
     #[test]
     fn bootstrap_points_ads_at_the_server() {
-        let y: Value = serde_yaml::from_str(&bootstrap(&opts("127.0.0.1:18000", true)).expect("ok")).expect("yaml");
+        let y: Value =
+            crate::config::yaml::from_str(&bootstrap(&opts("127.0.0.1:18000", true)).expect("ok")).expect("yaml");
         assert_eq!(y["node"]["cluster"], "voltha");
         assert_eq!(y["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
         let c = &y["static_resources"]["clusters"][0];
@@ -288,7 +289,8 @@ mod tests {
     #[test]
     fn dns_names_use_strict_dns_and_bad_addresses_are_refused() {
         let y: Value =
-            serde_yaml::from_str(&bootstrap(&opts("voltha-xds.voltha.svc:18000", false)).expect("ok")).expect("yaml");
+            crate::config::yaml::from_str(&bootstrap(&opts("voltha-xds.voltha.svc:18000", false)).expect("ok"))
+                .expect("yaml");
         assert_eq!(y["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
         assert_eq!(y["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
         assert!(bootstrap(&opts("no-port", false)).is_err());

@@ -14,8 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 use voltha_xds::bootstrap::{bootstrap, BootstrapOptions};
 use voltha_xds::config::{Config, SourceConfig};
 use voltha_xds::sources::assignment::parse_assignment;
@@ -41,12 +40,9 @@ fn manifests() -> Vec<Value> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read manifest");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            if !v.is_null() {
-                out.push(v);
-            }
-        }
+        let docs = serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        out.extend(docs.into_iter().filter(|v| !v.is_null()));
     }
     out
 }
@@ -58,6 +54,24 @@ fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .collect();
     assert_eq!(found.len(), 1, "exactly one {kind} {name}");
     found[0]
+}
+
+/// YAML's names for a parsed document's lists and maps.
+trait Yaml {
+    fn as_sequence(&self) -> Option<&Vec<Value>>;
+    fn as_mapping(&self) -> Option<&serde_json::Map<String, Value>>;
+    fn is_mapping(&self) -> bool {
+        self.as_mapping().is_some()
+    }
+}
+
+impl Yaml for Value {
+    fn as_sequence(&self) -> Option<&Vec<Value>> {
+        self.as_array()
+    }
+    fn as_mapping(&self) -> Option<&serde_json::Map<String, Value>> {
+        self.as_object()
+    }
 }
 
 fn str_of(v: &Value) -> &str {
@@ -448,7 +462,7 @@ fn example_envoy_bootstraps_from_the_service() {
     assert_eq!(port.parse::<u64>().expect("port"), xds_port);
 
     // The bootstrap this produces points ADS at that address (the code's own rendering).
-    let y: serde_json::Value = serde_yaml::from_str(&bootstrap(&opts).expect("bootstrap")).expect("yaml");
+    let y: serde_json::Value = serde_saphyr::from_str(&bootstrap(&opts).expect("bootstrap")).expect("yaml");
     let c = &y["static_resources"]["clusters"][0];
     assert_eq!(c["type"], "STRICT_DNS");
     let sa = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
@@ -637,7 +651,7 @@ fn dockerfile_copies_what_the_build_reads() {
 #[test]
 fn compose_wiring_agrees_with_the_configuration() {
     let text = read("docker-compose.yml");
-    let compose: Value = serde_yaml::from_str(&text).expect("docker-compose.yml");
+    let compose: Value = serde_saphyr::from_str(&text).expect("docker-compose.yml");
     let services = compose["services"].as_mapping().expect("services");
     let svc = |name: &str| -> &Value {
         services
@@ -691,7 +705,7 @@ fn compose_wiring_agrees_with_the_configuration() {
     let fake_cores: BTreeSet<String> = services
         .iter()
         .filter(|(_, s)| s["build"]["target"] == "fake-core")
-        .map(|(k, _)| str_of(k).to_string())
+        .map(|(k, _)| k.clone())
         .collect();
     assert_eq!(hosts, fake_cores);
     let core_ports: BTreeSet<u16> = config
@@ -883,7 +897,7 @@ fn the_network_policy_has_no_allow_all_peer() {
     assert_eq!(allow_all_peers(np), Vec::<String>::new());
     let rules = np["spec"]["ingress"].as_sequence().map_or(0, |r| r.len());
     assert_eq!(rules, 2);
-    let peer = |y: &str| -> Value { serde_yaml::from_str(y).expect("peer") };
+    let peer = |y: &str| -> Value { serde_saphyr::from_str(y).expect("peer") };
     let wide = [
         peer("podSelector: {}"),
         peer("namespaceSelector: {}"),
@@ -896,16 +910,13 @@ fn the_network_policy_has_no_allow_all_peer() {
         for w in &wide {
             let mut widened = np.clone();
             widened["spec"]["ingress"][i]["from"]
-                .as_sequence_mut()
+                .as_array_mut()
                 .expect("from")
                 .push(w.clone());
             assert!(!allow_all_peers(&widened).is_empty(), "rule {i} with {w:?}");
         }
         let mut open = np.clone();
-        open["spec"]["ingress"][i]
-            .as_mapping_mut()
-            .expect("rule")
-            .remove("from");
+        open["spec"]["ingress"][i].as_object_mut().expect("rule").remove("from");
         assert!(!allow_all_peers(&open).is_empty(), "rule {i} without from");
     }
 }
@@ -982,12 +993,12 @@ fn the_log_level_is_set_by_its_own_variable_not_rust_log() {
     );
     assert!(!env.contains_key("RUST_LOG"), "{env:?}");
 
-    let compose: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml");
+    let compose: Value = serde_saphyr::from_str(&read("docker-compose.yml")).expect("docker-compose.yml");
     let services = compose["services"].as_mapping().expect("services");
     for (name, svc) in services {
         let env = &svc["environment"];
         assert!(env.get("RUST_LOG").is_none(), "{name:?} sets RUST_LOG");
-        if name.as_str() == Some("voltha-xds") {
+        if name == "voltha-xds" {
             assert_eq!(str_of(&env["VOLTHA_XDS_LOG_LEVEL"]), "info");
         }
     }

@@ -436,6 +436,58 @@ async fn unreachable_at_start_is_not_ready_until_the_api_server_answers() {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// The pod source retries with the backoff every source has, from its `backoff` key: 50 ms
+/// doubling to 200 ms here, where kube-runtime's own would wait 0.8 s, then 1.6 s, and more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_backoff_paces_the_retries_and_the_recovery() {
+    let api = KubeApi::start().await;
+    populate(&api);
+    let config = shipped_config(&api, 50057, free_port()).replace(
+        "    type: kubernetes\n",
+        "    type: kubernetes\n    backoff: { initial: 50ms, max: 200ms }\n",
+    );
+    let server = start_server(&config).await;
+    let admin = server.admin_debug_addr;
+    let (before, _) = wait_served(admin, "the pods' clusters", |s| s.contains_key("vcore2")).await;
+
+    // Every request is refused with a 503 from now on, and the open watches are cut.
+    api.set_refusing(true);
+    api.restart().await;
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    // Two sources watch the namespace. Each waits at most 50 + 100 + 200 + 200 + … ms between
+    // tries (at least half that): 11 to 21 tries each in 2 s.
+    let refused = api.refused();
+    eprintln!("{refused} requests refused in {window:?}");
+    assert!((10..=60).contains(&refused), "{refused} tries in {window:?}");
+    let r = readyz(admin).await.1;
+    assert_eq!(r["sources"]["rw-cores"]["state"], "error", "{r}");
+    assert_eq!(
+        served(admin).await.as_ref(),
+        Some(&before),
+        "the last good state is kept"
+    );
+    let lists = counter(
+        admin,
+        "voltha_xds_source_errors_total{source=\"rw-cores\",kind=\"list\"}",
+    )
+    .await
+    .unwrap_or(0);
+    assert!(lists >= 5, "{lists} list errors counted");
+
+    // A change made during the outage arrives within one capped wait and a relist.
+    api.modify(NS, "rw-core2-a", |p| set_ip(p, "127.0.0.23"));
+    api.set_refusing(false);
+    let (_, took) = wait_served(admin, "the change made during the outage", |s| {
+        s.get("vcore2")
+            .is_some_and(|e| e.contains(&"127.0.0.23:50057".to_string()))
+    })
+    .await;
+    eprintln!("API server answering again → change served after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    server.stop(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_namespaces_a_name_regex_a_named_port_and_ready_condition_only() {
     let api = KubeApi::start().await;

@@ -126,11 +126,11 @@ mod tests {
 
     #[test]
     fn addresses_are_parsed_as_they_are_read() {
-        let a: IpPort = serde_yaml::from_str("\"[::]:18000\"").expect("yaml");
+        let a: IpPort = crate::config::yaml::from_str("\"[::]:18000\"").expect("yaml");
         assert_eq!(a.addr(), SocketAddr::from(([0u16; 8], 18000)));
         assert_eq!(a.text(), "[::]:18000");
         assert_eq!(a.error(), None);
-        let bad: IpPort = serde_yaml::from_str("localhost:18000").expect("read; refused by validation");
+        let bad: IpPort = crate::config::yaml::from_str("localhost:18000").expect("read; refused by validation");
         assert_eq!(bad.value(), None);
         assert_eq!(bad.text(), "localhost:18000");
         assert!(bad.error().is_some());
@@ -139,18 +139,19 @@ mod tests {
     #[test]
     fn fixed_endpoints_are_parsed_as_they_are_read_with_the_default_port() {
         let ep: EndpointsConfig =
-            serde_yaml::from_str(r#"{ static: ["10.0.0.1", "[fd00::1]:81"], port: 80 }"#).expect("yaml");
+            crate::config::yaml::from_str(r#"{ static: ["10.0.0.1", "[fd00::1]:81"], port: 80 }"#).expect("yaml");
         assert_eq!(
             ep.fixed_hosts,
             [("10.0.0.1".to_string(), 80), ("fd00::1".to_string(), 81)]
         );
         assert!(ep.bad_hosts.is_empty());
-        let ep: EndpointsConfig = serde_yaml::from_str(r#"{ dns: ["vcore:81", "vcore-1"], port: 80 }"#).expect("yaml");
+        let ep: EndpointsConfig =
+            crate::config::yaml::from_str(r#"{ dns: ["vcore:81", "vcore-1"], port: 80 }"#).expect("yaml");
         assert_eq!(ep.fixed_hosts, [("vcore".to_string(), 81), ("vcore-1".to_string(), 80)]);
-        let ep: EndpointsConfig = serde_yaml::from_str(r#"{ dns: ["bad host:80", "ok:1"] }"#).expect("yaml");
+        let ep: EndpointsConfig = crate::config::yaml::from_str(r#"{ dns: ["bad host:80", "ok:1"] }"#).expect("yaml");
         assert_eq!(ep.fixed_hosts, [("ok".to_string(), 1)]);
         assert_eq!(ep.bad_hosts.len(), 1, "{:?}", ep.bad_hosts);
-        let e = serde_yaml::from_str::<EndpointsConfig>("{ sttic: [] }").expect_err("unknown key");
+        let e = crate::config::yaml::from_str::<EndpointsConfig>("{ sttic: [] }").expect_err("unknown key");
         assert!(e.to_string().contains("unknown field `sttic`"), "{e}");
     }
 

@@ -140,10 +140,10 @@ mod tests {
 
     #[test]
     fn timeout_accepts_none() {
-        let t: Timeout = serde_yaml::from_str("none").expect("none");
+        let t: Timeout = crate::config::yaml::from_str("none").expect("none");
         assert_eq!(t, Timeout::None);
-        let t: Timeout = serde_yaml::from_str("15s").expect("15s");
+        let t: Timeout = crate::config::yaml::from_str("15s").expect("15s");
         assert_eq!(t, Timeout::After(Duration::from_secs(15)));
-        assert!(serde_yaml::from_str::<Timeout>("15").is_err());
+        assert!(crate::config::yaml::from_str::<Timeout>("15").is_err());
     }
 }

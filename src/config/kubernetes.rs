@@ -43,6 +43,10 @@ pub struct KubernetesSource {
     /// A kubeconfig file to use instead of the inferred configuration.
     #[serde(default)]
     pub(crate) kubeconfig: Option<PathBuf>,
+    /// Retry pacing after a failed list or watch (or client configuration), as for Consul
+    /// and etcd.
+    #[serde(default)]
+    pub(crate) backoff: super::BackoffConfig,
 }
 
 fn default_namespaces() -> Vec<String> {
@@ -155,6 +159,11 @@ pub(super) fn validate(e: &mut Vec<String>, k: &KubernetesSource) {
         if p.as_os_str().is_empty() {
             e.push(format!("{at}: kubeconfig is empty"));
         }
+    }
+    if k.backoff.initial.0.is_zero() || k.backoff.initial.0 > k.backoff.max.0 {
+        e.push(format!(
+            "{at}: backoff.initial must be above zero and at most backoff.max"
+        ));
     }
 }
 
@@ -416,6 +425,39 @@ groups:
         assert!(e.iter().any(|x| x.contains("port 70000 is out of range")), "{e:?}");
         let e = errors_of(&BASE.replace("api_server: \"http://127.0.0.1:1\",", "namespaces: [],"));
         assert!(e.iter().any(|x| x.contains("namespaces is empty")), "{e:?}");
+    }
+
+    #[test]
+    fn a_kubernetes_source_takes_the_backoff_every_source_takes() {
+        let source = |c: &Config| match c.sources.first() {
+            Some(super::super::SourceConfig::Kubernetes(k)) => k.backoff,
+            _ => panic!("a kubernetes source"),
+        };
+        let c = Config::from_yaml(BASE).expect("valid");
+        let d = source(&c);
+        assert_eq!(
+            (d.initial.0, d.max.0),
+            (
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(30)
+            )
+        );
+        let set = BASE.replace("group_by: affinity-group", "backoff: { initial: 1s, max: 2m }");
+        let b = source(&Config::from_yaml(&set).expect("valid"));
+        assert_eq!(
+            (b.initial.0, b.max.0),
+            (std::time::Duration::from_secs(1), std::time::Duration::from_secs(120))
+        );
+        for bad in ["{ initial: 0s }", "{ initial: 2s, max: 1s }"] {
+            let e = errors_of(&BASE.replace("group_by: affinity-group", &format!("backoff: {bad}")));
+            assert_eq!(
+                e,
+                vec!["source \"rw\": backoff.initial must be above zero and at most backoff.max".to_string()],
+                "{bad}"
+            );
+        }
+        let e = errors_of(&BASE.replace("group_by: affinity-group", "backoff: { start: 1s }"));
+        assert!(e.iter().any(|x| x.contains("unknown field `start`")), "{e:?}");
     }
 
     #[test]

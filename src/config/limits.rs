@@ -1,17 +1,18 @@
 //! Limits on a configuration's text, checked before a YAML parser sees it: its size
 //! ([`MAX_CONFIG_BYTES`]) and how deeply its collections nest ([`MAX_NESTING`]).
 //!
-//! Why: a YAML parser's cost grows with the square of the nesting depth (libyaml, behind
-//! serde_yaml, revisits every open flow level on every token: 100,000 nested `[` take half a
-//! minute), and a deep document recurses deeply in any deserializer. No real configuration
-//! nests more than about ten levels.
+//! Why: a YAML parser's cost can grow with the square of the nesting depth (libyaml revisits
+//! every open flow level on every token: 100,000 nested `[` took half a minute), and a deep
+//! document recurses deeply in any deserializer. No real configuration nests more than about
+//! ten levels.
 //!
 //! The depth is found by [`nesting`], one linear pass that follows YAML's token rules (those
-//! of libyaml's scanner, which other YAML parsers share) without building anything:
+//! of libyaml's scanner, which saphyr's parser shares) without building anything:
 //! - flow collections (`[`, `{`) count one level each, except inside quoted, plain and block
 //!   scalars and comments, which are skipped with the same rules the parser uses (a `[` in
 //!   `"a[b"`, in `key: a[b`, in a `|` block or after `#` is not a collection); so does a
-//!   `key: value` entry of a flow sequence (`[a: b]` is a list holding a mapping);
+//!   `key: value` entry of a flow sequence (`[a: b]`, and `[: b]` with its empty key, are
+//!   lists holding a mapping);
 //! - block collections count one level per indentation the parser opens (a `- ` entry, a
 //!   `? ` key or a `key:` at a column deeper than the enclosing collection's, so `- - - x` on
 //!   one line is three levels), plus one for a sequence written at its mapping key's column.
@@ -437,7 +438,12 @@ impl Scanner<'_> {
                     self.allowed = false;
                 }
                 None => {
-                    self.roll_indent(col, Block::Mapping, line, 0);
+                    if flow == 0 {
+                        self.roll_indent(col, Block::Mapping, line, 0);
+                    } else {
+                        // `[ : x ]`: a pair with an empty key (YAML 1.2), a mapping of its own.
+                        self.pair(line, col, 0);
+                    }
                     self.allowed = flow == 0;
                 }
             }

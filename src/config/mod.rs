@@ -9,6 +9,7 @@ mod grpc;
 mod kubernetes;
 mod limits;
 mod validate;
+pub(crate) mod yaml;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -762,7 +763,7 @@ impl Config {
     /// [`Config::from_yaml`], with `origin` naming the text in a limit's error.
     fn from_yaml_named(text: &str, origin: &str) -> Result<Config, ConfigError> {
         limits::check(text, origin)?;
-        let mut config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = yaml::from_str(text).map_err(ConfigError::Parse)?;
         let mut errors = config.read_files();
         errors.extend(validate::validate(&config));
         if errors.is_empty() {

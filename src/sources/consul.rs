@@ -318,7 +318,7 @@ mod tests {
     use super::*;
 
     fn source(yaml: &str) -> ConsulSource {
-        serde_yaml::from_str(&format!("{{ name: kv, {yaml} }}")).expect("consul source")
+        crate::config::yaml::from_str(&format!("{{ name: kv, {yaml} }}")).expect("consul source")
     }
 
     #[test]

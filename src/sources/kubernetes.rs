@@ -14,9 +14,12 @@
 //! replace the namespace's pods only at `InitDone`, so nothing is lost or flaps in between. A
 //! watch error (API server unreachable, refused, …) is reported (`Publisher::fail`: log, metric,
 //! `/readyz`), the last good state stays served, and the namespace's watcher is restarted after
-//! kube-runtime's default backoff (0.8 s doubling to 30 s, with jitter), which ends in a full
-//! relist. A `410 Gone` is routine: the watcher relists at once; it is counted (kind `gone`) and
-//! logged at info level, and the source's health stays `ok`.
+//! the source's [`Backoff`] (the one every source uses, from its `backoff` settings; back to
+//! `initial` once a list completes), which ends in a full relist. kube-runtime's watcher runs
+//! without a backoff of its own (an error ends it and this module decides when to start
+//! again), and the client's own retry of `429`/`503`/`504` is off. A `410 Gone` is routine:
+//! the watcher relists at once; it is counted (kind `gone`) and logged at info level, and the
+//! source's health stays `ok`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,14 +30,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use kube::runtime::utils::Backoff as _;
-use kube::runtime::watcher::{self, DefaultBackoff, Event};
+use kube::runtime::watcher::{self, Event};
 use regex::Regex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Publisher;
+use super::{Backoff, Publisher};
 use crate::config::{KubernetesSource, Parsed, PodPort, Readiness};
 use crate::model::{Backend, SourceData, DEFAULT_SET};
 
@@ -82,8 +84,12 @@ impl Settings {
     }
 
     /// Builds a client. Every failure is a message for the log and `/readyz`.
+    ///
+    /// kube's own retry of `429`, `503` and `504` answers (up to 15 tries, waits growing to
+    /// minutes) is turned off: a refused request is this source's error at once (counted,
+    /// logged, on `/readyz`), retried with the source's backoff.
     pub(crate) async fn client(&self) -> Result<kube::Client, String> {
-        let config = match &self.client {
+        let mut config = match &self.client {
             ClientFrom::Infer => kube::Config::infer()
                 .await
                 .map_err(|e| format!("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster): {e}"))?,
@@ -96,6 +102,7 @@ impl Settings {
                     .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
             }
         };
+        config.default_retry = false;
         kube::Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
     }
 
@@ -350,16 +357,16 @@ enum Note {
 type Report = (usize, Note);
 
 /// Watches one namespace until `shutdown`: forwards events as entries; after an error, waits
-/// kube-runtime's default backoff and starts a fresh watcher (a full relist).
+/// `backoff` and starts a fresh watcher (a full relist).
 async fn watch_namespace(
     ns_index: usize,
     api: Api<Pod>,
     settings: Arc<Settings>,
+    mut backoff: Backoff,
     tx: mpsc::Sender<Report>,
     shutdown: CancellationToken,
 ) {
     let ns = settings.namespaces.get(ns_index).cloned().unwrap_or_default();
-    let mut backoff = DefaultBackoff::default();
     let mut last_gone: Option<Instant> = None;
     loop {
         let stream = watcher::watcher(api.clone(), settings.watcher_config());
@@ -410,7 +417,7 @@ async fn watch_namespace(
             // A relist at once, unless the previous HTTP 410 was moments ago (a server that
             // refuses every watch must not make us list in a tight loop).
             if last_gone.is_some_and(|t: Instant| t.elapsed() < Duration::from_secs(1)) {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                let delay = backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -422,7 +429,7 @@ async fn watch_namespace(
         if tx.send((ns_index, Note::Failure { kind, message })).await.is_err() {
             return;
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        let delay = backoff.next_delay();
         debug!(namespace = %ns, ?delay, "restarting the pod watch after a backoff");
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -439,16 +446,17 @@ fn logged_entry(pod: &Pod, s: &Settings) -> Option<PodEntry> {
     e
 }
 
-/// Runs the source until `shutdown`.
-pub(crate) async fn run(p: Publisher, settings: Settings, shutdown: CancellationToken) {
+/// Runs the source until `shutdown`. `backoff` paces the retries: of the client's
+/// configuration, and (a copy each) of every namespace's watch.
+pub(crate) async fn run(p: Publisher, settings: Settings, backoff: Backoff, shutdown: CancellationToken) {
     let settings = Arc::new(settings);
-    let mut backoff = DefaultBackoff::default();
+    let mut client_backoff = backoff.clone();
     let client = loop {
         match settings.client().await {
             Ok(c) => break c,
             Err(e) => {
                 p.fail("client", e);
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                let delay = client_backoff.next_delay();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -460,7 +468,14 @@ pub(crate) async fn run(p: Publisher, settings: Settings, shutdown: Cancellation
     let mut tasks = tokio::task::JoinSet::new();
     for (i, ns) in settings.namespaces.iter().enumerate() {
         let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-        tasks.spawn(watch_namespace(i, api, settings.clone(), tx.clone(), shutdown.clone()));
+        tasks.spawn(watch_namespace(
+            i,
+            api,
+            settings.clone(),
+            backoff.clone(),
+            tx.clone(),
+            shutdown.clone(),
+        ));
     }
     drop(tx);
     let mut tracker = Tracker::new(settings.namespaces.len());

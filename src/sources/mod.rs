@@ -216,7 +216,13 @@ pub(crate) fn spawn_one(
         }
         SourceConfig::Kubernetes(k) => {
             let (p, h) = new(&k.name);
-            tokio::spawn(kubernetes::run(p, kubernetes::Settings::resolve(k), shutdown.clone()));
+            let backoff = Backoff::new(k.backoff.initial.0, k.backoff.max.0);
+            tokio::spawn(kubernetes::run(
+                p,
+                kubernetes::Settings::resolve(k),
+                backoff,
+                shutdown.clone(),
+            ));
             h
         }
     }

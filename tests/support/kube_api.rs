@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +75,10 @@ struct Inner {
     watches: AtomicU64,
     /// Watch streams currently open.
     open_watches: AtomicU64,
+    /// Answer every request `503 Service Unavailable` (see [`KubeApi::set_refusing`]).
+    refusing: AtomicBool,
+    /// Requests answered so, while refusing.
+    refused: AtomicU64,
 }
 
 /// The double. Dropping it stops the server.
@@ -104,6 +108,8 @@ impl KubeApi {
                 lists: AtomicU64::new(0),
                 watches: AtomicU64::new(0),
                 open_watches: AtomicU64::new(0),
+                refusing: AtomicBool::new(false),
+                refused: AtomicU64::new(0),
             }),
             server: Mutex::new(None),
         };
@@ -199,6 +205,17 @@ impl KubeApi {
         self.inner.store.lock().http_gone = on;
     }
 
+    /// While on, every request (list or watch) is answered `503 Service Unavailable` and
+    /// counted in [`KubeApi::refused`]; connections and open watches are left as they are.
+    pub fn set_refusing(&self, on: bool) {
+        self.inner.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// Requests refused so far.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::SeqCst)
+    }
+
     /// Lists served so far.
     pub fn lists(&self) -> u64 {
         self.inner.lists.load(Ordering::SeqCst)
@@ -280,6 +297,13 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if inner.refusing.load(Ordering::SeqCst) {
+        inner.refused.fetch_add(1, Ordering::SeqCst);
+        return Ok(full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            status(503, "ServiceUnavailable", "the double is refusing requests"),
+        ));
+    }
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();

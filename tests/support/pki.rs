@@ -13,12 +13,12 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    ca_cert: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    /// The CA, to sign more certificates.
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 /// A leaf certificate for localhost and 127.0.0.1, signed by the CA: (cert PEM, key PEM).
-fn leaf(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+fn leaf(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
     use rcgen::{CertificateParams, KeyPair, SanType};
     let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
     // A subject of its own: with the issuer's name, BoringSSL (Envoy) takes it for self-signed.
@@ -28,7 +28,7 @@ fn leaf(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair, usage: rcgen::Extended
         .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
     p.extended_key_usages = vec![usage];
     let key = KeyPair::generate().expect("key");
-    let cert = p.signed_by(&key, ca, ca_key).expect("sign");
+    let cert = p.signed_by(&key, issuer).expect("sign");
     (cert.pem(), key.serialize_pem())
 }
 
@@ -42,8 +42,9 @@ impl Pki {
             .push(rcgen::DnType::CommonName, "voltha-xds test CA");
         let ca_key = KeyPair::generate().expect("key");
         let ca = ca_params.self_signed(&ca_key).expect("ca");
-        let (server_cert, server_key) = leaf(&ca, &ca_key, ExtendedKeyUsagePurpose::ServerAuth);
-        let (client_cert, client_key) = leaf(&ca, &ca_key, ExtendedKeyUsagePurpose::ClientAuth);
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let (server_cert, server_key) = leaf(&issuer, ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf(&issuer, ExtendedKeyUsagePurpose::ClientAuth);
         let write = |name: &str, pem: &str| {
             let path = dir.join(name);
             std::fs::write(&path, pem).expect("write pem");
@@ -55,15 +56,14 @@ impl Pki {
             server_key: write("server-key.pem", &server_key),
             client_cert: write("client.pem", &client_cert),
             client_key: write("client-key.pem", &client_key),
-            ca_cert: ca,
-            ca_key,
+            issuer,
         }
     }
 
     /// A new server certificate and key from the same CA, written over the server's files (the
     /// key first, as a rotation tool would leave them for a moment). Returns the new cert PEM.
     pub fn rotate_server(&self) -> String {
-        let (cert, key) = leaf(&self.ca_cert, &self.ca_key, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let (cert, key) = leaf(&self.issuer, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
         std::fs::write(&self.server_key, &key).expect("write key");
         std::fs::write(&self.server_cert, &cert).expect("write cert");
         cert

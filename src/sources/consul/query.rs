@@ -336,7 +336,7 @@ mod tests {
     async fn an_oversized_answer_is_abandoned_while_it_streams_in() {
         let (addr, server) = endless_body_server().await;
         let mut s = Settings::resolve_with(
-            &serde_yaml::from_str(&format!("{{ name: kv, address: \"{addr}\", max_value_bytes: 65536 }}"))
+            &crate::config::yaml::from_str(&format!("{{ name: kv, address: \"{addr}\", max_value_bytes: 65536 }}"))
                 .expect("source"),
             |_| None,
         )
