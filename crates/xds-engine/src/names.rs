@@ -137,7 +137,7 @@ impl NameSets {
         let shared = Arc::new(Names::new(set));
         bucket.push(Arc::downgrade(&shared));
         sets.inserts += 1;
-        if sets.inserts % 1024 == 0 {
+        if sets.inserts.is_multiple_of(1024) {
             sets.by_hash.retain(|_, b| {
                 b.retain(|w| w.strong_count() > 0);
                 !b.is_empty()
