@@ -204,6 +204,7 @@ async fn run(args: Args) -> Result<()> {
             ..Default::default()
         },
         name_sets: Arc::default(),
+        control_plane: None,
     };
     let mut svc = Csds::new(server);
     println!(

@@ -152,6 +152,9 @@ pub async fn start_with(
         max_request_bytes: config.server.max_request_bytes,
         csds: config::csds_limits(&config.server.csds),
         name_sets: Arc::default(),
+        control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+            identifier: build_info::identifier(),
+        }),
     };
     let s = &config.server;
     let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);

@@ -136,6 +136,16 @@ async fn assignment_change_reaches_new_cores(delta: bool) {
     let exited = e.envoy.proc.child.try_wait().ok().flatten();
     assert!(exited.is_none(), "envoy exited: {exited:?}");
     assert_eq!(e.envoy.stat("server.hot_restart_epoch").await, Some(0));
+    // Envoy names the control plane that configured it (`control_plane.identifier`).
+    let id = e.envoy.text_stat("control_plane.identifier").await.unwrap_or_default();
+    assert!(
+        id.starts_with(&format!(
+            "voltha-xds {} ({}) on ",
+            voltha_xds::build_info::VERSION,
+            voltha_xds::build_info::REVISION
+        )),
+        "control_plane.identifier {id:?}"
+    );
     assert_eq!(
         e.envoy.stat("http.ingress_http2.downstream_cx_total").await,
         Some(cx_before)

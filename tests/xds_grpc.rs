@@ -142,6 +142,16 @@ async fn sotw_ads_serves_every_type_and_pushes_an_assignment_change() {
     let cds = c.next().await;
     assert_eq!(cds.type_url, CDS);
     assert_eq!(cds.resources.len(), 1);
+    // Every response names the server: `control_plane.identifier`.
+    let id = cds
+        .control_plane
+        .as_ref()
+        .map(|c| c.identifier.clone())
+        .unwrap_or_default();
+    assert!(
+        id.starts_with(&format!("voltha-xds {} (", voltha_xds::build_info::VERSION)),
+        "{id:?}"
+    );
     c.send(req(CDS, &[], Some(&cds))).await;
     c.send(req(EDS, &["voltha-grpc"], None)).await;
     let eds = c.next().await;
@@ -162,6 +172,7 @@ async fn sotw_ads_serves_every_type_and_pushes_an_assignment_change() {
     assert_eq!(eds2.type_url, EDS, "only EDS changes");
     assert_ne!(eds2.version_info, eds.version_info);
     assert_eq!(hosts(&cla(&eds2)[0]), vec!["10.0.0.3"]);
+    assert_eq!(eds2.control_plane, cds.control_plane, "a push names the server too");
     c.send(req(EDS, &["voltha-grpc"], Some(&eds2))).await;
     c.nothing_for(Duration::from_millis(300)).await;
 
@@ -263,6 +274,13 @@ async fn delta_ads_serves_changes_and_resumes_without_resending() {
     assert_eq!(
         cds.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         vec!["voltha-grpc"]
+    );
+    assert!(
+        cds.control_plane
+            .as_ref()
+            .is_some_and(|c| c.identifier.starts_with("voltha-xds ")),
+        "{:?}",
+        cds.control_plane
     );
     tx.send(dreq(CDS, &[], &cds.nonce)).await.expect("ack");
     tx.send(dreq(EDS, &["voltha-grpc"], "")).await.expect("send");

@@ -199,6 +199,25 @@ impl Envoy {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// A text stat (a "text readout", e.g. `control_plane.identifier`), unquoted.
+    pub async fn text_stat(&self, name: &str) -> Option<String> {
+        let text = reqwest::get(format!("{}/stats?filter=^{}$", self.admin, regex_escape(name)))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            let v = l.strip_prefix(&format!("{name}: "))?.trim();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+                    .to_string(),
+            )
+        })
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

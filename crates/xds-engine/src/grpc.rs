@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
@@ -42,17 +43,25 @@ const CHUNK: usize = 16 * 1024;
 pub(crate) trait WireMessage: Message + Send + 'static {
     /// Takes the pre-encoded resources out, leaving the rest of the message to encode.
     fn take_resources(&mut self) -> Vec<Bytes>;
+    /// Names the control plane that sent it (`control_plane.identifier`).
+    fn set_control_plane(&mut self, cp: &ControlPlane);
 }
 
 impl WireMessage for DiscoveryResponse {
     fn take_resources(&mut self) -> Vec<Bytes> {
         std::mem::take(&mut self.resources)
     }
+    fn set_control_plane(&mut self, cp: &ControlPlane) {
+        self.control_plane = Some(cp.clone());
+    }
 }
 
 impl WireMessage for DeltaDiscoveryResponse {
     fn take_resources(&mut self) -> Vec<Bytes> {
         std::mem::take(&mut self.resources)
+    }
+    fn set_control_plane(&mut self, cp: &ControlPlane) {
+        self.control_plane = Some(cp.clone());
     }
 }
 

@@ -53,6 +53,10 @@
 //!     max_request_bytes: 4 * 1024 * 1024,
 //!     csds: CsdsLimits::default(),
 //!     name_sets: Arc::default(),
+//!     // Shown by Envoy as `control_plane.identifier`.
+//!     control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+//!         identifier: "my-control-plane".into(),
+//!     }),
 //! };
 //! server
 //!     .into_router(tonic::transport::Server::builder())

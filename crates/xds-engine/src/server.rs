@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,9 @@ pub struct XdsServer {
     pub csds: CsdsLimits,
     /// The subscriptions' name sets, shared by this server's streams.
     pub name_sets: Arc<NameSets>,
+    /// Set in every response's `control_plane` (Envoy shows it as the text stat
+    /// `control_plane.identifier`, and CSDS); `None` leaves the field out.
+    pub control_plane: Option<ControlPlane>,
 }
 
 /// CSDS's bounds (`server.csds`, documented in `docs/configuration.md`).
@@ -259,7 +263,10 @@ impl XdsServer {
                 if this.observe(sm.take_events(), &mut status, M::API, &mut push, &mut budget) {
                     _reg.publish(Arc::new(status.clone()));
                 }
-                for r in out {
+                for mut r in out {
+                    if let Some(cp) = &this.control_plane {
+                        r.set_control_plane(cp);
+                    }
                     let framed = Framed::new(r)
                         .map(Box::new)
                         .ok_or_else(|| Box::new(Status::resource_exhausted("response larger than gRPC can frame")));
@@ -289,7 +296,10 @@ impl XdsServer {
         let now = Instant::now();
         sm.on_request(req, now)?;
         match sm.poll(now).pop() {
-            Some(r) => Ok(r),
+            Some(mut r) => {
+                r.control_plane.clone_from(&self.control_plane);
+                Ok(r)
+            }
             None => Err(Status::unavailable("no snapshot has been built yet")),
         }
     }
@@ -429,6 +439,7 @@ mod tests {
             max_request_bytes: 4 << 20,
             csds: Default::default(),
             name_sets: Arc::default(),
+            control_plane: None,
         }
     }
 

@@ -428,6 +428,7 @@ fn server(csds: CsdsLimits, max_streams: usize) -> XdsServer {
         max_request_bytes: 4 * 1024 * 1024,
         csds,
         name_sets: Arc::default(),
+        control_plane: None,
     }
 }
 
