@@ -202,7 +202,7 @@ impl XdsServer {
     /// whatever the state machine wants sent.
     fn spawn_stream<M: Machine>(
         &self,
-        (reg, mut status): (Registration, ClientStatus),
+        (reg, mut status): (Registration, Arc<ClientStatus>),
         slot: OwnedSemaphorePermit,
         scope: Scope,
         mut sm: M,
@@ -213,6 +213,8 @@ impl XdsServer {
         tokio::spawn(async move {
             let _reg = reg;
             let _slot = slot;
+            // The stream's record is shared with the client table: one copy per stream at rest;
+            // a turn with events folds them into a new copy and publishes that.
             let _gauge = this.metrics.stream_opened(M::API, scope.name());
             let mut snaps = this.cache.subscribe();
             let mut push = PendingPush::default();
@@ -260,8 +262,13 @@ impl XdsServer {
                     }
                 }
                 let out = sm.poll(Instant::now());
-                if this.observe(sm.take_events(), &mut status, M::API, &mut push, &mut budget) {
-                    _reg.publish(Arc::new(status.clone()));
+                let events = sm.take_events();
+                if !events.is_empty() {
+                    let mut next = ClientStatus::clone(&status);
+                    if this.observe(events, &mut next, M::API, &mut push, &mut budget) {
+                        status = Arc::new(next);
+                        _reg.publish(status.clone());
+                    }
                 }
                 for mut r in out {
                     if let Some(cp) = &this.control_plane {
@@ -446,7 +453,8 @@ mod tests {
     /// `n` requests for `type_url` on one ADS stream, fed and observed as the stream task does.
     fn unknown_type_requests(srv: &XdsServer, type_url: &str, n: usize) -> String {
         logged(|| {
-            let (_reg, mut status) = srv.clients.register("sotw", "ads");
+            let (_reg, status) = srv.clients.register("sotw", "ads");
+            let mut status = crate::status::ClientStatus::clone(&status);
             let mut sm = SotwStream::new(Scope::Ads, srv.limits, srv.name_sets.clone());
             sm.on_snapshot(srv.cache.current());
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
@@ -516,7 +524,8 @@ mod tests {
     #[test]
     fn a_nack_log_line_names_the_group_of_the_client_that_sent_it() {
         let srv = server();
-        let (_reg, mut status) = srv.clients.register("sotw", "ads");
+        let (_reg, status) = srv.clients.register("sotw", "ads");
+        let mut status = crate::status::ClientStatus::clone(&status);
         let events = vec![
             StreamEvent::Node {
                 id: "grpc-1".into(),
@@ -555,7 +564,8 @@ mod tests {
             nonce: "1".into(),
             error: format!("bad\n{}", "e".repeat(10_000)),
         };
-        let (_reg, mut status) = srv.clients.register("sotw", "ads");
+        let (_reg, status) = srv.clients.register("sotw", "ads");
+        let mut status = crate::status::ClientStatus::clone(&status);
         let log = logged(|| {
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
             srv.observe(vec![node], &mut status, "sotw", &mut push, &mut budget);

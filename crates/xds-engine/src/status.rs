@@ -307,11 +307,12 @@ impl Registration {
 }
 
 impl ClientTable {
-    /// Registers a new stream; returns its place and its first status (published already).
-    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> (Registration, ClientStatus) {
+    /// Registers a new stream; returns its place and its first status, published already and
+    /// shared with the table (one copy per stream at rest).
+    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> (Registration, Arc<ClientStatus>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = ClientStatus::new(id, api, service);
-        self.streams.insert(id, Arc::new(status.clone()));
+        let status = Arc::new(ClientStatus::new(id, api, service));
+        self.streams.insert(id, status.clone());
         (
             Registration {
                 table: self.clone(),
@@ -529,7 +530,12 @@ mod tests {
     #[test]
     fn readers_see_the_last_published_record_and_it_does_not_change_under_them() {
         let t = Arc::new(ClientTable::default());
-        let (reg, mut st) = t.register("sotw", "ads");
+        let (reg, first) = t.register("sotw", "ads");
+        assert!(
+            Arc::ptr_eq(&first, &t.snapshot()[0]),
+            "the stream and the table share one record until the stream changes it"
+        );
+        let mut st = ClientStatus::clone(&first);
         st.node_id = "envoy-1".into();
         assert_eq!(t.snapshot()[0].node_id, "", "not published yet");
         reg.publish(Arc::new(st.clone()));

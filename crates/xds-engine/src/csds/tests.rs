@@ -261,7 +261,8 @@ fn state_machines_feed_csds() {
             reg.publish(Arc::new(st.clone()));
         };
     let names = Arc::new(NameSets::default());
-    let (reg, mut st) = table.register("sotw", "ads");
+    let (reg, st) = table.register("sotw", "ads");
+    let mut st = crate::status::ClientStatus::clone(&st);
     let mut sm = SotwStream::new(Scope::Ads, Limits::default(), names.clone());
     sm.on_snapshot(Some(snap.clone()));
     sm.on_request(req(ResourceType::Route, &["r1", "r2"], "", ""), now())
@@ -284,7 +285,8 @@ fn state_machines_feed_csds() {
     publish(&reg, &mut st, sm.take_events());
 
     // A second Envoy reconnects claiming the current CDS version: nothing is sent.
-    let (reg2, mut st2) = table.register("sotw", "ads");
+    let (reg2, st2) = table.register("sotw", "ads");
+    let mut st2 = crate::status::ClientStatus::clone(&st2);
     let mut sm2 = SotwStream::new(Scope::Ads, Limits::default(), names);
     sm2.on_snapshot(Some(snap.clone()));
     let mut claim = req(ResourceType::Cluster, &[], &cds.version_info, "");
@@ -474,7 +476,8 @@ fn messages(buf: &mut Vec<u8>) -> Vec<ClientStatusResponse> {
 }
 
 fn one_envoy(s: &XdsServer) -> crate::status::Registration {
-    let (reg, mut status) = s.clients.register("sotw", "ads");
+    let (reg, status) = s.clients.register("sotw", "ads");
+    let mut status = crate::status::ClientStatus::clone(&status);
     status.node_id = "envoy-1".into();
     reg.publish(Arc::new(status));
     reg
