@@ -305,13 +305,6 @@ fn help_lists_the_environment_variables() {
     );
 }
 
-/// The value of the `/metrics` sample whose name and labels are exactly `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// The binary's `/metrics` names its build and has the standard process metrics, read at scrape
 /// time (open connections show in `process_open_fds`); the start log line names the version.
 #[tokio::test]
@@ -403,4 +396,69 @@ fn version_names_the_revision() {
             );
         }
     }
+}
+
+/// `bootstrap --grpc` through the command line prints gRPC's bootstrap JSON: the server with
+/// `xds_v3`, the node, and the `--tls-*` files as gRPC's `tls` credentials; `--delta` is refused.
+#[test]
+fn bootstrap_grpc_prints_the_grpc_clients_bootstrap() {
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_voltha-xds"));
+        c.args([
+            "bootstrap",
+            "--grpc",
+            "--node-id",
+            "voltctl-1",
+            "--node-cluster",
+            "voltha",
+        ])
+        .args(["--xds", "xds.voltha.svc:18000"])
+        .args(extra);
+        for v in VARS {
+            c.env_remove(v);
+        }
+        c.output().expect("runs")
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let server = &v["xds_servers"][0];
+    assert_eq!(server["server_uri"], "xds.voltha.svc:18000");
+    assert_eq!(
+        server["server_features"],
+        serde_json::json!(["xds_v3", "ignore_resource_deletion"])
+    );
+    assert_eq!(server["channel_creds"], serde_json::json!([{ "type": "insecure" }]));
+    assert_eq!(v["node"]["id"], "voltctl-1");
+    assert_eq!(v["node"]["cluster"], "voltha");
+
+    let out = run(&[
+        "--tls-ca",
+        "/etc/xds/ca.pem",
+        "--tls-cert",
+        "/etc/xds/c.pem",
+        "--tls-key",
+        "/etc/xds/k.pem",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        v["xds_servers"][0]["channel_creds"],
+        serde_json::json!([{ "type": "tls", "config": {
+            "ca_certificate_file": "/etc/xds/ca.pem",
+            "certificate_file": "/etc/xds/c.pem",
+            "private_key_file": "/etc/xds/k.pem",
+        }}])
+    );
+
+    let out = run(&["--delta"]);
+    assert!(
+        !out.status.success(),
+        "gRPC's xDS client speaks State of the World only"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("State of the World"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -187,6 +187,21 @@ fn configmap_holds_a_config_the_loader_accepts() {
         "the Kubernetes deployment's configuration watches pods"
     );
     assert!(config.groups.iter().any(|g| g.name == config.default_group));
+    // Proxyless gRPC clients (`xds:///voltha-grpc`) are served by the deployed configuration too.
+    let cm = find(&all, "ConfigMap", "voltha-xds-config");
+    let deployed: serde_json::Value = serde_saphyr::from_str(str_of(&cm["data"]["voltha-xds.yaml"])).expect("YAML");
+    assert!(
+        deployed["grpc_services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "voltha-grpc")),
+        "the ConfigMap declares the gRPC service voltha-grpc"
+    );
+    assert!(
+        deployed["groups"].as_array().is_some_and(|g| g
+            .iter()
+            .any(|g| g["grpc_services"].as_array().is_some_and(|s| !s.is_empty()))),
+        "a group serves it"
+    );
     // A changed key is caught: the loader refuses an unknown one.
     let cm = find(&all, "ConfigMap", "voltha-xds-config");
     let broken = str_of(&cm["data"]["voltha-xds.yaml"]).replace("default_group:", "default_groop:");

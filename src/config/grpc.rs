@@ -41,7 +41,7 @@ pub enum RouteConfigMode {
 pub(crate) const MAX_GRPC_SERVICE_NAME: usize = 253;
 
 impl Config {
-    pub fn grpc_service(&self, name: &str) -> Option<&GrpcServiceConfig> {
+    pub(crate) fn grpc_service(&self, name: &str) -> Option<&GrpcServiceConfig> {
         self.grpc_services.iter().find(|s| s.name == name)
     }
 }
@@ -131,6 +131,12 @@ fn route(e: &mut Vec<String>, c: &Config, at: &str, r: &RouteConfig) {
         if h.exact.is_some() == h.prefix.is_some() {
             e.push(format!(
                 "{at}: header {:?} needs exactly one of exact or prefix",
+                h.name
+            ));
+        }
+        if h.prefix.as_deref() == Some("") {
+            e.push(format!(
+                "{at}: header {:?}: an empty prefix matches any value (Envoy and gRPC refuse it)",
                 h.name
             ));
         }
@@ -254,7 +260,7 @@ clusters:
                 "      - { prefix: /d, cluster: rr, prefix_rewrite: / }\n",
                 "      - { prefix: /e, cluster: nope }\n",
                 "      - { prefix: /f, cluster: fan }\n",
-                "      - { prefix: /g, cluster: rr, headers: [{ name: grpc-timeout, exact: x }, { name: k-bin, prefix: a }, { name: ':authority', exact: a }] }\n",
+                "      - { prefix: /g, cluster: rr, headers: [{ name: grpc-timeout, exact: x }, { name: k-bin, prefix: a }, { name: ':authority', exact: a }, { name: x-any, prefix: '' }] }\n",
                 "      - { path: nope, cluster: rr, timeout: 0s }\n",
                 "      - { prefix: /h, cluster: binhash }\n",
                 "      - { prefix: /i, cluster: grpchash }\n",
@@ -276,6 +282,7 @@ clusters:
             "grpc service \"svc\" route 7: header \"grpc-timeout\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
             "grpc service \"svc\" route 7: header \"k-bin\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
             "grpc service \"svc\" route 7: header \":authority\" cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
+            "grpc service \"svc\" route 7: header \"x-any\": an empty prefix matches any value (Envoy and gRPC refuse it)",
             "grpc service \"svc\" route 8: \"nope\" must start with '/'",
             "grpc service \"svc\" route 8: timeout 0 is ambiguous; write `none` for no timeout",
             "grpc service \"svc\" route 9: cluster \"binhash\" hashes on header \"x-id-bin\", which gRPC clients do not hash on (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",

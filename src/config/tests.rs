@@ -123,7 +123,7 @@ listeners:
       - { cluster: rh }
       - { prefix: a, path: /b, cluster: rh }
       - { path: /x, prefix_rewrite: /, cluster: rh, timeout: 0s }
-      - { prefix: /, cluster: rh, headers: [{ name: h }] }
+      - { prefix: /, cluster: rh, headers: [{ name: h }, { name: x-any, prefix: "" }] }
   - name: l2
     address: 0.0.0.0:80
     routes: [{ prefix: /, cluster: rh }]
@@ -152,6 +152,7 @@ groups:
         "listener \"l\" route 3: prefix_rewrite needs a prefix match",
         "listener \"l\" route 3: timeout 0 is ambiguous",
         "listener \"l\" route 4: header \"h\" needs exactly one of exact or prefix",
+        "listener \"l\" route 4: header \"x-any\": an empty prefix matches any value (Envoy and gRPC refuse it)",
         "default_group: unknown group \"missing\"",
         "group \"g\": listeners \"l\" and \"l2\" both use port 80",
         "group \"g\": unknown listener \"nol\"",

@@ -234,6 +234,12 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                         h.name
                     ));
                 }
+                if h.prefix.as_deref() == Some("") {
+                    e.push(format!(
+                        "{at}: header {:?}: an empty prefix matches any value (Envoy and gRPC refuse it)",
+                        h.name
+                    ));
+                }
             }
         }
     }

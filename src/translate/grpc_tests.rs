@@ -107,17 +107,55 @@ fn the_default_profile_twin_has_an_api_listener_the_same_routes_and_eds_clusters
     assert!(!groups.contains_key("front-proxy/grpc"));
 }
 
+/// Every source of `config` with cores in two sets ("1", "2") and the default set holding both.
+fn every_source_ready(config: &Config) -> Model {
+    let b = |ip: &str| Backend {
+        host: ip.into(),
+        port: Some(50057),
+        id: Some(ip.into()),
+    };
+    let mut m = Model::default();
+    for s in &config.sources {
+        let mut sets = BTreeMap::new();
+        sets.insert("1".to_string(), vec![b("10.0.1.1")]);
+        sets.insert("2".to_string(), vec![b("10.0.2.1")]);
+        sets.insert(String::new(), vec![b("10.0.1.1"), b("10.0.2.1")]);
+        m.sources.insert(s.name().to_string(), Arc::new(SourceData { sets }));
+    }
+    m
+}
+
 #[test]
-fn envoy_groups_are_the_same_with_and_without_grpc_services() {
-    let with = Config::embedded_default().expect("config");
-    let without = Config::from_yaml(&crate::config::EMBEDDED_DEFAULT.replace("    grpc_services: [voltha-grpc]\n", ""))
-        .expect("config");
-    let m = assignment(&["10.0.0.1"]);
-    let a = translate(&m, &with).expect("translate");
-    let b = translate(&m, &without).expect("translate");
-    assert_eq!(a.len(), b.len() + 1);
-    for (name, g) in &b {
-        assert_eq!(a.get(name), Some(g), "group {name}");
+fn envoy_groups_are_the_same_with_and_without_grpc_services_in_every_shipped_config() {
+    let shipped = [
+        (
+            "voltha-xds.yaml (the embedded default)",
+            crate::config::EMBEDDED_DEFAULT,
+        ),
+        ("voltha-consul.yaml", include_str!("../../config/voltha-consul.yaml")),
+        ("voltha-etcd.yaml", include_str!("../../config/voltha-etcd.yaml")),
+        (
+            "voltha-kubernetes.yaml",
+            include_str!("../../config/voltha-kubernetes.yaml"),
+        ),
+    ];
+    for (file, text) in shipped {
+        let with = Config::from_yaml(text).expect("config");
+        let mut without = with.clone();
+        let mut twins = 0;
+        for g in &mut without.groups {
+            twins += usize::from(!g.grpc_services.is_empty());
+            g.grpc_services.clear();
+        }
+        without.grpc_services.clear();
+        assert!(twins > 0, "{file} serves proxyless gRPC clients");
+        let m = every_source_ready(&with);
+        let a = translate(&m, &with).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let b = translate(&m, &without).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(a.len(), b.len() + twins, "{file}: one twin per group with services");
+        for (name, g) in &b {
+            assert_eq!(a.get(name), Some(g), "{file}: Envoy's group {name} is unchanged");
+        }
     }
 }
 
