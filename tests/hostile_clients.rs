@@ -235,14 +235,7 @@ async fn mutated_and_random_requests_never_cost_a_good_client_its_updates() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("assignment.json");
     let (server, admin) = voltha_on(&file, &["127.0.0.1", "127.0.0.2"]).await;
-    let uri = format!("http://{}", server.xds_addr);
-    let channel = || async {
-        Channel::from_shared(uri.clone())
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
-    };
+    let channel = || channel(server.xds_addr);
 
     // The good client: CDS, then EDS for voltha-grpc, ACKing as Envoy does.
     let (tx, rx) = mpsc::channel(16);
@@ -335,24 +328,11 @@ async fn mutated_and_random_requests_never_cost_a_good_client_its_updates() {
 
     // Bad requests were seen and counted; the admin API answers; nothing was left open.
     let metrics = get_text(&format!("{admin}/metrics")).await;
-    let counted: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("voltha_xds_bad_requests_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("bad request counter");
+    let counted = sample(&metrics, "voltha_xds_bad_requests_total").expect("bad request counter");
     eprintln!("400 hostile streams: {refused} refused with INVALID_ARGUMENT, {answered} answered; {counted} bad requests counted");
     assert!(counted >= 50.0, "only {counted} bad requests counted:\n{metrics}");
-    wait_for(WAIT, "only the good stream left open", || {
-        let url = format!("{admin}/metrics");
-        async move {
-            let m = get_text(&url).await;
-            let open: f64 = m
-                .lines()
-                .filter(|l| l.starts_with("voltha_xds_streams{"))
-                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum();
-            (open == 1.0).then_some(())
-        }
+    wait_for(WAIT, "only the good stream left open", || async {
+        (metric_sum(server.admin_addr, "voltha_xds_streams").await == 1.0).then_some(())
     })
     .await;
     drop(tx);
@@ -396,15 +376,10 @@ groups:
         async move { (get_json(&url).await.0 == 200).then_some(()) }
     })
     .await;
-    let uri = format!("http://{}", server.xds_addr);
 
     // Opens an EDS stream for `big` and returns it after its first response (ACKed).
-    let open = |uri: String| async move {
-        let ch = Channel::from_shared(uri)
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+    let open = |addr: std::net::SocketAddr| async move {
+        let ch = channel(addr).await;
         let (tx, rx) = mpsc::channel(64);
         let mut rx_stream = AggregatedDiscoveryServiceClient::new(ch)
             .max_decoding_message_size(16 << 20)
@@ -439,9 +414,9 @@ groups:
         resource_names: vec!["big".into()],
         ..Default::default()
     };
-    let (good_tx, mut good, first) = open(uri.clone()).await;
+    let (good_tx, mut good, first) = open(server.xds_addr).await;
     good_tx.send(ack(&first)).await.expect("ack");
-    let (stalled_tx, mut stalled, first) = open(uri.clone()).await;
+    let (stalled_tx, mut stalled, first) = open(server.xds_addr).await;
     stalled_tx.send(ack(&first)).await.expect("ack");
 
     // The one address of the set that is not 10.x.y.z: the change's mark.
@@ -495,17 +470,9 @@ groups:
 async fn stream_churn_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("assignment.json");
-    let (server, admin) = voltha_on(&file, &["127.0.0.1"]).await;
+    let (server, _admin) = voltha_on(&file, &["127.0.0.1"]).await;
     let debug = format!("http://{}", server.admin_debug_addr);
     let ch = channel(server.xds_addr).await;
-    let open_streams = |admin: String| async move {
-        get_text(&format!("{admin}/metrics"))
-            .await
-            .lines()
-            .filter(|l| l.starts_with("voltha_xds_streams{"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>()
-    };
 
     let (good_tx, rx) = mpsc::channel(16);
     let mut good = AggregatedDiscoveryServiceClient::new(ch.clone())
@@ -584,12 +551,11 @@ async fn stream_churn_leaves_nothing_behind() {
                 delta.push((tx, s));
             }
         }
-        let during = open_streams(admin.clone()).await;
+        let during = metric_sum(server.admin_addr, "voltha_xds_streams").await;
         assert_eq!(during, 101.0, "wave {wave}: open streams while held");
         drop((sotw, delta));
-        wait_for(WAIT, "the wave's streams gone", || {
-            let admin = admin.clone();
-            async move { (open_streams(admin).await == 1.0).then_some(()) }
+        wait_for(WAIT, "the wave's streams gone", || async {
+            (metric_sum(server.admin_addr, "voltha_xds_streams").await == 1.0).then_some(())
         })
         .await;
         // Only the good client is left in the client table.

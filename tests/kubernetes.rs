@@ -453,13 +453,23 @@ async fn the_configured_backoff_paces_the_retries_and_the_recovery() {
     // Every request is refused with a 503 from now on, and the open watches are cut.
     api.set_refusing(true);
     api.restart().await;
-    let window = Duration::from_secs(2);
-    tokio::time::sleep(window).await;
-    // Two sources watch the namespace. Each waits at most 50 + 100 + 200 + 200 + … ms between
-    // tries (at least half that): 11 to 21 tries each in 2 s.
+    // Two sources watch the namespace; each waits 50, 100, 200, 200, … ms between tries (at
+    // least half of each). Twenty refused requests are at least five tries per source, even
+    // if a try were two requests: at least 25 + 50 + 100 + 100 = 275 ms, where a retry without
+    // a pause takes milliseconds; and well within the wait's 10 s, where kube-runtime's own
+    // backoff (0.8 s, 1.6 s, 3.2 s, …) would need about 25 s for five tries.
+    let start = std::time::Instant::now();
+    wait_for(Duration::from_secs(10), "twenty refused tries", || async {
+        (api.refused() >= 20).then_some(())
+    })
+    .await;
+    let took = start.elapsed();
     let refused = api.refused();
-    eprintln!("{refused} requests refused in {window:?}");
-    assert!((10..=60).contains(&refused), "{refused} tries in {window:?}");
+    eprintln!("{refused} requests refused in {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "{refused} tries in {took:?}: faster than the backoff allows"
+    );
     let r = readyz(admin).await.1;
     assert_eq!(r["sources"]["rw-cores"]["state"], "error", "{r}");
     assert_eq!(

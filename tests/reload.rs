@@ -9,13 +9,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use serde_json::Value;
 use support::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 use voltha_xds::config::Config;
 use voltha_xds::reload::{Outcome, Trigger};
 
@@ -134,44 +130,33 @@ impl Setup {
     }
 }
 
-struct Ads {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-}
+/// The shared SotW client with this file's node and requests.
+struct Ads(support::sotw::Sotw);
 
 impl Ads {
     async fn open(addr: std::net::SocketAddr) -> Ads {
-        let (tx, rx) = mpsc::channel(16);
-        let rx = AggregatedDiscoveryServiceClient::new(channel(addr).await)
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
-        Ads { tx, rx }
+        Ads(support::sotw::Sotw::open(channel(addr).await).await)
     }
 
     async fn request(&self, ty: &str, names: &[&str], prev: Option<&DiscoveryResponse>) {
-        let r = DiscoveryRequest {
-            node: Some(envoy_types::pb::envoy::config::core::v3::Node {
-                id: "reload-test".into(),
-                cluster: "nbi".into(),
+        self.0
+            .send(DiscoveryRequest {
+                node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+                    id: "reload-test".into(),
+                    cluster: "nbi".into(),
+                    ..Default::default()
+                }),
+                type_url: ty.into(),
+                resource_names: names.iter().map(|s| s.to_string()).collect(),
+                version_info: prev.map(|p| p.version_info.clone()).unwrap_or_default(),
+                response_nonce: prev.map(|p| p.nonce.clone()).unwrap_or_default(),
                 ..Default::default()
-            }),
-            type_url: ty.into(),
-            resource_names: names.iter().map(|s| s.to_string()).collect(),
-            version_info: prev.map(|p| p.version_info.clone()).unwrap_or_default(),
-            response_nonce: prev.map(|p| p.nonce.clone()).unwrap_or_default(),
-            ..Default::default()
-        };
-        self.tx.send(r).await.expect("send");
+            })
+            .await;
     }
 
     async fn next(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("a response in time")
-            .expect("no error")
-            .expect("stream open")
+        self.0.next().await
     }
 
     /// Subscribes to every type (and ACKs), as Envoy does.
@@ -191,9 +176,7 @@ impl Ads {
 
     /// Fails if any response arrives within `d`.
     async fn nothing_for(&mut self, d: Duration) {
-        if let Ok(r) = tokio::time::timeout(d, self.rx.message()).await {
-            panic!("expected no response, got {:?}", r.map(|m| m.map(|m| m.type_url)));
-        }
+        self.0.nothing_for(d).await
     }
 }
 
@@ -368,13 +351,7 @@ async fn a_reload_storm_under_100_streams_drops_none_and_ends_on_the_last_good_r
     let ch = channel(s.server.xds_addr).await;
     let mut streams = Vec::with_capacity(STREAMS);
     for _ in 0..STREAMS {
-        let (tx, rx) = mpsc::channel(16);
-        let rx = AggregatedDiscoveryServiceClient::new(ch.clone())
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
-        let mut a = Ads { tx, rx };
+        let mut a = Ads(support::sotw::Sotw::open(ch.clone()).await);
         a.request(RDS, &["nbi-routes"], None).await;
         let r = a.next().await;
         a.request(RDS, &["nbi-routes"], Some(&r)).await;

@@ -207,12 +207,7 @@ async fn signal_ends_streams_and_exits_zero(signal: &str, log_format: &str) {
 
 /// The sum of the `voltha_xds_streams` gauge over its labels.
 async fn open_streams(admin: SocketAddr) -> f64 {
-    get_text(&format!("http://{admin}/metrics"))
-        .await
-        .lines()
-        .filter(|l| l.starts_with("voltha_xds_streams{"))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+    metric_sum(admin, "voltha_xds_streams").await
 }
 
 /// An Envoy whose host vanishes without closing the connection: the HTTP/2 keepalive PING goes

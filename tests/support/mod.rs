@@ -95,6 +95,30 @@ pub async fn metric_value(admin: SocketAddr, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
+/// The value of the line of a `/metrics` text whose name and labels are exactly `series`.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The sum of the metric `name`'s samples over all its label sets, in a `/metrics` text.
+pub fn sample_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`sample_sum`] of `admin`'s `/metrics`: e.g. the streams open, over every label.
+pub async fn metric_sum(admin: SocketAddr, name: &str) -> f64 {
+    sample_sum(&get_text(&format!("http://{admin}/metrics")).await, name)
+}
+
 /// [`metric_value`], 0 when the series is absent (a counter not yet incremented).
 pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
     metric_value(admin, series).await.unwrap_or(0.0)
