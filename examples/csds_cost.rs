@@ -107,7 +107,8 @@ fn envoys(table: &Arc<ClientTable>, cache: &Cache, group: &str, n: usize) -> Res
     let mut regs = Vec::with_capacity(n);
     let name_sets = NameSets::default();
     for i in 0..n {
-        let (reg, mut st) = table.register("sotw", "ads");
+        let (reg, first) = table.register("sotw", "ads");
+        let mut st = xds_engine::status::ClientStatus::clone(&first);
         {
             st.node_id = format!("olt-{i:05}");
             st.node_cluster = group.to_string();

@@ -98,6 +98,11 @@ struct Args {
     /// The etcd binary for `--source etcd`.
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd_bin: PathBuf,
+    /// Leave the shipped configuration's `grpc_services` out (the proxyless gRPC groups): what
+    /// a server built before they existed reads, for a before/after table. Envoy's group is the
+    /// same either way.
+    #[arg(long)]
+    envoy_only: bool,
     /// The voltha-xds binary [default: next to this example's directory].
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -519,6 +524,11 @@ async fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)
             &format!("poll_interval: {}", args.poll_interval),
         );
     let yaml = writer.configure(&yaml);
+    let yaml = if args.envoy_only {
+        without_grpc_services(&yaml)
+    } else {
+        yaml
+    };
     let config = dir.join("voltha-xds.yaml");
     std::fs::write(&config, yaml)?;
     Ok((
@@ -532,6 +542,29 @@ async fn setup(args: &Args, dir: &Path, name: &str) -> Result<(Setup, Vec<Proc>)
         },
         cores,
     ))
+}
+
+/// The configuration without its top-level `grpc_services` list and the groups' `grpc_services`
+/// keys (the shipped files write both on lines of their own).
+fn without_grpc_services(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    let mut in_list = false;
+    for line in yaml.lines() {
+        if line == "grpc_services:" {
+            in_list = true;
+            continue;
+        }
+        if in_list && (line.starts_with(' ') || line.is_empty()) {
+            continue;
+        }
+        in_list = false;
+        if line.trim_start().starts_with("grpc_services:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 fn envoy_cmd(s: &Setup, bootstrap: &Path) -> Command {

@@ -66,7 +66,7 @@ struct Cli {
     #[arg(long, global = true, default_value = "human", env = "VOLTHA_XDS_LOG_FORMAT")]
     log_format: String,
     /// Log filter: a level (trace, debug, info, warn, error, off), `target=level` directives, or
-    /// a comma-separated list of those, such as `info,voltha_xds::push=debug`; anything else is
+    /// a comma-separated list of those, such as `info,xds_engine::push=debug`; anything else is
     /// refused. RUST_LOG, when set, takes precedence.
     #[arg(long, global = true, default_value = "info", env = "VOLTHA_XDS_LOG_LEVEL")]
     log_level: String,
@@ -491,7 +491,7 @@ mod tests {
 
     #[test]
     fn log_level_accepts_levels_and_directives_and_refuses_typos() {
-        for ok in ["info", "debug", "warn,voltha_xds::push=debug", "voltha_xds=trace"] {
+        for ok in ["info", "debug", "warn,xds_engine::push=debug", "voltha_xds=trace"] {
             assert_eq!(parse_log_level(ok).as_deref(), Ok(ok));
         }
         assert!(parse_log_level("inf o=[").is_err());

@@ -329,7 +329,7 @@ impl Metrics {
     }
 
     /// One debounce round: built at once (`leading`), and how many changes it merged.
-    pub fn debounced(&self, leading: bool, merged: u64) {
+    pub(crate) fn debounced(&self, leading: bool, merged: u64) {
         if leading {
             self.debounce_leading.inc();
         }
@@ -362,7 +362,7 @@ impl Metrics {
     }
 
     /// A configuration reload's result: `ok`, `invalid` or `refused`.
-    pub fn config_reload(&self, result: &'static str) {
+    pub(crate) fn config_reload(&self, result: &'static str) {
         self.config_reloads.get_or_create(&ResultLabel { result }).inc();
         self.config_last_reload_ok.set(i64::from(result == "ok"));
     }
@@ -372,7 +372,7 @@ impl Metrics {
     }
 
     /// The number of hosts left out of gRPC group `group`'s assignments in the current snapshot.
-    pub fn grpc_hosts_dropped(&self, group: &str, n: usize) {
+    pub(crate) fn grpc_hosts_dropped(&self, group: &str, n: usize) {
         self.grpc_hosts_dropped
             .get_or_create(&GroupLabel {
                 group: group.to_string(),
@@ -380,23 +380,11 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn grpc_hosts_dropped_count(&self, group: &str) -> i64 {
-        self.grpc_hosts_dropped
-            .get_or_create(&GroupLabel {
-                group: group.to_string(),
-            })
-            .get()
-    }
-
     /// Records `digest` of the hosts now left out of gRPC assignments; whether it differs from
     /// the last one (the reconciler logs the list only then, not on every snapshot).
-    pub fn grpc_hosts_dropped_changed(&self, digest: u64) -> bool {
+    pub(crate) fn grpc_hosts_dropped_changed(&self, digest: u64) -> bool {
         self.grpc_hosts_dropped_digest
             .swap(digest, std::sync::atomic::Ordering::Relaxed)
             != digest
-    }
-
-    pub fn rejection_count(&self, reason: &'static str) -> u64 {
-        self.snapshot_rejections.get_or_create(&ReasonLabel { reason }).get()
     }
 }

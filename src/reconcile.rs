@@ -20,7 +20,7 @@ use crate::translate::{translate, TranslateError};
 use crate::xds::cache::{Cache, CacheError, Snapshot};
 
 /// Builds the model from every source; `None` while some source has not delivered yet.
-pub fn model_of(sources: &[SourceHandle]) -> Option<Model> {
+pub(crate) fn model_of(sources: &[SourceHandle]) -> Option<Model> {
     let mut m = Model::default();
     for s in sources {
         let data = s.rx.borrow().data.clone()?;
@@ -73,7 +73,7 @@ pub fn build_snapshot(
 }
 
 /// Translates and publishes once. Returns whether a new snapshot was published.
-pub fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics, observed_at: Instant) -> bool {
+pub(crate) fn rebuild(config: &Config, model: &Model, cache: &Cache, metrics: &Metrics, observed_at: Instant) -> bool {
     let started = Instant::now();
     match build_snapshot(config, model, cache, observed_at) {
         Ok(Some(s)) => {
@@ -152,7 +152,7 @@ async fn any_changed(rxs: &mut [watch::Receiver<crate::sources::SourceState>]) -
 }
 
 /// Runs until `shutdown`: debounce, rebuild, publish.
-pub async fn run(
+pub(crate) async fn run(
     config: Arc<Config>,
     sources: Vec<SourceHandle>,
     cache: Cache,
@@ -194,7 +194,7 @@ pub async fn run(
 
 /// How a build was let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
+pub(crate) struct Settled {
     /// At once: the change came after a quiet spell (the leading edge).
     pub leading: bool,
     /// Further changes merged into the build.
@@ -204,8 +204,8 @@ pub struct Settled {
 /// The debounce between a change and its build. A change that comes `quiet` or more after
 /// the last change seen is built at once (the leading edge). A change within `quiet` of the
 /// last one is part of a burst: the build waits until the inputs have been quiet for `quiet`,
-/// or `max_delay` after that change, whichever comes first ([`debounce`]).
-pub struct Debounce {
+/// or `max_delay` after that change, whichever comes first ([`debounce_from`]).
+pub(crate) struct Debounce {
     quiet: Duration,
     max_delay: Duration,
     last_change: Option<tokio::time::Instant>,
@@ -244,17 +244,8 @@ impl Debounce {
 }
 
 /// After a first change: waits until no change for `quiet`, or `max_delay` after the first.
-/// Returns how many further changes were merged.
-pub async fn debounce(
-    rxs: &mut [watch::Receiver<crate::sources::SourceState>],
-    quiet: Duration,
-    max_delay: Duration,
-    shutdown: &CancellationToken,
-) -> u64 {
-    debounce_from(rxs, quiet, max_delay, shutdown).await.0
-}
-
-/// [`debounce`], also returning when the last change it saw came (the first one: at the call).
+/// Returns how many further changes were merged, and when the last change it saw came (the
+/// first one: at the call).
 async fn debounce_from(
     rxs: &mut [watch::Receiver<crate::sources::SourceState>],
     quiet: Duration,
@@ -289,6 +280,16 @@ mod tests {
 
     const QUIET: Duration = Duration::from_millis(50);
     const MAX: Duration = Duration::from_secs(1);
+
+    /// How many further changes [`debounce_from`] merged.
+    async fn debounce(
+        rxs: &mut [watch::Receiver<SourceState>],
+        quiet: Duration,
+        max_delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> u64 {
+        debounce_from(rxs, quiet, max_delay, shutdown).await.0
+    }
 
     fn bump(tx: &watch::Sender<SourceState>) {
         tx.send_modify(|_| {});

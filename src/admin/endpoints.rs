@@ -17,7 +17,7 @@ use crate::xds::cache::Snapshot;
 use crate::xds::resources::ResourceType;
 
 /// Endpoints listed per cluster; past it the list is cut and `total` still counts them all.
-pub const MAX_ENDPOINTS_SHOWN: usize = 256;
+pub(crate) const MAX_ENDPOINTS_SHOWN: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterEndpointsView {
@@ -110,7 +110,7 @@ fn endpoints_of(cla: &ClusterLoadAssignment, hosts: &ByHost<'_>) -> (Vec<Endpoin
 }
 
 /// Every cluster of every group of `snapshot` with its endpoints, in group then cluster order.
-pub fn cluster_endpoints(
+pub(crate) fn cluster_endpoints(
     snapshot: Option<&Snapshot>,
     sources: &[(String, Arc<SourceData>)],
 ) -> Vec<ClusterEndpointsView> {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::Metrics;
 
 /// How often the histograms are sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 /// Samples kept: an hour's, and the one before.
 const KEPT: usize = 61;
 
@@ -151,7 +151,7 @@ fn quantiles(b: &Buckets) -> Quantiles {
 
 /// The samples of the last hour.
 #[derive(Debug, Default)]
-pub struct LatencyLog {
+pub(crate) struct LatencyLog {
     samples: Mutex<VecDeque<Sample>>,
 }
 

@@ -39,21 +39,14 @@ pub struct SourceState {
 pub(crate) struct Health {
     /// `starting`, `ok` or `error`.
     pub(crate) state: &'static str,
-    #[serde(serialize_with = "ser_opt_time")]
+    #[serde(serialize_with = "xds_engine::status::ser_opt_time")]
     pub(crate) last_success: Option<SystemTime>,
     pub(crate) last_error: Option<String>,
-    #[serde(serialize_with = "ser_opt_time")]
+    #[serde(serialize_with = "xds_engine::status::ser_opt_time")]
     pub(crate) last_error_at: Option<SystemTime>,
     /// The data is the last good data of the source this one replaced on a reload (its settings
     /// changed); it has not delivered itself yet. Cleared by its first delivery.
     pub(crate) carried_over: bool,
-}
-
-fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-    match t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
-        Some(d) => s.serialize_f64(d.as_secs_f64()),
-        None => s.serialize_none(),
-    }
 }
 
 /// A running source, as the reconciler and the admin API see it.

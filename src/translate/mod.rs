@@ -8,11 +8,11 @@
 //! its assignment, so Envoy does not wait for one). A group with `grpc_services` also gets its
 //! twin `<group>/grpc` for proxyless gRPC clients (`grpc.rs`).
 
-pub mod cluster;
-pub mod consistency;
-pub mod grpc;
-pub mod listener;
-pub mod route;
+pub(crate) mod cluster;
+pub(crate) mod consistency;
+pub(crate) mod grpc;
+pub(crate) mod listener;
+pub(crate) mod route;
 
 use std::collections::BTreeMap;
 

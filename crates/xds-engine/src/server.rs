@@ -126,7 +126,7 @@ impl XdsServer {
                     if let Some(observed) = push.take(ty) {
                         self.metrics.pushed(ty, observed.elapsed());
                     }
-                    debug!(target: "voltha_xds::push", r#type = ty.short(), api, %version, resources, removed, "response sent");
+                    debug!(target: "xds_engine::push", r#type = ty.short(), api, %version, resources, removed, "response sent");
                 }
                 StreamEvent::Acked { ty, version, after } => {
                     self.metrics.acked(ty, after);

@@ -262,7 +262,9 @@ fn ser_type<S: serde::Serializer>(t: &ResourceType, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(t.short())
 }
 
-fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+/// Writes a time as seconds since the Unix epoch (a float; 0 before 1970), the shape every
+/// time in the status records has. For `#[serde(serialize_with = "...")]`.
+pub fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -270,7 +272,8 @@ fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
     s.serialize_f64(secs)
 }
 
-fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+/// [`ser_time`] for an optional time: `null` when there is none.
+pub fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => ser_time(t, s),
         None => s.serialize_none(),
