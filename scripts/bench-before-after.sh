@@ -33,7 +33,9 @@ for row in ${ROWS:-kv file mem mem100 std push10k}; do
     bin="$BEFORE"; [ "$which" = after ] && bin="$after"
     echo "=== $row, $which ($bin) ==="
     case "$row" in
-      kv) SERVER_BIN="$bin" scripts/bench-kv-call.sh | grep -E '^(===|\| xDS)' ;;
+      # The shipped configurations' grpc_services came after the commit before: left out for it.
+      kv) envoy_only=""; [ "$which" = before ] && envoy_only=1
+          ENVOY_ONLY="$envoy_only" SERVER_BIN="$bin" scripts/bench-kv-call.sh | grep -E '^(===|\| xDS)' || true ;;
       file) "$loadgen" --server-bin "$bin" --mode sotw --streams 1000 "${voltha[@]}" \
               --poll-interval 250ms --debounce-quiet 50ms --changes 20 | summary ;;
       mem) "$loadgen" --server-bin "$bin" --mode sotw --streams 1000 "${voltha[@]}" --changes 5 \

@@ -9,7 +9,8 @@
 #
 # Environment: CARGO_TARGET_DIR (default $HOME/.cache/voltha-xds/target), ENVOY_BIN,
 #   SOURCES (default "file consul etcd"), SERVER_BIN (another voltha-xds binary to measure, e.g.
-#   an older build for a before/after table; the benchmark itself is this tree's).
+#   an older build for a before/after table; the benchmark itself is this tree's), ENVOY_ONLY=1
+#   (the shipped configurations without their grpc_services, for a server built before them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ bench="$CARGO_TARGET_DIR/release/examples/switchbench"
 server="${SERVER_BIN:-$CARGO_TARGET_DIR/release/voltha-xds}"
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--changes 20 --rate 1000 --interval-ms 1000)
+[ "${ENVOY_ONLY:-}" != 1 ] || args+=(--envoy-only)
 failed=0
 for source in ${SOURCES:-file consul etcd}; do
   echo "=== $source ==="
