@@ -6,7 +6,7 @@
 # declare different floors. Dependencies that declare none are counted, not checked.
 #
 # What it cannot do: prove the code builds with that toolchain. Only the toolchain installed
-# here is used (`cargo +1.89 check` needs rustup and the network); the floor is only as true as
+# here is used (`cargo +1.91 check` needs rustup and the network); the floor is only as true as
 # the dependencies' declarations and our own use of newer language or library features.
 # README.md ("Build notes") says how to check with the floor's toolchain where one is available.
 set -euo pipefail
