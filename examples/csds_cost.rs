@@ -191,22 +191,14 @@ async fn run(args: Args) -> Result<()> {
     let (_config, cache) = published(args.cores, dir.path()).await?;
     let table = Arc::new(ClientTable::default());
     let _regs = envoys(&table, &cache, "voltha", args.envoys)?;
-    let server = XdsServer {
-        cache,
-        clients: table,
-        metrics: Arc::new(voltha_xds::xds::metrics::Metrics::new()),
-        limits: Default::default(),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-        stream_slots: Arc::new(tokio::sync::Semaphore::new(100_000)),
-        max_request_bytes: 4 * 1024 * 1024,
-        csds: CsdsLimits {
+    let server = XdsServer::new(cache)
+        .with_clients(table)
+        .with_max_streams(100_000)
+        .with_csds(CsdsLimits {
             max_concurrent_requests: args.burst.max(1),
             max_response_bytes: u32::MAX as usize,
             ..Default::default()
-        },
-        name_sets: Arc::default(),
-        control_plane: None,
-    };
+        });
     let mut svc = Csds::new(server);
     println!(
         "{} Envoys, {} cores, contents {}",

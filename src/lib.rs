@@ -140,22 +140,19 @@ pub async fn start_with(
     ));
     let mut tasks = Vec::new();
 
-    let server = XdsServer {
-        cache: cache.clone(),
-        clients: clients.clone(),
-        metrics: metrics.xds.clone(),
-        limits: Limits {
+    let server = XdsServer::new(cache.clone())
+        .with_clients(clients.clone())
+        .with_metrics(metrics.xds.clone())
+        .with_limits(Limits {
             max_names: config.server.max_names_per_type,
-        },
-        shutdown: shutdown.clone(),
-        stream_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_streams)),
-        max_request_bytes: config.server.max_request_bytes,
-        csds: config::csds_limits(&config.server.csds),
-        name_sets: Arc::default(),
-        control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+        })
+        .with_shutdown(shutdown.clone())
+        .with_max_streams(config.server.max_streams)
+        .with_max_request_bytes(config.server.max_request_bytes)
+        .with_csds(config::csds_limits(&config.server.csds))
+        .with_control_plane(Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
             identifier: build_info::identifier(),
-        }),
-    };
+        }));
     let s = &config.server;
     let keepalive = (!s.keepalive_interval.0.is_zero()).then_some(s.keepalive_interval.0);
     let builder = tonic::transport::Server::builder()

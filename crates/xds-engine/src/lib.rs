@@ -23,15 +23,10 @@
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
-//! use std::sync::Arc;
 //!
 //! use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 //! use xds_engine::cache::{Cache, GroupResources};
-//! use xds_engine::csds::CsdsLimits;
-//! use xds_engine::metrics::Metrics;
 //! use xds_engine::server::XdsServer;
-//! use xds_engine::status::ClientTable;
-//! use xds_engine::stream::Limits;
 //!
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 //! // One group ("default") with one cluster, encoded once when published.
@@ -43,21 +38,12 @@
 //! cache.publish(&BTreeMap::from([("default".to_string(), group)]), "default", std::time::Instant::now())?;
 //!
 //! // ADS, the per-type services and CSDS on one port.
-//! let server = XdsServer {
-//!     cache: cache.clone(),
-//!     clients: Arc::new(ClientTable::default()),
-//!     metrics: Arc::new(Metrics::new()),
-//!     limits: Limits::default(),
-//!     shutdown: tokio_util::sync::CancellationToken::new(),
-//!     stream_slots: Arc::new(tokio::sync::Semaphore::new(10_000)),
-//!     max_request_bytes: 4 * 1024 * 1024,
-//!     csds: CsdsLimits::default(),
-//!     name_sets: Arc::default(),
+//! let server = XdsServer::new(cache.clone())
+//!     .with_max_streams(10_000)
 //!     // Shown by Envoy as `control_plane.identifier`.
-//!     control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+//!     .with_control_plane(Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
 //!         identifier: "my-control-plane".into(),
-//!     }),
-//! };
+//!     }));
 //! server
 //!     .into_router(tonic::transport::Server::builder())
 //!     .serve("127.0.0.1:18000".parse()?)

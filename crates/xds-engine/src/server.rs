@@ -33,30 +33,108 @@ use crate::metrics::Metrics;
 /// Responses buffered per stream before the stream task waits for the client to read.
 const SEND_BUFFER: usize = 4;
 
-/// Everything a stream needs; cheap to clone.
+/// The xDS server: ADS, the per-type services and CSDS over the snapshots of one [`Cache`].
+/// Built with [`XdsServer::new`] and the `with_*` settings, served with
+/// [`XdsServer::into_router`]; cheap to clone (every stream holds one).
 #[derive(Clone)]
 pub struct XdsServer {
     /// The snapshots served.
-    pub cache: Cache,
+    pub(crate) cache: Cache,
     /// The open streams, for status and CSDS.
-    pub clients: Arc<ClientTable>,
+    pub(crate) clients: Arc<ClientTable>,
     /// The engine's metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Per-stream limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Ends every stream when cancelled.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// One permit per open stream (`server.max_streams`).
-    pub stream_slots: Arc<Semaphore>,
+    pub(crate) stream_slots: Arc<Semaphore>,
     /// The largest request message accepted (`server.max_request_bytes`).
-    pub max_request_bytes: usize,
+    pub(crate) max_request_bytes: usize,
     /// CSDS's bounds (`server.csds`).
-    pub csds: CsdsLimits,
+    pub(crate) csds: CsdsLimits,
     /// The subscriptions' name sets, shared by this server's streams.
-    pub name_sets: Arc<NameSets>,
+    pub(crate) name_sets: Arc<NameSets>,
     /// Set in every response's `control_plane` (Envoy shows it as the text stat
-    /// `control_plane.identifier`, and CSDS); `None` leaves the field out.
-    pub control_plane: Option<ControlPlane>,
+    /// `control_plane.identifier`); `None` leaves the field out.
+    pub(crate) control_plane: Option<ControlPlane>,
+}
+
+impl XdsServer {
+    /// Streams open at once by default ([`XdsServer::with_max_streams`]).
+    pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+    /// The largest request message by default ([`XdsServer::with_max_request_bytes`]): 4 MiB.
+    pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
+
+    /// A server of `cache`'s snapshots, with its own client table, metrics and shutdown token,
+    /// [`Limits::default`], [`CsdsLimits::default`], [`Self::DEFAULT_MAX_STREAMS`] streams,
+    /// [`Self::DEFAULT_MAX_REQUEST_BYTES`] per request, and no control-plane identifier.
+    pub fn new(cache: Cache) -> XdsServer {
+        XdsServer {
+            cache,
+            clients: Arc::new(ClientTable::default()),
+            metrics: Arc::new(Metrics::new()),
+            limits: Limits::default(),
+            shutdown: CancellationToken::new(),
+            stream_slots: Arc::new(Semaphore::new(Self::DEFAULT_MAX_STREAMS)),
+            max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
+            csds: CsdsLimits::default(),
+            name_sets: Arc::default(),
+            control_plane: None,
+        }
+    }
+
+    /// The table the streams publish their status to (shared with a status page, say).
+    pub fn with_clients(mut self, clients: Arc<ClientTable>) -> XdsServer {
+        self.clients = clients;
+        self
+    }
+
+    /// The metrics the engine counts into (shared with the embedding program's registry).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> XdsServer {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Per-stream limits.
+    pub fn with_limits(mut self, limits: Limits) -> XdsServer {
+        self.limits = limits;
+        self
+    }
+
+    /// Cancelling `shutdown` ends every stream (and CSDS stream) of this server.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> XdsServer {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// At most `n` xDS streams open at once (at least 1); more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub fn with_max_streams(mut self, n: usize) -> XdsServer {
+        self.stream_slots = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// The largest request message accepted, in bytes; a larger one ends its stream with
+    /// `RESOURCE_EXHAUSTED`.
+    pub fn with_max_request_bytes(mut self, n: usize) -> XdsServer {
+        self.max_request_bytes = n;
+        self
+    }
+
+    /// CSDS's bounds.
+    pub fn with_csds(mut self, csds: CsdsLimits) -> XdsServer {
+        self.csds = csds;
+        self
+    }
+
+    /// Set in every response's `control_plane` (Envoy shows it as the text stat
+    /// `control_plane.identifier`); `None` (the default) leaves the field out.
+    pub fn with_control_plane(mut self, control_plane: Option<ControlPlane>) -> XdsServer {
+        self.control_plane = control_plane;
+        self
+    }
 }
 
 /// CSDS's bounds (`server.csds`, documented in `docs/configuration.md`).
@@ -436,18 +514,7 @@ mod tests {
     }
 
     fn server() -> XdsServer {
-        XdsServer {
-            cache: Cache::new(),
-            clients: Arc::new(ClientTable::default()),
-            metrics: Arc::new(Metrics::new()),
-            limits: Limits::default(),
-            shutdown: CancellationToken::new(),
-            stream_slots: Arc::new(Semaphore::new(10)),
-            max_request_bytes: 4 << 20,
-            csds: Default::default(),
-            name_sets: Arc::default(),
-            control_plane: None,
-        }
+        XdsServer::new(Cache::new()).with_max_streams(10)
     }
 
     /// `n` requests for `type_url` on one ADS stream, fed and observed as the stream task does.

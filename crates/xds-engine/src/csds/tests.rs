@@ -15,7 +15,6 @@ use envoy_types::pb::envoy::service::status::v3::{
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
-use tokio_util::sync::CancellationToken;
 
 use super::encode::{encode, merge_nodes, Encoded};
 use super::filter::tests::exact;
@@ -420,18 +419,9 @@ const FETCH: &str = "/envoy.service.status.v3.ClientStatusDiscoveryService/Fetch
 const STREAM: &str = "/envoy.service.status.v3.ClientStatusDiscoveryService/StreamClientStatus";
 
 fn server(csds: CsdsLimits, max_streams: usize) -> XdsServer {
-    XdsServer {
-        cache: Cache::new(),
-        clients: Arc::new(ClientTable::default()),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
-        limits: Default::default(),
-        shutdown: CancellationToken::new(),
-        stream_slots: Arc::new(tokio::sync::Semaphore::new(max_streams)),
-        max_request_bytes: 4 * 1024 * 1024,
-        csds,
-        name_sets: Arc::default(),
-        control_plane: None,
-    }
+    XdsServer::new(Cache::new())
+        .with_csds(csds)
+        .with_max_streams(max_streams)
 }
 
 fn grpc_body(reqs: &[ClientStatusRequest]) -> Body {
