@@ -12,7 +12,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use serde_json::Value;
 use support::*;
-use voltha_xds::config::Config;
 use voltha_xds::reload::{Outcome, Trigger};
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -68,15 +67,7 @@ impl Setup {
         std::fs::write(dir.path().join("spare.json"), ONE.replace("10.0.0.1", "10.0.0.9")).expect("write");
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, yaml(dir.path(), server_yaml, "", "20ms")).expect("write");
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let server = voltha_xds::start(
-            config,
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .await
-        .expect("server starts");
+        let server = start_from_file(&path).await;
         let s = Setup { dir, path, server };
         let url = s.admin("/readyz");
         wait_for(WAIT, "readiness", || {

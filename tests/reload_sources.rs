@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-use voltha_xds::config::Config;
 use voltha_xds::reload::{Outcome, Trigger};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -81,15 +80,7 @@ impl Setup {
         std::fs::write(dir.path().join("spare.json"), assignment("10.0.0.9")).expect("write");
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, yaml(dir.path(), "spare.json", true, spare_group)).expect("write");
-        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let server = voltha_xds::start(
-            config,
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .await
-        .expect("server starts");
+        let server = start_from_file(&path).await;
         let s = Setup { dir, path, server };
         s.wait_snapshot("readiness", |_| true).await;
         s

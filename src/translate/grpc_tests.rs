@@ -18,20 +18,7 @@ use super::super::{translate, GroupResources};
 use crate::config::Config;
 use crate::model::{Backend, Model, SourceData};
 
-fn assignment(hosts: &[&str]) -> Model {
-    let backends = hosts
-        .iter()
-        .map(|h| Backend {
-            host: h.to_string(),
-            port: None,
-            id: None,
-        })
-        .collect();
-    let mut m = Model::default();
-    m.sources
-        .insert("assignment".into(), Arc::new(SourceData::single(backends)));
-    m
-}
+use crate::translate::tests::model as assignment;
 
 fn hcm(g: &GroupResources, listener: &str) -> HttpConnectionManager {
     let l = g.listeners.iter().find(|l| l.name == listener).expect("listener");

@@ -10,7 +10,8 @@ use super::*;
 use crate::model::{Backend, SourceData};
 use crate::xds::resources::ResourceType;
 
-fn model(hosts: &[&str]) -> Model {
+/// One `assignment` source holding `hosts` (no port, no id).
+pub(super) fn model(hosts: &[&str]) -> Model {
     let backends = hosts
         .iter()
         .map(|h| Backend {

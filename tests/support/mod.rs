@@ -46,7 +46,16 @@ where
 
 /// Starts the server in-process on loopback ports.
 pub async fn start_server(yaml: &str) -> voltha_xds::Running {
-    let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+    start_config(Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}"))).await
+}
+
+/// A server on loopback (ephemeral ports) from the configuration file at `path`, as `serve
+/// --config` reads it (so a reload can re-read it).
+pub async fn start_from_file(path: &Path) -> voltha_xds::Running {
+    start_config(Config::load(path).unwrap_or_else(|e| panic!("test config: {e}"))).await
+}
+
+async fn start_config(config: Config) -> voltha_xds::Running {
     voltha_xds::start(
         config,
         "127.0.0.1:0".parse().expect("addr"),
