@@ -396,7 +396,6 @@ async fn render_matches_envoys_config_dump() {
     e.wait_serving(&held, &["vcore-0", "vcore-1"]).await;
     let snapshot = e.server.cache.current().expect("snapshot");
     let ours = voltha_xds::render::config_dump(&snapshot.groups["voltha"]).expect("render");
-    let (_, theirs) = get_json(&format!("{}/config_dump?include_eds", e.envoy.admin)).await;
     let section = |doc: &serde_json::Value, t: &str| -> serde_json::Value {
         doc["configs"]
             .as_array()
@@ -407,11 +406,46 @@ async fn render_matches_envoys_config_dump() {
             .cloned()
             .unwrap_or_else(|| panic!("no {t}"))
     };
-    // Clusters and routes: every one of ours, as Envoy holds it.
-    for (t, list, inner, key) in [
+    let kinds = [
         ("ClustersConfigDump", "dynamic_active_clusters", "cluster", "name"),
         ("RoutesConfigDump", "dynamic_route_configs", "route_config", "name"),
-    ] {
+    ];
+    // Envoy asks for each listener's routes once it has the listener: the gRPC routes serving
+    // calls does not mean the REST listener's have arrived. Wait until Envoy holds every
+    // cluster and route configuration of ours (by name), then compare them.
+    let names = |doc: &serde_json::Value, t: &str, list: &str, inner: &str, key: &str| -> Vec<String> {
+        let mut v: Vec<String> = section(doc, t)[list]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x[inner][key].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let url = format!("{}/config_dump?include_eds", e.envoy.admin);
+    let theirs = wait_for(
+        Duration::from_secs(10),
+        "Envoy holds every cluster and route configuration",
+        || {
+            let (url, ours) = (url.clone(), ours.clone());
+            async move {
+                let (_, theirs) = get_json(&url).await;
+                kinds
+                    .iter()
+                    .all(|(t, list, inner, key)| {
+                        let held = names(&theirs, t, list, inner, key);
+                        names(&ours, t, list, inner, key).iter().all(|n| held.contains(n))
+                    })
+                    .then_some(theirs)
+            }
+        },
+    )
+    .await;
+    // Clusters and routes: every one of ours, as Envoy holds it.
+    for (t, list, inner, key) in kinds {
         let mine = section(&ours, t)[list].as_array().cloned().expect("ours");
         let envoys = section(&theirs, t)[list].as_array().cloned().unwrap_or_default();
         assert!(!mine.is_empty(), "{t}");
