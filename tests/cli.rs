@@ -341,17 +341,25 @@ async fn metrics_and_start_line_name_the_build_and_the_process() {
     assert!(m.ends_with("# EOF\n"), "{m}");
     assert_eq!(m.matches("# EOF").count(), 1, "{m}");
 
-    // 20 more connections are 20 more descriptors in the server, seen on the next scrape.
+    // 20 more connections are 20 more descriptors in the server, seen on the next scrape. The
+    // scrapes share one kept-alive connection, so none of them adds or leaves a descriptor of
+    // its own (a client per scrape leaves the server closing the last one's socket while the
+    // next is counted).
+    let scraper = reqwest::Client::new();
+    let open_fds = || {
+        let (scraper, url) = (scraper.clone(), url.clone());
+        async move {
+            let text = scraper.get(&url).send().await.ok()?.text().await.ok()?;
+            sample(&text, "process_open_fds")
+        }
+    };
+    let base = open_fds().await.expect("open fds");
     let mut conns = Vec::new();
     for _ in 0..20 {
         conns.push(tokio::net::TcpStream::connect(s.xds).await.expect("connect"));
     }
-    wait_for(WAIT, "20 more open descriptors", || {
-        let url = url.clone();
-        async move {
-            let now = sample(&get_text(&url).await, "process_open_fds")?;
-            (now >= fds + 20.0).then_some(())
-        }
+    wait_for(WAIT, "20 more open descriptors", || async {
+        (open_fds().await? >= base + 20.0).then_some(())
     })
     .await;
     drop(conns);
