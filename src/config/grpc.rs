@@ -118,25 +118,12 @@ fn route(e: &mut Vec<String>, c: &Config, at: &str, r: &RouteConfig) {
         }
     }
     for h in &r.headers {
-        if h.name.is_empty() {
-            e.push(format!("{at}: a header match has no name"));
-        } else if grpc_unusable_header(&h.name) {
+        super::validate::header_match(e, at, h);
+        if !h.name.is_empty() && grpc_unusable_header(&h.name) {
             // gRPC's A28: pseudo-headers and grpc- headers are not matched, -bin ones only as
             // base64 text; a route on them would never (or never as written) match.
             e.push(format!(
                 "{at}: header {:?} cannot be matched by gRPC clients (no ':' pseudo-headers, 'grpc-' or '-bin' headers)",
-                h.name
-            ));
-        }
-        if h.exact.is_some() == h.prefix.is_some() {
-            e.push(format!(
-                "{at}: header {:?} needs exactly one of exact or prefix",
-                h.name
-            ));
-        }
-        if h.prefix.as_deref() == Some("") {
-            e.push(format!(
-                "{at}: header {:?}: an empty prefix matches any value (Envoy and gRPC refuse it)",
                 h.name
             ));
         }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use super::{ClusterConfig, Config, LbPolicy, SourceConfig, Timeout};
+use super::{ClusterConfig, Config, HeaderMatchConfig, LbPolicy, SourceConfig, Timeout};
 
 /// Whether two listeners would take the same port: one port (not 0, which picks a free one)
 /// on the same address, or on every address and one of them.
@@ -225,21 +225,7 @@ pub(super) fn validate(c: &Config) -> Vec<String> {
                 }
             }
             for h in &r.headers {
-                if h.name.is_empty() {
-                    e.push(format!("{at}: a header match has no name"));
-                }
-                if h.exact.is_some() == h.prefix.is_some() {
-                    e.push(format!(
-                        "{at}: header {:?} needs exactly one of exact or prefix",
-                        h.name
-                    ));
-                }
-                if h.prefix.as_deref() == Some("") {
-                    e.push(format!(
-                        "{at}: header {:?}: an empty prefix matches any value (Envoy and gRPC refuse it)",
-                        h.name
-                    ));
-                }
+                header_match(e, &at, h);
             }
         }
     }
@@ -541,5 +527,25 @@ fn consul(e: &mut Vec<String>, x: &super::ConsulSource) {
     }
     if x.probe_interval.0.is_zero() {
         e.push(format!("{at}: probe_interval must be above zero"));
+    }
+}
+
+/// The problems of one header match, for Envoy's routes and gRPC services' alike: a name, and
+/// exactly one of `exact` and a non-empty `prefix`.
+pub(super) fn header_match(e: &mut Vec<String>, at: &str, h: &HeaderMatchConfig) {
+    if h.name.is_empty() {
+        e.push(format!("{at}: a header match has no name"));
+    }
+    if h.exact.is_some() == h.prefix.is_some() {
+        e.push(format!(
+            "{at}: header {:?} needs exactly one of exact or prefix",
+            h.name
+        ));
+    }
+    if h.prefix.as_deref() == Some("") {
+        e.push(format!(
+            "{at}: header {:?}: an empty prefix matches any value (Envoy and gRPC refuse it)",
+            h.name
+        ));
     }
 }
