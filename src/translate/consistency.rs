@@ -93,6 +93,11 @@ pub(crate) fn check(group: &str, r: &GroupResources) -> Result<(), TranslateErro
             }
         }
     }
+    verdict(group, problems)
+}
+
+/// The group's problems as the check's answer: none is `Ok`.
+pub(super) fn verdict(group: &str, problems: Vec<String>) -> Result<(), TranslateError> {
     if problems.is_empty() {
         Ok(())
     } else {

@@ -25,17 +25,15 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier,
     route::Action,
     route_action::{hash_policy, ClusterSpecifier, HashPolicy, MaxStreamDuration},
     route_match::PathSpecifier,
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 
 use super::cluster::ads_config_source;
 use super::route::route_config_name;
@@ -289,18 +287,7 @@ fn route(r: &RouteConfig, cluster: &str, extra: &[HeaderMatchConfig], config: &C
         .headers
         .iter()
         .chain(extra)
-        .map(|h| HeaderMatcher {
-            name: h.name.clone(),
-            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
-                match_pattern: Some(match (&h.exact, &h.prefix) {
-                    (Some(e), _) => MatchPattern::Exact(e.clone()),
-                    (None, Some(p)) => MatchPattern::Prefix(p.clone()),
-                    (None, None) => MatchPattern::Prefix(String::new()),
-                }),
-                ignore_case: false,
-            })),
-            ..Default::default()
-        })
+        .map(super::route::header_matcher)
         .collect();
     // The cluster (or, for a fan-out member, its definition) decides the hash header.
     let def = config.cluster(cluster).or_else(|| {
@@ -384,14 +371,7 @@ pub(crate) fn check(group: &str, r: &GroupResources) -> Result<(), TranslateErro
             )),
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(TranslateError::Inconsistent {
-            group: group.to_string(),
-            problems,
-        })
-    }
+    super::consistency::verdict(group, problems)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 
 use super::duration;
-use crate::config::{Config, LbPolicy, ListenerConfig, Timeout};
+use crate::config::{Config, HeaderMatchConfig, LbPolicy, ListenerConfig, Timeout};
 
 pub(crate) fn route_config_name(listener: &str) -> String {
     format!("{listener}-routes")
@@ -26,22 +26,7 @@ pub(crate) fn route_configuration(l: &ListenerConfig, config: &Config) -> RouteC
                 (Some(p), None) => PathSpecifier::Prefix(p.clone()),
                 (None, None) => PathSpecifier::Prefix("/".into()),
             };
-            let headers = r
-                .headers
-                .iter()
-                .map(|h| HeaderMatcher {
-                    name: h.name.clone(),
-                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
-                        match_pattern: Some(match (&h.exact, &h.prefix) {
-                            (Some(e), _) => MatchPattern::Exact(e.clone()),
-                            (None, Some(p)) => MatchPattern::Prefix(p.clone()),
-                            (None, None) => MatchPattern::Prefix(String::new()),
-                        }),
-                        ignore_case: false,
-                    })),
-                    ..Default::default()
-                })
-                .collect();
+            let headers = r.headers.iter().map(header_matcher).collect();
             // A route to a named cluster hashes on that cluster's hash_header. A cluster_header
             // route may reach any fan-out member, so it hashes on theirs.
             let mut hash_headers: Vec<String> = config
@@ -101,6 +86,23 @@ pub(crate) fn route_configuration(l: &ListenerConfig, config: &Config) -> RouteC
             routes,
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// A header match as Envoy and gRPC read it: a case-sensitive exact or prefix string match.
+pub(super) fn header_matcher(h: &HeaderMatchConfig) -> HeaderMatcher {
+    HeaderMatcher {
+        name: h.name.clone(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(match (&h.exact, &h.prefix) {
+                (Some(e), _) => MatchPattern::Exact(e.clone()),
+                (None, Some(p)) => MatchPattern::Prefix(p.clone()),
+                // Validation refuses a match with neither.
+                (None, None) => MatchPattern::Prefix(String::new()),
+            }),
+            ignore_case: false,
+        })),
         ..Default::default()
     }
 }

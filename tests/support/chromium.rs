@@ -23,9 +23,9 @@ pub fn chromium_bin() -> PathBuf {
     );
 }
 
-/// The page's DOM after its script ran, as headless Chromium dumps it.
-pub async fn dump_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().expect("tmp");
+/// Runs headless Chromium on `url` with `extra` flags beside the common ones, in a fresh
+/// profile under `profile`; its output, once it has ended successfully (within 120 s).
+async fn run(url: &str, profile: &std::path::Path, extra: &[String]) -> std::process::Output {
     let child = tokio::process::Command::new(chromium_bin())
         .args([
             "--headless",
@@ -37,9 +37,9 @@ pub async fn dump_dom(url: &str) -> String {
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--virtual-time-budget=5000",
-            "--dump-dom",
         ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -57,6 +57,13 @@ pub async fn dump_dom(url: &str) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// The page's DOM after its script ran, as headless Chromium dumps it.
+pub async fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("tmp");
+    let out = run(url, profile.path(), &["--dump-dom".to_string()]).await;
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -64,39 +71,12 @@ pub async fn dump_dom(url: &str) -> String {
 pub async fn screenshot(url: &str) -> Vec<u8> {
     let profile = tempfile::tempdir().expect("tmp");
     let png = profile.path().join("page.png");
-    let child = tokio::process::Command::new(chromium_bin())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--force-device-scale-factor=1",
-            "--window-size=1100,2400",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", chromium_bin().display()));
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("chromium ends within 120 s")
-        .expect("chromium ran");
-    assert!(
-        out.status.success(),
-        "chromium failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let extra = [
+        "--hide-scrollbars".to_string(),
+        "--force-device-scale-factor=1".to_string(),
+        "--window-size=1100,2400".to_string(),
+        format!("--screenshot={}", png.display()),
+    ];
+    run(url, profile.path(), &extra).await;
     std::fs::read(&png).expect("the screenshot")
 }
