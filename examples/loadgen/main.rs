@@ -124,6 +124,10 @@ struct Args {
     /// The debounce quiet period.
     #[arg(long, default_value = "10ms")]
     debounce_quiet: String,
+    /// Diagnostic: the file source polls alone (`watch: false`), without change notifications.
+    /// A server older than the `watch` key refuses the configuration.
+    #[arg(long)]
+    no_watch: bool,
     /// Seconds to wait for /readyz.
     #[arg(long, default_value_t = 30)]
     ready_timeout: u64,
@@ -1177,10 +1181,11 @@ fn config_yaml(args: &Args, endpoints_file: &Path, xds: &str, admin: &str) -> Re
         "server:\n  xds_listen: {xds}\n  admin_listen: {admin}\n\
          debounce: {{ quiet: {q}, max_delay: 1s }}\n\
          default_group: bench\n\
-         sources:\n  - {{ name: bench, type: file, path: {path}, format: endpoints, poll_interval: {p} }}\n\
+         sources:\n  - {{ name: bench, type: file, path: {path}, format: endpoints, poll_interval: {p}{w} }}\n\
          clusters:\n",
         q = args.debounce_quiet,
         p = args.poll_interval,
+        w = if args.no_watch { ", watch: false" } else { "" },
     );
     for i in 0..args.clusters {
         let c = cluster_name(i);
