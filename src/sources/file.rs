@@ -214,6 +214,14 @@ pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, watch: boo
                     write_due.get_or_insert_with(|| tokio::time::Instant::now() + watch::WRITE_GRACE);
                     continue;
                 }
+                // The directory went away: poll now (it says what became of the file), and
+                // watch again after each poll until the directory is back.
+                Some(watch::Wake::Gone) => {
+                    tracing::info!(file = %w.what, "the file's directory was removed or moved; polling, and watching it again once it exists");
+                    notes = None;
+                }
+                // The events cannot be read: the tick polls, and the watch is tried again
+                // after its poll (never in a loop of its own).
                 None => {
                     tracing::warn!(file = %w.what, "the file's change notifications stopped; polling every poll_interval");
                     notes = None;
@@ -225,7 +233,7 @@ pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, watch: boo
         write_due = None;
         // Whatever was queued happened before this poll, which covers it.
         if let Some(n) = &mut notes {
-            while n.rx.try_recv().is_ok() {}
+            n.drain();
         }
         w.poll(&p, SystemTime::now()).await;
         if watch && notes.is_none() {
@@ -256,7 +264,7 @@ fn try_watch(w: &Watcher, notes: &mut Option<watch::Watch>, error: &mut Option<S
 
 async fn next(notes: &mut Option<watch::Watch>) -> Option<watch::Wake> {
     match notes {
-        Some(n) => n.rx.recv().await,
+        Some(n) => n.next().await,
         None => std::future::pending().await,
     }
 }

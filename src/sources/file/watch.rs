@@ -1,8 +1,8 @@
-//! The file source's change notifications: the file's directory is watched with the
-//! platform's file notification (inotify on Linux, through the `notify` crate), and each event
-//! that may concern the file wakes the poll loop, which then polls at once instead of at its
-//! next tick. The poll decides, with every rule of [`super::Watcher`]; a notification never
-//! carries content.
+//! The file source's change notifications: the file's directory is watched with Linux's
+//! inotify, read through the runtime's own reactor (no thread of its own), and each event that
+//! may concern the file wakes the poll loop, which then polls at once instead of at its next
+//! tick. The poll decides, with every rule of [`super::Watcher`]; a notification never carries
+//! content.
 //!
 //! The directory, not the file, is watched: that is where a rename into place (editors,
 //! `mv`), a deletion and a Kubernetes ConfigMap update (a new `..data` symlink renamed over
@@ -11,50 +11,32 @@
 //! closes the file, or [`WRITE_GRACE`] after its first write if it keeps the file open, so that
 //! the empty window between the truncation and the write is not read as a new value.
 //!
+//! Only changes are asked of inotify (`imp::MASK`): opens and reads are not, so the source's own
+//! polls, which re-read the file while its timestamps settle, wake nothing (a general watcher
+//! such as the `notify` crate asks for opens too, and woke its thread on every poll).
+//!
 //! Notifications are a fast path, never the only one: the poll loop keeps its
 //! `poll_interval` tick (network filesystems send no notifications for remote writes; inotify
-//! drops events when its queue overflows; a directory may not exist yet).
+//! drops events when its queue overflows; a directory may not exist yet). Where there is no
+//! inotify (not Linux), [`start`] says so and the source polls.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
 
 /// How long after an in-place write that was not closed the file is polled.
 pub(crate) const WRITE_GRACE: Duration = Duration::from_millis(100);
 
-/// Wake-ups queued between polls; one is enough to make the next poll happen, so more are
-/// dropped (a poll reads the state of the file, not the events).
-const QUEUE: usize = 16;
-
 /// What an event asks of the poll loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
-    /// Poll now: a rename, a creation, a deletion, a closed write.
+    /// Poll now: a rename, a creation, a deletion, a closed write, a lost event.
     Now,
     /// An in-place write in progress: poll when it is closed, or after [`WRITE_GRACE`].
     AfterWrite,
-}
-
-/// What an event of this kind asks for; `None` for reads (the source's own among them).
-pub(crate) fn classify(kind: &EventKind) -> Option<Wake> {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Wake::Now),
-        EventKind::Access(_) => None,
-        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_) | ModifyKind::Any) => Some(Wake::AfterWrite),
-        _ => Some(Wake::Now),
-    }
-}
-
-/// A live watch: the events come out of `rx` until it is dropped.
-pub(crate) struct Watch {
-    _watcher: notify::RecommendedWatcher,
-    pub(crate) rx: mpsc::Receiver<Wake>,
-    /// The directories watched.
-    pub(crate) dirs: Vec<PathBuf>,
+    /// The watched directory itself was deleted or moved: its watch is over. Poll now, and
+    /// watch again (the directory may come back).
+    Gone,
 }
 
 /// The directories to watch for `path`, and the file names in them that concern it: the
@@ -81,92 +63,210 @@ fn targets(path: &Path) -> Vec<(PathBuf, OsString)> {
     v
 }
 
-/// Whether an event on these paths may concern the file: one of its names, a `..` name (a
-/// ConfigMap's `..data` swap), or no path at all (a queue overflow: anything may have changed).
-fn concerns(paths: &[PathBuf], names: &[OsString]) -> bool {
-    paths.is_empty()
-        || paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| names.iter().any(|m| m == n) || n.as_encoded_bytes().starts_with(b".."))
-        })
+/// Whether an event on this name may concern the file: one of its names, a `..` name (a
+/// ConfigMap's `..data` swap), or no name at all (the directory itself, or a queue overflow:
+/// anything may have changed).
+fn concerns(name: Option<&OsStr>, names: &[OsString]) -> bool {
+    name.is_none_or(|n| names.iter().any(|m| m == n) || n.as_encoded_bytes().starts_with(b".."))
 }
 
-/// Starts watching what concerns `path`. An error (no such directory, inotify's limits
-/// reached) says why; the caller then polls only.
-pub(crate) fn start(path: &Path) -> Result<Watch, String> {
-    let targets = targets(path);
-    if targets.is_empty() {
-        return Err(format!("{} names no file", path.display()));
-    }
-    let names: Vec<OsString> = targets.iter().map(|(_, n)| n.clone()).collect();
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let handler = move |res: notify::Result<notify::Event>| {
-        let wake = match res {
-            Ok(ev) if concerns(&ev.paths, &names) => classify(&ev.kind),
-            Ok(_) => None,
-            // The watcher's own error (e.g. its queue overflowed): look at the file.
-            Err(_) => Some(Wake::Now),
-        };
-        if let Some(w) = wake {
-            // Full: wake-ups are already queued, and the poll they cause covers this one.
-            let _ = tx.try_send(w);
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    use futures::{FutureExt, StreamExt};
+    use inotify::{EventMask, EventStream, Inotify, WatchMask};
+
+    use super::{concerns, targets, Wake};
+
+    /// What is asked of inotify: every way the directory's entries or a file's content can
+    /// change, and nothing that only reads (`OPEN`, `ACCESS`, `CLOSE_NOWRITE`).
+    pub(super) const MASK: WatchMask = WatchMask::CREATE
+        .union(WatchMask::DELETE)
+        .union(WatchMask::MOVED_FROM)
+        .union(WatchMask::MOVED_TO)
+        .union(WatchMask::CLOSE_WRITE)
+        .union(WatchMask::MODIFY)
+        .union(WatchMask::ATTRIB)
+        .union(WatchMask::DELETE_SELF)
+        .union(WatchMask::MOVE_SELF);
+
+    /// What an event of this mask asks for.
+    pub(super) fn classify(mask: EventMask) -> Wake {
+        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
+            Wake::Gone
+        } else if mask.intersects(EventMask::MODIFY | EventMask::ATTRIB) && !mask.contains(EventMask::CLOSE_WRITE) {
+            Wake::AfterWrite
+        } else {
+            // A closed write, a creation, a deletion, a rename, a queue overflow.
+            Wake::Now
         }
-    };
-    let mut watcher = notify::recommended_watcher(handler).map_err(|e| e.to_string())?;
-    let mut dirs = Vec::new();
-    for (dir, _) in &targets {
-        watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {:?}: {e}", dir.display().to_string()))?;
-        dirs.push(dir.clone());
     }
-    Ok(Watch {
-        _watcher: watcher,
-        rx,
-        dirs,
-    })
+
+    /// A live watch: the directories' events, read through the runtime's reactor.
+    pub(crate) struct Watch {
+        events: EventStream<Vec<u8>>,
+        names: Vec<OsString>,
+        /// The directories watched.
+        pub(crate) dirs: Vec<PathBuf>,
+    }
+
+    impl Watch {
+        /// The next event that concerns the file; `None` when the events cannot be read any
+        /// more (the caller then polls, and watches again).
+        pub(crate) async fn next(&mut self) -> Option<Wake> {
+            loop {
+                match self.events.next().await? {
+                    Ok(ev) if concerns(ev.name.as_deref(), &self.names) => return Some(classify(ev.mask)),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+
+        /// Drops the events already queued: the poll about to happen covers them.
+        pub(crate) fn drain(&mut self) {
+            while let Some(Some(Ok(_))) = self.events.next().now_or_never() {}
+        }
+    }
+
+    /// Starts watching what concerns `path`. An error (no such directory, inotify's limits
+    /// reached) says why; the caller then polls only. Needs the runtime (its reactor).
+    pub(crate) fn start(path: &std::path::Path) -> Result<Watch, String> {
+        let targets = targets(path);
+        if targets.is_empty() {
+            return Err(format!("{} names no file", path.display()));
+        }
+        let inotify = Inotify::init().map_err(|e| format!("inotify: {e}"))?;
+        let mut dirs = Vec::new();
+        for (dir, _) in &targets {
+            inotify
+                .watches()
+                .add(dir, MASK)
+                .map_err(|e| format!("cannot watch {:?}: {e}", dir.display().to_string()))?;
+            dirs.push(dir.clone());
+        }
+        // Room for a few dozen events with names; more wait in the kernel's queue.
+        let events = inotify
+            .into_event_stream(vec![0u8; 4096])
+            .map_err(|e| format!("inotify: {e}"))?;
+        Ok(Watch {
+            events,
+            names: targets.into_iter().map(|(_, n)| n).collect(),
+            dirs,
+        })
+    }
 }
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use std::path::PathBuf;
+
+    use super::Wake;
+
+    /// No change notifications on this platform: [`start`] always says so.
+    pub(crate) struct Watch {
+        pub(crate) dirs: Vec<PathBuf>,
+    }
+
+    impl Watch {
+        pub(crate) async fn next(&mut self) -> Option<Wake> {
+            None
+        }
+
+        pub(crate) fn drain(&mut self) {}
+    }
+
+    pub(crate) fn start(_: &std::path::Path) -> Result<Watch, String> {
+        Err("change notifications need Linux's inotify".into())
+    }
+}
+
+pub(crate) use imp::{start, Watch};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn reads_are_ignored_and_unclosed_writes_wait() {
-        assert_eq!(classify(&EventKind::Access(AccessKind::Close(AccessMode::Read))), None);
-        assert_eq!(classify(&EventKind::Access(AccessKind::Open(AccessMode::Any))), None);
-        assert_eq!(
-            classify(&EventKind::Access(AccessKind::Close(AccessMode::Write))),
-            Some(Wake::Now)
-        );
-        for k in [
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
-        ] {
-            assert_eq!(classify(&k), Some(Wake::AfterWrite), "{k:?}");
+    fn only_changes_are_asked_for_and_unclosed_writes_wait() {
+        use inotify::{EventMask, WatchMask};
+        for read in [WatchMask::OPEN, WatchMask::ACCESS, WatchMask::CLOSE_NOWRITE] {
+            assert!(!imp::MASK.intersects(read), "{read:?} is asked for");
         }
-        for k in [
-            EventKind::Create(CreateKind::File),
-            EventKind::Remove(RemoveKind::File),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
-            EventKind::Any,
+        assert_eq!(imp::classify(EventMask::CLOSE_WRITE), Wake::Now);
+        for m in [EventMask::MODIFY, EventMask::ATTRIB] {
+            assert_eq!(imp::classify(m), Wake::AfterWrite, "{m:?}");
+        }
+        for m in [
+            EventMask::CREATE,
+            EventMask::DELETE,
+            EventMask::MOVED_FROM,
+            EventMask::MOVED_TO,
+            EventMask::Q_OVERFLOW,
         ] {
-            assert_eq!(classify(&k), Some(Wake::Now), "{k:?}");
+            assert_eq!(imp::classify(m), Wake::Now, "{m:?}");
+        }
+        for m in [EventMask::DELETE_SELF, EventMask::MOVE_SELF, EventMask::IGNORED] {
+            assert_eq!(imp::classify(m), Wake::Gone, "{m:?}");
         }
     }
 
     #[test]
     fn only_the_files_names_and_configmap_names_concern_it() {
         let names = [OsString::from("assignment.json")];
-        let p = |s: &str| vec![PathBuf::from(s)];
-        assert!(concerns(&p("/etc/v/assignment.json"), &names));
-        assert!(concerns(&p("/etc/v/..data"), &names));
-        assert!(concerns(&p("/etc/v/..data_tmp"), &names));
-        assert!(concerns(&[], &names), "an overflow concerns every file");
-        assert!(!concerns(&p("/etc/v/.assignment.json.swp"), &names));
-        assert!(!concerns(&p("/etc/v/other.json"), &names));
+        fn n(s: &str) -> Option<&OsStr> {
+            Some(OsStr::new(s))
+        }
+        assert!(concerns(n("assignment.json"), &names));
+        assert!(concerns(n("..data"), &names));
+        assert!(concerns(n("..data_tmp"), &names));
+        assert!(concerns(None, &names), "the directory itself, or an overflow");
+        assert!(!concerns(n(".assignment.json.swp"), &names));
+        assert!(!concerns(n("assignment.json.tmp"), &names));
+        assert!(!concerns(n("other.json"), &names));
+    }
+
+    /// The source re-reads the file on every poll while its timestamps settle: those reads
+    /// must not come back as events. A rename does, and the directory's removal ends the watch.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn reads_wake_nothing_a_rename_wakes_and_a_removed_directory_ends_the_watch() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("tmp");
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let path = sub.join("assignment.json");
+        std::fs::write(&path, "{}").expect("write");
+        let mut w = start(&path).expect("watch");
+        for _ in 0..20 {
+            let mut s = String::new();
+            std::fs::File::open(&path)
+                .expect("open")
+                .read_to_string(&mut s)
+                .expect("read");
+            let _ = std::fs::metadata(&path).expect("stat");
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(200), w.next()).await;
+        assert!(quiet.is_err(), "a read woke the watch: {quiet:?}");
+        std::fs::write(sub.join("x.tmp"), "{}").expect("write");
+        std::fs::rename(sub.join("x.tmp"), &path).expect("rename");
+        let woke = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
+        assert_eq!(woke.ok().flatten(), Some(Wake::Now), "the rename");
+        w.drain();
+        std::fs::remove_dir_all(&sub).expect("rm");
+        let gone = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match w.next().await {
+                    Some(Wake::Gone) | None => return true,
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(gone.ok(), Some(true), "the directory's removal was not seen");
     }
 
     #[test]
