@@ -194,7 +194,7 @@ impl Watcher {
 
 /// Polls at once on a notification from the file's directory (when `watch` is on and the
 /// platform allows it), and every `poll` whatever happens (see [`watch`]).
-pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, watch: bool, shutdown: CancellationToken) {
+pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, mut watch: bool, shutdown: CancellationToken) {
     let mut notes = None;
     let mut watch_error = None;
     if watch {
@@ -209,22 +209,23 @@ pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, watch: boo
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             wake = next(&mut notes) => match wake {
-                Some(watch::Wake::Now) => {}
-                Some(watch::Wake::AfterWrite) => {
+                Ok(watch::Wake::Now) => {}
+                Ok(watch::Wake::AfterWrite) => {
                     write_due.get_or_insert_with(|| tokio::time::Instant::now() + watch::WRITE_GRACE);
                     continue;
                 }
-                // The directory went away: poll now (it says what became of the file), and
-                // watch again after each poll until the directory is back.
-                Some(watch::Wake::Gone) => {
-                    tracing::info!(file = %w.what, "the file's directory was removed or moved; polling, and watching it again once it exists");
+                // The directory went away, or events were lost: poll now (it says what became
+                // of the file), and watch again after each poll until the directory is back.
+                Ok(watch::Wake::Gone) => {
+                    tracing::info!(file = %w.what, "the file's directory was removed or moved, or change notifications were lost; polling, and watching it again");
                     notes = None;
                 }
-                // The events cannot be read: the tick polls, and the watch is tried again
-                // after its poll (never in a loop of its own).
-                None => {
-                    tracing::warn!(file = %w.what, "the file's change notifications stopped; polling every poll_interval");
+                // The events cannot be read (not expected of inotify): the source polls alone
+                // from now on, said once.
+                Err(e) => {
+                    tracing::warn!(file = %w.what, error = %e, "the file's change notifications stopped; polling every poll_interval from now on");
                     notes = None;
+                    watch = false;
                     continue;
                 }
             },
@@ -232,8 +233,9 @@ pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, watch: boo
         }
         write_due = None;
         // Whatever was queued happened before this poll, which covers it.
-        if let Some(n) = &mut notes {
-            n.drain();
+        if notes.as_mut().is_some_and(watch::Watch::drain) {
+            tracing::info!(file = %w.what, "the file's directory was removed or moved, or change notifications were lost; polling, and watching it again");
+            notes = None;
         }
         w.poll(&p, SystemTime::now()).await;
         if watch && notes.is_none() {
@@ -262,7 +264,7 @@ fn try_watch(w: &Watcher, notes: &mut Option<watch::Watch>, error: &mut Option<S
     }
 }
 
-async fn next(notes: &mut Option<watch::Watch>) -> Option<watch::Wake> {
+async fn next(notes: &mut Option<watch::Watch>) -> Result<watch::Wake, String> {
     match notes {
         Some(n) => n.next().await,
         None => std::future::pending().await,

@@ -34,14 +34,16 @@ pub(crate) enum Wake {
     Now,
     /// An in-place write in progress: poll when it is closed, or after [`WRITE_GRACE`].
     AfterWrite,
-    /// The watched directory itself was deleted or moved: its watch is over. Poll now, and
-    /// watch again (the directory may come back).
+    /// The watch is over or incomplete: the watched directory itself was deleted or moved, or
+    /// the kernel's queue overflowed (events, a `DELETE_SELF` among them, were lost). Poll
+    /// now, and watch again (the directory may come back).
     Gone,
 }
 
 /// The directories to watch for `path`, and the file names in them that concern it: the
 /// path's own directory (names: the file's, and the `..`-prefixed names of a ConfigMap
 /// volume), and, for a symlink to a file elsewhere, the target's directory.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn targets(path: &Path) -> Vec<(PathBuf, OsString)> {
     let mut v = Vec::new();
     let parent = |p: &Path| match p.parent() {
@@ -66,6 +68,7 @@ fn targets(path: &Path) -> Vec<(PathBuf, OsString)> {
 /// Whether an event on this name may concern the file: one of its names, a `..` name (a
 /// ConfigMap's `..data` swap), or no name at all (the directory itself, or a queue overflow:
 /// anything may have changed).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn concerns(name: Option<&OsStr>, names: &[OsString]) -> bool {
     name.is_none_or(|n| names.iter().any(|m| m == n) || n.as_encoded_bytes().starts_with(b".."))
 }
@@ -94,12 +97,13 @@ mod imp {
 
     /// What an event of this mask asks for.
     pub(super) fn classify(mask: EventMask) -> Wake {
-        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
+        let ended = EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED | EventMask::Q_OVERFLOW;
+        if mask.intersects(ended) {
             Wake::Gone
         } else if mask.intersects(EventMask::MODIFY | EventMask::ATTRIB) && !mask.contains(EventMask::CLOSE_WRITE) {
             Wake::AfterWrite
         } else {
-            // A closed write, a creation, a deletion, a rename, a queue overflow.
+            // A closed write, a creation, a deletion, a rename.
             Wake::Now
         }
     }
@@ -113,21 +117,36 @@ mod imp {
     }
 
     impl Watch {
-        /// The next event that concerns the file; `None` when the events cannot be read any
-        /// more (the caller then polls, and watches again).
-        pub(crate) async fn next(&mut self) -> Option<Wake> {
+        /// The next event that concerns the file (a [`Wake::Gone`] always does); `Err` with
+        /// the reason when the events cannot be read any more (the caller then polls at its
+        /// tick, and watches again).
+        pub(crate) async fn next(&mut self) -> Result<Wake, String> {
             loop {
-                match self.events.next().await? {
-                    Ok(ev) if concerns(ev.name.as_deref(), &self.names) => return Some(classify(ev.mask)),
-                    Ok(_) => {}
-                    Err(_) => return None,
+                match self.events.next().await {
+                    Some(Ok(ev)) => {
+                        let wake = classify(ev.mask);
+                        if wake == Wake::Gone || concerns(ev.name.as_deref(), &self.names) {
+                            return Ok(wake);
+                        }
+                    }
+                    Some(Err(e)) => return Err(format!("reading inotify: {e}")),
+                    None => return Err("inotify closed".into()),
                 }
             }
         }
 
-        /// Drops the events already queued: the poll about to happen covers them.
-        pub(crate) fn drain(&mut self) {
-            while let Some(Some(Ok(_))) = self.events.next().now_or_never() {}
+        /// Drops the events already queued (the poll about to happen covers them); whether
+        /// one of them ended the watch ([`Wake::Gone`], or the events cannot be read), which
+        /// must not be dropped with the rest.
+        pub(crate) fn drain(&mut self) -> bool {
+            while let Some(next) = self.events.next().now_or_never() {
+                match next {
+                    Some(Ok(ev)) if classify(ev.mask) == Wake::Gone => return true,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return true,
+                }
+            }
+            false
         }
     }
 
@@ -171,11 +190,13 @@ mod imp {
     }
 
     impl Watch {
-        pub(crate) async fn next(&mut self) -> Option<Wake> {
-            None
+        pub(crate) async fn next(&mut self) -> Result<Wake, String> {
+            std::future::pending().await
         }
 
-        pub(crate) fn drain(&mut self) {}
+        pub(crate) fn drain(&mut self) -> bool {
+            false
+        }
     }
 
     pub(crate) fn start(_: &std::path::Path) -> Result<Watch, String> {
@@ -205,11 +226,16 @@ mod tests {
             EventMask::DELETE,
             EventMask::MOVED_FROM,
             EventMask::MOVED_TO,
-            EventMask::Q_OVERFLOW,
+            EventMask::CREATE | EventMask::ISDIR,
         ] {
             assert_eq!(imp::classify(m), Wake::Now, "{m:?}");
         }
-        for m in [EventMask::DELETE_SELF, EventMask::MOVE_SELF, EventMask::IGNORED] {
+        for m in [
+            EventMask::DELETE_SELF,
+            EventMask::MOVE_SELF,
+            EventMask::IGNORED,
+            EventMask::Q_OVERFLOW,
+        ] {
             assert_eq!(imp::classify(m), Wake::Gone, "{m:?}");
         }
     }
@@ -233,7 +259,7 @@ mod tests {
     /// must not come back as events. A rename does, and the directory's removal ends the watch.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn reads_wake_nothing_a_rename_wakes_and_a_removed_directory_ends_the_watch() {
+    async fn reads_wake_nothing_a_rename_wakes_and_a_drain_keeps_the_directorys_removal() {
         use std::io::Read;
         let dir = tempfile::tempdir().expect("tmp");
         let sub = dir.path().join("d");
@@ -254,19 +280,15 @@ mod tests {
         std::fs::write(sub.join("x.tmp"), "{}").expect("write");
         std::fs::rename(sub.join("x.tmp"), &path).expect("rename");
         let woke = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
-        assert_eq!(woke.ok().flatten(), Some(Wake::Now), "the rename");
-        w.drain();
+        assert_eq!(woke.ok(), Some(Ok(Wake::Now)), "the rename");
+        assert!(!w.drain(), "a rename does not end the watch");
+        // The file's events come first, then the directory's own: after the first wake, the
+        // drain before the poll must report the end of the watch, not drop it with the rest.
         std::fs::remove_dir_all(&sub).expect("rm");
-        let gone = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match w.next().await {
-                    Some(Wake::Gone) | None => return true,
-                    Some(_) => {}
-                }
-            }
-        })
-        .await;
-        assert_eq!(gone.ok(), Some(true), "the directory's removal was not seen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
+        assert!(matches!(first, Ok(Ok(Wake::Now | Wake::AfterWrite))), "{first:?}");
+        assert!(w.drain(), "the directory's removal was dropped by the drain");
     }
 
     #[test]

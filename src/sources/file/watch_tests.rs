@@ -214,3 +214,37 @@ async fn with_watch_off_a_change_waits_for_the_poll() {
     assert!(!r.sees("10.0.0.2", Duration::from_millis(300)).await);
     r.stop().await;
 }
+
+/// The file's directory removed and made again (`rm -rf`, a redeploy): the watch ends with it,
+/// the next poll tick finds the new file and watches the new directory, and a change after
+/// that arrives at once, long before the following tick.
+#[tokio::test]
+async fn a_removed_directory_is_watched_again_once_it_is_back() {
+    const TICK: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().expect("tmp");
+    let sub = dir.path().join("conf");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let path = sub.join("assignment.json");
+    std::fs::write(&path, A).expect("write");
+    let mut r = Run::start(&path, TICK, true);
+    assert!(r.sees("10.0.0.1", LIMIT).await);
+    std::fs::remove_dir_all(&sub).expect("rm");
+    let deleted = tokio::time::timeout(LIMIT, async {
+        while r.metrics.source_error_count("f", "deleted") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(deleted.is_ok(), "the deletion was not seen");
+    std::fs::create_dir(&sub).expect("mkdir again");
+    rename_into_place(&path, B);
+    // Only a tick can find it (nothing watches a directory that did not exist).
+    assert!(r.sees("10.0.0.2", TICK + LIMIT).await);
+    // That tick's poll watched the directory again: the next change does not wait for a tick.
+    rename_into_place(&path, C);
+    assert!(
+        r.sees("10.0.0.3", TICK / 2).await,
+        "the change waited for a tick: the directory is not watched again"
+    );
+    r.stop().await;
+}
