@@ -59,6 +59,16 @@ impl Run {
         self.host().as_deref() == Some(want)
     }
 
+    /// Waits (at most [`LIMIT`]) until the source has counted an error of `kind`; whether it has.
+    async fn counts_error(&self, kind: &'static str) -> bool {
+        let wait = async {
+            while self.metrics.source_error_count("f", kind) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(LIMIT, wait).await.is_ok()
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
@@ -140,13 +150,10 @@ async fn a_truncate_then_write_is_read_when_the_writer_closes_the_file() {
     );
     // Truncated and left open: polled after the grace, as an error; the last good state stays.
     let f = std::fs::File::create(&path).expect("truncate");
-    let waited = tokio::time::timeout(LIMIT, async {
-        while r.metrics.source_error_count("f", "empty") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "a write left open is polled after the grace");
+    assert!(
+        r.counts_error("empty").await,
+        "a write left open is polled after the grace"
+    );
     assert_eq!(r.host().as_deref(), Some("10.0.0.2"));
     drop(f);
     r.stop().await;
@@ -160,13 +167,7 @@ async fn a_deleted_file_and_its_return_are_seen() {
     let mut r = Run::start(&path, HOUR, true);
     assert!(r.sees("10.0.0.1", LIMIT).await);
     std::fs::remove_file(&path).expect("rm");
-    let deleted = tokio::time::timeout(LIMIT, async {
-        while r.metrics.source_error_count("f", "deleted") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(deleted.is_ok(), "the deletion was not seen");
+    assert!(r.counts_error("deleted").await, "the deletion was not seen");
     assert_eq!(r.host().as_deref(), Some("10.0.0.1"), "the last good state is kept");
     rename_into_place(&path, B);
     assert!(r.sees("10.0.0.2", LIMIT).await);
@@ -229,13 +230,7 @@ async fn a_removed_directory_is_watched_again_once_it_is_back() {
     let mut r = Run::start(&path, TICK, true);
     assert!(r.sees("10.0.0.1", LIMIT).await);
     std::fs::remove_dir_all(&sub).expect("rm");
-    let deleted = tokio::time::timeout(LIMIT, async {
-        while r.metrics.source_error_count("f", "deleted") == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(deleted.is_ok(), "the deletion was not seen");
+    assert!(r.counts_error("deleted").await, "the deletion was not seen");
     std::fs::create_dir(&sub).expect("mkdir again");
     rename_into_place(&path, B);
     // Only a tick can find it (nothing watches a directory that did not exist).
