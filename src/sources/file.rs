@@ -192,6 +192,10 @@ impl Watcher {
     }
 }
 
+/// Logged when the watch ends with the directory (or lost events) and is set up again.
+const WATCH_ENDED: &str =
+    "the file's directory was removed or moved, or change notifications were lost; polling, and watching it again";
+
 /// Polls at once on a notification from the file's directory (when `watch` is on and the
 /// platform allows it), and every `poll` whatever happens (see [`watch`]).
 pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, mut watch: bool, shutdown: CancellationToken) {
@@ -217,7 +221,7 @@ pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, mut watch:
                 // The directory went away, or events were lost: poll now (it says what became
                 // of the file), and watch again after each poll until the directory is back.
                 Ok(watch::Wake::Gone) => {
-                    tracing::info!(file = %w.what, "the file's directory was removed or moved, or change notifications were lost; polling, and watching it again");
+                    tracing::info!(file = %w.what, "{WATCH_ENDED}");
                     notes = None;
                 }
                 // The events cannot be read (not expected of inotify): the source polls alone
@@ -232,9 +236,11 @@ pub(crate) async fn run(p: Publisher, mut w: Watcher, poll: Duration, mut watch:
             _ = sleep_until(write_due), if write_due.is_some() => {}
         }
         write_due = None;
-        // Whatever was queued happened before this poll, which covers it.
+        // Whatever was queued happened before this poll, which covers it; the end of the
+        // watch among it is not dropped (an unreadable watch also ends here, and the next
+        // one, if it fails too, ends polling-only in the select above).
         if notes.as_mut().is_some_and(watch::Watch::drain) {
-            tracing::info!(file = %w.what, "the file's directory was removed or moved, or change notifications were lost; polling, and watching it again");
+            tracing::info!(file = %w.what, "{WATCH_ENDED}");
             notes = None;
         }
         w.poll(&p, SystemTime::now()).await;
