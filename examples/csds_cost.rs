@@ -107,9 +107,8 @@ fn envoys(table: &Arc<ClientTable>, cache: &Cache, group: &str, n: usize) -> Res
     let mut regs = Vec::with_capacity(n);
     let name_sets = NameSets::default();
     for i in 0..n {
-        let (reg, first) = table.register("sotw", "ads");
-        let mut st = xds_engine::status::ClientStatus::clone(&first);
-        {
+        let reg = table.register("sotw", "ads");
+        reg.update(|st| {
             st.node_id = format!("olt-{i:05}");
             st.node_cluster = group.to_string();
             st.group = Some(group.to_string());
@@ -137,8 +136,7 @@ fn envoys(table: &Arc<ClientTable>, cache: &Cache, group: &str, n: usize) -> Res
                     },
                 );
             }
-        }
-        reg.publish(Arc::new(st));
+        });
         regs.push(reg);
     }
     Ok(regs)

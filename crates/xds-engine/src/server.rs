@@ -3,9 +3,9 @@
 //!
 //! Each stream runs in its own task: it selects over "request arrived", "snapshot changed" and
 //! "shutdown", feeds its state machine (with the time), and sends what the machine says. It
-//! applies what the machine reports (metrics, logs, its status record) and, after each turn
-//! that changed the record, publishes an immutable copy to the client table. No lock is shared
-//! on the send path; the snapshot is read through a `watch` channel and shared by `Arc`.
+//! applies what the machine reports (metrics, logs, its status record, changed in place under
+//! the record's own lock, which only a reader of the client table also takes). No lock is
+//! shared on the send path; the snapshot is read through a `watch` channel and shared by `Arc`.
 //!
 //! The routing of gRPC paths to these streams is in `services`.
 
@@ -173,8 +173,8 @@ impl From<StreamError> for Status {
 }
 
 impl XdsServer {
-    /// Applies what a stream's machine reports: folds it into the stream's `status` (returns
-    /// whether that changed), counts and logs it. Client-supplied strings are logged through
+    /// Applies what a stream's machine reports: folds it into the stream's `status`, counts and
+    /// logs it. Client-supplied strings are logged through
     /// [`Safe`]; client-caused lines are limited per stream by `budget`.
     fn observe(
         &self,
@@ -183,11 +183,10 @@ impl XdsServer {
         api: &'static str,
         push: &mut PendingPush,
         budget: &mut LogBudget,
-    ) -> bool {
-        let mut changed = false;
+    ) {
         let at = SystemTime::now();
         for e in events {
-            changed |= status.apply(&e, at);
+            status.apply(&e, at);
             match e {
                 StreamEvent::Node { .. }
                 | StreamEvent::Group { .. }
@@ -242,7 +241,6 @@ impl XdsServer {
                 }
             }
         }
-        changed
     }
 
     /// A slot of `server.max_streams`, or RESOURCE_EXHAUSTED (counted and logged).
@@ -280,7 +278,7 @@ impl XdsServer {
     /// whatever the state machine wants sent.
     fn spawn_stream<M: Machine>(
         &self,
-        (reg, mut status): (Registration, Arc<ClientStatus>),
+        reg: Registration,
         slot: OwnedSemaphorePermit,
         scope: Scope,
         mut sm: M,
@@ -291,8 +289,6 @@ impl XdsServer {
         tokio::spawn(async move {
             let _reg = reg;
             let _slot = slot;
-            // The stream's record is shared with the client table: one copy per stream at rest;
-            // a turn with events folds them into a new copy and publishes that.
             let _gauge = this.metrics.stream_opened(M::API, scope.name());
             let mut snaps = this.cache.subscribe();
             let mut push = PendingPush::default();
@@ -334,7 +330,7 @@ impl XdsServer {
                     changed = snaps.changed() => {
                         if changed.is_err() { break; }
                         let next = snaps.borrow_and_update().clone();
-                        push.on_snapshot(current.as_deref(), next.as_deref(), &status.node_cluster, &status.user_agent_name);
+                        _reg.read(|st| push.on_snapshot(current.as_deref(), next.as_deref(), &st.node_cluster, &st.user_agent_name));
                         current = next;
                         sm.on_snapshot(current.clone());
                     }
@@ -342,11 +338,7 @@ impl XdsServer {
                 let out = sm.poll(Instant::now());
                 let events = sm.take_events();
                 if !events.is_empty() {
-                    let mut next = ClientStatus::clone(&status);
-                    if this.observe(events, &mut next, M::API, &mut push, &mut budget) {
-                        status = Arc::new(next);
-                        _reg.publish(status.clone());
-                    }
+                    _reg.update(|st| this.observe(events, st, M::API, &mut push, &mut budget));
                 }
                 for mut r in out {
                     if let Some(cp) = &this.control_plane {
@@ -520,8 +512,7 @@ mod tests {
     /// `n` requests for `type_url` on one ADS stream, fed and observed as the stream task does.
     fn unknown_type_requests(srv: &XdsServer, type_url: &str, n: usize) -> String {
         logged(|| {
-            let (_reg, status) = srv.clients.register("sotw", "ads");
-            let mut status = crate::status::ClientStatus::clone(&status);
+            let mut status = ClientStatus::new(1, "sotw", "ads");
             let mut sm = SotwStream::new(Scope::Ads, srv.limits, srv.name_sets.clone());
             sm.on_snapshot(srv.cache.current());
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
@@ -591,8 +582,7 @@ mod tests {
     #[test]
     fn a_nack_log_line_names_the_group_of_the_client_that_sent_it() {
         let srv = server();
-        let (_reg, status) = srv.clients.register("sotw", "ads");
-        let mut status = crate::status::ClientStatus::clone(&status);
+        let mut status = ClientStatus::new(1, "sotw", "ads");
         let events = vec![
             StreamEvent::Node {
                 id: "grpc-1".into(),
@@ -631,8 +621,7 @@ mod tests {
             nonce: "1".into(),
             error: format!("bad\n{}", "e".repeat(10_000)),
         };
-        let (_reg, status) = srv.clients.register("sotw", "ads");
-        let mut status = crate::status::ClientStatus::clone(&status);
+        let mut status = ClientStatus::new(1, "sotw", "ads");
         let log = logged(|| {
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
             srv.observe(vec![node], &mut status, "sotw", &mut push, &mut budget);

@@ -1,10 +1,12 @@
 //! What the admin API shows about connected streams: one [`ClientStatus`] per stream, kept in
 //! a [`ClientTable`] while the stream lives, plus a short log of recent NACKs.
 //!
-//! A stream's task owns its status: it folds its state machine's events into it
-//! ([`ClientStatus::apply`]) and, after each turn that changed it, publishes an immutable copy
-//! to the table ([`Registration::publish`]). Readers (the status page, CSDS) take the copies;
-//! nothing of a stream is locked while it runs.
+//! A stream's task is the only writer of its status: it folds its state machine's events into
+//! it ([`ClientStatus::apply`]) in place, under the record's own lock, once per turn that has
+//! events ([`Registration::update`]). Readers (the status page, CSDS) take copies under the
+//! same lock ([`ClientTable::snapshot`]), so a copy taken never changes under them. The lock is
+//! held for one turn's fold; nothing else of a stream is locked while it runs, and a turn costs
+//! no copy of the record (each copy was a dozen allocations, twice per stream per change).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -285,13 +287,15 @@ pub fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Resul
 #[derive(Default)]
 pub struct ClientTable {
     next_id: AtomicU64,
-    streams: DashMap<u64, Arc<ClientStatus>>,
+    streams: DashMap<u64, Arc<Mutex<ClientStatus>>>,
     nacks: Mutex<VecDeque<Nack>>,
 }
 
-/// A stream's place in the table; dropping it removes the stream.
+/// A stream's place in the table and its record (the only one); dropping it removes the
+/// stream.
 pub struct Registration {
     table: Arc<ClientTable>,
+    record: Arc<Mutex<ClientStatus>>,
     /// The stream's id.
     pub id: u64,
 }
@@ -303,26 +307,29 @@ impl Drop for Registration {
 }
 
 impl Registration {
-    /// Replaces the stream's record in the table (its owner's copy, after a turn that changed it).
-    pub fn publish(&self, status: Arc<ClientStatus>) {
-        self.table.streams.insert(self.id, status);
+    /// Changes the stream's record in place (a turn's events), under its lock: a reader's copy
+    /// is taken before or after, never halfway.
+    pub fn update<R>(&self, f: impl FnOnce(&mut ClientStatus) -> R) -> R {
+        f(&mut self.record.lock())
+    }
+
+    /// Reads the stream's record.
+    pub fn read<R>(&self, f: impl FnOnce(&ClientStatus) -> R) -> R {
+        f(&self.record.lock())
     }
 }
 
 impl ClientTable {
-    /// Registers a new stream; returns its place and its first status, published already and
-    /// shared with the table (one copy per stream at rest).
-    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> (Registration, Arc<ClientStatus>) {
+    /// Registers a new stream; returns its place, through which the stream changes its record.
+    pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let status = Arc::new(ClientStatus::new(id, api, service));
-        self.streams.insert(id, status.clone());
-        (
-            Registration {
-                table: self.clone(),
-                id,
-            },
-            status,
-        )
+        let record = Arc::new(Mutex::new(ClientStatus::new(id, api, service)));
+        self.streams.insert(id, record.clone());
+        Registration {
+            table: self.clone(),
+            record,
+            id,
+        }
     }
 
     /// Open streams.
@@ -335,9 +342,12 @@ impl ClientTable {
         self.streams.is_empty()
     }
 
-    /// Every stream's status as last published, ordered by stream id.
+    /// A copy of every stream's status, ordered by stream id. Each is taken under its stream's
+    /// lock (after the stream's last turn, never in the middle of one) and does not change.
     pub fn snapshot(&self) -> Vec<Arc<ClientStatus>> {
-        let mut v: Vec<Arc<ClientStatus>> = self.streams.iter().map(|e| e.value().clone()).collect();
+        // The records first, then each one's lock: no stream's lock is taken under the map's.
+        let records: Vec<Arc<Mutex<ClientStatus>>> = self.streams.iter().map(|e| e.value().clone()).collect();
+        let mut v: Vec<Arc<ClientStatus>> = records.iter().map(|r| Arc::new(r.lock().clone())).collect();
         v.sort_by_key(|c| c.stream_id);
         v
     }
@@ -470,8 +480,8 @@ mod tests {
     #[test]
     fn registration_is_removed_when_dropped() {
         let t = Arc::new(ClientTable::default());
-        let (a, _) = t.register("sotw", "ads");
-        let (b, _) = t.register("delta", "ads");
+        let a = t.register("sotw", "ads");
+        let b = t.register("delta", "ads");
         assert_eq!(t.len(), 2);
         assert_ne!(a.id, b.id);
         drop(a);
@@ -531,22 +541,17 @@ mod tests {
     }
 
     #[test]
-    fn readers_see_the_last_published_record_and_it_does_not_change_under_them() {
+    fn readers_see_the_streams_last_turn_and_a_copy_taken_does_not_change_under_them() {
         let t = Arc::new(ClientTable::default());
-        let (reg, first) = t.register("sotw", "ads");
-        assert!(
-            Arc::ptr_eq(&first, &t.snapshot()[0]),
-            "the stream and the table share one record until the stream changes it"
-        );
-        let mut st = ClientStatus::clone(&first);
-        st.node_id = "envoy-1".into();
-        assert_eq!(t.snapshot()[0].node_id, "", "not published yet");
-        reg.publish(Arc::new(st.clone()));
+        let reg = t.register("sotw", "ads");
+        assert_eq!(t.snapshot()[0].node_id, "", "a new stream's record");
+        reg.update(|st| st.node_id = "envoy-1".into());
         let seen = t.snapshot();
-        st.node_id = "envoy-2".into();
-        reg.publish(Arc::new(st));
-        assert_eq!(seen[0].node_id, "envoy-1", "a record taken is immutable");
+        assert_eq!(seen[0].node_id, "envoy-1", "readers see the turn");
+        reg.update(|st| st.node_id = "envoy-2".into());
+        assert_eq!(seen[0].node_id, "envoy-1", "a copy taken is immutable");
         assert_eq!(t.snapshot()[0].node_id, "envoy-2");
+        assert_eq!(reg.read(|st| st.node_id.clone()), "envoy-2");
         drop(reg);
         assert!(t.is_empty());
     }

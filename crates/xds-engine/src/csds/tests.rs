@@ -251,17 +251,16 @@ fn state_machines_feed_csds() {
         response_nonce: nonce.into(),
         ..Default::default()
     };
-    // The server's part: fold the machine's events into the stream's record, publish it.
-    let publish =
-        |reg: &crate::status::Registration, st: &mut ClientStatus, events: Vec<crate::stream::StreamEvent>| {
+    // The server's part: fold the machine's events into the stream's record.
+    let publish = |reg: &crate::status::Registration, events: Vec<crate::stream::StreamEvent>| {
+        reg.update(|st| {
             for e in &events {
                 st.apply(e, std::time::SystemTime::now());
             }
-            reg.publish(Arc::new(st.clone()));
-        };
+        });
+    };
     let names = Arc::new(NameSets::default());
-    let (reg, st) = table.register("sotw", "ads");
-    let mut st = crate::status::ClientStatus::clone(&st);
+    let reg = table.register("sotw", "ads");
     let mut sm = SotwStream::new(Scope::Ads, Limits::default(), names.clone());
     sm.on_snapshot(Some(snap.clone()));
     sm.on_request(req(ResourceType::Route, &["r1", "r2"], "", ""), now())
@@ -281,11 +280,10 @@ fn state_machines_feed_csds() {
         ..Default::default()
     });
     sm.on_request(nack, now()).expect("nack");
-    publish(&reg, &mut st, sm.take_events());
+    publish(&reg, sm.take_events());
 
     // A second Envoy reconnects claiming the current CDS version: nothing is sent.
-    let (reg2, st2) = table.register("sotw", "ads");
-    let mut st2 = crate::status::ClientStatus::clone(&st2);
+    let reg2 = table.register("sotw", "ads");
     let mut sm2 = SotwStream::new(Scope::Ads, Limits::default(), names);
     sm2.on_snapshot(Some(snap.clone()));
     let mut claim = req(ResourceType::Cluster, &[], &cds.version_info, "");
@@ -294,7 +292,7 @@ fn state_machines_feed_csds() {
     }
     sm2.on_request(claim, now()).expect("ok");
     assert!(sm2.poll(now()).is_empty(), "it already holds the current version");
-    publish(&reg2, &mut st2, sm2.take_events());
+    publish(&reg2, sm2.take_events());
 
     // An empty cache: statuses are still reported (no snapshot to compare with).
     assert_eq!(
@@ -466,10 +464,8 @@ fn messages(buf: &mut Vec<u8>) -> Vec<ClientStatusResponse> {
 }
 
 fn one_envoy(s: &XdsServer) -> crate::status::Registration {
-    let (reg, status) = s.clients.register("sotw", "ads");
-    let mut status = crate::status::ClientStatus::clone(&status);
-    status.node_id = "envoy-1".into();
-    reg.publish(Arc::new(status));
+    let reg = s.clients.register("sotw", "ads");
+    reg.update(|st| st.node_id = "envoy-1".into());
     reg
 }
 
