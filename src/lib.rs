@@ -160,9 +160,9 @@ pub async fn start_with(
         .http2_keepalive_timeout(Some(s.keepalive_timeout.0))
         .max_concurrent_streams(Some(s.max_streams_per_connection))
         // Sized for ADS (docs/benchmarks.md, "Memory per connected Envoy"): a client's requests
-        // are small and read as they come, so 64 KiB of window per stream (HTTP/2's own
-        // default, against hyper's 1 MiB) bounds what one connection can make the server
-        // buffer; the connection window stays hyper's 1 MiB, and no adaptive window.
+        // are small and read as they come: 256 KiB of window per stream (hyper's is 1 MiB), so
+        // that an ACK seldom costs a WINDOW_UPDATE; the connection window, hyper's 1 MiB, bounds
+        // what one connection can make the server buffer; no adaptive window.
         .initial_stream_window_size(Some(xds_engine::listen::STREAM_WINDOW))
         .initial_connection_window_size(Some(xds_engine::listen::CONNECTION_WINDOW))
         .http2_adaptive_window(Some(false));

@@ -125,6 +125,62 @@ async fn connections_over_max_connections_are_closed_at_once() {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// The HTTP/2 flow control the server grants, read from the frames it sends a new connection:
+/// 256 KiB per stream in its SETTINGS (`SETTINGS_INITIAL_WINDOW_SIZE`), and a connection
+/// window raised to 1 MiB (a `WINDOW_UPDATE` on stream 0 over HTTP/2's initial 65,535 bytes).
+/// docs/configuration.md says both.
+#[tokio::test]
+async fn a_connection_is_granted_256_kib_per_stream_and_1_mib_in_all() {
+    let server = start_server(&config("")).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.xds_addr).await.expect("tcp");
+    // The client preface and an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let (mut stream_window, mut connection_increment) = (None, None);
+    // The server's first frames: its SETTINGS, the connection's WINDOW_UPDATE, our SETTINGS'
+    // ACK. At most 8 frames, each read within WAIT.
+    for _ in 0..8 {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+            .expect("a frame header");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        assert!(len <= 16_384, "a frame of {len} bytes");
+        let mut payload = vec![0u8; len];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut payload))
+            .await
+            .expect("a frame in time")
+            .expect("a frame payload");
+        match (kind, stream) {
+            // SETTINGS, not an ACK: 6-byte entries of id and value.
+            (4, 0) if flags & 1 == 0 => {
+                for e in payload.chunks_exact(6) {
+                    if u16::from_be_bytes([e[0], e[1]]) == 4 {
+                        stream_window = Some(u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+                    }
+                }
+            }
+            (8, 0) => connection_increment = Some(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])),
+            _ => {}
+        }
+        if stream_window.is_some() && connection_increment.is_some() {
+            break;
+        }
+    }
+    assert_eq!(stream_window, Some(256 * 1024), "SETTINGS_INITIAL_WINDOW_SIZE");
+    assert_eq!(
+        connection_increment.map(|i| i + 65_535),
+        Some(1024 * 1024),
+        "the connection window"
+    );
+    drop(tcp);
+    server.stop(Duration::from_secs(5)).await;
+}
+
 /// SIGTERM (Kubernetes) and SIGINT (Ctrl-C): the binary stops accepting, ends the open stream,
 /// and exits 0 well within `server.shutdown_grace`. With `--log-format json` every log line is
 /// one JSON object.

@@ -38,9 +38,12 @@ pub struct XdsTlsConfig {
 }
 
 /// The HTTP/2 flow-control window the server grants each ADS stream: what a client may send
-/// before the server has read it (HTTP/2's default; an ADS request is a few KiB at most with
-/// Envoy's EDS names, and a larger one flows as it is read).
-pub const STREAM_WINDOW: u32 = 65_535;
+/// before the server has read it. An Envoy's ACK repeats its subscription (7 KiB with 1,000
+/// EDS names): with HTTP/2's default of 64 KiB the server sent a `WINDOW_UPDATE` every four or
+/// five ACKs, one more write each; with 256 KiB, one every eighteen. What a connection can make
+/// the server hold stays bounded by [`CONNECTION_WINDOW`], and a larger request flows as it is
+/// read.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
 
 /// The window for all of a connection's streams together (hyper's default, stated).
 pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
