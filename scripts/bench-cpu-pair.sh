@@ -2,7 +2,7 @@
 # Server CPU per change of two server binaries, measured side by side: each driven by its own
 # load generator, both started at once, so that both runs see the same machine (this
 # machine's speed drifts by up to 20 % between runs minutes apart, more than the differences
-# looked for). docs/benchmarks.md ("CPU per change at 1,000 clusters: paired runs").
+# looked for). docs/benchmarks.md ("CPU per change: paired runs").
 #
 #   scripts/bench-cpu-pair.sh A_BIN B_BIN [PAIRS]
 #

@@ -25,7 +25,7 @@ use super::grpc::{self, Framed, Outbound, Requests, WireMessage};
 use super::logsafe::{LogBudget, Noise, Safe, Verdict};
 use super::names::NameSets;
 use super::resources::{ResourceType, TypeMap};
-use super::status::{ClientStatus, ClientTable, Registration};
+use super::status::{ClientTable, Registration};
 use super::stream::{DeltaStream, Limits, Scope, SotwRequest, SotwStream, StreamError, StreamEvent};
 use super::wire::{DeltaDiscoveryResponse, DiscoveryResponse};
 use crate::metrics::Metrics;
@@ -173,20 +173,32 @@ impl From<StreamError> for Status {
 }
 
 impl XdsServer {
-    /// Applies what a stream's machine reports: folds it into the stream's `status`, counts and
-    /// logs it. Client-supplied strings are logged through
-    /// [`Safe`]; client-caused lines are limited per stream by `budget`.
+    /// Applies what a stream's machine reports: folds it into the stream's record (under the
+    /// record's lock, the fold alone), then counts and logs it. Client-supplied strings are
+    /// logged through [`Safe`]; client-caused lines are limited per stream by `budget`.
     fn observe(
         &self,
         events: Vec<StreamEvent>,
-        status: &mut ClientStatus,
+        reg: &Registration,
         api: &'static str,
         push: &mut PendingPush,
         budget: &mut LogBudget,
     ) {
         let at = SystemTime::now();
+        // The NACKs as the record keeps them (with the node's names), and the node's group.
+        let (nacks, group) = reg.update(|status| {
+            let mut nacks = Vec::new();
+            for e in &events {
+                status.apply(e, at);
+                if let StreamEvent::Nacked { ty, .. } = e {
+                    nacks.extend(status.types.get(ty.short()).and_then(|t| t.last_nack.clone()));
+                }
+            }
+            let group = (!nacks.is_empty()).then(|| status.group.clone()).flatten();
+            (nacks, group)
+        });
+        let mut nacks = nacks.into_iter();
         for e in events {
-            status.apply(&e, at);
             match e {
                 StreamEvent::Node { .. }
                 | StreamEvent::Group { .. }
@@ -211,13 +223,13 @@ impl XdsServer {
                 }
                 StreamEvent::Nacked { ty, .. } => {
                     self.metrics.nacked(ty);
-                    let Some(n) = status.types.get(ty.short()).and_then(|t| t.last_nack.clone()) else {
+                    let Some(n) = nacks.next() else {
                         continue;
                     };
                     let verdict = budget.take(Noise::Nack, &self.metrics);
                     if verdict != Verdict::Suppressed {
                         // Envoy or a proxyless gRPC client: the group says which.
-                        let group = status.group.as_deref().unwrap_or_default();
+                        let group = group.as_deref().unwrap_or_default();
                         warn!(node = %Safe(&n.node_id), cluster = %Safe(&n.node_cluster), group = %Safe(group), r#type = ty.short(), version = %n.version, error = %Safe(&n.error), "NACK: client rejected the configuration; it will not be re-sent until it changes");
                     }
                     if verdict == Verdict::LogLast {
@@ -338,7 +350,7 @@ impl XdsServer {
                 let out = sm.poll(Instant::now());
                 let events = sm.take_events();
                 if !events.is_empty() {
-                    _reg.update(|st| this.observe(events, st, M::API, &mut push, &mut budget));
+                    this.observe(events, &_reg, M::API, &mut push, &mut budget);
                 }
                 for mut r in out {
                     if let Some(cp) = &this.control_plane {
@@ -512,7 +524,7 @@ mod tests {
     /// `n` requests for `type_url` on one ADS stream, fed and observed as the stream task does.
     fn unknown_type_requests(srv: &XdsServer, type_url: &str, n: usize) -> String {
         logged(|| {
-            let mut status = ClientStatus::new(1, "sotw", "ads");
+            let reg = srv.clients.register("sotw", "ads");
             let mut sm = SotwStream::new(Scope::Ads, srv.limits, srv.name_sets.clone());
             sm.on_snapshot(srv.cache.current());
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
@@ -528,7 +540,7 @@ mod tests {
                 sm.on_request(req, Instant::now())
                     .expect("an unknown type is answered, not an error");
                 assert_eq!(sm.poll(Instant::now()).len(), 1, "answered empty");
-                srv.observe(sm.take_events(), &mut status, "sotw", &mut push, &mut budget);
+                srv.observe(sm.take_events(), &reg, "sotw", &mut push, &mut budget);
             }
         })
     }
@@ -582,7 +594,7 @@ mod tests {
     #[test]
     fn a_nack_log_line_names_the_group_of_the_client_that_sent_it() {
         let srv = server();
-        let mut status = ClientStatus::new(1, "sotw", "ads");
+        let reg = srv.clients.register("sotw", "ads");
         let events = vec![
             StreamEvent::Node {
                 id: "grpc-1".into(),
@@ -601,10 +613,21 @@ mod tests {
         ];
         let log = logged(|| {
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
-            srv.observe(events, &mut status, "sotw", &mut push, &mut budget);
+            srv.observe(events, &reg, "sotw", &mut push, &mut budget);
         });
         assert!(log.contains("NACK: client rejected the configuration"), "{log}");
         assert!(log.contains(r#"group="voltha/grpc""#), "{log}");
+        // Folded into the stream's record, as readers of the table see it, and kept as recent.
+        let seen = srv.clients.snapshot();
+        let eds = &seen[0].types["eds"];
+        assert_eq!((eds.nacks, seen[0].group.as_deref()), (1, Some("voltha/grpc")));
+        let recent = srv.clients.recent_nacks();
+        assert_eq!(
+            (recent.len(), recent[0].node_id.as_str(), recent[0].error.as_str()),
+            (1, "grpc-1", "duplicate endpoint address")
+        );
+        drop(reg);
+        assert!(srv.clients.is_empty());
     }
 
     #[test]
@@ -621,12 +644,12 @@ mod tests {
             nonce: "1".into(),
             error: format!("bad\n{}", "e".repeat(10_000)),
         };
-        let mut status = ClientStatus::new(1, "sotw", "ads");
+        let reg = srv.clients.register("sotw", "ads");
         let log = logged(|| {
             let (mut push, mut budget) = (PendingPush::default(), LogBudget::default());
-            srv.observe(vec![node], &mut status, "sotw", &mut push, &mut budget);
+            srv.observe(vec![node], &reg, "sotw", &mut push, &mut budget);
             for _ in 0..100 {
-                srv.observe(vec![nack.clone()], &mut status, "sotw", &mut push, &mut budget);
+                srv.observe(vec![nack.clone()], &reg, "sotw", &mut push, &mut budget);
             }
         });
         assert_eq!(log.lines().count(), LOGGED_PER_STREAM as usize + 1, "{log}");

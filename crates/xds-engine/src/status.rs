@@ -1,12 +1,15 @@
 //! What the admin API shows about connected streams: one [`ClientStatus`] per stream, kept in
 //! a [`ClientTable`] while the stream lives, plus a short log of recent NACKs.
 //!
-//! A stream's task is the only writer of its status: it folds its state machine's events into
-//! it ([`ClientStatus::apply`]) in place, under the record's own lock, once per turn that has
-//! events ([`Registration::update`]). Readers (the status page, CSDS) take copies under the
-//! same lock ([`ClientTable::snapshot`]), so a copy taken never changes under them. The lock is
-//! held for one turn's fold; nothing else of a stream is locked while it runs, and a turn costs
-//! no copy of the record (each copy was a dozen allocations, twice per stream per change).
+//! A stream's task is the only writer of its status: once per turn that has events it folds
+//! them into the record ([`ClientStatus::apply`], through [`Registration::update`]). The table
+//! holds each record as an immutable `Arc<ClientStatus>` behind a lock of its own; readers (the
+//! status page, CSDS) take the `Arc` ([`ClientTable::snapshot`]), so a record taken never
+//! changes under them. The stream changes the record in place when no reader holds it and
+//! copies it only when one does (`Arc::make_mut`): a turn costs no copy at rest (each copy
+//! was a dozen allocations, and there are two turns per stream per change). The lock is held
+//! for the fold alone, or for taking the `Arc`; nothing else of a stream is locked while it
+//! runs.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -282,20 +285,22 @@ pub fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Resul
     }
 }
 
-/// Every live stream's status, as last published. A stream registers on start; its
-/// [`Registration`] removes it when dropped, whatever way the stream ends.
+/// Every live stream's status record, as its last turn left it. A stream registers on start;
+/// its [`Registration`] removes it when dropped, whatever way the stream ends.
 #[derive(Default)]
 pub struct ClientTable {
     next_id: AtomicU64,
-    streams: DashMap<u64, Arc<Mutex<ClientStatus>>>,
+    streams: DashMap<u64, Record>,
     nacks: Mutex<VecDeque<Nack>>,
 }
 
-/// A stream's place in the table and its record (the only one); dropping it removes the
-/// stream.
+/// A stream's record, shared by the stream and the table: readers clone the inner `Arc`.
+type Record = Arc<Mutex<Arc<ClientStatus>>>;
+
+/// A stream's place in the table and its record; dropping it removes the stream.
 pub struct Registration {
     table: Arc<ClientTable>,
-    record: Arc<Mutex<ClientStatus>>,
+    record: Record,
     /// The stream's id.
     pub id: u64,
 }
@@ -307,13 +312,14 @@ impl Drop for Registration {
 }
 
 impl Registration {
-    /// Changes the stream's record in place (a turn's events), under its lock: a reader's copy
-    /// is taken before or after, never halfway.
+    /// Changes the stream's record (a turn's events) under its lock: in place, or in a copy if
+    /// a reader holds the record as it was. A reader takes it before the change or after, never
+    /// halfway. `f` must not touch the table (the lock is not re-entrant).
     pub fn update<R>(&self, f: impl FnOnce(&mut ClientStatus) -> R) -> R {
-        f(&mut self.record.lock())
+        f(Arc::make_mut(&mut self.record.lock()))
     }
 
-    /// Reads the stream's record.
+    /// Reads the stream's record under its lock. `f` must not touch the table.
     pub fn read<R>(&self, f: impl FnOnce(&ClientStatus) -> R) -> R {
         f(&self.record.lock())
     }
@@ -323,7 +329,7 @@ impl ClientTable {
     /// Registers a new stream; returns its place, through which the stream changes its record.
     pub fn register(self: &Arc<Self>, api: &'static str, service: &'static str) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let record = Arc::new(Mutex::new(ClientStatus::new(id, api, service)));
+        let record = Arc::new(Mutex::new(Arc::new(ClientStatus::new(id, api, service))));
         self.streams.insert(id, record.clone());
         Registration {
             table: self.clone(),
@@ -342,12 +348,12 @@ impl ClientTable {
         self.streams.is_empty()
     }
 
-    /// A copy of every stream's status, ordered by stream id. Each is taken under its stream's
-    /// lock (after the stream's last turn, never in the middle of one) and does not change.
+    /// Every stream's record, ordered by stream id: as the stream's last turn left it (never in
+    /// the middle of one), and unchanged while it is held (the stream's next change copies it).
     pub fn snapshot(&self) -> Vec<Arc<ClientStatus>> {
         // The records first, then each one's lock: no stream's lock is taken under the map's.
-        let records: Vec<Arc<Mutex<ClientStatus>>> = self.streams.iter().map(|e| e.value().clone()).collect();
-        let mut v: Vec<Arc<ClientStatus>> = records.iter().map(|r| Arc::new(r.lock().clone())).collect();
+        let records: Vec<Record> = self.streams.iter().map(|e| e.value().clone()).collect();
+        let mut v: Vec<Arc<ClientStatus>> = records.iter().map(|r| r.lock().clone()).collect();
         v.sort_by_key(|c| c.stream_id);
         v
     }
@@ -541,17 +547,29 @@ mod tests {
     }
 
     #[test]
-    fn readers_see_the_streams_last_turn_and_a_copy_taken_does_not_change_under_them() {
+    fn readers_see_the_streams_last_turn_and_a_record_taken_does_not_change_under_them() {
         let t = Arc::new(ClientTable::default());
         let reg = t.register("sotw", "ads");
         assert_eq!(t.snapshot()[0].node_id, "", "a new stream's record");
         reg.update(|st| st.node_id = "envoy-1".into());
         let seen = t.snapshot();
         assert_eq!(seen[0].node_id, "envoy-1", "readers see the turn");
+        assert!(
+            Arc::ptr_eq(&seen[0], &t.snapshot()[0]),
+            "readers share the record, not copies"
+        );
         reg.update(|st| st.node_id = "envoy-2".into());
-        assert_eq!(seen[0].node_id, "envoy-1", "a copy taken is immutable");
-        assert_eq!(t.snapshot()[0].node_id, "envoy-2");
-        assert_eq!(reg.read(|st| st.node_id.clone()), "envoy-2");
+        assert_eq!(seen[0].node_id, "envoy-1", "a record taken is immutable");
+        let now = t.snapshot();
+        assert_eq!(now[0].node_id, "envoy-2");
+        // With no reader holding it, a turn changes the record where it is: no copy.
+        let at = Arc::as_ptr(&now[0]) as usize;
+        drop((seen, now));
+        reg.update(|st| st.node_id = "envoy-3".into());
+        let after = t.snapshot();
+        assert_eq!(after[0].node_id, "envoy-3");
+        assert_eq!(Arc::as_ptr(&after[0]) as usize, at, "changed in place");
+        assert_eq!(reg.read(|st| st.node_id.clone()), "envoy-3");
         drop(reg);
         assert!(t.is_empty());
     }

@@ -252,7 +252,7 @@ fn state_machines_feed_csds() {
         ..Default::default()
     };
     // The server's part: fold the machine's events into the stream's record.
-    let publish = |reg: &crate::status::Registration, events: Vec<crate::stream::StreamEvent>| {
+    let fold = |reg: &crate::status::Registration, events: Vec<crate::stream::StreamEvent>| {
         reg.update(|st| {
             for e in &events {
                 st.apply(e, std::time::SystemTime::now());
@@ -280,7 +280,7 @@ fn state_machines_feed_csds() {
         ..Default::default()
     });
     sm.on_request(nack, now()).expect("nack");
-    publish(&reg, sm.take_events());
+    fold(&reg, sm.take_events());
 
     // A second Envoy reconnects claiming the current CDS version: nothing is sent.
     let reg2 = table.register("sotw", "ads");
@@ -292,7 +292,7 @@ fn state_machines_feed_csds() {
     }
     sm2.on_request(claim, now()).expect("ok");
     assert!(sm2.poll(now()).is_empty(), "it already holds the current version");
-    publish(&reg2, sm2.take_events());
+    fold(&reg2, sm2.take_events());
 
     // An empty cache: statuses are still reported (no snapshot to compare with).
     assert_eq!(
