@@ -22,8 +22,8 @@ pub(crate) use grpc::{GrpcServiceConfig, RouteConfigMode};
 pub(crate) use kubernetes::{KubernetesSource, PodPort, Readiness};
 use limits::MAX_CONFIG_BYTES;
 pub use validate::is_host;
-pub(crate) use validate::parse_host_port;
 pub(crate) use validate::same_port;
+pub(crate) use validate::{canonical_host, parse_host_port};
 
 /// The configuration `serve` runs when no `--config` is given: `config/voltha-xds.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/voltha-xds.yaml");

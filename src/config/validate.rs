@@ -398,7 +398,17 @@ pub(crate) fn parse_host_port(s: &str, default_port: Option<u16>) -> Result<(Str
     if !is_host(host) {
         return Err(format!("bad host {host:?} in {s:?} (expected a DNS name or an IP)"));
     }
-    Ok((host.to_string(), port))
+    Ok((canonical_host(host), port))
+}
+
+/// `h` with an IP literal written in its usual form (IPv6 compressed and lower case, as
+/// RFC 5952 writes it), so that one address written two ways is one endpoint; a DNS name as
+/// it is.
+pub(crate) fn canonical_host(h: &str) -> String {
+    match h.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => h.to_string(),
+    }
 }
 
 /// An IP literal or an RFC 1123 host name.

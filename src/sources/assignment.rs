@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::config::{is_host, parse_host_port};
+use crate::config::{canonical_host, is_host, parse_host_port};
 use crate::model::{Backend, SourceData};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +119,7 @@ pub fn parse_assignment(bytes: &[u8]) -> Result<SourceData, ParseError> {
             }
         };
         let host = match obj.get("host") {
-            Some(Value::String(h)) if is_host(h) => h.clone(),
+            Some(Value::String(h)) if is_host(h) => canonical_host(h),
             Some(Value::String(h)) => {
                 return Err(ParseError::Slot {
                     slot,
@@ -178,7 +178,7 @@ pub(crate) fn parse_endpoint_sets(bytes: &[u8]) -> Result<SourceData, ParseError
             };
             let (host, port) = match parse_host_port(&s, None) {
                 Ok((h, p)) => (h, Some(p)),
-                Err(_) if is_host(&s) => (s.clone(), None),
+                Err(_) if is_host(&s) => (canonical_host(&s), None),
                 Err(problem) => return Err(ParseError::Set { set, problem }),
             };
             backends.push(Backend { host, port, id: None });
@@ -272,6 +272,21 @@ mod tests {
             parse_assignment(br#"{"0001": {"host": "vcore-0.voltha.svc"}, "0002": {"host": "vcore-0.voltha.svc"}}"#)
                 .expect("valid");
         assert_eq!(hosts(&d), vec!["vcore-0.voltha.svc"]);
+    }
+
+    #[test]
+    fn an_ip_written_two_ways_is_one_backend_in_its_usual_form() {
+        // Two slots with one IPv6 address, written in full and compressed (upper case too): one
+        // backend, not two (Envoy would balance twice the share of calls onto it).
+        let d = parse_assignment(
+            br#"{"0001": {"host": "FD00:0:0:0:0:0:0:1"}, "0002": {"host": "fd00::1"}, "0003": {"host": "10.0.0.1"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(hosts(&d), vec!["10.0.0.1", "fd00::1"]);
+        let d = parse_endpoint_sets(br#"{"a": ["[fd00:0::1]:80", "[FD00::1]:80", "fd00:0:0::1", "fd00::1"]}"#)
+            .expect("valid");
+        let a: Vec<(&str, Option<u16>)> = d.set("a").iter().map(|b| (b.host.as_str(), b.port)).collect();
+        assert_eq!(a, vec![("fd00::1", None), ("fd00::1", Some(80))]);
     }
 
     #[test]
