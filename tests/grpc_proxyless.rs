@@ -163,15 +163,14 @@ async fn a_grpc_client_reaches_the_cores_and_follows_an_assignment_change_on_one
 }
 
 /// A source host that is a DNS name (Envoy resolves it) is left out of the gRPC clients'
-/// assignment and counted: the client moves to the assignment's IP hosts, no NACK. Then an
-/// assignment gRPC's client rejects while the server's validation allows it (one IPv6 address
-/// written two ways: gRPC refuses duplicate endpoint addresses, Envoy takes them) is NACKed:
-/// the NACK is recorded for that client, the assignment is not sent again, the client keeps
-/// calling the cores it had, and the next good assignment is taken.
+/// assignment and counted: the client moves to the assignment's IP hosts, no NACK. Then one
+/// IPv6 address written two ways is sent once: gRPC refuses an assignment with a duplicate
+/// endpoint address (it NACKed this one when the server sent the address twice), and the
+/// client takes it, no NACK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent() {
+async fn dns_hosts_are_left_out_and_an_address_written_two_ways_is_sent_once_to_grpc_clients() {
     let d = DefaultProfile::start(&["127.0.0.1"]).await;
-    let mut c = d.client("grpc-nack");
+    let mut c = d.client("grpc-eds");
     c.wait_reached(Duration::from_secs(30), HEALTH, &[], &["vcore-0"]).await;
 
     d.write_assignment(&["127.0.0.2", "vcore-x.voltha.invalid"]);
@@ -179,7 +178,7 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
     for _ in 0..10 {
         assert_eq!(c.health().await, Ok("vcore-1".into()));
     }
-    let g = client_of(&d.server, "grpc-nack").await.expect("stream");
+    let g = client_of(&d.server, "grpc-eds").await.expect("stream");
     assert_eq!(g["types"]["eds"]["nacks"], 0, "the name is not sent: {g}");
     assert_eq!(
         metric(
@@ -191,29 +190,19 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
         "one name in each of the two clusters"
     );
 
-    let before = client_of(&d.server, "grpc-nack").await.expect("stream");
-    let eds_responses = before["types"]["eds"]["responses"].as_u64().expect("responses");
     d.write_assignment(&["127.0.0.3", "::3", "0:0::3"]);
-    let nacked = wait_for(Duration::from_secs(10), "the NACK", || {
+    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-2"]).await;
+    let g = wait_for(Duration::from_secs(10), "the assignment ACKed", || {
         let s = &d.server;
         async move {
-            client_of(s, "grpc-nack")
+            client_of(s, "grpc-eds")
                 .await
-                .filter(|g| g["types"]["eds"]["nacks"] == 1)
+                .filter(|g| g["types"]["eds"]["last_acked_version"] == g["types"]["eds"]["last_sent_version"])
         }
     })
     .await;
-    let nack = &nacked["types"]["eds"]["last_nack"];
-    assert!(nack["error"].as_str().is_some_and(|e| !e.is_empty()), "{nack}");
-    assert_eq!(nack["version"], nacked["types"]["eds"]["last_sent_version"], "{nacked}");
-    let (_, all) = get_json(&format!("http://{}/debug/clients", d.server.admin_debug_addr)).await;
-    assert!(
-        all["recent_nacks"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n["node_id"] == "grpc-nack")),
-        "{all}"
-    );
-    assert!(metric(d.server.admin_addr, "voltha_xds_nacks_total{type=\"eds\"}").await >= 1.0);
+    assert_eq!(g["types"]["eds"]["nacks"], 0, "{g}");
+    assert!(g["types"]["eds"]["last_nack"].is_null(), "{g}");
     assert_eq!(
         metric(
             d.server.admin_addr,
@@ -221,26 +210,6 @@ async fn a_change_the_grpc_client_rejects_is_recorded_as_a_nack_and_not_resent()
         )
         .await,
         0.0
-    );
-    // The rejected assignment (which has vcore-2) is not applied and not sent again.
-    for _ in 0..20 {
-        assert_eq!(c.health().await, Ok("vcore-1".into()));
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let later = client_of(&d.server, "grpc-nack").await.expect("stream");
-    assert_eq!(
-        later["types"]["eds"]["responses"].as_u64(),
-        Some(eds_responses + 1),
-        "{later}"
-    );
-    assert_eq!(later["types"]["eds"]["nacks"], 1, "{later}");
-
-    d.write_assignment(&["127.0.0.3"]);
-    c.wait_reached(Duration::from_secs(5), HEALTH, &[], &["vcore-2"]).await;
-    let g = client_of(&d.server, "grpc-nack").await.expect("stream");
-    assert_eq!(
-        g["types"]["eds"]["last_acked_version"], g["types"]["eds"]["last_sent_version"],
-        "{g}"
     );
 }
 
